@@ -1,0 +1,333 @@
+/*
+ * ringbus.h - in-process publish/subscribe event bus.
+ *
+ * This is the only supported public header of the ringbus core. Anything it
+ * does not declare is internal and may change at any time.
+ *
+ * Conventions (see docs/api.md for the full contract):
+ *  - Functions that can fail return 0 (or a documented positive value) on
+ *    success and a negative errno on failure. rbus_strerror() names them.
+ *  - Timeouts are int64_t nanoseconds on CLOCK_MONOTONIC: < 0 wait forever,
+ *    0 do not wait, > 0 wait at most that long.
+ *  - Every pointer argument is checked; NULL where it is not allowed gives
+ *    -EINVAL. Options structs may be NULL (= defaults); a zero-initialised
+ *    options struct means "all defaults".
+ *  - Every function is thread-safe unless its comment says otherwise.
+ *    rbus_destroy() is the only one that requires every other thread to have
+ *    stopped using the bus.
+ *  - Memory model: everything a thread wrote before a publish is visible to
+ *    the thread whose receive returns that message (release/acquire).
+ *  - A bus is not usable in the child of a fork().
+ *
+ * Before 1.0, struct layouts may change between minor versions; the shared
+ * library's SOVERSION says so.
+ */
+#ifndef RINGBUS_H
+#define RINGBUS_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(RBUS_STATIC_DEFINE)
+#define RBUS_API
+#elif defined(__GNUC__)
+#define RBUS_API __attribute__((visibility("default")))
+#else
+#define RBUS_API
+#endif
+
+#define RBUS_VERSION_MAJOR 0
+#define RBUS_VERSION_MINOR 1
+#define RBUS_VERSION_PATCH 0
+
+/** rbus_version: the library's version as "MAJOR.MINOR.PATCH" ("0.1.0"). */
+RBUS_API const char *rbus_version(void);
+
+typedef struct rbus rbus;             /**< the bus */
+typedef struct rbus_topic rbus_topic; /**< a topic handle, owned by the bus */
+typedef struct rbus_sub rbus_sub;     /**< a subscription */
+typedef struct rbus_msg rbus_msg;     /**< a message (immutable, refcounted) */
+
+/** What a subscription does with a message when its queue is full. */
+typedef enum rbus_overflow {
+    RBUS_BLOCK = 0,       /**< publisher waits for room (up to block_timeout_ns) */
+    RBUS_DROP_OLDEST = 1, /**< evict the oldest queued message to make room */
+    RBUS_DROP_NEWEST = 2  /**< refuse the new message for this subscription */
+} rbus_overflow;
+
+#define RBUS_DUPLICATE 1          /**< rbus_publish*: suppressed by idempotency key */
+#define RBUS_DEDUP_OFF UINT32_MAX /**< rbus_config.dedup_keys: no deduplication */
+
+/** Largest capacity a subscription (or the bus default) may ask for. */
+#define RBUS_MAX_CAPACITY (UINT32_C(1) << 30)
+/** Longest topic name or pattern, in bytes. */
+#define RBUS_MAX_TOPIC_LEN 255
+/** Longest idempotency key or order key, in bytes. */
+#define RBUS_MAX_KEY_LEN 255
+/** Largest rbus_config.max_payload accepted (64 MiB). */
+#define RBUS_MAX_PAYLOAD_LIMIT (UINT32_C(1) << 26)
+
+/**
+ * rbus_strerror: a text for 0, RBUS_DUPLICATE and every negative errno the
+ * library returns; any other value gives a non-NULL "unknown" text. Never
+ * returns NULL.
+ */
+RBUS_API const char *rbus_strerror(int rc);
+
+/* ------------------------------------------------------------------ bus */
+
+/** Memory hooks. Both functions must be set, or the pointer left NULL. */
+typedef struct rbus_allocator {
+    void *(*alloc)(size_t size, void *arg); /**< like malloc */
+    void (*free)(void *ptr, void *arg);     /**< like free */
+    void *arg;                              /**< passed to both */
+} rbus_allocator;
+
+typedef struct rbus_config {
+    uint32_t default_capacity; /**< messages per subscription when the sub asks 0;
+                                    default 1024; at most RBUS_MAX_CAPACITY */
+    uint32_t max_payload;      /**< largest payload in bytes; default 65536; at most
+                                    RBUS_MAX_PAYLOAD_LIMIT; larger publishes -> -EMSGSIZE */
+    uint32_t dedup_keys;       /**< idempotency keys remembered per topic; default 4096;
+                                    RBUS_DEDUP_OFF = keys are carried, never deduplicated */
+    uint64_t dedup_window_ns;  /**< a key is forgotten this long after it was accepted;
+                                    0 (default) = only dedup_keys bounds it */
+    uint32_t max_topics;       /**< default 65536 */
+    const rbus_allocator *allocator; /**< NULL = malloc/free; the struct is copied */
+} rbus_config;
+
+/** rbus_config_init: fills every field with its default. NULL is a no-op. */
+RBUS_API void rbus_config_init(rbus_config *cfg);
+
+/**
+ * rbus_create: makes a bus. cfg NULL = defaults.
+ * Returns 0, -EINVAL (out NULL, a field out of range, an allocator with a
+ * NULL function) or -ENOMEM. On failure *out is left NULL (when out is not
+ * NULL) and nothing is allocated.
+ */
+RBUS_API int rbus_create(rbus **out, const rbus_config *cfg);
+
+/**
+ * rbus_close: shuts the bus down for publishing. Returns once every publish
+ * already in flight has finished. Afterwards publish, subscribe and
+ * topic_open return -ESHUTDOWN; publishers blocked for room wake and return
+ * -ESHUTDOWN (the subscriptions they could not reach count dropped_closed);
+ * receivers get what is already queued, then -ESHUTDOWN for good. Stats,
+ * receive, unsubscribe and destroy keep working. Idempotent; NULL is a no-op.
+ */
+RBUS_API void rbus_close(rbus *bus);
+
+/**
+ * rbus_destroy: closes if needed, releases every queued message and all
+ * memory. Every other thread must have stopped using the bus, and every
+ * message a user took must have been released. NULL is a no-op.
+ */
+RBUS_API void rbus_destroy(rbus *bus);
+
+/* --------------------------------------------------------------- topics */
+
+/**
+ * rbus_topic_open: finds or creates the topic `name` (NATS subject syntax,
+ * no wildcards). The same name always gives the same handle, valid until
+ * rbus_destroy. Returns 0, -EINVAL, -ESHUTDOWN, -ENOSPC (max_topics reached)
+ * or -ENOMEM, in that order of precedence.
+ */
+RBUS_API int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out);
+
+/** rbus_topic_name: the topic's name; NULL for NULL. */
+RBUS_API const char *rbus_topic_name(const rbus_topic *topic);
+
+/**
+ * rbus_topic_valid / rbus_pattern_valid: whether a string is a valid topic
+ * name (no wildcards) or subscription pattern. NULL is invalid.
+ */
+RBUS_API bool rbus_topic_valid(const char *name);
+RBUS_API bool rbus_pattern_valid(const char *pattern);
+
+/**
+ * rbus_pattern_match: whether `pattern` matches the topic `name`. Both must
+ * be valid (invalid input gives false).
+ */
+RBUS_API bool rbus_pattern_match(const char *pattern, const char *name);
+
+/* -------------------------------------------------------- subscriptions */
+
+typedef struct rbus_sub_opts {
+    uint32_t capacity;        /**< 0 = bus default. At least this many are queued;
+                                   the effective figure is in the stats */
+    rbus_overflow overflow;   /**< default RBUS_BLOCK */
+    int64_t block_timeout_ns; /**< RBUS_BLOCK only: how long a publisher waits for
+                                   room; 0 (default) or < 0 = forever */
+    int64_t spin_ns;          /**< how long a waiting receiver (or blocked publisher)
+                                   spins/yields before it sleeps; 0 = library default
+                                   (RBUS_DEFAULT_SPIN_NS); < 0 = sleep at once */
+    const char *name;         /**< optional label for stats; copied; <= 255 bytes */
+} rbus_sub_opts;
+
+/** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
+#define RBUS_DEFAULT_SPIN_NS INT64_C(50000)
+/** Largest spin_ns accepted (1 s). */
+#define RBUS_MAX_SPIN_NS INT64_C(1000000000)
+
+/** rbus_sub_opts_init: fills the defaults. NULL is a no-op. */
+RBUS_API void rbus_sub_opts_init(rbus_sub_opts *opts);
+
+/**
+ * rbus_subscribe: a new subscription to every topic, existing or future,
+ * that `pattern` matches. It gets its own reference to every message
+ * published to a matching topic after this call returned.
+ * Returns 0, -EINVAL (bad pattern, opts out of range, capacity above
+ * RBUS_MAX_CAPACITY), -ESHUTDOWN or -ENOMEM.
+ */
+RBUS_API int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts,
+                            rbus_sub **out);
+
+/**
+ * rbus_sub_close: graceful stop. Publishers skip the subscription from now
+ * on; publishers waiting for its room wake (their message counts as
+ * dropped_closed); receivers drain what is queued, then get -ESHUTDOWN; its
+ * fd becomes readable. Idempotent. Returns 0 or -EINVAL.
+ */
+RBUS_API int rbus_sub_close(rbus_sub *sub);
+
+/**
+ * rbus_unsubscribe: rbus_sub_close, then wakes receivers blocked on it (they
+ * return -ESHUTDOWN), waits until every thread has left calls on it,
+ * releases the queued messages, closes its fd and frees the handle.
+ * Starting a new call on the handle once it has begun is undefined; so is
+ * calling it twice. Returns 0, -EINVAL, or -EBUSY while a dispatcher runs on
+ * the subscription.
+ */
+RBUS_API int rbus_unsubscribe(rbus_sub *sub);
+
+/** rbus_sub_id: unique in the bus, never reused, >= 1; 0 for NULL. */
+RBUS_API uint64_t rbus_sub_id(const rbus_sub *sub);
+
+/* ----------------------------------------------------------- publishing */
+
+typedef struct rbus_pub_opts {
+    const void *key;          /**< idempotency key, NULL = none; 1..255 bytes */
+    size_t key_len;
+    const void *order_key;    /**< ordering key for dispatch, NULL = none; 1..255 bytes */
+    size_t order_key_len;
+    int64_t timeout_ns;       /**< 0 = each RBUS_BLOCK sub's own block_timeout_ns;
+                                   > 0 = the shorter of this and the sub's own;
+                                   < 0 = do not wait (full block subs: dropped_timeout) */
+    uint32_t origin;          /**< publisher's tag carried to receivers; 0 = none */
+} rbus_pub_opts;
+
+typedef struct rbus_pub_result {
+    uint32_t matched;  /**< open subscriptions whose pattern matched */
+    uint32_t queued;   /**< of those, how many got this message queued */
+    uint32_t dropped;  /**< refused: drop-newest, block timeout, closed while waiting */
+    uint32_t evicted;  /**< older messages this publish evicted (drop-oldest) */
+    bool duplicate;    /**< suppressed by the idempotency key; nothing queued */
+} rbus_pub_result;
+
+/**
+ * rbus_publish / rbus_publish_ex: copies `len` bytes of `data` into one
+ * immutable message and offers it to every matching open subscription.
+ * The caller may reuse its buffer at once; it never owns the message.
+ * Returns 0 when accepted (drops are counted, not errors), RBUS_DUPLICATE
+ * when suppressed by its key, or in this order of precedence: -EINVAL
+ * (NULL topic, data NULL with len > 0, key or order key NULL with a length
+ * or a length outside 1..255), -EMSGSIZE (len > max_payload), -ESHUTDOWN
+ * (bus closed; or closed while this publish waited for room, after it was
+ * accepted), -ENOMEM (the message pool could not grow).
+ * `result`, when not NULL, is always written; matched == queued + dropped.
+ */
+RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);
+RBUS_API int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len,
+                             const rbus_pub_opts *opts, rbus_pub_result *result);
+
+/* ------------------------------------------------------------ receiving */
+
+/**
+ * rbus_recv: takes the oldest queued message. Returns 0 with *out set (the
+ * caller owns one reference: rbus_msg_release it), -EAGAIN (empty and
+ * timeout 0), -ETIMEDOUT, -ESHUTDOWN (closed and drained; final; it wins
+ * over -EAGAIN/-ETIMEDOUT) or -EINVAL. Competing receivers each get
+ * different messages.
+ */
+RBUS_API int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns);
+
+/**
+ * rbus_recv_batch: waits until at least one message is queued, then takes up
+ * to `max` of those already queued. Returns the count (>= 1) or the same
+ * errors as rbus_recv; max == 0 is -EINVAL.
+ */
+RBUS_API int rbus_recv_batch(rbus_sub *sub, rbus_msg **out, size_t max, int64_t timeout_ns);
+
+/** rbus_msg_ref: one more reference; returns msg (NULL for NULL). */
+RBUS_API rbus_msg *rbus_msg_ref(const rbus_msg *msg);
+/** rbus_msg_release: drops one reference; NULL is a no-op. */
+RBUS_API void rbus_msg_release(rbus_msg *msg);
+
+RBUS_API const void *rbus_msg_data(const rbus_msg *msg); /**< non-NULL also when size is 0 */
+RBUS_API size_t rbus_msg_size(const rbus_msg *msg);
+RBUS_API const char *rbus_msg_topic(const rbus_msg *msg); /**< the concrete topic */
+RBUS_API uint64_t rbus_msg_seq(const rbus_msg *msg);      /**< per-topic, from 1 */
+RBUS_API uint64_t rbus_msg_time_ns(const rbus_msg *msg);  /**< CLOCK_MONOTONIC at acceptance */
+/** The idempotency key: NULL and *key_len 0 if none; key_len may be NULL. */
+RBUS_API const void *rbus_msg_key(const rbus_msg *msg, size_t *key_len);
+/** The order key, likewise. */
+RBUS_API const void *rbus_msg_order_key(const rbus_msg *msg, size_t *key_len);
+RBUS_API uint32_t rbus_msg_origin(const rbus_msg *msg);
+/** 1 on the first delivery (always, for messages from rbus_recv*); 0 for NULL. */
+RBUS_API uint32_t rbus_msg_attempt(const rbus_msg *msg);
+/** Dead letters: the topic the message failed on; otherwise NULL. */
+RBUS_API const char *rbus_msg_origin_topic(const rbus_msg *msg);
+
+/* ------------------------------------------------ event-loop integration */
+
+/**
+ * rbus_sub_fd: a descriptor owned by the subscription (the same one on every
+ * call; non-blocking, close-on-exec; never read, write or close it) for
+ * poll/epoll loops, level-triggered: it never stays unreadable while a
+ * message is queued, and may stay readable until some rbus_recv*(sub, .., 0)
+ * returns -EAGAIN. rbus_unsubscribe closes it. Returns the fd, -EINVAL, or
+ * a negative errno from eventfd().
+ */
+RBUS_API int rbus_sub_fd(rbus_sub *sub);
+
+/* ----------------------------------------------------------- statistics */
+
+typedef struct rbus_sub_stats {
+    uint64_t offered;         /**< once per (publish, sub) matched */
+    uint64_t received;        /**< taken out by rbus_recv* */
+    uint64_t dropped_newest;  /**< refused when full (RBUS_DROP_NEWEST) */
+    uint64_t dropped_oldest;  /**< evicted (RBUS_DROP_OLDEST) */
+    uint64_t dropped_timeout; /**< block wait ran out, or the publish would not wait */
+    uint64_t dropped_closed;  /**< a waiting publisher was woken by close */
+    uint64_t publisher_waits; /**< (publish, sub) pairs that began to wait for room */
+    uint32_t depth;           /**< queued now, read from the queue itself */
+    uint32_t high_water;      /**< largest depth seen right after an enqueue */
+    uint32_t capacity;        /**< effective capacity */
+} rbus_sub_stats;
+
+typedef struct rbus_topic_stats {
+    uint64_t published;     /**< accepted publishes (== last sequence number) */
+    uint64_t duplicates;    /**< suppressed by idempotency key */
+    uint32_t subscriptions; /**< matching open subscriptions now */
+} rbus_topic_stats;
+
+/**
+ * Counters only grow. With no publish, receive or unsubscribe in flight on
+ * the subscription they are exact and offered == received + depth +
+ * dropped_newest + dropped_oldest + dropped_timeout + dropped_closed.
+ * Return 0 or -EINVAL.
+ */
+RBUS_API int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out);
+RBUS_API int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RINGBUS_H */

@@ -1,0 +1,258 @@
+/*
+ * bus.c - the bus: configuration, memory hooks, close and destroy.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define RBUS_DEFAULT_CAPACITY 1024u
+#define RBUS_DEFAULT_MAX_PAYLOAD 65536u
+#define RBUS_DEFAULT_DEDUP_KEYS 4096u
+#define RBUS_DEFAULT_MAX_TOPICS 65536u
+
+const char *rbus_version(void)
+{
+#define RBUS_STR_(x) #x
+#define RBUS_STR(x) RBUS_STR_(x)
+    return RBUS_STR(RBUS_VERSION_MAJOR) "." RBUS_STR(RBUS_VERSION_MINOR) "." RBUS_STR(
+        RBUS_VERSION_PATCH);
+}
+
+const char *rbus_strerror(int rc)
+{
+    switch (rc) {
+    case 0: return "success";
+    case RBUS_DUPLICATE: return "duplicate: suppressed by idempotency key";
+    case -EINVAL: return "invalid argument";
+    case -ENOMEM: return "out of memory";
+    case -EAGAIN: return "no message queued";
+    case -ETIMEDOUT: return "timed out";
+    case -EMSGSIZE: return "payload larger than max_payload";
+    case -ESHUTDOWN: return "closed";
+    case -ENOSPC: return "too many topics";
+    case -EBUSY: return "busy: a dispatcher runs on the subscription";
+    case -EDEADLK: return "would deadlock: called from its own handler";
+    case -EMFILE: return "too many open files";
+    case -ENFILE: return "too many open files in the system";
+    case -ENODEV: return "no such device";
+    default: return "unknown ringbus error";
+    }
+}
+
+/* ----------------------------------------------------------- memory */
+
+static void *default_alloc(size_t size, void *arg)
+{
+    (void)arg;
+    return malloc(size);
+}
+
+static void default_free(void *ptr, void *arg)
+{
+    (void)arg;
+    free(ptr);
+}
+
+void *rbus__alloc(rbus *bus, size_t size)
+{
+    return bus->alloc.alloc(size, bus->alloc.arg);
+}
+
+void *rbus__zalloc(rbus *bus, size_t size)
+{
+    void *p = bus->alloc.alloc(size, bus->alloc.arg);
+    if (p)
+        memset(p, 0, size);
+    return p;
+}
+
+void rbus__free(rbus *bus, void *ptr)
+{
+    if (ptr)
+        bus->alloc.free(ptr, bus->alloc.arg);
+}
+
+void *rbus__zalloc_aligned(rbus *bus, size_t size)
+{
+    size_t total = size + RBUS_CACHELINE + sizeof(void *);
+    if (total < size)
+        return NULL;
+    unsigned char *raw = rbus__alloc(bus, total);
+    if (!raw)
+        return NULL;
+    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + RBUS_CACHELINE - 1) &
+                  ~(uintptr_t)(RBUS_CACHELINE - 1);
+    memcpy((void *)(p - sizeof(void *)), &raw, sizeof raw);
+    memset((void *)p, 0, size);
+    return (void *)p;
+}
+
+void rbus__free_aligned(rbus *bus, void *ptr)
+{
+    if (!ptr)
+        return;
+    void *raw;
+    memcpy(&raw, (unsigned char *)ptr - sizeof(void *), sizeof raw);
+    rbus__free(bus, raw);
+}
+
+char *rbus__strdup(rbus *bus, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = rbus__alloc(bus, n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* ----------------------------------------------------------- config */
+
+void rbus_config_init(rbus_config *cfg)
+{
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->default_capacity = RBUS_DEFAULT_CAPACITY;
+    cfg->max_payload = RBUS_DEFAULT_MAX_PAYLOAD;
+    cfg->dedup_keys = RBUS_DEFAULT_DEDUP_KEYS;
+    cfg->dedup_window_ns = 0;
+    cfg->max_topics = RBUS_DEFAULT_MAX_TOPICS;
+    cfg->allocator = NULL;
+}
+
+static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocator *alloc)
+{
+    rbus_config_init(out);
+    if (in) {
+        /* Zero means default, field by field. */
+        if (in->default_capacity)
+            out->default_capacity = in->default_capacity;
+        if (in->max_payload)
+            out->max_payload = in->max_payload;
+        if (in->dedup_keys)
+            out->dedup_keys = in->dedup_keys;
+        out->dedup_window_ns = in->dedup_window_ns;
+        if (in->max_topics)
+            out->max_topics = in->max_topics;
+        out->allocator = NULL;
+    }
+    if (out->default_capacity > RBUS_MAX_CAPACITY || out->max_payload > RBUS_MAX_PAYLOAD_LIMIT)
+        return -EINVAL;
+    if (out->dedup_window_ns > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    if (in && in->allocator) {
+        if (!in->allocator->alloc || !in->allocator->free)
+            return -EINVAL;
+        *alloc = *in->allocator;
+    } else {
+        alloc->alloc = default_alloc;
+        alloc->free = default_free;
+        alloc->arg = NULL;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------- lifecycle */
+
+static _Atomic uint64_t next_bus_id = 1;
+
+int rbus_create(rbus **out, const rbus_config *cfg)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+
+    rbus_config resolved;
+    rbus_allocator alloc;
+    int rc = config_resolve(cfg, &resolved, &alloc);
+    if (rc)
+        return rc;
+
+    /* The bus itself must be cache-line aligned, and our aligned helper
+     * needs a bus to reach the hooks: borrow a stack copy of the hooks. */
+    rbus boot;
+    memset(&boot, 0, sizeof boot);
+    boot.alloc = alloc;
+    rbus *bus = rbus__zalloc_aligned(&boot, sizeof *bus);
+    if (!bus)
+        return -ENOMEM;
+    bus->cfg = resolved;
+    bus->alloc = alloc;
+    bus->nbuckets = 64;
+    bus->buckets = rbus__zalloc(bus, bus->nbuckets * sizeof *bus->buckets);
+    if (!bus->buckets) {
+        rbus__free_aligned(&boot, bus);
+        return -ENOMEM;
+    }
+    bus->id = atomic_fetch_add_explicit(&next_bus_id, 1, memory_order_relaxed);
+    bus->next_sub_id = 1;
+    ck_epoch_init(&bus->epoch);
+    pthread_mutex_init(&bus->lock, NULL);
+    rbus__registry_add(bus);
+    *out = bus;
+    return 0;
+}
+
+void rbus__synchronize(rbus *bus)
+{
+    /* ck_epoch_synchronize_wait needs no record of our own, so any thread
+     * may call it, including one that never published on this bus. */
+    ck_epoch_synchronize_wait(&bus->epoch, NULL, NULL);
+#if defined(RBUS_TSAN)
+    /* Every read section releases this address when it ends (thread.c);
+     * acquiring it here gives TSan the edge the epoch provides. */
+    RBUS_TSAN_ACQUIRE(&bus->epoch);
+#endif
+}
+
+void rbus_close(rbus *bus)
+{
+    if (!bus)
+        return;
+    pthread_mutex_lock(&bus->lock);
+    if (bus->closed) {
+        pthread_mutex_unlock(&bus->lock);
+        return;
+    }
+    /* 1. New publishes see `closing` inside their read section and fail. */
+    atomic_store_explicit(&bus->closing, 1, memory_order_seq_cst);
+    /* 2. Publishers blocked for room re-check and give up (dropped_closed). */
+    rbus__event_broadcast(&bus->room_ev);
+    /* 3. Every publish that read `closing` as 0 has left its read section;
+     *    those that went on to wait registered in blocked_publishers first. */
+    rbus__synchronize(bus);
+    for (;;) {
+        uint32_t seen = rbus__event_prepare(&bus->close_ev);
+        if (atomic_load_explicit(&bus->blocked_publishers, memory_order_seq_cst) == 0)
+            break;
+        rbus__event_wait(&bus->close_ev, seen, -1);
+    }
+    /* 4. No enqueue can happen any more: receivers may now end on empty. */
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
+        rbus__sub_finish_close(s);
+    bus->closed = true;
+    pthread_mutex_unlock(&bus->lock);
+}
+
+void rbus_destroy(rbus *bus)
+{
+    if (!bus)
+        return;
+    rbus_close(bus);
+    rbus__registry_remove(bus);
+    while (bus->subs) {
+        rbus_sub *s = bus->subs;
+        bus->subs = s->bus_next;
+        rbus__sub_free(s); /* releases its queued messages into the caches */
+    }
+    rbus__topics_free_all(bus);
+    rbus__thread_free_all(bus);
+    rbus__free(bus, bus->buckets);
+    pthread_mutex_destroy(&bus->lock);
+    rbus_allocator alloc = bus->alloc;
+    rbus boot;
+    memset(&boot, 0, sizeof boot);
+    boot.alloc = alloc;
+    rbus__free_aligned(&boot, bus);
+}

@@ -1,0 +1,321 @@
+/*
+ * internal.h - private types shared between the rooms of src/. Nothing here
+ * is public; internal non-static names use the rbus__ prefix.
+ *
+ * Rooms: bus.c (lifecycle, allocator, close), thread.c (per-thread state:
+ * epoch record and message cache), topic.c (names, patterns, registry,
+ * routing, publish), sub.c (subscriptions, the ring and its overflow
+ * policies, receive, fd), msg.c (message pool, refcounts, accessors),
+ * wait.c (spin-then-sleep waits, futex, clocks), stats.c (counters).
+ */
+#ifndef RBUS_INTERNAL_H
+#define RBUS_INTERNAL_H
+
+#include "ringbus.h"
+
+#include <ck_epoch.h>
+#include <ck_ring.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#define RBUS_CACHELINE 64
+#define RBUS_CACHE_ALIGNED _Alignas(RBUS_CACHELINE)
+
+#if defined(__GNUC__)
+#define RBUS_NOINLINE __attribute__((noinline))
+#define RBUS_LIKELY(x) __builtin_expect(!!(x), 1)
+#define RBUS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define RBUS_NOINLINE
+#define RBUS_LIKELY(x) (x)
+#define RBUS_UNLIKELY(x) (x)
+#endif
+
+/*
+ * ThreadSanitizer cannot see ck's synchronisation (ck_pr is volatile
+ * accesses plus asm fences). Where a ck structure hands an object from one
+ * thread to another we tell TSan about the edge ourselves.
+ */
+#if defined(RBUS_TSAN)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define RBUS_TSAN_ACQUIRE(p) __tsan_acquire((void *)(p))
+#define RBUS_TSAN_RELEASE(p) __tsan_release((void *)(p))
+#else
+#define RBUS_TSAN_ACQUIRE(p) ((void)0)
+#define RBUS_TSAN_RELEASE(p) ((void)0)
+#endif
+
+struct rbus_thread;
+
+/* ------------------------------------------------------------- bus.c */
+
+void *rbus__alloc(rbus *bus, size_t size);
+void *rbus__zalloc(rbus *bus, size_t size);
+void rbus__free(rbus *bus, void *ptr);
+/* Cache-line aligned memory through the user's hooks (which promise only
+ * malloc's alignment): over-allocates and keeps the original pointer. */
+void *rbus__zalloc_aligned(rbus *bus, size_t size);
+void rbus__free_aligned(rbus *bus, void *ptr);
+char *rbus__strdup(rbus *bus, const char *s);
+/* Waits until every epoch read section that began before the call has ended. */
+void rbus__synchronize(rbus *bus);
+
+/* ------------------------------------------------------------ wait.c */
+
+/*
+ * An event count on a futex (wait.c explains the word). For a waiter:
+ *     seen = rbus__event_prepare(ev);   announces itself, then a full fence
+ *     if (condition holds) ...          nothing to undo
+ *     else rbus__event_wait(ev, seen, deadline);
+ * and for a signaller: make the condition true, then (after a StoreLoad
+ * barrier of its own) rbus__event_signal(), which makes no system call and
+ * writes nothing when nobody announced itself.
+ */
+struct rbus_event {
+    _Atomic uint32_t word;
+};
+
+uint32_t rbus__event_prepare(struct rbus_event *ev);
+/* Returns 0 when woken (or spuriously), -ETIMEDOUT when the deadline passed.
+ * deadline_ns < 0 = no deadline. */
+int rbus__event_wait(struct rbus_event *ev, uint32_t seen, int64_t deadline_ns);
+/* Wakes every waiter if any announced itself. */
+void rbus__event_signal(struct rbus_event *ev);
+/* Wakes every waiter, unconditionally (close paths). */
+void rbus__event_broadcast(struct rbus_event *ev);
+
+static inline bool rbus__event_has_waiters(struct rbus_event *ev)
+{
+    /* Relaxed: the caller provides the StoreLoad ordering (see above). */
+    return atomic_load_explicit(&ev->word, memory_order_relaxed) & 1u;
+}
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t rbus__now_ns(void);
+/* now + timeout, saturating; timeout < 0 gives -1 (no deadline). */
+int64_t rbus__deadline(int64_t timeout_ns);
+/* One step of a bounded spin: a CPU pause, and every so often a yield so a
+ * preempted peer on an oversubscribed machine gets to run. */
+void rbus__spin_step(unsigned iteration);
+
+/* ----------------------------------------------------------- thread.c */
+
+/*
+ * Per (thread, bus) state. A publisher needs an epoch record to read a
+ * topic's subscription list and a private message cache to allocate without
+ * atomics; both live here. A thread finds its state through a small
+ * thread-local table keyed by the bus id (ids are never reused, so a stale
+ * entry can never match a new bus). When the thread exits its states are
+ * unregistered and recycled by the next thread that needs one on that bus;
+ * they are freed only by rbus_destroy.
+ */
+struct rbus_msg_cache;
+
+struct rbus_pending {
+    rbus_sub *sub;
+    int64_t deadline_ns; /* -1 = none */
+    int64_t spin_ns;
+};
+
+struct rbus_thread {
+    ck_epoch_record_t epoch; /* first: ck_epoch_recycle gives us this pointer */
+    rbus *bus;
+    struct rbus_thread *bus_next;   /* every state of this bus, under bus->lock */
+    struct rbus_msg_cache *cache;   /* msg.c */
+    struct rbus_pending *pending;   /* scratch for a publish that waits */
+    uint32_t pending_cap;
+};
+
+/* The calling thread's state on `bus`, registering one at first use.
+ * NULL only when memory runs out. */
+struct rbus_thread *rbus__thread_get(rbus *bus);
+/* Frees every state of the bus (destroy only). */
+void rbus__thread_free_all(rbus *bus);
+/* Makes room for n pending entries before a publish is accepted. */
+int rbus__thread_reserve_pending(struct rbus_thread *th, uint32_t n);
+
+/* Global registry of live buses, so that thread-exit cleanup never touches
+ * a destroyed one. */
+void rbus__registry_add(rbus *bus);
+void rbus__registry_remove(rbus *bus);
+
+/* ------------------------------------------------------------- msg.c */
+
+struct rbus_msg {
+    _Atomic uint32_t refs;
+    uint8_t size_class;
+    uint8_t key_len;
+    uint8_t order_key_len;
+    uint32_t size;
+    uint32_t origin;
+    uint32_t attempt;
+    struct rbus_thread *home; /* whose cache it returns to */
+    struct rbus_msg *next_free;
+    rbus_topic *topic;
+    const char *origin_topic;
+    uint64_t seq;
+    uint64_t time_ns;
+    /* payload, then key, then order key */
+    _Alignas(16) unsigned char data[];
+};
+
+/* Takes a message from the thread's cache (allocating only when the cache
+ * and its return stack are empty), copies payload and keys, refs = 1. */
+rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *data,
+                        size_t len, const rbus_pub_opts *opts);
+/* Drops n references at once; the last one returns it to its home cache. */
+void rbus__msg_unref(rbus_msg *msg, uint32_t n);
+void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache);
+struct rbus_msg_cache *rbus__msg_cache_new(rbus *bus);
+
+/* ------------------------------------------------------------ topic.c */
+
+/* An immutable list of the open subscriptions that match a topic. Replaced
+ * (copy-on-write) under bus->lock; the old one is freed after an epoch
+ * synchronisation, so a publisher inside a read section can always walk
+ * the list it loaded. */
+struct rbus_sublist {
+    struct rbus_sublist *garbage_next; /* writers only, after the swap */
+    uint32_t count;
+    rbus_sub *subs[];
+};
+
+struct rbus_topic {
+    /* Read by every publish, written only under bus->lock. */
+    rbus *bus;
+    _Atomic(struct rbus_sublist *) subs;
+    char *name;
+    uint32_t name_len;
+    uint32_t hash;
+    struct rbus_topic *hash_next; /* registry chain, under bus->lock */
+    struct rbus_topic *all_next;  /* every topic, under bus->lock */
+    /* Written by every accepted publish. */
+    RBUS_CACHE_ALIGNED _Atomic uint64_t seq;
+    _Atomic uint64_t duplicates;
+};
+
+bool rbus__pattern_matches(const char *pattern, const char *name);
+/* Under bus->lock: rebuild the lists of every topic `sub` matches, with the
+ * sub added or removed. Old lists are chained on *garbage, for the caller to
+ * free after rbus__synchronize. Returns 0 or -ENOMEM (nothing changed). */
+int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **garbage);
+void rbus__sublists_free(rbus *bus, struct rbus_sublist *garbage);
+void rbus__topics_free_all(rbus *bus);
+
+/* -------------------------------------------------------------- sub.c */
+
+enum rbus_sub_state {
+    RBUS_SUB_OPEN = 0,    /* publishers deliver */
+    RBUS_SUB_CLOSING = 1, /* publishers skip it; some may still be mid-enqueue */
+    RBUS_SUB_CLOSED = 2   /* no enqueue can happen any more: empty means final */
+};
+
+enum rbus_offer {
+    RBUS_OFFER_QUEUED,
+    RBUS_OFFER_DROPPED, /* drop-newest refused it */
+    RBUS_OFFER_FULL     /* block policy, no room: the caller waits or gives up */
+};
+
+struct rbus_sub {
+    /* Read-mostly: set at subscribe. */
+    rbus *bus;
+    ck_ring_buffer_t *slots;
+    uint32_t capacity; /* effective: ring size - 1 */
+    rbus_overflow overflow;
+    int64_t block_timeout_ns; /* <= 0 = forever */
+    int64_t spin_ns;          /* resolved: >= 0 */
+    uint64_t id;
+    char *pattern;
+    char *name;
+    _Atomic uint32_t state;
+    _Atomic(void *) dispatcher; /* running dispatcher, if any (Handlers) */
+    struct rbus_sub *bus_next;
+    struct rbus_sub *bus_prev;
+
+    /* The ring (ck pads its producer and consumer words apart). */
+    RBUS_CACHE_ALIGNED ck_ring_t ring;
+
+    /* Read by every enqueue (receivers waiting, fd armed) and every dequeue
+     * (publishers waiting for room); written only on slow paths. */
+    RBUS_CACHE_ALIGNED struct rbus_event msg_ev;
+    _Atomic uint32_t fd_armed;     /* 1: fd unreadable, next enqueue must write */
+    _Atomic uint32_t room_waiters; /* publishers waiting for room here */
+    _Atomic uint32_t pins;         /* publishers holding it outside a read section */
+
+    /* Written by publishers. */
+    RBUS_CACHE_ALIGNED _Atomic uint64_t offered;
+    _Atomic uint64_t dropped_newest;
+    _Atomic uint64_t dropped_oldest;
+    _Atomic uint64_t dropped_timeout;
+    _Atomic uint64_t dropped_closed;
+    _Atomic uint64_t publisher_waits;
+    _Atomic uint32_t high_water;
+
+    /* Written by receivers. */
+    RBUS_CACHE_ALIGNED _Atomic uint64_t received;
+    _Atomic uint32_t callers; /* threads inside rbus_recv* / rbus_sub_fd */
+
+    pthread_mutex_t fd_lock;
+    _Atomic int fd; /* eventfd, -1 until rbus_sub_fd */
+};
+
+/* Offers msg to sub's ring under its policy (inside a read section). */
+enum rbus_offer rbus__sub_offer(rbus_sub *sub, rbus_msg *msg, uint32_t *evicted);
+/* Block policy retry (inside a read section): true if queued. */
+bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
+/* Whether the ring has no free slot right now (reservations count). */
+bool rbus__sub_full(rbus_sub *sub);
+/* No enqueue can reach `sub` any more: marks it CLOSED, wakes receivers
+ * and makes its fd readable. */
+void rbus__sub_finish_close(rbus_sub *sub);
+void rbus__sub_free(rbus_sub *sub);
+
+/* -------------------------------------------------------------- bus */
+
+struct rbus {
+    /* Read by every publish. */
+    rbus_config cfg;
+    rbus_allocator alloc;
+    uint64_t id;
+    _Atomic uint32_t closing;
+    ck_epoch_t epoch;
+
+    /* Everything below is touched only at subscribe/unsubscribe/topic_open/
+     * close/destroy, or on slow paths. */
+    RBUS_CACHE_ALIGNED pthread_mutex_t lock;
+    struct rbus_topic **buckets; /* topic registry, power-of-two buckets */
+    uint32_t nbuckets;
+    uint32_t ntopics;
+    struct rbus_topic *topics;   /* all topics */
+    struct rbus_sub *subs;       /* all subscriptions not yet unsubscribed */
+    struct rbus_thread *threads; /* all per-thread states */
+    uint64_t next_sub_id;
+    bool closed; /* close finished */
+
+    /* Publishers blocked for room sleep here; receivers signal it when a
+     * subscription they took from has room_waiters. */
+    RBUS_CACHE_ALIGNED struct rbus_event room_ev;
+    _Atomic uint32_t blocked_publishers;
+    struct rbus_event close_ev; /* close waits here for blocked publishers */
+
+    rbus *registry_next;
+};
+
+/* A read section: subscription lists loaded inside stay valid until its
+ * end. Never sleep inside one (an unsubscribe waiting in rbus__synchronize
+ * would wait for the sleeper). */
+static inline void rbus__read_begin(struct rbus_thread *th)
+{
+    ck_epoch_begin(&th->epoch, NULL);
+}
+
+static inline void rbus__read_end(struct rbus_thread *th)
+{
+    /* Pairs with the acquire in rbus__synchronize, for TSan only. */
+    RBUS_TSAN_RELEASE(&th->bus->epoch);
+    ck_epoch_end(&th->epoch, NULL);
+}
+
+#endif /* RBUS_INTERNAL_H */

@@ -1,0 +1,215 @@
+/*
+ * msg.c - messages: the pool, reference counts, accessors.
+ *
+ * Pool design. Messages come in power-of-two size classes (64 B .. 128 MiB
+ * of payload + keys). Each per-thread state owns one cache per class:
+ *  - `local`: a plain list only its owner touches (no atomics to allocate);
+ *  - `returned`: a stack that any thread releasing a message born here
+ *    pushes onto (one CAS), and that the owner empties in one exchange when
+ *    `local` runs dry.
+ * Only the owner ever pops, and it takes the whole stack at once, so the
+ * ABA problem of a lock-free pop cannot arise (no double-width CAS needed).
+ * In steady state a publisher recycles its own messages and allocates
+ * nothing. A state's cache survives the thread (states are recycled), and
+ * is freed at rbus_destroy.
+ *
+ * Memory bound: a state allocates only when its cache is empty, so the
+ * messages of one state never exceed the most it had in flight at once
+ * (queued in rings or held by users); the pool is bounded by the sum of
+ * that over the states, and the states by the most threads that published
+ * at the same time.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+#define RBUS_MIN_CLASS_SHIFT 6 /* 64 bytes */
+#define RBUS_NUM_CLASSES 22    /* up to 64 << 21 = 128 MiB: max payload + both keys */
+
+_Static_assert((UINT64_C(64) << (RBUS_NUM_CLASSES - 1)) >=
+                   (uint64_t)RBUS_MAX_PAYLOAD_LIMIT + 2 * RBUS_MAX_KEY_LEN,
+               "size classes must cover the largest payload plus both keys");
+
+struct rbus_msg_cache {
+    rbus_msg *local[RBUS_NUM_CLASSES];
+    /* Written by releasing threads: kept off the owner's line. */
+    RBUS_CACHE_ALIGNED _Atomic(rbus_msg *) returned[RBUS_NUM_CLASSES];
+};
+
+static unsigned size_class_of(size_t bytes)
+{
+    unsigned c = 0;
+    while (((size_t)64 << c) < bytes)
+        c++;
+    return c;
+}
+
+struct rbus_msg_cache *rbus__msg_cache_new(rbus *bus)
+{
+    return rbus__zalloc_aligned(bus, sizeof(struct rbus_msg_cache));
+}
+
+static void free_list(rbus *bus, rbus_msg *m)
+{
+    while (m) {
+        rbus_msg *next = m->next_free;
+        rbus__free(bus, m);
+        m = next;
+    }
+}
+
+void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache)
+{
+    if (!cache)
+        return;
+    for (unsigned c = 0; c < RBUS_NUM_CLASSES; c++) {
+        free_list(bus, cache->local[c]);
+        free_list(bus, atomic_load_explicit(&cache->returned[c], memory_order_acquire));
+    }
+    rbus__free_aligned(bus, cache);
+}
+
+rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *data,
+                        size_t len, const rbus_pub_opts *opts)
+{
+    size_t key_len = opts && opts->key ? opts->key_len : 0;
+    size_t okey_len = opts && opts->order_key ? opts->order_key_len : 0;
+    size_t bytes = len + key_len + okey_len;
+    unsigned cls = size_class_of(bytes);
+    struct rbus_msg_cache *cache = th->cache;
+
+    rbus_msg *m = cache->local[cls];
+    if (RBUS_UNLIKELY(!m)) {
+        /* Acquire: pairs with the release push in msg_recycle, so the
+         * releaser's last reads of the message happen before we reuse it. */
+        m = atomic_exchange_explicit(&cache->returned[cls], NULL, memory_order_acquire);
+        if (!m) {
+            m = rbus__alloc(th->bus, sizeof *m + ((size_t)64 << cls));
+            if (!m)
+                return NULL;
+            m->next_free = NULL;
+            m->size_class = (uint8_t)cls;
+            m->home = th;
+        }
+    }
+    cache->local[cls] = m->next_free;
+
+    /* Not yet shared: plain initialisation. The ring enqueue publishes it. */
+    atomic_init(&m->refs, 1);
+    m->size = (uint32_t)len;
+    m->key_len = (uint8_t)key_len;
+    m->order_key_len = (uint8_t)okey_len;
+    m->origin = opts ? opts->origin : 0;
+    m->attempt = 1;
+    m->topic = topic;
+    m->origin_topic = NULL;
+    m->seq = 0;
+    m->time_ns = 0;
+    if (len)
+        memcpy(m->data, data, len);
+    if (key_len)
+        memcpy(m->data + len, opts->key, key_len);
+    if (okey_len)
+        memcpy(m->data + len + key_len, opts->order_key, okey_len);
+    return m;
+}
+
+static void msg_recycle(rbus_msg *m)
+{
+    struct rbus_msg_cache *cache = m->home->cache;
+    _Atomic(rbus_msg *) *head = &cache->returned[m->size_class];
+    rbus_msg *old = atomic_load_explicit(head, memory_order_relaxed);
+    /* Release: our reads of the message (and the payload) happen before the
+     * owner takes it back with its acquire exchange. A push-only stack has
+     * no ABA: the owner only ever swaps the whole stack out. */
+    do {
+        m->next_free = old;
+    } while (!atomic_compare_exchange_weak_explicit(head, &old, m, memory_order_release,
+                                                    memory_order_relaxed));
+}
+
+void rbus__msg_unref(rbus_msg *m, uint32_t n)
+{
+    /* acq_rel: the releasing side's reads happen before the last owner
+     * recycles it (the classic refcount pattern). */
+    uint32_t before = atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel);
+    if (before == n)
+        msg_recycle(m);
+}
+
+rbus_msg *rbus_msg_ref(const rbus_msg *msg)
+{
+    if (!msg)
+        return NULL;
+    rbus_msg *m = (rbus_msg *)msg;
+    /* Relaxed: the caller already holds a reference, so the message cannot
+     * be recycled concurrently; the new reference needs no ordering. */
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+
+void rbus_msg_release(rbus_msg *msg)
+{
+    if (msg)
+        rbus__msg_unref(msg, 1);
+}
+
+static const unsigned char empty_payload[1];
+
+const void *rbus_msg_data(const rbus_msg *msg)
+{
+    if (!msg)
+        return NULL;
+    return msg->size ? (const void *)msg->data : (const void *)empty_payload;
+}
+
+size_t rbus_msg_size(const rbus_msg *msg)
+{
+    return msg ? msg->size : 0;
+}
+
+const char *rbus_msg_topic(const rbus_msg *msg)
+{
+    return msg ? msg->topic->name : NULL;
+}
+
+uint64_t rbus_msg_seq(const rbus_msg *msg)
+{
+    return msg ? msg->seq : 0;
+}
+
+uint64_t rbus_msg_time_ns(const rbus_msg *msg)
+{
+    return msg ? msg->time_ns : 0;
+}
+
+const void *rbus_msg_key(const rbus_msg *msg, size_t *key_len)
+{
+    size_t n = msg ? msg->key_len : 0;
+    if (key_len)
+        *key_len = n;
+    return n ? msg->data + msg->size : NULL;
+}
+
+const void *rbus_msg_order_key(const rbus_msg *msg, size_t *key_len)
+{
+    size_t n = msg ? msg->order_key_len : 0;
+    if (key_len)
+        *key_len = n;
+    return n ? msg->data + msg->size + msg->key_len : NULL;
+}
+
+uint32_t rbus_msg_origin(const rbus_msg *msg)
+{
+    return msg ? msg->origin : 0;
+}
+
+uint32_t rbus_msg_attempt(const rbus_msg *msg)
+{
+    return msg ? msg->attempt : 0;
+}
+
+const char *rbus_msg_origin_topic(const rbus_msg *msg)
+{
+    return msg ? msg->origin_topic : NULL;
+}

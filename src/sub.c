@@ -1,0 +1,496 @@
+/*
+ * sub.c - subscriptions: lifecycle, the ring and its overflow policies,
+ * receiving, and the event-loop fd. This is the one file that touches
+ * ck_ring.
+ *
+ * The ring is ck_ring's MPMC ring of message pointers. What it guarantees
+ * and what it does not:
+ *  - Receivers are lock-free: a dequeue is one CAS on c_head; a receiver
+ *    that stalls mid-dequeue never blocks anybody.
+ *  - Producers are NOT lock-free at commit: a producer reserves a slot with
+ *    a CAS on p_head, writes it, then waits until every earlier producer
+ *    has committed (p_tail) before committing its own. A producer
+ *    preempted between reservation and commit stalls every later producer
+ *    on that ring until it runs again (bench/ measures the worst stall).
+ *  - A ring of size 2^k holds 2^k - 1 entries, so the effective capacity of
+ *    a subscription is the smallest 2^k - 1 that is >= what it asked for.
+ *
+ * Wake-up protocol (no system call and no fence per message when nobody
+ * waits). A sleeping receiver registers in msg_ev.waiters (seq_cst RMW +
+ * full fence), then reads p_head. A publisher reserves its slot with the
+ * ring's CAS on p_head (a full barrier: `lock cmpxchg` on x86;
+ * ck_pr_fence_atomic_load() makes it one elsewhere), then reads the waiter
+ * count. These are the two halves of a Dekker pair: either the publisher
+ * sees the waiter and wakes it, or the receiver sees the reservation and
+ * does not sleep (it spins/yields until the commit lands). Publishers
+ * waiting for room and receivers freeing it use the same pattern with
+ * room_waiters and c_head.
+ */
+#include "internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ the ring */
+
+static inline bool ring_put(rbus_sub *s, rbus_msg *m, unsigned *ahead)
+{
+    /* TSan cannot see ck_ring's ordering: the enqueue publishes the
+     * message to whoever dequeues it. */
+    RBUS_TSAN_RELEASE(m);
+    return ck_ring_enqueue_mpmc_size(&s->ring, s->slots, m, ahead);
+}
+
+static inline rbus_msg *ring_take(rbus_sub *s)
+{
+    void *p;
+    if (!ck_ring_dequeue_mpmc(&s->ring, s->slots, &p))
+        return NULL;
+    RBUS_TSAN_ACQUIRE(p);
+    return p;
+}
+
+/* True if a slot is reserved or committed: the receiver side of the Dekker
+ * pair reads p_head, which the producer's CAS wrote before it checked for
+ * waiters. */
+static inline bool ring_reserved(rbus_sub *s)
+{
+    return ck_pr_load_uint(&s->ring.p_head) != ck_pr_load_uint(&s->ring.c_head);
+}
+
+bool rbus__sub_full(rbus_sub *s)
+{
+    return ck_pr_load_uint(&s->ring.p_head) - ck_pr_load_uint(&s->ring.c_head) >=
+           s->ring.mask;
+}
+
+/* ------------------------------------------------------------ wake-ups */
+
+static void fd_signal(int fd)
+{
+    uint64_t one = 1;
+    /* The eventfd counter cannot overflow from our writes of 1, so the
+     * write cannot fail with EAGAIN in practice; nothing to do if it did:
+     * the fd is already readable then. */
+    ssize_t n = write(fd, &one, sizeof one);
+    (void)n;
+}
+
+static void fd_make_readable(rbus_sub *s)
+{
+    if (atomic_exchange_explicit(&s->fd_armed, 0, memory_order_acq_rel) == 1)
+        fd_signal(atomic_load_explicit(&s->fd, memory_order_acquire));
+}
+
+static RBUS_NOINLINE void wake_receivers(rbus_sub *s)
+{
+    if (rbus__event_has_waiters(&s->msg_ev))
+        rbus__event_signal(&s->msg_ev);
+    if (atomic_load_explicit(&s->fd_armed, memory_order_relaxed))
+        fd_make_readable(s);
+}
+
+static inline void after_enqueue(rbus_sub *s, unsigned ahead)
+{
+    /* The enqueue's CAS on p_head came first; this orders it before the
+     * loads below (compiles to nothing on x86, where the CAS is a full
+     * barrier). */
+    ck_pr_fence_atomic_load();
+    if (RBUS_UNLIKELY(rbus__event_has_waiters(&s->msg_ev) |
+                      atomic_load_explicit(&s->fd_armed, memory_order_relaxed)))
+        wake_receivers(s);
+    /* Relaxed: high_water is a statistic; only its monotonicity matters,
+     * which the CAS loop keeps. */
+    uint32_t depth = ahead + 1;
+    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
+    while (RBUS_UNLIKELY(depth > hw) &&
+           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth,
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+static inline void after_dequeue(rbus_sub *s)
+{
+    ck_pr_fence_atomic_load(); /* the dequeue's CAS on c_head, before the load */
+    if (RBUS_UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_relaxed)))
+        rbus__event_signal(&s->bus->room_ev);
+}
+
+/* ------------------------------------------------------ overflow policy */
+
+enum rbus_offer rbus__sub_offer(rbus_sub *s, rbus_msg *m, uint32_t *evicted)
+{
+    unsigned ahead;
+    /* Relaxed counters: each is a tally read only by stats; they are on the
+     * publisher-side line of the subscription. */
+    atomic_fetch_add_explicit(&s->offered, 1, memory_order_relaxed);
+    if (RBUS_LIKELY(ring_put(s, m, &ahead))) {
+        after_enqueue(s, ahead);
+        return RBUS_OFFER_QUEUED;
+    }
+    switch (s->overflow) {
+    case RBUS_DROP_NEWEST:
+        atomic_fetch_add_explicit(&s->dropped_newest, 1, memory_order_relaxed);
+        return RBUS_OFFER_DROPPED;
+    case RBUS_DROP_OLDEST:
+        /* Evict until our message fits. Receivers may drain concurrently,
+         * and other publishers may take the freed slot first, so one
+         * publish can evict more than one message. */
+        for (;;) {
+            rbus_msg *old = ring_take(s);
+            if (old) {
+                atomic_fetch_add_explicit(&s->dropped_oldest, 1, memory_order_relaxed);
+                (*evicted)++;
+                rbus__msg_unref(old, 1);
+            }
+            if (ring_put(s, m, &ahead)) {
+                after_enqueue(s, ahead);
+                return RBUS_OFFER_QUEUED;
+            }
+        }
+    case RBUS_BLOCK:
+    default:
+        return RBUS_OFFER_FULL;
+    }
+}
+
+bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
+{
+    unsigned ahead;
+    if (!ring_put(s, m, &ahead))
+        return false;
+    after_enqueue(s, ahead);
+    return true;
+}
+
+/* -------------------------------------------------------------- receive */
+
+static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max)
+{
+    size_t got = 0;
+    while (got < max) {
+        rbus_msg *m = ring_take(s);
+        if (!m)
+            break;
+        out[got++] = m;
+    }
+    if (got) {
+        atomic_fetch_add_explicit(&s->received, got, memory_order_relaxed);
+        after_dequeue(s);
+    }
+    return got;
+}
+
+/* On -EAGAIN with timeout 0: clear the fd until the next enqueue. Returns
+ * true if a message slipped in meanwhile (the caller takes it). */
+static bool fd_clear(rbus_sub *s)
+{
+    int fd = atomic_load_explicit(&s->fd, memory_order_acquire);
+    if (fd < 0 || atomic_load_explicit(&s->fd_armed, memory_order_relaxed))
+        return false;
+    uint64_t v;
+    ssize_t n = read(fd, &v, sizeof v); /* drain; EAGAIN if already clear */
+    (void)n;
+    /* seq_cst store + fence, then read p_head: the receiver half of the
+     * Dekker pair with after_enqueue(). */
+    atomic_store_explicit(&s->fd_armed, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (ring_reserved(s) ||
+        atomic_load_explicit(&s->state, memory_order_acquire) != RBUS_SUB_OPEN) {
+        fd_make_readable(s);
+        return ring_reserved(s);
+    }
+    return false;
+}
+
+static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_ns)
+{
+    /* Relaxed in, release out: rbus_unsubscribe acquires callers == 0, so
+     * everything we did to the subscription happens before it is freed. */
+    atomic_fetch_add_explicit(&s->callers, 1, memory_order_relaxed);
+    int rc;
+    int64_t deadline = 0, spin_until = 0;
+    bool timed = false;
+    unsigned iter = 0;
+    for (;;) {
+        /* Read the state before trying: if it was CLOSED already, no
+         * enqueue can follow, so an empty ring is final. */
+        uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+        size_t got = take_batch(s, out, max);
+        if (got) {
+            rc = (int)got;
+            break;
+        }
+        if (st == RBUS_SUB_CLOSED) {
+            rc = -ESHUTDOWN;
+            break;
+        }
+        if (timeout_ns == 0) {
+            if (fd_clear(s))
+                continue;
+            rc = -EAGAIN;
+            break;
+        }
+        int64_t now = rbus__now_ns();
+        if (!timed) {
+            timed = true;
+            deadline = rbus__deadline(timeout_ns);
+            spin_until = now + s->spin_ns;
+        }
+        bool expired = deadline >= 0 && now >= deadline;
+        if (!expired && now < spin_until) {
+            rbus__spin_step(iter++);
+            continue;
+        }
+        if (expired) {
+            if (ring_reserved(s)) {
+                rbus__spin_step(iter++); /* a commit is landing: take it */
+                continue;
+            }
+            rc = -ETIMEDOUT;
+            break;
+        }
+        uint32_t seen = rbus__event_prepare(&s->msg_ev);
+        if (ring_reserved(s) ||
+            atomic_load_explicit(&s->state, memory_order_acquire) == RBUS_SUB_CLOSED) {
+            /* A message is on its way (or the end): do not sleep. */
+            rbus__spin_step(iter++);
+            continue;
+        }
+        rbus__event_wait(&s->msg_ev, seen, deadline);
+    }
+    atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
+    return rc;
+}
+
+int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns)
+{
+    if (out)
+        *out = NULL;
+    if (!sub || !out)
+        return -EINVAL;
+    int rc = recv_common(sub, out, 1, timeout_ns);
+    return rc > 0 ? 0 : rc;
+}
+
+int rbus_recv_batch(rbus_sub *sub, rbus_msg **out, size_t max, int64_t timeout_ns)
+{
+    if (!sub || !out || max == 0)
+        return -EINVAL;
+    if (max > INT_MAX)
+        max = INT_MAX;
+    return recv_common(sub, out, max, timeout_ns);
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+void rbus_sub_opts_init(rbus_sub_opts *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof *opts);
+    opts->capacity = 0;
+    opts->overflow = RBUS_BLOCK;
+    opts->block_timeout_ns = 0;
+    opts->spin_ns = 0;
+    opts->name = NULL;
+}
+
+static uint32_t ring_size_for(uint32_t capacity)
+{
+    uint32_t size = 2;
+    while (size - 1 < capacity)
+        size <<= 1;
+    return size;
+}
+
+int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rbus_sub **out)
+{
+    if (out)
+        *out = NULL;
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    if (opts)
+        o = *opts;
+    if (!bus || !out || !rbus_pattern_valid(pattern))
+        return -EINVAL;
+    if ((unsigned)o.overflow > RBUS_DROP_NEWEST || o.capacity > RBUS_MAX_CAPACITY ||
+        o.spin_ns > RBUS_MAX_SPIN_NS || (o.name && strnlen(o.name, 256) > 255))
+        return -EINVAL;
+    if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
+        return -ESHUTDOWN;
+
+    uint32_t capacity = o.capacity ? o.capacity : bus->cfg.default_capacity;
+    uint32_t size = ring_size_for(capacity);
+    rbus_sub *s = rbus__zalloc_aligned(bus, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->bus = bus;
+    s->slots = rbus__alloc(bus, (size_t)size * sizeof(ck_ring_buffer_t));
+    s->pattern = rbus__strdup(bus, pattern);
+    s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
+    if (!s->slots || !s->pattern || (o.name && !s->name)) {
+        rbus__free(bus, s->slots);
+        rbus__free(bus, s->pattern);
+        rbus__free(bus, s->name);
+        rbus__free_aligned(bus, s);
+        return -ENOMEM;
+    }
+    ck_ring_init(&s->ring, size);
+    s->capacity = size - 1;
+    s->overflow = o.overflow;
+    s->block_timeout_ns = o.block_timeout_ns;
+    s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
+    atomic_init(&s->fd, -1);
+    pthread_mutex_init(&s->fd_lock, NULL);
+
+    struct rbus_sublist *garbage = NULL;
+    pthread_mutex_lock(&bus->lock);
+    int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
+    if (!rc)
+        rc = rbus__topics_relist(bus, s, true, &garbage);
+    if (rc) {
+        pthread_mutex_unlock(&bus->lock);
+        pthread_mutex_destroy(&s->fd_lock);
+        rbus__free(bus, s->slots);
+        rbus__free(bus, s->pattern);
+        rbus__free(bus, s->name);
+        rbus__free_aligned(bus, s);
+        return rc;
+    }
+    s->id = bus->next_sub_id++;
+    s->bus_next = bus->subs;
+    if (bus->subs)
+        bus->subs->bus_prev = s;
+    bus->subs = s;
+    pthread_mutex_unlock(&bus->lock);
+
+    rbus__synchronize(bus);
+    rbus__sublists_free(bus, garbage);
+    *out = s;
+    return 0;
+}
+
+void rbus__sub_finish_close(rbus_sub *s)
+{
+    /* seq_cst, then an unconditional bump of the sequence: a receiver that
+     * registered before the bump is woken; one that registers after it
+     * reads CLOSED. */
+    atomic_store_explicit(&s->state, RBUS_SUB_CLOSED, memory_order_seq_cst);
+    rbus__event_broadcast(&s->msg_ev);
+    if (atomic_load_explicit(&s->fd, memory_order_acquire) >= 0)
+        fd_make_readable(s);
+}
+
+int rbus_sub_close(rbus_sub *sub)
+{
+    if (!sub)
+        return -EINVAL;
+    rbus *bus = sub->bus;
+    struct rbus_sublist *garbage = NULL;
+    pthread_mutex_lock(&bus->lock);
+    if (atomic_load_explicit(&sub->state, memory_order_relaxed) != RBUS_SUB_OPEN) {
+        pthread_mutex_unlock(&bus->lock);
+        return 0;
+    }
+    int rc = rbus__topics_relist(bus, sub, false, &garbage);
+    if (rc) {
+        pthread_mutex_unlock(&bus->lock);
+        return rc;
+    }
+    /* Publishers that already loaded an old list may still enqueue until
+     * the grace period ends; waiting publishers check the state in a read
+     * section. So: CLOSING, wake them, synchronise, then CLOSED. */
+    atomic_store_explicit(&sub->state, RBUS_SUB_CLOSING, memory_order_seq_cst);
+    pthread_mutex_unlock(&bus->lock);
+    rbus__event_broadcast(&bus->room_ev);
+    rbus__synchronize(bus);
+    rbus__sublists_free(bus, garbage);
+    rbus__sub_finish_close(sub);
+    return 0;
+}
+
+void rbus__sub_free(rbus_sub *s)
+{
+    rbus *bus = s->bus;
+    rbus_msg *m;
+    while ((m = ring_take(s)))
+        rbus__msg_unref(m, 1);
+    int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
+    if (fd >= 0)
+        close(fd);
+    pthread_mutex_destroy(&s->fd_lock);
+    rbus__free(bus, s->slots);
+    rbus__free(bus, s->pattern);
+    rbus__free(bus, s->name);
+    rbus__free_aligned(bus, s);
+}
+
+int rbus_unsubscribe(rbus_sub *sub)
+{
+    if (!sub)
+        return -EINVAL;
+    if (atomic_load_explicit(&sub->dispatcher, memory_order_acquire))
+        return -EBUSY;
+    int rc = rbus_sub_close(sub);
+    if (rc)
+        return rc;
+    /* Receivers blocked on it were woken by the close and return
+     * -ESHUTDOWN; publishers that pinned it were woken and drop it. Both
+     * leave promptly, so a short sleeping poll is enough here (no core
+     * burnt, no extra word on their fast paths). */
+    struct timespec pause = {0, 20000};
+    while (atomic_load_explicit(&sub->pins, memory_order_acquire) ||
+           atomic_load_explicit(&sub->callers, memory_order_acquire)) {
+        rbus__event_broadcast(&sub->msg_ev);
+        nanosleep(&pause, NULL);
+    }
+    rbus *bus = sub->bus;
+    pthread_mutex_lock(&bus->lock);
+    if (sub->bus_prev)
+        sub->bus_prev->bus_next = sub->bus_next;
+    else
+        bus->subs = sub->bus_next;
+    if (sub->bus_next)
+        sub->bus_next->bus_prev = sub->bus_prev;
+    pthread_mutex_unlock(&bus->lock);
+    rbus__sub_free(sub);
+    return 0;
+}
+
+uint64_t rbus_sub_id(const rbus_sub *sub)
+{
+    return sub ? sub->id : 0;
+}
+
+int rbus_sub_fd(rbus_sub *sub)
+{
+    if (!sub)
+        return -EINVAL;
+    int fd = atomic_load_explicit(&sub->fd, memory_order_acquire);
+    if (fd >= 0)
+        return fd;
+    pthread_mutex_lock(&sub->fd_lock);
+    fd = atomic_load_explicit(&sub->fd, memory_order_relaxed);
+    if (fd < 0) {
+        fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) {
+            int err = -errno;
+            pthread_mutex_unlock(&sub->fd_lock);
+            return err;
+        }
+        /* Start clear and armed, then publish the fd and look once: a
+         * message queued before (or while) we armed makes it readable. */
+        atomic_store_explicit(&sub->fd_armed, 1, memory_order_relaxed);
+        atomic_store_explicit(&sub->fd, fd, memory_order_seq_cst);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (ring_reserved(sub) ||
+            atomic_load_explicit(&sub->state, memory_order_acquire) != RBUS_SUB_OPEN)
+            fd_make_readable(sub);
+    }
+    pthread_mutex_unlock(&sub->fd_lock);
+    return fd;
+}

@@ -1,0 +1,491 @@
+/*
+ * topic.c - topic names and patterns, the topic registry, each topic's list
+ * of matching subscriptions, and the publish path that walks it.
+ *
+ * Routing is decided when subscriptions and topics come and go, never per
+ * message: each topic holds an immutable array of the open subscriptions
+ * whose pattern matches it. Subscribe, sub_close and topic_open build new
+ * arrays under bus->lock and swap them in (copy-on-write); a publisher
+ * loads the array inside an epoch read section, so the old array is freed
+ * only after rbus__synchronize().
+ */
+#include "internal.h"
+
+#include <string.h>
+
+/* ------------------------------------------------- names and patterns */
+
+static bool token_char_ok(unsigned char c)
+{
+    /* Printable ASCII other than space; '.', '*' and '>' are handled by
+     * the callers. */
+    return c > 0x20 && c < 0x7f;
+}
+
+/* Validates a subject; wildcards allowed only when `pattern`. */
+static bool subject_valid(const char *s, bool pattern)
+{
+    if (!s)
+        return false;
+    size_t len = strnlen(s, RBUS_MAX_TOPIC_LEN + 1);
+    if (len == 0 || len > RBUS_MAX_TOPIC_LEN)
+        return false;
+    const char *tok = s;
+    for (;;) {
+        const char *end = tok;
+        while (*end && *end != '.')
+            end++;
+        size_t tlen = (size_t)(end - tok);
+        if (tlen == 0)
+            return false;
+        if (tlen == 1 && (*tok == '*' || *tok == '>')) {
+            if (!pattern)
+                return false;
+            if (*tok == '>' && *end != '\0')
+                return false; /* '>' only as the last token */
+        } else {
+            for (const char *p = tok; p < end; p++)
+                if (!token_char_ok((unsigned char)*p) || *p == '*' || *p == '>')
+                    return false;
+        }
+        if (*end == '\0')
+            return true;
+        tok = end + 1;
+    }
+}
+
+bool rbus_topic_valid(const char *name)
+{
+    return subject_valid(name, false);
+}
+
+bool rbus_pattern_valid(const char *pattern)
+{
+    return subject_valid(pattern, true);
+}
+
+bool rbus__pattern_matches(const char *p, const char *n)
+{
+    for (;;) {
+        const char *pe = p, *ne = n;
+        while (*pe && *pe != '.')
+            pe++;
+        while (*ne && *ne != '.')
+            ne++;
+        size_t plen = (size_t)(pe - p);
+        if (plen == 1 && *p == '>')
+            return true; /* the name has at least this one more token */
+        if (!(plen == 1 && *p == '*')) {
+            if (plen != (size_t)(ne - n) || memcmp(p, n, plen) != 0)
+                return false;
+        }
+        if (*pe == '\0' || *ne == '\0')
+            return *pe == '\0' && *ne == '\0';
+        p = pe + 1;
+        n = ne + 1;
+    }
+}
+
+bool rbus_pattern_match(const char *pattern, const char *name)
+{
+    if (!rbus_pattern_valid(pattern) || !rbus_topic_valid(name))
+        return false;
+    return rbus__pattern_matches(pattern, name);
+}
+
+const char *rbus_topic_name(const rbus_topic *topic)
+{
+    return topic ? topic->name : NULL;
+}
+
+/* ------------------------------------------------------------ registry */
+
+static uint32_t hash_name(const char *s, size_t len)
+{
+    /* FNV-1a: topic lookups happen at topic_open and subscribe only. */
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static rbus_topic *registry_find(rbus *bus, const char *name, size_t len, uint32_t h)
+{
+    for (rbus_topic *t = bus->buckets[h & (bus->nbuckets - 1)]; t; t = t->hash_next)
+        if (t->hash == h && t->name_len == len && memcmp(t->name, name, len) == 0)
+            return t;
+    return NULL;
+}
+
+static void registry_grow(rbus *bus)
+{
+    /* Best effort: a failed grow only makes chains longer. */
+    uint32_t n = bus->nbuckets * 2;
+    rbus_topic **b = rbus__zalloc(bus, n * sizeof *b);
+    if (!b)
+        return;
+    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        t->hash_next = b[t->hash & (n - 1)];
+        b[t->hash & (n - 1)] = t;
+    }
+    rbus__free(bus, bus->buckets);
+    bus->buckets = b;
+    bus->nbuckets = n;
+}
+
+static struct rbus_sublist *sublist_new(rbus *bus, uint32_t count)
+{
+    struct rbus_sublist *l = rbus__alloc(bus, sizeof *l + count * sizeof(rbus_sub *));
+    if (l) {
+        l->garbage_next = NULL;
+        l->count = count;
+    }
+    return l;
+}
+
+int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
+{
+    if (out)
+        *out = NULL;
+    if (!bus || !out || !rbus_topic_valid(name))
+        return -EINVAL;
+    size_t len = strlen(name);
+    uint32_t h = hash_name(name, len);
+
+    pthread_mutex_lock(&bus->lock);
+    int rc = 0;
+    rbus_topic *t = NULL;
+    if (atomic_load_explicit(&bus->closing, memory_order_relaxed)) {
+        rc = -ESHUTDOWN;
+        goto out;
+    }
+    t = registry_find(bus, name, len, h);
+    if (t)
+        goto out;
+    if (bus->ntopics >= bus->cfg.max_topics) {
+        rc = -ENOSPC;
+        goto out;
+    }
+
+    /* Which open subscriptions match the new topic. */
+    uint32_t count = 0;
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) == RBUS_SUB_OPEN &&
+            rbus__pattern_matches(s->pattern, name))
+            count++;
+
+    t = rbus__zalloc_aligned(bus, sizeof *t);
+    struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
+    char *copy = rbus__strdup(bus, name);
+    if (!t || !copy || (count && !list)) {
+        rbus__free_aligned(bus, t);
+        rbus__free(bus, list);
+        rbus__free(bus, copy);
+        t = NULL;
+        rc = -ENOMEM;
+        goto out;
+    }
+    uint32_t i = 0;
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) == RBUS_SUB_OPEN &&
+            rbus__pattern_matches(s->pattern, name))
+            list->subs[i++] = s;
+    t->bus = bus;
+    t->name = copy;
+    t->name_len = (uint32_t)len;
+    t->hash = h;
+    /* No publisher can see the topic before we return it: relaxed. */
+    atomic_store_explicit(&t->subs, list, memory_order_relaxed);
+    t->hash_next = bus->buckets[h & (bus->nbuckets - 1)];
+    bus->buckets[h & (bus->nbuckets - 1)] = t;
+    t->all_next = bus->topics;
+    bus->topics = t;
+    bus->ntopics++;
+    if (bus->ntopics > bus->nbuckets)
+        registry_grow(bus);
+out:
+    pthread_mutex_unlock(&bus->lock);
+    *out = t;
+    return rc;
+}
+
+/* ------------------------------------------------- subscription lists */
+
+int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **garbage)
+{
+    /* A sub is listed exactly on the topics its pattern matches while it
+     * is open, so the same test finds the lists to grow or shrink. */
+    uint32_t n = 0;
+    for (rbus_topic *t = bus->topics; t; t = t->all_next)
+        if (rbus__pattern_matches(sub->pattern, t->name))
+            n++;
+    if (n == 0)
+        return 0;
+
+    /* Build every new list before swapping any, so -ENOMEM changes nothing. */
+    struct rbus_sublist **fresh = rbus__zalloc(bus, n * sizeof *fresh);
+    if (!fresh)
+        return -ENOMEM;
+    uint32_t i = 0;
+    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        if (!rbus__pattern_matches(sub->pattern, t->name))
+            continue;
+        struct rbus_sublist *cur = atomic_load_explicit(&t->subs, memory_order_relaxed);
+        uint32_t c = cur ? cur->count : 0;
+        uint32_t want = add ? c + 1 : c - 1;
+        if (want == 0) {
+            i++; /* an empty list is NULL */
+            continue;
+        }
+        struct rbus_sublist *l = sublist_new(bus, want);
+        if (!l) {
+            for (uint32_t j = 0; j < n; j++)
+                rbus__free(bus, fresh[j]);
+            rbus__free(bus, fresh);
+            return -ENOMEM;
+        }
+        uint32_t k = 0;
+        for (uint32_t j = 0; j < c; j++)
+            if (cur->subs[j] != sub)
+                l->subs[k++] = cur->subs[j];
+        if (add)
+            l->subs[k++] = sub;
+        fresh[i++] = l;
+    }
+    i = 0;
+    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        if (!rbus__pattern_matches(sub->pattern, t->name))
+            continue;
+        /* Release: the new list's contents, and the subscription it points
+         * to, are complete for a publisher that loads it (acquire). */
+        struct rbus_sublist *old =
+            atomic_exchange_explicit(&t->subs, fresh[i++], memory_order_release);
+        if (old) {
+            /* garbage_next is never read by publishers, so linking through
+             * it is safe while they may still walk the old list. */
+            old->garbage_next = *garbage;
+            *garbage = old;
+        }
+    }
+    rbus__free(bus, fresh);
+    return 0;
+}
+
+void rbus__sublists_free(rbus *bus, struct rbus_sublist *garbage)
+{
+    while (garbage) {
+        struct rbus_sublist *next = garbage->garbage_next;
+        rbus__free(bus, garbage);
+        garbage = next;
+    }
+}
+
+void rbus__topics_free_all(rbus *bus)
+{
+    rbus_topic *t = bus->topics;
+    while (t) {
+        rbus_topic *next = t->all_next;
+        rbus__free(bus, atomic_load_explicit(&t->subs, memory_order_relaxed));
+        rbus__free(bus, t->name);
+        rbus__free_aligned(bus, t);
+        t = next;
+    }
+    bus->topics = NULL;
+    bus->ntopics = 0;
+}
+
+/* -------------------------------------------------------------- publish */
+
+static bool key_ok(const void *key, size_t len)
+{
+    return key ? (len >= 1 && len <= RBUS_MAX_KEY_LEN) : len == 0;
+}
+
+/* How long a publish may wait for room on `s`: the sub's own timeout,
+ * shortened by the publish's when that is > 0. -1 = forever. */
+static int64_t wait_deadline(const rbus_sub *s, int64_t pub_timeout_ns, int64_t now)
+{
+    int64_t t = s->block_timeout_ns > 0 ? s->block_timeout_ns : -1;
+    if (pub_timeout_ns > 0 && (t < 0 || pub_timeout_ns < t))
+        t = pub_timeout_ns;
+    if (t < 0)
+        return -1;
+    return t > INT64_MAX - now ? INT64_MAX : now + t;
+}
+
+static void pending_drop(struct rbus_thread *th, uint32_t i, uint32_t *n)
+{
+    rbus_sub *s = th->pending[i].sub;
+    atomic_fetch_sub_explicit(&s->room_waiters, 1, memory_order_relaxed);
+    /* Release: our last touch of the subscription happens before an
+     * unsubscribe that acquires pins == 0 frees it. */
+    atomic_fetch_sub_explicit(&s->pins, 1, memory_order_release);
+    th->pending[i] = th->pending[--*n];
+}
+
+/*
+ * The slow path of a publish: wait, all at once, on the RBUS_BLOCK
+ * subscriptions that were full, each up to its own deadline. Runs outside
+ * any read section (it may sleep); each retry re-enters one, so that
+ * sub_close and close, which synchronise, never miss an enqueue. Returns
+ * -ESHUTDOWN if the bus was closed while we waited, else 0.
+ */
+static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t n,
+                        rbus_pub_result *res, uint32_t *not_queued)
+{
+    int rc = 0;
+    int64_t spin_ns = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (th->pending[i].spin_ns > spin_ns)
+            spin_ns = th->pending[i].spin_ns;
+        /* seq_cst: registration before our re-check of the ring, the
+         * publisher half of the Dekker pair with after_dequeue(). */
+        atomic_fetch_add_explicit(&th->pending[i].sub->room_waiters, 1, memory_order_seq_cst);
+    }
+    int64_t spin_until = rbus__now_ns() + spin_ns;
+    unsigned iter = 0;
+    while (n) {
+        int64_t now = rbus__now_ns();
+        bool sleep_next = now >= spin_until;
+        uint32_t seen = sleep_next ? rbus__event_prepare(&bus->room_ev) : 0;
+        int64_t earliest = -1;
+
+        rbus__read_begin(th);
+        bool closing = atomic_load_explicit(&bus->closing, memory_order_seq_cst);
+        for (uint32_t i = 0; i < n;) {
+            struct rbus_pending *p = &th->pending[i];
+            rbus_sub *s = p->sub;
+            if (closing ||
+                atomic_load_explicit(&s->state, memory_order_seq_cst) != RBUS_SUB_OPEN) {
+                atomic_fetch_add_explicit(&s->dropped_closed, 1, memory_order_relaxed);
+                if (closing)
+                    rc = -ESHUTDOWN;
+            } else if (rbus__sub_try_enqueue(s, m)) {
+                res->queued++;
+                pending_drop(th, i, &n);
+                continue;
+            } else if (p->deadline_ns >= 0 && now >= p->deadline_ns) {
+                atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
+            } else {
+                if (p->deadline_ns >= 0 && (earliest < 0 || p->deadline_ns < earliest))
+                    earliest = p->deadline_ns;
+                i++;
+                continue;
+            }
+            res->dropped++;
+            (*not_queued)++;
+            pending_drop(th, i, &n);
+        }
+        rbus__read_end(th);
+
+        if (n && sleep_next)
+            rbus__event_wait(&bus->room_ev, seen, earliest);
+        else if (n)
+            rbus__spin_step(iter++);
+    }
+    /* RMW, full fence, then the flag: the Dekker pair with rbus_close, which
+     * announces itself on close_ev before it reads blocked_publishers. */
+    atomic_fetch_sub_explicit(&bus->blocked_publishers, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    rbus__event_signal(&bus->close_ev);
+    return rc;
+}
+
+int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
+                    rbus_pub_result *result)
+{
+    rbus_pub_result res = {0};
+    if (result)
+        *result = res;
+    if (!topic || (!data && len))
+        return -EINVAL;
+    if (opts && (!key_ok(opts->key, opts->key_len) ||
+                 !key_ok(opts->order_key, opts->order_key_len)))
+        return -EINVAL;
+    rbus *bus = topic->bus;
+    if (len > bus->cfg.max_payload)
+        return -EMSGSIZE;
+    /* Relaxed pre-check only orders the error codes (-ESHUTDOWN before
+     * -ENOMEM); the authoritative check is inside the read section. */
+    if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
+        return -ESHUTDOWN;
+    struct rbus_thread *th = rbus__thread_get(bus);
+    if (RBUS_UNLIKELY(!th))
+        return -ENOMEM;
+
+    rbus__read_begin(th);
+    /* The epoch entry above is a full barrier, so this load is ordered
+     * after our record went active: rbus_close either sees us in its
+     * synchronize or we see `closing`. */
+    if (RBUS_UNLIKELY(atomic_load_explicit(&bus->closing, memory_order_relaxed))) {
+        rbus__read_end(th);
+        return -ESHUTDOWN;
+    }
+    /* Acquire: pairs with the release exchange in rbus__topics_relist. */
+    struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
+    uint32_t n = list ? list->count : 0;
+    rbus_msg *m = NULL;
+    if (RBUS_UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
+        RBUS_UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
+        rbus__read_end(th);
+        return -ENOMEM;
+    }
+    /* Accepted from here on. */
+    m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;
+    m->time_ns = (uint64_t)rbus__now_ns();
+    /* One reference per subscription plus ours, set before the message is
+     * shared (the ring enqueue publishes it); the ones not used are given
+     * back in a single step at the end. */
+    atomic_store_explicit(&m->refs, n + 1, memory_order_relaxed);
+
+    int64_t pub_timeout = opts ? opts->timeout_ns : 0;
+    uint32_t not_queued = 0, waiting = 0;
+    int64_t now = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        rbus_sub *s = list->subs[i];
+        switch (rbus__sub_offer(s, m, &res.evicted)) {
+        case RBUS_OFFER_QUEUED:
+            res.queued++;
+            break;
+        case RBUS_OFFER_DROPPED:
+            res.dropped++;
+            not_queued++;
+            break;
+        case RBUS_OFFER_FULL:
+            if (pub_timeout < 0) {
+                atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
+                res.dropped++;
+                not_queued++;
+                break;
+            }
+            if (!now)
+                now = rbus__now_ns();
+            atomic_fetch_add_explicit(&s->publisher_waits, 1, memory_order_relaxed);
+            /* Pinned: rbus_unsubscribe waits for pins == 0 before freeing,
+             * since we keep using it after leaving the read section. */
+            atomic_fetch_add_explicit(&s->pins, 1, memory_order_relaxed);
+            th->pending[waiting++] = (struct rbus_pending){
+                .sub = s, .deadline_ns = wait_deadline(s, pub_timeout, now), .spin_ns = s->spin_ns};
+            break;
+        }
+    }
+    res.matched = n;
+    if (waiting)
+        atomic_fetch_add_explicit(&bus->blocked_publishers, 1, memory_order_seq_cst);
+    rbus__read_end(th);
+
+    int rc = 0;
+    if (RBUS_UNLIKELY(waiting))
+        rc = publish_wait(bus, th, m, waiting, &res, &not_queued);
+    rbus__msg_unref(m, 1 + not_queued);
+    if (result)
+        *result = res;
+    return rc;
+}
+
+int rbus_publish(rbus_topic *topic, const void *data, size_t len)
+{
+    return rbus_publish_ex(topic, data, len, NULL, NULL);
+}

@@ -1,0 +1,123 @@
+/*
+ * wait.c - waiting and waking: an event count on a futex, clocks, spinning.
+ *
+ * Why not ck_ec: ck's event count keeps its counter with ck_pr operations,
+ * which ThreadSanitizer cannot see, so every wait would look like a race in
+ * TSan runs and we could not suppress it without hiding our own code
+ * (ck_ec's functions are inlined into ours). The futex protocol we need is
+ * a few lines on <stdatomic.h>, which TSan understands.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RBUS_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define RBUS_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define RBUS_CPU_RELAX() ((void)0)
+#endif
+
+int64_t rbus__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * INT64_C(1000000000) + ts.tv_nsec;
+}
+
+int64_t rbus__deadline(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return -1;
+    int64_t now = rbus__now_ns();
+    if (timeout_ns > INT64_MAX - now)
+        return INT64_MAX;
+    return now + timeout_ns;
+}
+
+void rbus__spin_step(unsigned iteration)
+{
+    /* Pause for a while first: a peer on another core is likely mid-way.
+     * Past that, yield: on an oversubscribed machine (2 cores, 5 threads)
+     * the thread we wait for may need our core. */
+    if ((iteration & 63) == 63)
+        sched_yield();
+    else
+        RBUS_CPU_RELAX();
+}
+
+/*
+ * The event word holds a sequence in its upper 31 bits and a "somebody may
+ * sleep" flag in bit 0. A waiter sets the flag (CAS) and sleeps on the
+ * exact value it installed; a signaller that finds the flag set bumps the
+ * sequence, clears the flag in the same CAS and wakes every sleeper. A
+ * signaller that finds the flag clear writes nothing and makes no system
+ * call, and after one wake the flag stays clear until someone sleeps
+ * again, so a burst of signals costs one futex_wake.
+ *
+ * Lost wake-ups: the waiter's CAS is followed by a full fence before it
+ * reads its condition; the signaller makes the condition true, has a full
+ * barrier, then reads the word. So either the signaller sees the flag, or
+ * the waiter sees the condition. If the flag is cleared between the
+ * waiter's CAS and its futex_wait, the word differs from the value it
+ * sleeps on and futex_wait returns at once.
+ */
+uint32_t rbus__event_prepare(struct rbus_event *ev)
+{
+    uint32_t v = atomic_load_explicit(&ev->word, memory_order_relaxed);
+    while (!(v & 1u) && !atomic_compare_exchange_weak_explicit(
+                            &ev->word, &v, v | 1u, memory_order_seq_cst, memory_order_relaxed))
+        ;
+    atomic_thread_fence(memory_order_seq_cst);
+    return v | 1u;
+}
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts,
+                  uint32_t val3)
+{
+    return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, val3);
+}
+
+int rbus__event_wait(struct rbus_event *ev, uint32_t seen, int64_t deadline_ns)
+{
+    if (deadline_ns < 0) {
+        futex(&ev->word, FUTEX_WAIT_PRIVATE, seen, NULL, 0);
+        return 0;
+    }
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so
+     * spurious wake-ups never stretch the total wait. */
+    struct timespec ts = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
+    if (futex(&ev->word, FUTEX_WAIT_BITSET_PRIVATE, seen, &ts, FUTEX_BITSET_MATCH_ANY) < 0 &&
+        errno == ETIMEDOUT)
+        return -ETIMEDOUT;
+    return 0;
+}
+
+static void event_bump_and_wake(struct rbus_event *ev, uint32_t v)
+{
+    /* Release: what made the condition true is visible to a waiter that
+     * reads the new word. */
+    while (!atomic_compare_exchange_weak_explicit(&ev->word, &v, (v + 2u) & ~1u,
+                                                  memory_order_acq_rel, memory_order_relaxed))
+        ;
+    futex(&ev->word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, 0);
+}
+
+void rbus__event_signal(struct rbus_event *ev)
+{
+    uint32_t v = atomic_load_explicit(&ev->word, memory_order_relaxed);
+    if (v & 1u)
+        event_bump_and_wake(ev, v);
+}
+
+void rbus__event_broadcast(struct rbus_event *ev)
+{
+    event_bump_and_wake(ev, atomic_load_explicit(&ev->word, memory_order_relaxed));
+}
