@@ -178,7 +178,9 @@ struct rbus_msg_cache *rbus__msg_cache_new(rbus *bus);
  * the list it loaded. */
 struct rbus_sublist {
     struct rbus_sublist *garbage_next; /* writers only, after the swap */
-    uint32_t count;
+    struct rbus_topic *owner;          /* writers only, after the swap */
+    uint32_t cap;                      /* slots allocated */
+    uint32_t count;                    /* slots in use: what publishers read */
     rbus_sub *subs[];
 };
 
@@ -191,17 +193,18 @@ struct rbus_topic {
     uint32_t hash;
     struct rbus_topic *hash_next; /* registry chain, under bus->lock */
     struct rbus_topic *all_next;  /* every topic, under bus->lock */
+    struct rbus_sublist *spare;   /* retired list kept for the next relist */
     /* Written by every accepted publish. */
     RBUS_CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
 };
 
 bool rbus__pattern_matches(const char *pattern, const char *name);
-/* Under bus->lock: rebuild the lists of every topic `sub` matches, with the
- * sub added or removed. Old lists are chained on *garbage, for the caller to
- * free after rbus__synchronize. Returns 0 or -ENOMEM (nothing changed). */
-int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **garbage);
-void rbus__sublists_free(rbus *bus, struct rbus_sublist *garbage);
+/* Under bus->lock: swap in new lists for every topic `sub` matches, with the
+ * sub added or removed, then wait for a grace period and keep the retired
+ * lists as spares. Adding returns 0 or -ENOMEM (nothing changed); removing
+ * never fails and never allocates. */
+int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add);
 void rbus__topics_free_all(rbus *bus);
 
 /* -------------------------------------------------------------- sub.c */
@@ -230,6 +233,7 @@ struct rbus_sub {
     char *pattern;
     char *name;
     _Atomic uint32_t state;
+    bool listed; /* on its topics' lists; under bus->lock */
     _Atomic(void *) dispatcher; /* running dispatcher, if any (Handlers) */
     struct rbus_sub *bus_next;
     struct rbus_sub *bus_prev;

@@ -347,11 +347,10 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     atomic_init(&s->fd, -1);
     pthread_mutex_init(&s->fd_lock, NULL);
 
-    struct rbus_sublist *garbage = NULL;
     pthread_mutex_lock(&bus->lock);
     int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
     if (!rc)
-        rc = rbus__topics_relist(bus, s, true, &garbage);
+        rc = rbus__topics_relist(bus, s, true);
     if (rc) {
         pthread_mutex_unlock(&bus->lock);
         pthread_mutex_destroy(&s->fd_lock);
@@ -362,14 +361,12 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
         return rc;
     }
     s->id = bus->next_sub_id++;
+    s->listed = true;
     s->bus_next = bus->subs;
     if (bus->subs)
         bus->subs->bus_prev = s;
     bus->subs = s;
     pthread_mutex_unlock(&bus->lock);
-
-    rbus__synchronize(bus);
-    rbus__sublists_free(bus, garbage);
     *out = s;
     return 0;
 }
@@ -390,26 +387,27 @@ int rbus_sub_close(rbus_sub *sub)
     if (!sub)
         return -EINVAL;
     rbus *bus = sub->bus;
-    struct rbus_sublist *garbage = NULL;
     pthread_mutex_lock(&bus->lock);
-    if (atomic_load_explicit(&sub->state, memory_order_relaxed) != RBUS_SUB_OPEN) {
-        pthread_mutex_unlock(&bus->lock);
-        return 0;
+    bool was_open = atomic_load_explicit(&sub->state, memory_order_relaxed) == RBUS_SUB_OPEN;
+    /* CLOSING before the grace period that relist waits for: a publisher
+     * still walking an old list may enqueue until that period ends, and a
+     * publisher waiting for room re-checks the state inside a read section,
+     * so once it has passed no enqueue can reach the sub. */
+    if (was_open)
+        atomic_store_explicit(&sub->state, RBUS_SUB_CLOSING, memory_order_seq_cst);
+    /* A bus close marks subscriptions CLOSED but leaves them listed, so
+     * unlisting may still be due when the state says closed. */
+    if (sub->listed) {
+        rbus__topics_relist(bus, sub, false); /* removal cannot fail */
+        sub->listed = false;
+    } else if (was_open) {
+        rbus__synchronize(bus);
     }
-    int rc = rbus__topics_relist(bus, sub, false, &garbage);
-    if (rc) {
-        pthread_mutex_unlock(&bus->lock);
-        return rc;
-    }
-    /* Publishers that already loaded an old list may still enqueue until
-     * the grace period ends; waiting publishers check the state in a read
-     * section. So: CLOSING, wake them, synchronise, then CLOSED. */
-    atomic_store_explicit(&sub->state, RBUS_SUB_CLOSING, memory_order_seq_cst);
     pthread_mutex_unlock(&bus->lock);
-    rbus__event_broadcast(&bus->room_ev);
-    rbus__synchronize(bus);
-    rbus__sublists_free(bus, garbage);
-    rbus__sub_finish_close(sub);
+    if (was_open) {
+        rbus__event_broadcast(&bus->room_ev); /* waiting publishers: give up on it */
+        rbus__sub_finish_close(sub);
+    }
     return 0;
 }
 

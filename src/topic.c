@@ -12,6 +12,7 @@
 #include "internal.h"
 
 #include <string.h>
+#include <time.h>
 
 /* ------------------------------------------------- names and patterns */
 
@@ -140,6 +141,8 @@ static struct rbus_sublist *sublist_new(rbus *bus, uint32_t count)
     struct rbus_sublist *l = rbus__alloc(bus, sizeof *l + count * sizeof(rbus_sub *));
     if (l) {
         l->garbage_next = NULL;
+        l->owner = NULL;
+        l->cap = count;
         l->count = count;
     }
     return l;
@@ -172,16 +175,18 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
     /* Which open subscriptions match the new topic. */
     uint32_t count = 0;
     for (rbus_sub *s = bus->subs; s; s = s->bus_next)
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) == RBUS_SUB_OPEN &&
-            rbus__pattern_matches(s->pattern, name))
+        if (s->listed && rbus__pattern_matches(s->pattern, name))
             count++;
 
     t = rbus__zalloc_aligned(bus, sizeof *t);
     struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
+    /* The first spare, so that a later removal never allocates. */
+    struct rbus_sublist *spare = count > 1 ? sublist_new(bus, count) : NULL;
     char *copy = rbus__strdup(bus, name);
-    if (!t || !copy || (count && !list)) {
+    if (!t || !copy || (count && !list) || (count > 1 && !spare)) {
         rbus__free_aligned(bus, t);
         rbus__free(bus, list);
+        rbus__free(bus, spare);
         rbus__free(bus, copy);
         t = NULL;
         rc = -ENOMEM;
@@ -189,13 +194,13 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
     }
     uint32_t i = 0;
     for (rbus_sub *s = bus->subs; s; s = s->bus_next)
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) == RBUS_SUB_OPEN &&
-            rbus__pattern_matches(s->pattern, name))
+        if (s->listed && rbus__pattern_matches(s->pattern, name))
             list->subs[i++] = s;
     t->bus = bus;
     t->name = copy;
     t->name_len = (uint32_t)len;
     t->hash = h;
+    t->spare = spare;
     /* No publisher can see the topic before we return it: relaxed. */
     atomic_store_explicit(&t->subs, list, memory_order_relaxed);
     t->hash_next = bus->buckets[h & (bus->nbuckets - 1)];
@@ -213,10 +218,46 @@ out:
 
 /* ------------------------------------------------- subscription lists */
 
-int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **garbage)
+/*
+ * Removing a subscription must never fail (rbus_unsubscribe cannot report
+ * -ENOMEM), yet a publisher may be walking the current list, so removal
+ * needs a second buffer. Each topic keeps a spare: the list it retired
+ * last, recycled once a grace period has passed. Invariant, true after
+ * every relist: a topic whose list holds c subscriptions has a spare of
+ * capacity >= c - 1 (or c <= 1). It holds because the list being retired
+ * always held one more (removal) or one fewer (addition) than the new one,
+ * and topic_open allocates the first spare. Adding may still allocate, and
+ * may fail with -ENOMEM, leaving routing untouched.
+ */
+static struct rbus_sublist *take_spare(rbus_topic *t, uint32_t need)
 {
-    /* A sub is listed exactly on the topics its pattern matches while it
-     * is open, so the same test finds the lists to grow or shrink. */
+    struct rbus_sublist *l = t->spare;
+    if (!l || l->cap < need)
+        return NULL;
+    t->spare = NULL;
+    return l;
+}
+
+static void keep_spare(rbus *bus, rbus_topic *t, struct rbus_sublist *l)
+{
+    if (!t->spare || t->spare->cap < l->cap) {
+        rbus__free(bus, t->spare);
+        t->spare = l;
+    } else {
+        rbus__free(bus, l);
+    }
+}
+
+static bool lists_sub(const struct rbus_sublist *l, const rbus_sub *sub)
+{
+    for (uint32_t i = 0; l && i < l->count; i++)
+        if (l->subs[i] == sub)
+            return true;
+    return false;
+}
+
+int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add)
+{
     uint32_t n = 0;
     for (rbus_topic *t = bus->topics; t; t = t->all_next)
         if (rbus__pattern_matches(sub->pattern, t->name))
@@ -224,62 +265,87 @@ int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist 
     if (n == 0)
         return 0;
 
-    /* Build every new list before swapping any, so -ENOMEM changes nothing. */
-    struct rbus_sublist **fresh = rbus__zalloc(bus, n * sizeof *fresh);
-    if (!fresh)
-        return -ENOMEM;
+    /* Adding: get every buffer before swapping any, so -ENOMEM changes
+     * nothing. */
+    struct rbus_sublist **fresh = NULL;
+    if (add) {
+        fresh = rbus__zalloc(bus, n * sizeof *fresh);
+        if (!fresh)
+            return -ENOMEM;
+        uint32_t i = 0;
+        for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+            if (!rbus__pattern_matches(sub->pattern, t->name))
+                continue;
+            struct rbus_sublist *cur = atomic_load_explicit(&t->subs, memory_order_relaxed);
+            uint32_t need = (cur ? cur->count : 0) + 1;
+            if (!t->spare || t->spare->cap < need) {
+                fresh[i] = sublist_new(bus, need);
+                if (!fresh[i]) {
+                    for (uint32_t j = 0; j < i; j++)
+                        rbus__free(bus, fresh[j]);
+                    rbus__free(bus, fresh);
+                    return -ENOMEM;
+                }
+            }
+            i++;
+        }
+    }
+
+    struct rbus_sublist *garbage = NULL;
     uint32_t i = 0;
     for (rbus_topic *t = bus->topics; t; t = t->all_next) {
         if (!rbus__pattern_matches(sub->pattern, t->name))
             continue;
         struct rbus_sublist *cur = atomic_load_explicit(&t->subs, memory_order_relaxed);
         uint32_t c = cur ? cur->count : 0;
-        uint32_t want = add ? c + 1 : c - 1;
-        if (want == 0) {
-            i++; /* an empty list is NULL */
-            continue;
+        struct rbus_sublist *next = NULL;
+        if (add) {
+            next = fresh[i] ? fresh[i] : take_spare(t, c + 1);
+            if (c)
+                memcpy(next->subs, cur->subs, c * sizeof(rbus_sub *));
+            next->subs[c] = sub;
+            next->count = c + 1;
+        } else if (lists_sub(cur, sub) && c > 1) {
+            next = take_spare(t, c - 1);
+            while (!next) {
+                /* Unreachable while the invariant above holds; if it ever
+                 * broke, waiting for memory beats failing an unsubscribe. */
+                struct timespec pause = {0, 1000000};
+                if (!(next = sublist_new(bus, c - 1)))
+                    nanosleep(&pause, NULL);
+            }
+            uint32_t k = 0;
+            for (uint32_t j = 0; j < c; j++)
+                if (cur->subs[j] != sub)
+                    next->subs[k++] = cur->subs[j];
+            next->count = k;
+        } else if (!lists_sub(cur, sub)) {
+            i++;
+            continue; /* not listed here (nothing to remove) */
         }
-        struct rbus_sublist *l = sublist_new(bus, want);
-        if (!l) {
-            for (uint32_t j = 0; j < n; j++)
-                rbus__free(bus, fresh[j]);
-            rbus__free(bus, fresh);
-            return -ENOMEM;
-        }
-        uint32_t k = 0;
-        for (uint32_t j = 0; j < c; j++)
-            if (cur->subs[j] != sub)
-                l->subs[k++] = cur->subs[j];
-        if (add)
-            l->subs[k++] = sub;
-        fresh[i++] = l;
-    }
-    i = 0;
-    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
-        if (!rbus__pattern_matches(sub->pattern, t->name))
-            continue;
+        i++;
         /* Release: the new list's contents, and the subscription it points
          * to, are complete for a publisher that loads it (acquire). */
-        struct rbus_sublist *old =
-            atomic_exchange_explicit(&t->subs, fresh[i++], memory_order_release);
+        struct rbus_sublist *old = atomic_exchange_explicit(&t->subs, next, memory_order_release);
         if (old) {
-            /* garbage_next is never read by publishers, so linking through
-             * it is safe while they may still walk the old list. */
-            old->garbage_next = *garbage;
-            *garbage = old;
+            /* Publishers never read these two fields, so writing them while
+             * they may still walk the old list is safe. */
+            old->garbage_next = garbage;
+            old->owner = t;
+            garbage = old;
         }
     }
     rbus__free(bus, fresh);
-    return 0;
-}
 
-void rbus__sublists_free(rbus *bus, struct rbus_sublist *garbage)
-{
+    /* After the grace period nobody walks the retired lists: they become
+     * their topics' spares. */
+    rbus__synchronize(bus);
     while (garbage) {
         struct rbus_sublist *next = garbage->garbage_next;
-        rbus__free(bus, garbage);
+        keep_spare(bus, garbage->owner, garbage);
         garbage = next;
     }
+    return 0;
 }
 
 void rbus__topics_free_all(rbus *bus)
@@ -288,6 +354,7 @@ void rbus__topics_free_all(rbus *bus)
     while (t) {
         rbus_topic *next = t->all_next;
         rbus__free(bus, atomic_load_explicit(&t->subs, memory_order_relaxed));
+        rbus__free(bus, t->spare);
         rbus__free(bus, t->name);
         rbus__free_aligned(bus, t);
         t = next;

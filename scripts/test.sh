@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, three times: a plain optimised build (gcc, -Werror),
+# AddressSanitizer+UBSan (clang) and ThreadSanitizer (clang). Installs what
+# is missing first. Exits non-zero if any build or test fails.
+#
+# Stress sizes: every stress test multiplies its size by RBUS_STRESS_SCALE
+# and prints the sizes it used. Plain runs use 1 (or what you export);
+# sanitizer runs are 5-15x slower, so they use RBUS_ASAN_SCALE (default 0.2)
+# and RBUS_TSAN_SCALE (default 0.05).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+plain_scale=${RBUS_STRESS_SCALE:-1}
+asan_scale=${RBUS_ASAN_SCALE:-0.2}
+tsan_scale=${RBUS_TSAN_SCALE:-0.05}
+only=${RBUS_TEST_ONLY:-plain asan tsan}
+status=0
+
+run() { # name scale cmake-args...
+  local name=$1 scale=$2; shift 2
+  local dir=build-test-$name
+  echo "=== $name build (RBUS_STRESS_SCALE=$scale) ==="
+  cmake -S . -B "$dir" -DRBUS_WERROR=ON -DRBUS_BUILD_BENCH=ON -DRBUS_BUILD_EXAMPLES=ON "$@" >/dev/null
+  cmake --build "$dir" -j"$jobs" >"$dir.build.log" 2>&1 || { cat "$dir.build.log"; echo "=== $name: BUILD FAILED ==="; status=1; return; }
+  if RBUS_STRESS_SCALE=$scale ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 900; then
+    echo "=== $name: all tests passed ==="
+  else
+    echo "=== $name: TESTS FAILED ==="; status=1
+  fi
+}
+
+for v in $only; do
+  case $v in
+    plain) CC=gcc run plain "$plain_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
+    asan)
+      export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+      export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      CC=clang run asan "$asan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=address ;;
+    tsan)
+      export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp"
+      CC=clang run tsan "$tsan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=thread ;;
+    *) echo "unknown variant $v"; exit 2 ;;
+  esac
+done
+[ $status -eq 0 ] && echo "test.sh: every variant passed ($only)" || echo "test.sh: FAILURES (see above)"
+exit $status
