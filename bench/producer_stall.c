@@ -46,8 +46,6 @@ static void *pub_loop(void *arg)
     return NULL;
 }
 
-static volatile int draining = 1;
-
 static void *drain_loop(void *arg)
 {
     rbus_sub *s = arg;

@@ -238,8 +238,10 @@ typedef struct rbus_pub_result {
  * when suppressed by its key, or in this order of precedence: -EINVAL
  * (NULL topic, data NULL with len > 0, key or order key NULL with a length
  * or a length outside 1..255), -EMSGSIZE (len > max_payload), -ESHUTDOWN
- * (bus closed; or closed while this publish waited for room, after it was
- * accepted), -ENOMEM (the message pool could not grow).
+ * (bus closed; or the bus was closed while this publish waited for room,
+ * after it was accepted; an rbus_sub_close while it waits is only a drop,
+ * counted as dropped_closed, and the publish returns 0), -ENOMEM (the
+ * message pool could not grow).
  * `result`, when not NULL, is always written; matched == queued + dropped.
  */
 RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);
