@@ -33,14 +33,14 @@ run() { # name scale cmake-args...
 
 for v in $only; do
   case $v in
-    plain) CC=gcc run plain "$plain_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
+    plain) CC=gcc CXX=g++ run plain "$plain_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
     asan)
       export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
       export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-      CC=clang run asan "$asan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=address ;;
+      CC=clang CXX=clang++ run asan "$asan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=address ;;
     tsan)
       export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp"
-      CC=clang run tsan "$tsan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=thread ;;
+      CC=clang CXX=clang++ run tsan "$tsan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=thread ;;
     *) echo "unknown variant $v"; exit 2 ;;
   esac
 done

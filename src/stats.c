@@ -13,6 +13,8 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     if (!sub || !out)
         return -EINVAL;
     rbus_sub *s = (rbus_sub *)sub;
+    /* A call in flight for rbus_unsubscribe to wait for. */
+    atomic_fetch_add_explicit(&s->callers, 1, memory_order_relaxed);
     memset(out, 0, sizeof *out);
     out->offered = atomic_load_explicit(&s->offered, memory_order_relaxed);
     out->received = atomic_load_explicit(&s->received, memory_order_relaxed);
@@ -26,6 +28,7 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     out->depth = ck_ring_size(&s->ring);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
+    atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
     return 0;
 }
 

@@ -329,14 +329,13 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     if (!s)
         return -ENOMEM;
     s->bus = bus;
+    atomic_init(&s->fd, -1);
+    pthread_mutex_init(&s->fd_lock, NULL);
     s->slots = rbus__alloc(bus, (size_t)size * sizeof(ck_ring_buffer_t));
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
     if (!s->slots || !s->pattern || (o.name && !s->name)) {
-        rbus__free(bus, s->slots);
-        rbus__free(bus, s->pattern);
-        rbus__free(bus, s->name);
-        rbus__free_aligned(bus, s);
+        rbus__sub_free(s); /* the ring is empty: this only frees memory */
         return -ENOMEM;
     }
     ck_ring_init(&s->ring, size);
@@ -344,8 +343,6 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->overflow = o.overflow;
     s->block_timeout_ns = o.block_timeout_ns;
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
-    atomic_init(&s->fd, -1);
-    pthread_mutex_init(&s->fd_lock, NULL);
 
     pthread_mutex_lock(&bus->lock);
     int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
@@ -353,11 +350,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
         rc = rbus__topics_relist(bus, s, true);
     if (rc) {
         pthread_mutex_unlock(&bus->lock);
-        pthread_mutex_destroy(&s->fd_lock);
-        rbus__free(bus, s->slots);
-        rbus__free(bus, s->pattern);
-        rbus__free(bus, s->name);
-        rbus__free_aligned(bus, s);
+        rbus__sub_free(s);
         return rc;
     }
     s->id = bus->next_sub_id++;
@@ -415,7 +408,7 @@ void rbus__sub_free(rbus_sub *s)
 {
     rbus *bus = s->bus;
     rbus_msg *m;
-    while ((m = ring_take(s)))
+    while (s->slots && (m = ring_take(s)))
         rbus__msg_unref(m, 1);
     int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
     if (fd >= 0)
@@ -471,6 +464,9 @@ int rbus_sub_fd(rbus_sub *sub)
     int fd = atomic_load_explicit(&sub->fd, memory_order_acquire);
     if (fd >= 0)
         return fd;
+    /* Counted as a call in flight, like a receive: rbus_unsubscribe waits
+     * for it before closing the fd and freeing the subscription. */
+    atomic_fetch_add_explicit(&sub->callers, 1, memory_order_relaxed);
     pthread_mutex_lock(&sub->fd_lock);
     fd = atomic_load_explicit(&sub->fd, memory_order_relaxed);
     if (fd < 0) {
@@ -478,6 +474,7 @@ int rbus_sub_fd(rbus_sub *sub)
         if (fd < 0) {
             int err = -errno;
             pthread_mutex_unlock(&sub->fd_lock);
+            atomic_fetch_sub_explicit(&sub->callers, 1, memory_order_release);
             return err;
         }
         /* Start clear and armed, then publish the fd and look once: a
@@ -490,5 +487,6 @@ int rbus_sub_fd(rbus_sub *sub)
             fd_make_readable(sub);
     }
     pthread_mutex_unlock(&sub->fd_lock);
+    atomic_fetch_sub_explicit(&sub->callers, 1, memory_order_release);
     return fd;
 }

@@ -148,6 +148,20 @@ static struct rbus_sublist *sublist_new(rbus *bus, uint32_t count)
     return l;
 }
 
+/* The listed (open) subscriptions whose pattern matches `name`: counted,
+ * and stored into `fill` when it is not NULL. Under bus->lock. */
+static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
+{
+    uint32_t count = 0;
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
+        if (s->listed && rbus__pattern_matches(s->pattern, name)) {
+            if (fill)
+                fill[count] = s;
+            count++;
+        }
+    return count;
+}
+
 int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
 {
     if (out)
@@ -172,11 +186,7 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
         goto out;
     }
 
-    /* Which open subscriptions match the new topic. */
-    uint32_t count = 0;
-    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
-        if (s->listed && rbus__pattern_matches(s->pattern, name))
-            count++;
+    uint32_t count = listed_matching(bus, name, NULL);
 
     t = rbus__zalloc_aligned(bus, sizeof *t);
     struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
@@ -192,10 +202,8 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
         rc = -ENOMEM;
         goto out;
     }
-    uint32_t i = 0;
-    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
-        if (s->listed && rbus__pattern_matches(s->pattern, name))
-            list->subs[i++] = s;
+    if (list)
+        listed_matching(bus, name, list->subs);
     t->bus = bus;
     t->name = copy;
     t->name_len = (uint32_t)len;
@@ -502,10 +510,15 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;
     m->time_ns = (uint64_t)rbus__now_ns();
-    /* One reference per subscription plus ours, set before the message is
-     * shared (the ring enqueue publishes it); the ones not used are given
-     * back in a single step at the end. */
-    atomic_store_explicit(&m->refs, n + 1, memory_order_relaxed);
+    /* One reference per subscription, set before the message is shared
+     * (the ring enqueue publishes it). The publisher holds no reference of
+     * its own: each subscription not yet decided keeps the message alive
+     * while we offer it to the others, and the references of those that did
+     * not queue it are given back in one step at the end — so the common
+     * case, queued everywhere, costs no atomic here at all. With no
+     * subscription at all the message is simply ours to recycle. */
+    uint32_t own = n == 0;
+    atomic_store_explicit(&m->refs, n + own, memory_order_relaxed);
 
     int64_t pub_timeout = opts ? opts->timeout_ns : 0;
     uint32_t not_queued = 0, waiting = 0;
@@ -546,7 +559,10 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     int rc = 0;
     if (RBUS_UNLIKELY(waiting))
         rc = publish_wait(bus, th, m, waiting, &res, &not_queued);
-    rbus__msg_unref(m, 1 + not_queued);
+    /* Not a byte of m may be read after this point unless we still hold a
+     * reference: a receiver may already have recycled it. */
+    if (not_queued + own)
+        rbus__msg_unref(m, not_queued + own);
     if (result)
         *result = res;
     return rc;

@@ -1,0 +1,30 @@
+// The public header compiles as C++ (extern "C" linkage), as servers that
+// embed ringbus are often C++.
+#include "ringbus.h"
+
+#include <cstdio>
+#include <cstring>
+
+int main()
+{
+    rbus *bus = nullptr;
+    if (rbus_create(&bus, nullptr) != 0)
+        return 1;
+    rbus_topic *topic = nullptr;
+    rbus_sub *sub = nullptr;
+    rbus_sub_opts opts;
+    rbus_sub_opts_init(&opts);
+    if (rbus_subscribe(bus, "cxx.>", &opts, &sub) != 0 ||
+        rbus_topic_open(bus, "cxx.hello", &topic) != 0)
+        return 1;
+    const char text[] = "from C++";
+    if (rbus_publish(topic, text, sizeof text) != 0)
+        return 1;
+    rbus_msg *msg = nullptr;
+    if (rbus_recv(sub, &msg, 0) != 0 || std::strcmp(static_cast<const char *>(rbus_msg_data(msg)), text) != 0)
+        return 1;
+    rbus_msg_release(msg);
+    rbus_destroy(bus);
+    std::puts("1 passed, 0 failed");
+    return 0;
+}
