@@ -227,6 +227,8 @@ static void *receiver_main(void *arg)
     rbus_msg *msgs[BATCH_MAX];
     uint64_t next_pause = 1000;
     for (;;) {
+        /* Closed before the call began: the call must not time out. */
+        bool closed_before = atomic_load(&g_bus_closed);
         int n;
         if (rc->use_batch) {
             n = rbus_recv_batch(sc->sub, msgs, BATCH_MAX, RECV_TIMEOUT_NS);
@@ -246,7 +248,7 @@ static void *receiver_main(void *arg)
         if (n == -ESHUTDOWN)
             return NULL;
         if (n == -ETIMEDOUT) {
-            if (atomic_load(&g_bus_closed)) {
+            if (closed_before) {
                 report("%s: -ETIMEDOUT after rbus_close instead of -ESHUTDOWN", sc->label);
                 return NULL;
             }
@@ -351,6 +353,12 @@ static void check_sub_final(struct sub_ctx *sc, struct recv_ctx *rcs, int nrc, u
         distinct += atomic_load_explicit(&sc->seen[i], memory_order_relaxed);
     assert_int_equal(distinct, got);
 
+    /* Drops are certain on a large run with one pausing receiver: either
+     * it took 1000 messages before the publishers were done, and then its
+     * first pause lets them publish 4 x capacity + 2048 more (unless they
+     * finish first, which a large run leaves no room for) into a queue
+     * nobody drains; or it did not, and then it received less than was
+     * offered, which by the exact accounting above are drops. */
     switch (sc->policy) {
     case RBUS_BLOCK:
         assert_int_equal(drops, 0);
@@ -358,19 +366,14 @@ static void check_sub_final(struct sub_ctx *sc, struct recv_ctx *rcs, int nrc, u
         break;
     case RBUS_DROP_OLDEST:
         assert_int_equal(st.dropped_newest, 0);
-        if (want_drops && full_pauses > 0)
+        if (want_drops)
             assert_true(st.dropped_oldest > 0);
         break;
     case RBUS_DROP_NEWEST:
         assert_int_equal(st.dropped_oldest, 0);
-        if (want_drops && full_pauses > 0)
+        if (want_drops)
             assert_true(st.dropped_newest > 0);
         break;
-    }
-    if (want_drops && sc->policy != RBUS_BLOCK) {
-        /* Large runs always get a full pause (the first one starts after
-         * 1000 messages), so drops are certain there. */
-        assert_true(full_pauses > 0);
     }
 }
 
@@ -498,7 +501,7 @@ static void test_stress_wildcard_order_across_topics(void **state)
 {
     (void)state;
     reset_globals();
-    const uint64_t total_req = rbus_test_scaled(600000, 10000);
+    const uint64_t total_req = rbus_test_scaled(300000, 10000);
     const uint64_t per_pub = total_req / NPUB;
     const uint64_t total = per_pub * NPUB;
     const bool want_drops = total >= 200000;
