@@ -1,21 +1,29 @@
 /*
- * producer_stall.c - the progress cost of ck's MPMC ring: a producer that
- * is preempted between reserving its slot and committing it stalls every
- * later producer on that ring. With more publisher threads than cores the
- * scheduler does exactly that; this measures the longest single publish
- * each publisher saw (on a drop-newest subscription, so publishers never
- * wait for room: any long publish is a commit stall or a preemption).
+ * producer_stall.c - what several publishers on one ring cost when there
+ * are more threads than cores, for ringbus's ring and for a raw ck_ring
+ * MPMC ring (the one ringbus used first). P publisher threads publish into
+ * one drop-newest subscription (so nobody ever waits for room) while one
+ * thread drains it; we report the total rate, the worst single publish and
+ * how many publishes took over 100 us.
  *
- *   producer_stall [--messages N] [--publishers P]
+ * ck_ring's MPMC enqueue makes a producer wait at commit for every earlier
+ * producer; one preempted between reservation and commit stalls the
+ * others, and on 2 cores with 5 threads commits convoy (docs/design.md).
+ *
+ *   producer_stall [--messages N] [--publishers P] [--ring rbus|ck|both]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ringbus.h>
 
+#include <ck_ring.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define CK_CAPACITY 1024u
 
 static uint64_t now_ns(void)
 {
@@ -25,18 +33,30 @@ static uint64_t now_ns(void)
 }
 
 struct pub {
-    rbus_topic *topic;
+    rbus_topic *topic; /* NULL: raw ck_ring */
     uint64_t messages;
     uint64_t worst_ns;
     uint64_t over_100us;
+    int index;
 };
+
+static ck_ring_t ck_ring;
+static ck_ring_buffer_t ck_slots[CK_CAPACITY * 2];
+static uint64_t ck_payloads[64][8];
+static atomic_int ck_done;
 
 static void *pub_loop(void *arg)
 {
     struct pub *p = arg;
+    uint64_t *slot = ck_payloads[p->index & 63];
     for (uint64_t i = 0; i < p->messages; i++) {
         uint64_t t0 = now_ns();
-        rbus_publish(p->topic, &i, sizeof i);
+        if (p->topic) {
+            rbus_publish(p->topic, &i, sizeof i);
+        } else {
+            slot[0] = i;
+            (void)ck_ring_enqueue_mpmc(&ck_ring, ck_slots, slot); /* full: dropped */
+        }
         uint64_t d = now_ns() - t0;
         if (d > p->worst_ns)
             p->worst_ns = d;
@@ -46,7 +66,7 @@ static void *pub_loop(void *arg)
     return NULL;
 }
 
-static void *drain_loop(void *arg)
+static void *drain_rbus(void *arg)
 {
     rbus_sub *s = arg;
     rbus_msg *batch[64];
@@ -57,33 +77,42 @@ static void *drain_loop(void *arg)
     return NULL;
 }
 
-int main(int argc, char **argv)
+static void *drain_ck(void *arg)
 {
-    uint64_t messages = 1000000;
-    int publishers = 4;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--messages"))
-            messages = strtoull(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "--publishers"))
-            publishers = atoi(argv[i + 1]);
-    }
-    if (publishers < 1 || publishers > 64)
-        return 2;
-    rbus *bus;
-    rbus_topic *t;
-    rbus_sub *s;
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.overflow = RBUS_DROP_NEWEST;
-    if (rbus_create(&bus, NULL) || rbus_subscribe(bus, "stall", &o, &s) ||
-        rbus_topic_open(bus, "stall", &t))
-        return 1;
+    (void)arg;
+    void *p;
+    /* A busy-polling consumer, as raw ck_ring users write it. */
+    while (!atomic_load(&ck_done) || ck_ring_size(&ck_ring))
+        (void)ck_ring_dequeue_mpmc(&ck_ring, ck_slots, &p);
+    return NULL;
+}
+
+static int run(const char *which, int publishers, uint64_t messages)
+{
+    bool use_ck = !strcmp(which, "ck");
+    rbus *bus = NULL;
+    rbus_topic *t = NULL;
+    rbus_sub *s = NULL;
     pthread_t drain;
-    pthread_create(&drain, NULL, drain_loop, s);
+    if (use_ck) {
+        ck_ring_init(&ck_ring, CK_CAPACITY * 2);
+        atomic_store(&ck_done, 0);
+        pthread_create(&drain, NULL, drain_ck, NULL);
+    } else {
+        rbus_sub_opts o;
+        rbus_sub_opts_init(&o);
+        o.overflow = RBUS_DROP_NEWEST;
+        o.capacity = CK_CAPACITY;
+        if (rbus_create(&bus, NULL) || rbus_subscribe(bus, "stall", &o, &s) ||
+            rbus_topic_open(bus, "stall", &t))
+            return 1;
+        pthread_create(&drain, NULL, drain_rbus, s);
+    }
     struct pub p[64];
     pthread_t th[64];
+    uint64_t t0 = now_ns();
     for (int i = 0; i < publishers; i++) {
-        p[i] = (struct pub){.topic = t, .messages = messages};
+        p[i] = (struct pub){.topic = t, .messages = messages, .index = i};
         pthread_create(&th[i], NULL, pub_loop, &p[i]);
     }
     uint64_t worst = 0, slow = 0;
@@ -93,12 +122,43 @@ int main(int argc, char **argv)
             worst = p[i].worst_ns;
         slow += p[i].over_100us;
     }
-    rbus_close(bus);
-    pthread_join(drain, NULL);
-    printf("producer_stall: %d publishers x %llu publishes on one ring, 2 cores: worst single "
-           "publish %.1f us, publishes over 100 us: %llu (%.4f%%)\n",
-           publishers, (unsigned long long)messages, worst / 1e3, (unsigned long long)slow,
-           100.0 * (double)slow / (double)(messages * (uint64_t)publishers));
-    rbus_destroy(bus);
+    uint64_t elapsed = now_ns() - t0;
+    if (use_ck) {
+        atomic_store(&ck_done, 1);
+        pthread_join(drain, NULL);
+    } else {
+        rbus_close(bus);
+        pthread_join(drain, NULL);
+        rbus_destroy(bus);
+    }
+    uint64_t total = messages * (uint64_t)publishers;
+    printf("%-8s %3d publishers x %8llu: %10.0f publishes/s, worst single publish %9.1f us, "
+           "over 100 us: %6llu (%.4f%%)\n",
+           use_ck ? "ck_ring" : "ringbus", publishers, (unsigned long long)messages,
+           (double)total * 1e9 / (double)elapsed, worst / 1e3, (unsigned long long)slow,
+           100.0 * (double)slow / (double)total);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t messages = 1000000;
+    int publishers = 4;
+    const char *ring = "both";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--messages"))
+            messages = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--publishers"))
+            publishers = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--ring"))
+            ring = argv[i + 1];
+    }
+    if (publishers < 1 || publishers > 64 || !messages)
+        return 2;
+    int rc = 0;
+    if (strcmp(ring, "ck"))
+        rc |= run("rbus", publishers, messages);
+    if (strcmp(ring, "rbus"))
+        rc |= run("ck", publishers, messages);
+    return rc;
 }

@@ -14,7 +14,6 @@
 #include "ringbus.h"
 
 #include <ck_epoch.h>
-#include <ck_ring.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -34,8 +33,9 @@
 
 /*
  * ThreadSanitizer cannot see ck's synchronisation (ck_pr is volatile
- * accesses plus asm fences). Where a ck structure hands an object from one
- * thread to another we tell TSan about the edge ourselves.
+ * accesses plus asm fences). ck_epoch is the one ck structure we use; the
+ * edge it provides (a read section ends before the grace period that
+ * frees what it read) is told to TSan by hand, see rbus__read_end().
  */
 #if defined(RBUS_TSAN)
 void __tsan_acquire(void *addr);
@@ -209,6 +209,21 @@ void rbus__topics_free_all(rbus *bus);
 
 /* -------------------------------------------------------------- sub.c */
 
+/* The subscription's ring: see ring.h for the protocol and guarantees. */
+struct rbus_ring_slot {
+    _Atomic uint64_t seq;
+    rbus_msg *msg; /* plain: ordered by seq (release/acquire) */
+};
+
+struct rbus_ring {
+    /* Producers' words and consumers' word on their own lines. */
+    RBUS_CACHE_ALIGNED _Atomic uint64_t tail; /* next position to enqueue */
+    _Atomic uint64_t head_seen; /* a recent value of head, for the depth */
+    RBUS_CACHE_ALIGNED _Atomic uint64_t head; /* next position to dequeue */
+    RBUS_CACHE_ALIGNED struct rbus_ring_slot *slots;
+    uint64_t mask;
+};
+
 enum rbus_sub_state {
     RBUS_SUB_OPEN = 0,    /* publishers deliver */
     RBUS_SUB_CLOSING = 1, /* publishers skip it; some may still be mid-enqueue */
@@ -224,8 +239,7 @@ enum rbus_offer {
 struct rbus_sub {
     /* Read-mostly: set at subscribe. */
     rbus *bus;
-    ck_ring_buffer_t *slots;
-    uint32_t capacity; /* effective: ring size - 1 */
+    uint32_t capacity; /* effective: the ring's size */
     rbus_overflow overflow;
     int64_t block_timeout_ns; /* <= 0 = forever */
     int64_t spin_ns;          /* resolved: >= 0 */
@@ -238,8 +252,7 @@ struct rbus_sub {
     struct rbus_sub *bus_next;
     struct rbus_sub *bus_prev;
 
-    /* The ring (ck pads its producer and consumer words apart). */
-    RBUS_CACHE_ALIGNED ck_ring_t ring;
+    struct rbus_ring ring; /* its words sit on their own lines */
 
     /* Read by every enqueue (receivers waiting, fd armed) and every dequeue
      * (publishers waiting for room); written only on slow paths. */

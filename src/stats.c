@@ -5,6 +5,7 @@
  * picture (the contract says so), but every field is a real value.
  */
 #include "internal.h"
+#include "ring.h"
 
 #include <string.h>
 
@@ -25,7 +26,7 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     out->publisher_waits = atomic_load_explicit(&s->publisher_waits, memory_order_relaxed);
     /* From the ring itself, never derived from the counters, so the
      * accounting equation is a real check. */
-    out->depth = ck_ring_size(&s->ring);
+    out->depth = (uint32_t)rbus__ring_reserved(&s->ring);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
     atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);

@@ -1,32 +1,23 @@
 /*
- * sub.c - subscriptions: lifecycle, the ring and its overflow policies,
- * receiving, and the event-loop fd. This is the one file that touches
- * ck_ring.
- *
- * The ring is ck_ring's MPMC ring of message pointers. What it guarantees
- * and what it does not:
- *  - Receivers are lock-free: a dequeue is one CAS on c_head; a receiver
- *    that stalls mid-dequeue never blocks anybody.
- *  - Producers are NOT lock-free at commit: a producer reserves a slot with
- *    a CAS on p_head, writes it, then waits until every earlier producer
- *    has committed (p_tail) before committing its own. A producer
- *    preempted between reservation and commit stalls every later producer
- *    on that ring until it runs again (bench/ measures the worst stall).
- *  - A ring of size 2^k holds 2^k - 1 entries, so the effective capacity of
- *    a subscription is the smallest 2^k - 1 that is >= what it asked for.
+ * sub.c - subscriptions: lifecycle, the ring (ring.h) and its overflow
+ * policies, receiving, and the event-loop fd.
  *
  * Wake-up protocol (no system call and no fence per message when nobody
- * waits). A sleeping receiver registers in msg_ev.waiters (seq_cst RMW +
- * full fence), then reads p_head. A publisher reserves its slot with the
- * ring's CAS on p_head (a full barrier: `lock cmpxchg` on x86;
- * ck_pr_fence_atomic_load() makes it one elsewhere), then reads the waiter
- * count. These are the two halves of a Dekker pair: either the publisher
- * sees the waiter and wakes it, or the receiver sees the reservation and
- * does not sleep (it spins/yields until the commit lands). Publishers
- * waiting for room and receivers freeing it use the same pattern with
- * room_waiters and c_head.
+ * waits). These are Dekker pairs of seq_cst operations, so C11 orders them
+ * and on x86 they cost nothing beyond the locked CAS the ring already does:
+ *  - A receiver about to sleep sets the flag of msg_ev (seq_cst CAS), then
+ *    reads the ring's tail (seq_cst load). A publisher reserves its slot
+ *    with a seq_cst CAS on tail, then reads the flag (seq_cst load). Either
+ *    the publisher sees the flag and wakes the receiver, or the receiver
+ *    sees the reservation and does not sleep (it spins, then naps briefly,
+ *    until the slot is written).
+ *  - The eventfd's `fd_armed` works the same way.
+ *  - A publisher waiting for room registers in room_waiters and sets the
+ *    flag of the bus's room_ev, then reads head; a receiver advances head
+ *    with a seq_cst CAS, then reads room_waiters and room_ev's flag.
  */
 #include "internal.h"
+#include "ring.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -34,37 +25,19 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-/* ------------------------------------------------------------ the ring */
+/* How long a receiver naps when the next slot is reserved but its producer
+ * has not written it yet (preempted): such a producer cannot be relied on to
+ * see our sleep flag, so we sleep with a timeout instead. */
+#define RBUS_RESERVED_NAP_NS INT64_C(200000)
 
-static inline bool ring_put(rbus_sub *s, rbus_msg *m, unsigned *ahead)
-{
-    /* TSan cannot see ck_ring's ordering: the enqueue publishes the
-     * message to whoever dequeues it. */
-    RBUS_TSAN_RELEASE(m);
-    return ck_ring_enqueue_mpmc_size(&s->ring, s->slots, m, ahead);
-}
-
-static inline rbus_msg *ring_take(rbus_sub *s)
-{
-    void *p;
-    if (!ck_ring_dequeue_mpmc(&s->ring, s->slots, &p))
-        return NULL;
-    RBUS_TSAN_ACQUIRE(p);
-    return p;
-}
-
-/* True if a slot is reserved or committed: the receiver side of the Dekker
- * pair reads p_head, which the producer's CAS wrote before it checked for
- * waiters. */
 static inline bool ring_reserved(rbus_sub *s)
 {
-    return ck_pr_load_uint(&s->ring.p_head) != ck_pr_load_uint(&s->ring.c_head);
+    return rbus__ring_reserved(&s->ring) != 0;
 }
 
 bool rbus__sub_full(rbus_sub *s)
 {
-    return ck_pr_load_uint(&s->ring.p_head) - ck_pr_load_uint(&s->ring.c_head) >=
-           s->ring.mask;
+    return rbus__ring_reserved(&s->ring) >= rbus__ring_size(&s->ring);
 }
 
 /* ------------------------------------------------------------ wake-ups */
@@ -93,29 +66,31 @@ static RBUS_NOINLINE void wake_receivers(rbus_sub *s)
         fd_make_readable(s);
 }
 
-static inline void after_enqueue(rbus_sub *s, unsigned ahead)
+static inline bool ring_put(rbus_sub *s, rbus_msg *m)
 {
-    /* The enqueue's CAS on p_head came first; this orders it before the
-     * loads below (compiles to nothing on x86, where the CAS is a full
-     * barrier). */
-    ck_pr_fence_atomic_load();
-    if (RBUS_UNLIKELY(rbus__event_has_waiters(&s->msg_ev) |
-                      atomic_load_explicit(&s->fd_armed, memory_order_relaxed)))
-        wake_receivers(s);
     /* Relaxed: high_water is a statistic; only its monotonicity matters,
-     * which the CAS loop keeps. */
-    uint32_t depth = ahead + 1;
+     * which the CAS loop below keeps. */
     uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
+    uint32_t depth;
+    if (!rbus__ring_put(&s->ring, m, hw, &depth))
+        return false;
+    /* seq_cst loads after the ring's seq_cst CAS on tail: the publisher half
+     * of the Dekker pairs above (plain loads on x86). */
+    if (RBUS_UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
+                      atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
+        wake_receivers(s);
     while (RBUS_UNLIKELY(depth > hw) &&
            !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth,
                                                   memory_order_relaxed, memory_order_relaxed))
         ;
+    return true;
 }
 
 static inline void after_dequeue(rbus_sub *s)
 {
-    ck_pr_fence_atomic_load(); /* the dequeue's CAS on c_head, before the load */
-    if (RBUS_UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_relaxed)))
+    /* seq_cst load after the ring's seq_cst CAS on head: the receiver half
+     * of the room Dekker pair. */
+    if (RBUS_UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_seq_cst)))
         rbus__event_signal(&s->bus->room_ev);
 }
 
@@ -123,14 +98,11 @@ static inline void after_dequeue(rbus_sub *s)
 
 enum rbus_offer rbus__sub_offer(rbus_sub *s, rbus_msg *m, uint32_t *evicted)
 {
-    unsigned ahead;
     /* Relaxed counters: each is a tally read only by stats; they are on the
      * publisher-side line of the subscription. */
     atomic_fetch_add_explicit(&s->offered, 1, memory_order_relaxed);
-    if (RBUS_LIKELY(ring_put(s, m, &ahead))) {
-        after_enqueue(s, ahead);
+    if (RBUS_LIKELY(ring_put(s, m)))
         return RBUS_OFFER_QUEUED;
-    }
     switch (s->overflow) {
     case RBUS_DROP_NEWEST:
         atomic_fetch_add_explicit(&s->dropped_newest, 1, memory_order_relaxed);
@@ -139,17 +111,18 @@ enum rbus_offer rbus__sub_offer(rbus_sub *s, rbus_msg *m, uint32_t *evicted)
         /* Evict until our message fits. Receivers may drain concurrently,
          * and other publishers may take the freed slot first, so one
          * publish can evict more than one message. */
-        for (;;) {
-            rbus_msg *old = ring_take(s);
+        for (unsigned iter = 0;; iter++) {
+            rbus_msg *old = rbus__ring_take(&s->ring);
             if (old) {
                 atomic_fetch_add_explicit(&s->dropped_oldest, 1, memory_order_relaxed);
                 (*evicted)++;
                 rbus__msg_unref(old, 1);
+            } else {
+                /* The oldest slot's producer or consumer is mid-way. */
+                rbus__spin_step(iter);
             }
-            if (ring_put(s, m, &ahead)) {
-                after_enqueue(s, ahead);
+            if (ring_put(s, m))
                 return RBUS_OFFER_QUEUED;
-            }
         }
     case RBUS_BLOCK:
     default:
@@ -159,11 +132,7 @@ enum rbus_offer rbus__sub_offer(rbus_sub *s, rbus_msg *m, uint32_t *evicted)
 
 bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 {
-    unsigned ahead;
-    if (!ring_put(s, m, &ahead))
-        return false;
-    after_enqueue(s, ahead);
-    return true;
+    return ring_put(s, m);
 }
 
 /* -------------------------------------------------------------- receive */
@@ -172,7 +141,7 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max)
 {
     size_t got = 0;
     while (got < max) {
-        rbus_msg *m = ring_take(s);
+        rbus_msg *m = rbus__ring_take(&s->ring);
         if (!m)
             break;
         out[got++] = m;
@@ -184,26 +153,23 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max)
     return got;
 }
 
-/* On -EAGAIN with timeout 0: clear the fd until the next enqueue. Returns
- * true if a message slipped in meanwhile (the caller takes it). */
-static bool fd_clear(rbus_sub *s)
+/* On an empty receive with timeout 0: clear the fd until the next enqueue.
+ * If something was reserved meanwhile the fd is made readable again (the
+ * caller tries once more to take it). */
+static void fd_clear(rbus_sub *s)
 {
     int fd = atomic_load_explicit(&s->fd, memory_order_acquire);
     if (fd < 0 || atomic_load_explicit(&s->fd_armed, memory_order_relaxed))
-        return false;
+        return;
     uint64_t v;
     ssize_t n = read(fd, &v, sizeof v); /* drain; EAGAIN if already clear */
     (void)n;
-    /* seq_cst store + fence, then read p_head: the receiver half of the
-     * Dekker pair with after_enqueue(). */
+    /* seq_cst store, then the seq_cst loads of ring_reserved(): the receiver
+     * half of the Dekker pair with ring_put(). */
     atomic_store_explicit(&s->fd_armed, 1, memory_order_seq_cst);
-    atomic_thread_fence(memory_order_seq_cst);
     if (ring_reserved(s) ||
-        atomic_load_explicit(&s->state, memory_order_acquire) != RBUS_SUB_OPEN) {
+        atomic_load_explicit(&s->state, memory_order_acquire) != RBUS_SUB_OPEN)
         fd_make_readable(s);
-        return ring_reserved(s);
-    }
-    return false;
 }
 
 static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_ns)
@@ -214,7 +180,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
     int rc;
     int64_t deadline = 0, spin_until = 0;
     bool timed = false;
-    unsigned iter = 0;
+    unsigned iter = 0, reserved_rounds = 0;
     for (;;) {
         /* Read the state before trying: if it was CLOSED already, no
          * enqueue can follow, so an empty ring is final. */
@@ -229,9 +195,10 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             break;
         }
         if (timeout_ns == 0) {
-            if (fd_clear(s))
-                continue;
-            rc = -EAGAIN;
+            fd_clear(s);
+            /* A message may have landed while we cleared the fd. */
+            got = take_batch(s, out, max);
+            rc = got ? (int)got : -EAGAIN;
             break;
         }
         int64_t now = rbus__now_ns();
@@ -240,27 +207,32 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             deadline = rbus__deadline(timeout_ns);
             spin_until = now + s->spin_ns;
         }
-        bool expired = deadline >= 0 && now >= deadline;
-        if (!expired && now < spin_until) {
-            rbus__spin_step(iter++);
-            continue;
-        }
-        if (expired) {
-            if (ring_reserved(s)) {
-                rbus__spin_step(iter++); /* a commit is landing: take it */
-                continue;
-            }
+        if (deadline >= 0 && now >= deadline) {
             rc = -ETIMEDOUT;
             break;
         }
-        uint32_t seen = rbus__event_prepare(&s->msg_ev);
-        if (ring_reserved(s) ||
-            atomic_load_explicit(&s->state, memory_order_acquire) == RBUS_SUB_CLOSED) {
-            /* A message is on its way (or the end): do not sleep. */
+        if (now < spin_until) {
             rbus__spin_step(iter++);
             continue;
         }
-        rbus__event_wait(&s->msg_ev, seen, deadline);
+        uint32_t seen = rbus__event_prepare(&s->msg_ev);
+        if (atomic_load_explicit(&s->state, memory_order_acquire) == RBUS_SUB_CLOSED)
+            continue; /* the next round drains, then ends */
+        int64_t until = deadline;
+        if (ring_reserved(s)) {
+            /* Something was reserved before we set our flag, so its producer
+             * may not wake us. Usually it is already written: retry at
+             * once. If it stays unwritten its producer was preempted
+             * mid-write: nap instead of burning the core. */
+            if (++reserved_rounds < 64) {
+                rbus__spin_step(iter++);
+                continue;
+            }
+            until = now + RBUS_RESERVED_NAP_NS;
+            if (deadline >= 0 && deadline < until)
+                until = deadline;
+        }
+        rbus__event_wait(&s->msg_ev, seen, until);
     }
     atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
     return rc;
@@ -301,8 +273,8 @@ void rbus_sub_opts_init(rbus_sub_opts *opts)
 
 static uint32_t ring_size_for(uint32_t capacity)
 {
-    uint32_t size = 2;
-    while (size - 1 < capacity)
+    uint32_t size = 1;
+    while (size < capacity)
         size <<= 1;
     return size;
 }
@@ -331,15 +303,15 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->bus = bus;
     atomic_init(&s->fd, -1);
     pthread_mutex_init(&s->fd_lock, NULL);
-    s->slots = rbus__alloc(bus, (size_t)size * sizeof(ck_ring_buffer_t));
+    s->ring.slots = rbus__alloc(bus, (size_t)size * sizeof(struct rbus_ring_slot));
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
-    if (!s->slots || !s->pattern || (o.name && !s->name)) {
+    if (!s->ring.slots || !s->pattern || (o.name && !s->name)) {
         rbus__sub_free(s); /* the ring is empty: this only frees memory */
         return -ENOMEM;
     }
-    ck_ring_init(&s->ring, size);
-    s->capacity = size - 1;
+    rbus__ring_init(&s->ring, s->ring.slots, size);
+    s->capacity = size;
     s->overflow = o.overflow;
     s->block_timeout_ns = o.block_timeout_ns;
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
@@ -408,13 +380,13 @@ void rbus__sub_free(rbus_sub *s)
 {
     rbus *bus = s->bus;
     rbus_msg *m;
-    while (s->slots && (m = ring_take(s)))
+    while (s->ring.slots && (m = rbus__ring_take(&s->ring)))
         rbus__msg_unref(m, 1);
     int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
     if (fd >= 0)
         close(fd);
     pthread_mutex_destroy(&s->fd_lock);
-    rbus__free(bus, s->slots);
+    rbus__free(bus, s->ring.slots);
     rbus__free(bus, s->pattern);
     rbus__free(bus, s->name);
     rbus__free_aligned(bus, s);
@@ -481,7 +453,6 @@ int rbus_sub_fd(rbus_sub *sub)
          * message queued before (or while) we armed makes it readable. */
         atomic_store_explicit(&sub->fd_armed, 1, memory_order_relaxed);
         atomic_store_explicit(&sub->fd, fd, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);
         if (ring_reserved(sub) ||
             atomic_load_explicit(&sub->state, memory_order_acquire) != RBUS_SUB_OPEN)
             fd_make_readable(sub);

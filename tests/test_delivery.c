@@ -421,7 +421,7 @@ static void pub_result_and_topic_stats(void **state)
     assert_int_equal(ts.subscriptions, 0);
 
     rbus_sub *s1 = subscribe_cap(bus, "res.t", 8);
-    rbus_sub *s2 = subscribe_cap(bus, "res.>", 8);
+    rbus_sub *s2 = subscribe_cap(bus, "res.>", 16);
     rbus_sub *s3 = subscribe_cap(bus, "res.u", 8);
     assert_rbus_ok(rbus_topic_stats_get(t, &ts));
     assert_int_equal(ts.subscriptions, 2);
