@@ -62,7 +62,7 @@ int main(int argc, char **argv)
     size_t rounds = 2000;
     if (argc == 3 && !strcmp(argv[1], "--rounds"))
         rounds = strtoull(argv[2], NULL, 10);
-    const int64_t spins[] = {-1, 5000, 20000, 50000, 100000};
+    const int64_t spins[] = {-1, 5000, 10000, 20000, 50000, 100000};
     const uint64_t paces[] = {10000, 100000, 1000000};
     printf("%-10s %-9s %10s %10s %10s %12s\n", "spin_ns", "pace", "p50 us", "p99 us",
            "p99.9 us", "rx cpu %");

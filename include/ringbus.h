@@ -171,7 +171,7 @@ typedef struct rbus_sub_opts {
 } rbus_sub_opts;
 
 /** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
-#define RBUS_DEFAULT_SPIN_NS INT64_C(50000)
+#define RBUS_DEFAULT_SPIN_NS INT64_C(20000)
 /** Largest spin_ns accepted (1 s). */
 #define RBUS_MAX_SPIN_NS INT64_C(1000000000)
 
