@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define RBUS_DEFAULT_CAPACITY 1024u
 #define RBUS_DEFAULT_MAX_PAYLOAD 65536u
@@ -186,6 +187,9 @@ int rbus_create(rbus **out, const rbus_config *cfg)
         return -ENOMEM;
     }
     bus->id = atomic_fetch_add_explicit(&next_bus_id, 1, memory_order_relaxed);
+    if (getrandom(&bus->dedup_seed, sizeof bus->dedup_seed, GRND_NONBLOCK) !=
+        (ssize_t)sizeof bus->dedup_seed)
+        bus->dedup_seed = (uint64_t)rbus__now_ns() * 0x9E3779B97F4A7C15u ^ bus->id;
     bus->next_sub_id = 1;
     ck_epoch_init(&bus->epoch);
     pthread_mutex_init(&bus->lock, NULL);

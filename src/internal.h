@@ -194,6 +194,7 @@ struct rbus_topic {
     struct rbus_topic *hash_next; /* registry chain, under bus->lock */
     struct rbus_topic *all_next;  /* every topic, under bus->lock */
     struct rbus_sublist *spare;   /* retired list kept for the next relist */
+    _Atomic(struct rbus_dedup *) dedup; /* built at the first keyed publish */
     /* Written by every accepted publish. */
     RBUS_CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
@@ -206,6 +207,15 @@ bool rbus__pattern_matches(const char *pattern, const char *name);
  * never fails and never allocates. */
 int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add);
 void rbus__topics_free_all(rbus *bus);
+
+/* ------------------------------------------------------------ dedup.c */
+
+struct rbus_dedup;
+
+/* Check-and-insert of an idempotency key on topic t, in one atomic step:
+ * 0 = accepted (recorded), RBUS_DUPLICATE, or -ENOMEM (not recorded). */
+int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_ns);
+void rbus__dedup_free(rbus *bus, struct rbus_dedup *d);
 
 /* -------------------------------------------------------------- sub.c */
 
@@ -296,6 +306,7 @@ struct rbus {
     rbus_config cfg;
     rbus_allocator alloc;
     uint64_t id;
+    uint64_t dedup_seed; /* per bus, so key hashes cannot be predicted */
     _Atomic uint32_t closing;
     ck_epoch_t epoch;
 

@@ -380,7 +380,7 @@ void rbus__sub_free(rbus_sub *s)
 {
     rbus *bus = s->bus;
     rbus_msg *m;
-    while (s->ring.slots && (m = rbus__ring_take(&s->ring)))
+    while (s->capacity && (m = rbus__ring_take(&s->ring))) /* capacity: ring initialised */
         rbus__msg_unref(m, 1);
     int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
     if (fd >= 0)

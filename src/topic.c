@@ -363,6 +363,7 @@ void rbus__topics_free_all(rbus *bus)
         rbus_topic *next = t->all_next;
         rbus__free(bus, atomic_load_explicit(&t->subs, memory_order_relaxed));
         rbus__free(bus, t->spare);
+        rbus__dedup_free(bus, atomic_load_explicit(&t->dedup, memory_order_relaxed));
         rbus__free(bus, t->name);
         rbus__free_aligned(bus, t);
         t = next;
@@ -507,9 +508,26 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
         rbus__read_end(th);
         return -ENOMEM;
     }
+    int64_t now_ns = rbus__now_ns();
+    if (opts && opts->key && bus->cfg.dedup_keys != RBUS_DEDUP_OFF) {
+        /* After the message exists, so a failed publish never records its
+         * key; the check and the insert are one step (dedup.c). */
+        int drc = rbus__dedup_accept(topic, opts->key, opts->key_len, now_ns);
+        if (RBUS_UNLIKELY(drc != 0)) {
+            rbus__read_end(th);
+            rbus__msg_unref(m, 1);
+            if (drc == RBUS_DUPLICATE) {
+                atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
+                res.duplicate = true;
+                if (result)
+                    *result = res;
+            }
+            return drc;
+        }
+    }
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;
-    m->time_ns = (uint64_t)rbus__now_ns();
+    m->time_ns = (uint64_t)now_ns;
     /* One reference per subscription, set before the message is shared
      * (the ring enqueue publishes it). The publisher holds no reference of
      * its own: each subscription not yet decided keeps the message alive
