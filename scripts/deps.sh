@@ -2,7 +2,7 @@
 # Installs what ringbus needs on Debian 12 when it is missing (as root, no
 # prompts). Usage: scripts/deps.sh [extra-package ...]
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libck-dev libxxhash-dev libcmocka-dev clang "$@")
+pkgs=(build-essential cmake pkg-config libck-dev libxxhash-dev libcmocka-dev clang libclang-rt-14-dev "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
