@@ -1,0 +1,137 @@
+/*
+ * main.c - ringbus-bench: the command line. Modes live in their own files.
+ */
+#define _GNU_SOURCE
+#include "bench.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fputs("usage: ringbus-bench [MODE] [OPTIONS]\n"
+          "\n"
+          "modes:\n"
+          "  policies      (default) fast publishers against slow subscribers, once per\n"
+          "                overflow policy: attempts/s, delivered/s, drops by cause, age of\n"
+          "                delivered messages, sequence gaps, peak depth, RSS, allocations\n"
+          "                per message, and the accounting check (exit 1 if it fails)\n"
+          "\n"
+          "options:\n"
+          "  --publishers N      publisher threads (default 1)\n"
+          "  --subscribers N     subscriptions, one receiver thread each (default 1)\n"
+          "  --capacity N        messages per subscription (default 1024)\n"
+          "  --payload BYTES     payload size (default 64)\n"
+          "  --policy P          only one policy: block, block-timeout, drop-oldest,\n"
+          "                      drop-newest (default: all four)\n"
+          "  --messages N        publishes per run (default 1000000)\n"
+          "  --duration S        upper bound of each run in seconds (default 10)\n"
+          "  --work-ns NS        subscriber work per message (default 2000)\n"
+          "  --spin-ns NS        receivers' spin before sleeping (0 = library default,\n"
+          "                      < 0 = sleep at once)\n"
+          "  --block-timeout NS  the block-timeout policy's timeout (default 50000)\n"
+          "  --format F          table (default), csv or json\n"
+          "  --out DIR           results folder for csv and plot (default results)\n"
+          "  --help              this text\n",
+          out);
+}
+
+static int parse_policy(const char *s)
+{
+    static const char *names[] = {"block", "block-timeout", "drop-oldest", "drop-newest"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -2;
+}
+
+static bool parse_u64(const char *s, uint64_t *v)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        return false;
+    *v = x;
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench_opts o = {
+        .mode = "policies",
+        .publishers = 1,
+        .subscribers = 1,
+        .capacity = 1024,
+        .payload = 64,
+        .policy = -1,
+        .messages = 1000000,
+        .duration_s = 10,
+        .work_ns = 2000,
+        .spin_ns = 0,
+        .block_timeout_ns = 50000,
+        .format = FORMAT_TABLE,
+        .out_dir = "results",
+    };
+    int i = 1;
+    if (argc > 1 && argv[1][0] != '-')
+        o.mode = argv[i++];
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t n = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "ringbus-bench: %s needs a value (or unknown option)\n", a);
+            usage(stderr);
+            return 2;
+        }
+        i++;
+        bool ok = true;
+        if (!strcmp(a, "--publishers"))
+            ok = parse_u64(v, &n) && n >= 1 && n <= 64 && (o.publishers = (int)n);
+        else if (!strcmp(a, "--subscribers"))
+            ok = parse_u64(v, &n) && n >= 1 && n <= 64 && (o.subscribers = (int)n);
+        else if (!strcmp(a, "--capacity"))
+            ok = parse_u64(v, &n) && n >= 1 && n <= RBUS_MAX_CAPACITY && (o.capacity = (uint32_t)n);
+        else if (!strcmp(a, "--payload"))
+            ok = parse_u64(v, &n) && n <= RBUS_MAX_PAYLOAD_LIMIT && ((o.payload = n), true);
+        else if (!strcmp(a, "--policy"))
+            ok = (o.policy = parse_policy(v)) >= 0;
+        else if (!strcmp(a, "--messages"))
+            ok = parse_u64(v, &n) && n >= 1 && ((o.messages = n), true);
+        else if (!strcmp(a, "--duration"))
+            ok = (o.duration_s = strtod(v, NULL)) > 0;
+        else if (!strcmp(a, "--work-ns"))
+            ok = parse_u64(v, &n) && ((o.work_ns = n), true);
+        else if (!strcmp(a, "--spin-ns"))
+            o.spin_ns = strtoll(v, NULL, 10);
+        else if (!strcmp(a, "--block-timeout"))
+            ok = parse_u64(v, &n) && n >= 1 && ((o.block_timeout_ns = (int64_t)n), true);
+        else if (!strcmp(a, "--format"))
+            ok = !strcmp(v, "table") ? (o.format = FORMAT_TABLE, true)
+                 : !strcmp(v, "csv") ? (o.format = FORMAT_CSV, true)
+                 : !strcmp(v, "json") ? (o.format = FORMAT_JSON, true)
+                                      : false;
+        else if (!strcmp(a, "--out"))
+            o.out_dir = v;
+        else {
+            fprintf(stderr, "ringbus-bench: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "ringbus-bench: bad value for %s: %s\n", a, v);
+            return 2;
+        }
+    }
+    if (!strcmp(o.mode, "policies"))
+        return bench_mode_policies(&o);
+    fprintf(stderr, "ringbus-bench: unknown mode %s\n", o.mode);
+    usage(stderr);
+    return 2;
+}
