@@ -21,8 +21,10 @@ struct bench_opts {
     int subscribers;
     uint32_t capacity;
     size_t payload;
+    bool payload_set; /* --payload given: sweeps use only that size */
     int policy; /* -1 = every policy */
     uint64_t messages;
+    bool messages_set;
     double duration_s; /* upper bound per run */
     uint64_t work_ns;  /* consumer work per message */
     int64_t spin_ns;
@@ -75,5 +77,80 @@ void bench_row_num(struct bench_row *r, const char *name, const char *fmt, doubl
 void bench_print_rows(FILE *out, enum bench_format fmt, const struct bench_row *rows, int n);
 
 int bench_mode_policies(const struct bench_opts *o);
+int bench_mode_throughput(const struct bench_opts *o); /* modes.c */
+int bench_mode_latency(const struct bench_opts *o);    /* modes.c */
+int bench_mode_peers(const struct bench_opts *o);      /* peers.c */
+
+/* ------------------------------------------------ implementations */
+
+/*
+ * One lossless scenario: `publishers` threads each publish `messages`
+ * payloads of `payload` bytes (publisher id and counter in the first 16
+ * bytes); `subscribers` receivers each get every message (fan-out). Every
+ * implementation must verify what it received (count, and per-publisher
+ * order) and fail (return non-zero) on any loss, duplicate or reordering.
+ */
+struct scenario {
+    int publishers;
+    int subscribers;
+    size_t payload; /* >= 16 */
+    uint64_t messages; /* per publisher */
+    uint32_t capacity; /* per queue, same for every implementation */
+    int64_t spin_ns;   /* ringbus receivers' spin (0 = default) */
+};
+
+/* One paced one-way latency run: a message every `pace_ns`, `rounds` of
+ * them, the timestamp taken by the bench just before each send and carried
+ * in the payload; the receiver records now - stamp into lat[i]. */
+struct latency_run {
+    uint64_t pace_ns;
+    uint64_t rounds;
+    bool sleeping_receiver; /* ringbus: spin_ns < 0; peers: their blocking receive */
+    uint32_t capacity;
+};
+
+struct bench_impl {
+    const char *name;
+    /* Published messages per second (all publishers together), or < 0 on a
+     * failure (verification included). NULL = scenario not offered. */
+    double (*throughput)(const struct scenario *sc);
+    /* Fills lat[0..rounds) in ns; returns 0, or non-zero on failure. */
+    int (*latency)(const struct latency_run *lr, uint64_t *lat);
+    /* Says how the implementation waits, for the docs/table. */
+    const char *wait_strategy;
+};
+
+extern const struct bench_impl bench_impl_ringbus;
+
+/* Payload helpers shared by every implementation. */
+static inline void bench_stamp(unsigned char *buf, uint64_t publisher, uint64_t counter)
+{
+    __builtin_memcpy(buf, &publisher, 8);
+    __builtin_memcpy(buf + 8, &counter, 8);
+}
+
+static inline void bench_unstamp(const unsigned char *buf, uint64_t *publisher,
+                                 uint64_t *counter)
+{
+    __builtin_memcpy(publisher, buf, 8);
+    __builtin_memcpy(counter, buf + 8, 8);
+}
+
+/* Per-receiver verification state: next expected counter per publisher. */
+struct bench_verify {
+    uint64_t next[64];
+    uint64_t received;
+    bool bad;
+};
+static inline void bench_verify_one(struct bench_verify *v, const unsigned char *buf)
+{
+    uint64_t p, c;
+    bench_unstamp(buf, &p, &c);
+    if (p >= 64 || c != v->next[p])
+        v->bad = true;
+    else
+        v->next[p]++;
+    v->received++;
+}
 
 #endif

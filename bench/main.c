@@ -17,15 +17,23 @@ static void usage(FILE *out)
           "                overflow policy: attempts/s, delivered/s, drops by cause, age of\n"
           "                delivered messages, sequence gaps, peak depth, RSS, allocations\n"
           "                per message, and the accounting check (exit 1 if it fails)\n"
+          "  throughput    ringbus lossless: 1->1, 1->4, 2->1, 2->4 x payloads 16 B..4 KiB\n"
+          "  latency       ringbus one-way latency under a paced load (10 us, 100 us),\n"
+          "                default wait strategy and sleeping receivers\n"
+          "  peers         ringbus side by side with raw ck_ring, ZeroMQ inproc, GLib\n"
+          "                GAsyncQueue and a mutex+condvar ring, in one run\n"
           "\n"
           "options:\n"
           "  --publishers N      publisher threads (default 1)\n"
           "  --subscribers N     subscriptions, one receiver thread each (default 1)\n"
           "  --capacity N        messages per subscription (default 1024)\n"
-          "  --payload BYTES     payload size (default 64)\n"
+          "  --payload BYTES     payload size, >= 16 (default 64; throughput sweeps\n"
+          "                      16..4096 unless given)\n"
           "  --policy P          only one policy: block, block-timeout, drop-oldest,\n"
           "                      drop-newest (default: all four)\n"
-          "  --messages N        publishes per run (default 1000000)\n"
+          "  --messages N        publishes per run (policies, default 1000000) or per\n"
+          "                      publisher (throughput/peers, default 200000)\n"
+          "  --reps N            repetitions (throughput/latency 3, peers 5)\n"
           "  --duration S        upper bound of each run in seconds (default 10)\n"
           "  --work-ns NS        subscriber work per message (default 2000)\n"
           "  --spin-ns NS        receivers' spin before sleeping (0 = library default,\n"
@@ -99,11 +107,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--capacity"))
             ok = parse_u64(v, &n) && n >= 1 && n <= RBUS_MAX_CAPACITY && (o.capacity = (uint32_t)n);
         else if (!strcmp(a, "--payload"))
-            ok = parse_u64(v, &n) && n <= RBUS_MAX_PAYLOAD_LIMIT && ((o.payload = n), true);
+            ok = parse_u64(v, &n) && n >= 16 && n <= RBUS_MAX_PAYLOAD_LIMIT &&
+                 ((o.payload = n), (o.payload_set = true));
         else if (!strcmp(a, "--policy"))
             ok = (o.policy = parse_policy(v)) >= 0;
         else if (!strcmp(a, "--messages"))
-            ok = parse_u64(v, &n) && n >= 1 && ((o.messages = n), true);
+            ok = parse_u64(v, &n) && n >= 1 && ((o.messages = n), (o.messages_set = true));
+        else if (!strcmp(a, "--reps"))
+            ok = parse_u64(v, &n) && n >= 1 && n <= 15 && (o.reps = (int)n);
         else if (!strcmp(a, "--duration"))
             ok = (o.duration_s = strtod(v, NULL)) > 0;
         else if (!strcmp(a, "--work-ns"))
@@ -129,8 +140,16 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (strcmp(o.mode, "policies") && !o.messages_set)
+        o.messages = 200000;
     if (!strcmp(o.mode, "policies"))
         return bench_mode_policies(&o);
+    if (!strcmp(o.mode, "throughput"))
+        return bench_mode_throughput(&o);
+    if (!strcmp(o.mode, "latency"))
+        return bench_mode_latency(&o);
+    if (!strcmp(o.mode, "peers"))
+        return bench_mode_peers(&o);
     fprintf(stderr, "ringbus-bench: unknown mode %s\n", o.mode);
     usage(stderr);
     return 2;

@@ -1,0 +1,182 @@
+/*
+ * impl_ringbus.c - ringbus as one implementation of the bench scenarios
+ * (struct bench_impl), so `throughput`, `latency` and `peers` measure it
+ * exactly the way they measure its peers.
+ */
+#define _GNU_SOURCE
+#include "bench.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rb_rx {
+    rbus_sub *sub;
+    struct bench_verify v;
+    uint64_t expect;
+    uint64_t done_ns;
+};
+
+struct rb_pub {
+    rbus_topic *topic;
+    const struct scenario *sc;
+    uint64_t id;
+    pthread_barrier_t *start;
+    int rc;
+};
+
+static void *rb_receive(void *arg)
+{
+    struct rb_rx *r = arg;
+    rbus_msg *batch[64];
+    while (r->v.received < r->expect) {
+        int n = rbus_recv_batch(r->sub, batch, 64, -1);
+        if (n < 0) {
+            r->v.bad = true;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            bench_verify_one(&r->v, rbus_msg_data(batch[i]));
+            rbus_msg_release(batch[i]);
+        }
+    }
+    r->done_ns = bench_now_ns();
+    return NULL;
+}
+
+static void *rb_publish(void *arg)
+{
+    struct rb_pub *p = arg;
+    unsigned char *buf = calloc(1, p->sc->payload);
+    if (!buf) {
+        p->rc = -1;
+        return NULL;
+    }
+    pthread_barrier_wait(p->start);
+    for (uint64_t c = 0; c < p->sc->messages; c++) {
+        bench_stamp(buf, p->id, c);
+        int rc = rbus_publish(p->topic, buf, p->sc->payload);
+        if (rc != 0) {
+            p->rc = rc;
+            break;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static double rb_throughput(const struct scenario *sc)
+{
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    if (sc->payload > cfg.max_payload)
+        cfg.max_payload = (uint32_t)sc->payload;
+    rbus *bus;
+    rbus_topic *topic;
+    if (rbus_create(&bus, &cfg) || rbus_topic_open(bus, "bench.peers", &topic))
+        return -1;
+    struct rb_rx rx[64];
+    pthread_t rth[64], pth[64];
+    struct rb_pub pub[64];
+    memset(rx, 0, sizeof rx);
+    for (int i = 0; i < sc->subscribers; i++) {
+        rbus_sub_opts o;
+        rbus_sub_opts_init(&o);
+        o.capacity = sc->capacity;
+        o.spin_ns = sc->spin_ns;
+        if (rbus_subscribe(bus, "bench.peers", &o, &rx[i].sub))
+            return -1;
+        rx[i].expect = sc->messages * (uint64_t)sc->publishers;
+        pthread_create(&rth[i], NULL, rb_receive, &rx[i]);
+    }
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)sc->publishers + 1);
+    for (int i = 0; i < sc->publishers; i++) {
+        pub[i] = (struct rb_pub){.topic = topic, .sc = sc, .id = (uint64_t)i, .start = &start};
+        pthread_create(&pth[i], NULL, rb_publish, &pub[i]);
+    }
+    pthread_barrier_wait(&start);
+    uint64_t t0 = bench_now_ns();
+    bool ok = true;
+    for (int i = 0; i < sc->publishers; i++) {
+        pthread_join(pth[i], NULL);
+        ok &= pub[i].rc == 0;
+    }
+    uint64_t t1 = t0;
+    for (int i = 0; i < sc->subscribers; i++) {
+        pthread_join(rth[i], NULL);
+        ok &= !rx[i].v.bad && rx[i].v.received == rx[i].expect;
+        if (rx[i].done_ns > t1)
+            t1 = rx[i].done_ns;
+    }
+    pthread_barrier_destroy(&start);
+    rbus_destroy(bus);
+    if (!ok)
+        return -1;
+    return (double)(sc->messages * (uint64_t)sc->publishers) * 1e9 / (double)(t1 - t0);
+}
+
+struct rb_lat_rx {
+    rbus_sub *sub;
+    uint64_t *lat;
+    uint64_t rounds;
+    int rc;
+};
+
+static void *rb_lat_receive(void *arg)
+{
+    struct rb_lat_rx *r = arg;
+    for (uint64_t i = 0; i < r->rounds; i++) {
+        rbus_msg *m;
+        int rc = rbus_recv(r->sub, &m, -1);
+        if (rc != 0) {
+            r->rc = rc;
+            return NULL;
+        }
+        uint64_t now = bench_now_ns(), stamp, counter;
+        bench_unstamp(rbus_msg_data(m), &stamp, &counter);
+        if (counter != i)
+            r->rc = -1;
+        r->lat[i] = now - stamp;
+        rbus_msg_release(m);
+    }
+    return NULL;
+}
+
+static int rb_latency(const struct latency_run *lr, uint64_t *lat)
+{
+    rbus *bus;
+    rbus_topic *topic;
+    rbus_sub *sub;
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = lr->capacity;
+    o.spin_ns = lr->sleeping_receiver ? -1 : 0;
+    if (rbus_create(&bus, NULL) || rbus_subscribe(bus, "bench.lat", &o, &sub) ||
+        rbus_topic_open(bus, "bench.lat", &topic))
+        return -1;
+    struct rb_lat_rx r = {.sub = sub, .lat = lat, .rounds = lr->rounds};
+    pthread_t th;
+    pthread_create(&th, NULL, rb_lat_receive, &r);
+    unsigned char buf[64] = {0};
+    uint64_t next = bench_now_ns() + 1000000;
+    int rc = 0;
+    for (uint64_t i = 0; i < lr->rounds && !rc; i++) {
+        while (bench_now_ns() < next)
+            ;
+        bench_stamp(buf, bench_now_ns(), i);
+        rc = rbus_publish(topic, buf, sizeof buf);
+        next += lr->pace_ns;
+    }
+    pthread_join(th, NULL);
+    rbus_destroy(bus);
+    return rc ? rc : r.rc;
+}
+
+const struct bench_impl bench_impl_ringbus = {
+    .name = "ringbus",
+    .throughput = rb_throughput,
+    .latency = rb_latency,
+    .wait_strategy = "block policy; receivers spin spin_ns (default 20 us) then sleep on a "
+                     "futex; latency 'sleeping' = spin_ns < 0",
+};
