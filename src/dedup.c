@@ -107,7 +107,7 @@ static struct rbus_dedup *dedup_new(rbus *bus)
         return NULL;
     d->keys = bus->cfg.dedup_keys;
     d->window_ns = (int64_t)bus->cfg.dedup_window_ns;
-    uint64_t share = d->keys / RBUS_DEDUP_SHARDS + 1;
+    uint64_t share = d->keys / RBUS_DEDUP_SHARDS;
     uint32_t cap = 16;
     while (cap < 2 * share && cap < (UINT32_C(1) << 30))
         cap <<= 1;

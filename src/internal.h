@@ -92,6 +92,12 @@ static inline bool rbus__event_has_waiters(struct rbus_event *ev)
     return atomic_load_explicit(&ev->word, memory_order_relaxed) & 1u;
 }
 
+/* How long a waiter naps when the other side is half-way through a slot
+ * (a producer between reserving and writing it, a consumer between taking
+ * and releasing it): that thread may have missed our sleep flag, so we do
+ * not sleep untimed. It only matters if it was preempted there. */
+#define RBUS_SLOT_NAP_NS INT64_C(200000)
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t rbus__now_ns(void);
 /* now + timeout, saturating; timeout < 0 gives -1 (no deadline). */

@@ -140,7 +140,10 @@ static inline uint64_t rbus__ring_reserved(struct rbus_ring *r)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_seq_cst);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_seq_cst);
-    return tail > head ? tail - head : 0;
+    /* head is read first, so producers may have moved on meanwhile: clamp
+     * to what the ring can hold. */
+    uint64_t n = tail > head ? tail - head : 0;
+    return n > r->mask + 1 ? r->mask + 1 : n;
 }
 
 static inline uint64_t rbus__ring_size(const struct rbus_ring *r)

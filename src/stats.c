@@ -41,12 +41,21 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
     memset(out, 0, sizeof *out);
     out->published = atomic_load_explicit(&t->seq, memory_order_relaxed);
     out->duplicates = atomic_load_explicit(&t->duplicates, memory_order_relaxed);
-    /* Lists are swapped under the bus lock and freed only after it is
-     * released and a grace period has passed, so the current list is
-     * alive while we hold the lock. */
-    pthread_mutex_lock(&t->bus->lock);
-    struct rbus_sublist *l = atomic_load_explicit(&t->subs, memory_order_relaxed);
-    out->subscriptions = l ? l->count : 0;
-    pthread_mutex_unlock(&t->bus->lock);
+    /* Read the current list the way a publisher does, inside a read
+     * section (never blocked by a subscribe or close holding the bus lock);
+     * only if this thread cannot get a state (out of memory) fall back to
+     * the lock, under which the current list is alive too. */
+    struct rbus_thread *th = rbus__thread_get(t->bus);
+    if (th) {
+        rbus__read_begin(th);
+        struct rbus_sublist *l = atomic_load_explicit(&t->subs, memory_order_acquire);
+        out->subscriptions = l ? l->count : 0;
+        rbus__read_end(th);
+    } else {
+        pthread_mutex_lock(&t->bus->lock);
+        struct rbus_sublist *l = atomic_load_explicit(&t->subs, memory_order_relaxed);
+        out->subscriptions = l ? l->count : 0;
+        pthread_mutex_unlock(&t->bus->lock);
+    }
     return 0;
 }

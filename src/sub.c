@@ -25,16 +25,13 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-/* How long a receiver naps when the next slot is reserved but its producer
- * has not written it yet (preempted): such a producer cannot be relied on to
- * see our sleep flag, so we sleep with a timeout instead. */
-#define RBUS_RESERVED_NAP_NS INT64_C(200000)
-
 static inline bool ring_reserved(rbus_sub *s)
 {
     return rbus__ring_reserved(&s->ring) != 0;
 }
 
+/* Full by the positions (seq_cst loads): the publisher's half of the room
+ * Dekker pair reads this after registering. */
 bool rbus__sub_full(rbus_sub *s)
 {
     return rbus__ring_reserved(&s->ring) >= rbus__ring_size(&s->ring);
@@ -54,8 +51,11 @@ static void fd_signal(int fd)
 
 static void fd_make_readable(rbus_sub *s)
 {
-    if (atomic_exchange_explicit(&s->fd_armed, 0, memory_order_acq_rel) == 1)
-        fd_signal(atomic_load_explicit(&s->fd, memory_order_acquire));
+    if (atomic_exchange_explicit(&s->fd_armed, 0, memory_order_acq_rel) == 1) {
+        int fd = atomic_load_explicit(&s->fd, memory_order_acquire);
+        if (fd >= 0) /* always, since the fd is published before arming */
+            fd_signal(fd);
+    }
 }
 
 static RBUS_NOINLINE void wake_receivers(rbus_sub *s)
@@ -228,11 +228,12 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
                 rbus__spin_step(iter++);
                 continue;
             }
-            until = now + RBUS_RESERVED_NAP_NS;
+            until = now + RBUS_SLOT_NAP_NS;
             if (deadline >= 0 && deadline < until)
                 until = deadline;
         }
         rbus__event_wait(&s->msg_ev, seen, until);
+        reserved_rounds = 0;
     }
     atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
     return rc;
@@ -273,7 +274,9 @@ void rbus_sub_opts_init(rbus_sub_opts *opts)
 
 static uint32_t ring_size_for(uint32_t capacity)
 {
-    uint32_t size = 1;
+    /* At least 2: with one slot "holds the message of p" (seq == p + 1)
+     * and "free for p + size" would be the same value. */
+    uint32_t size = 2;
     while (size < capacity)
         size <<= 1;
     return size;
@@ -368,11 +371,14 @@ int rbus_sub_close(rbus_sub *sub)
     } else if (was_open) {
         rbus__synchronize(bus);
     }
-    pthread_mutex_unlock(&bus->lock);
+    /* Still under the lock: a concurrent rbus_sub_close or rbus_unsubscribe
+     * of the same handle waits for it, so it neither returns before the sub
+     * is CLOSED nor frees it while we still write to it. */
     if (was_open) {
         rbus__event_broadcast(&bus->room_ev); /* waiting publishers: give up on it */
         rbus__sub_finish_close(sub);
     }
+    pthread_mutex_unlock(&bus->lock);
     return 0;
 }
 
@@ -449,10 +455,11 @@ int rbus_sub_fd(rbus_sub *sub)
             atomic_fetch_sub_explicit(&sub->callers, 1, memory_order_release);
             return err;
         }
-        /* Start clear and armed, then publish the fd and look once: a
+        /* Publish the fd first (release), then arm (seq_cst), then look
+         * once: a publisher that sees fd_armed == 1 also sees the fd, and a
          * message queued before (or while) we armed makes it readable. */
-        atomic_store_explicit(&sub->fd_armed, 1, memory_order_relaxed);
-        atomic_store_explicit(&sub->fd, fd, memory_order_seq_cst);
+        atomic_store_explicit(&sub->fd, fd, memory_order_release);
+        atomic_store_explicit(&sub->fd_armed, 1, memory_order_seq_cst);
         if (ring_reserved(sub) ||
             atomic_load_explicit(&sub->state, memory_order_acquire) != RBUS_SUB_OPEN)
             fd_make_readable(sub);

@@ -84,6 +84,9 @@ static void thread_exit(void *unused)
         tls_slots[i].th = NULL;
     }
     pthread_mutex_unlock(&registry_lock);
+    /* If a later destructor (another library's) publishes again, the next
+     * attach re-arms the key, and glibc runs our destructor once more. */
+    tls_key_set = false;
 }
 
 static void make_key(void)

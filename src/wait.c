@@ -112,7 +112,9 @@ static void event_bump_and_wake(struct rbus_event *ev, uint32_t v)
 
 void rbus__event_signal(struct rbus_event *ev)
 {
-    uint32_t v = atomic_load_explicit(&ev->word, memory_order_relaxed);
+    /* seq_cst: the signaller's half of a Dekker pair ends with this load
+     * (a plain load on x86). */
+    uint32_t v = atomic_load_explicit(&ev->word, memory_order_seq_cst);
     if (v & 1u)
         event_bump_and_wake(ev, v);
 }
