@@ -368,40 +368,6 @@ static rbus_topic *open_topic(rbus *bus, const char *name)
     return t;
 }
 
-static void nap_us(long us)
-{
-    struct timespec ts = {0, us * 1000L};
-    nanosleep(&ts, NULL);
-}
-
-/* ---------------------------------------------------------- thread errors */
-
-static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_uint err_count;
-static char err_first[512];
-
-static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void report(const char *fmt, ...)
-{
-    if (atomic_fetch_add(&err_count, 1) == 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        pthread_mutex_lock(&err_lock);
-        vsnprintf(err_first, sizeof err_first, fmt, ap);
-        pthread_mutex_unlock(&err_lock);
-        va_end(ap);
-    }
-}
-
-static void assert_no_thread_errors(void)
-{
-    unsigned n = atomic_load(&err_count);
-    if (n != 0) {
-        print_error("%u error(s) in worker threads; first: %s\n", n, err_first);
-        fail();
-    }
-}
-
 /* ------------------------------------------- (a) steady state, (c) bypass */
 
 #define SS_PUBS 2
@@ -459,7 +425,7 @@ static void *ss_publisher(void *arg)
     struct ss_state *st = w->st;
     unsigned char *buf = malloc(4096);
     if (buf == NULL) {
-        report("publisher: no buffer");
+        rbus_test_report("publisher: no buffer");
         return NULL;
     }
     unsigned done_gen = 0;
@@ -468,7 +434,7 @@ static void *ss_publisher(void *arg)
         if (gen == done_gen) {
             if (atomic_load(&st->quit))
                 break;
-            nap_us(20);
+            rbus_test_sleep_us(20);
             continue;
         }
         for (uint32_t i = 0; i < SS_PER_ROUND; i++) {
@@ -478,7 +444,8 @@ static void *ss_publisher(void *arg)
             int rc;
             IN_BUS(rc = rbus_publish(st->topics[ss_topic(w->id, i)], buf, h.size));
             if (rc != 0)
-                report("publisher %u round %u #%u: %d (%s)", w->id, gen, i, rc, rbus_strerror(rc));
+                rbus_test_report("publisher %u round %u #%u: %d (%s)", w->id, gen, i, rc,
+                                 rbus_strerror(rc));
         }
         done_gen = gen;
         atomic_fetch_add(&st->pub_done, 1);
@@ -496,23 +463,23 @@ static void ss_check(struct ss_worker *w, const rbus_msg *m)
     size_t size = rbus_msg_size(m);
     const unsigned char *d = rbus_msg_data(m);
     if (size < sizeof h) {
-        report("sub %u: short message %zu", w->id, size);
+        rbus_test_report("sub %u: short message %zu", w->id, size);
         return;
     }
     memcpy(&h, d, sizeof h);
     if (h.pub >= SS_PUBS || h.index >= SS_PER_ROUND || h.size != size ||
         ss_size(h.pub, h.index) != size) {
-        report("sub %u: bad header pub %u index %u size %u/%zu", w->id, h.pub, h.index, h.size,
-               size);
+        rbus_test_report("sub %u: bad header pub %u index %u size %u/%zu", w->id, h.pub, h.index,
+                         h.size, size);
         return;
     }
     unsigned char fill = (unsigned char)((h.pub + h.index + h.round) & 0xff);
     if (size > sizeof h && (d[size - 1] != fill || d[sizeof h + (size - sizeof h) / 2] != fill))
-        report("sub %u: payload of (pub %u, round %u, #%u) overwritten", w->id, h.pub, h.round,
-               h.index);
+        rbus_test_report("sub %u: payload of (pub %u, round %u, #%u) overwritten", w->id, h.pub,
+                         h.round, h.index);
     const char *tn = rbus_msg_topic(m);
     if (tn == NULL || strcmp(tn, ss_topic_names[ss_topic(h.pub, h.index)]) != 0)
-        report("sub %u: wrong topic %s", w->id, tn ? tn : "(null)");
+        rbus_test_report("sub %u: wrong topic %s", w->id, tn ? tn : "(null)");
 }
 
 static void *ss_receiver(void *arg)
@@ -551,7 +518,7 @@ static void *ss_receiver(void *arg)
                 break;
             continue;
         }
-        report("sub %u: receive: %d (%s)", w->id, n, rbus_strerror(n));
+        rbus_test_report("sub %u: receive: %d (%s)", w->id, n, rbus_strerror(n));
         break;
     }
     tl_in_bus++; /* measure thread exit, see ss_publisher */
@@ -561,9 +528,9 @@ static void *ss_receiver(void *arg)
 static void wait_for(atomic_uint *v, unsigned want)
 {
     while (atomic_load(v) < want) {
-        if (atomic_load(&err_count) != 0)
+        if (rbus_test_error_count() != 0)
             break;
-        nap_us(50);
+        rbus_test_sleep_us(50);
     }
 }
 
@@ -633,7 +600,7 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
     wait_for(&st.drain_done, SS_NRECV);
     for (unsigned r = 2; r <= warm_rounds; r++)
         ss_round(&st, r, true);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
 
     counting_print(&ca, "after warm-up");
     const long long allocs_warm = atomic_load(&ca.allocs);
@@ -650,7 +617,7 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
         assert_int_equal(pthread_join(pubs[i].thread, NULL), 0);
     for (uint32_t i = 0; i < SS_NRECV; i++)
         assert_int_equal(pthread_join(recvs[i].thread, NULL), 0);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
 
     if (first_alloc_round != 0)
         print_error("allocation in steady state: first in round %u (%lld -> %lld allocs)\n",
@@ -777,7 +744,7 @@ static void *api_thread_main(void *arg)
     int rc;
     IN_BUS(rc = rbus_topic_open(a->bus, "api.thread", &t2));
     if (rc != 0)
-        report("thread topic_open: %d", rc);
+        rbus_test_report("thread topic_open: %d", rc);
     IN_BUS(a->publish_rc = rbus_publish(a->topic, &v, sizeof v));
     if (t2 != NULL)
         IN_BUS(rc = rbus_publish(t2, &v, sizeof v));
@@ -906,7 +873,7 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, api_thread_main, &at), 0);
     assert_int_equal(pthread_join(th, NULL), 0);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
     assert_rbus_ok(at.publish_rc);
     assert_rbus_ok(at.recv_rc);
 

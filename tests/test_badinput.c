@@ -146,12 +146,7 @@ static void config_init_fills_defaults(void **state)
     rbus_config cfg;
     memset(&cfg, 0xA5, sizeof cfg);
     rbus_config_init(&cfg);
-    assert_int_equal(cfg.default_capacity, 1024);
-    assert_int_equal(cfg.max_payload, 65536);
-    assert_int_equal(cfg.dedup_keys, 4096);
-    assert_int_equal(cfg.dedup_window_ns, 0);
-    assert_int_equal(cfg.max_topics, 65536);
-    assert_null(cfg.allocator);
+    rbus_test_assert_config_defaults(&cfg);
     rbus_config_init(NULL);
 
     rbus_sub_opts o;
@@ -508,14 +503,7 @@ static void accessors_with_null_message(void **state)
     assert_null(rbus_msg_topic(NULL));
     assert_int_equal(rbus_msg_seq(NULL), 0);
     assert_int_equal(rbus_msg_time_ns(NULL), 0);
-    size_t len = 99;
-    assert_null(rbus_msg_key(NULL, &len));
-    assert_int_equal(len, 0);
-    assert_null(rbus_msg_key(NULL, NULL));
-    len = 99;
-    assert_null(rbus_msg_order_key(NULL, &len));
-    assert_int_equal(len, 0);
-    assert_null(rbus_msg_order_key(NULL, NULL));
+    rbus_test_assert_no_keys(NULL, 99);
     assert_int_equal(rbus_msg_origin(NULL), 0);
     assert_int_equal(rbus_msg_attempt(NULL), 0);
     assert_null(rbus_msg_origin_topic(NULL));

@@ -6,39 +6,6 @@
 
 #include "test_util.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_us(unsigned us)
-{
-    struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
-static rbus_sub *subscribe_block(rbus *bus, const char *pattern, uint32_t cap,
-                                 int64_t block_timeout_ns, uint32_t *eff_cap)
-{
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.overflow = RBUS_BLOCK;
-    o.block_timeout_ns = block_timeout_ns;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
-    rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(s, &st));
-    assert_true(st.capacity >= cap);
-    assert_true(st.capacity <= 1024);
-    if (eff_cap)
-        *eff_cap = st.capacity;
-    return s;
-}
-
 /* Polls the sub's stats until `field` reaches `want` (or ~10 s pass).
  * Returns the last value seen. */
 enum stat_field { F_WAITS, F_TIMEOUT, F_CLOSED, F_DEPTH };
@@ -62,10 +29,10 @@ static uint64_t stat_value(rbus_sub *sub, enum stat_field field)
 
 static uint64_t wait_for_stat(rbus_sub *sub, enum stat_field field, uint64_t want)
 {
-    uint64_t deadline = now_ns() + UINT64_C(10000000000);
+    uint64_t deadline = rbus_test_now_ns() + UINT64_C(10000000000);
     uint64_t v;
-    while ((v = stat_value(sub, field)) < want && now_ns() < deadline)
-        sleep_us(200);
+    while ((v = stat_value(sub, field)) < want && rbus_test_now_ns() < deadline)
+        rbus_test_sleep_us(200);
     return v;
 }
 
@@ -86,6 +53,16 @@ static void *pub_thread(void *arg)
                             j->use_opts ? &j->opts : NULL, &j->result);
     atomic_store(&j->done, 1);
     return NULL;
+}
+
+/* Starts a publisher thread that publishes `payload` (as 8 bytes) on t. */
+static void start_pub(struct pub_job *j, rbus_topic *t, uint64_t payload, pthread_t *th)
+{
+    memset(j, 0, sizeof *j);
+    j->topic = t;
+    j->payload = payload;
+    j->rc = 12345;
+    assert_int_equal(pthread_create(th, NULL, pub_thread, j), 0);
 }
 
 static void fill(rbus_topic *t, uint32_t n, uint64_t *next)
@@ -111,27 +88,21 @@ static void recv_expect(rbus_sub *s, uint64_t seq, int64_t timeout)
 static void publisher_blocks_until_receiver_makes_room(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "blk", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "blk");
     uint32_t cap;
-    rbus_sub *s = subscribe_block(bus, "blk", 2, 0, &cap);
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "blk", 2, RBUS_BLOCK, 0, &cap);
 
     uint64_t next = 1;
     fill(t, cap, &next);
 
     struct pub_job job;
-    memset(&job, 0, sizeof job);
-    job.topic = t;
-    job.payload = next++;
-    job.rc = 12345;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, pub_thread, &job), 0);
+    start_pub(&job, t, next++, &th);
 
     assert_int_equal(wait_for_stat(s, F_WAITS, 1), 1);
     /* it waits: there is no room and nothing else can give it any */
-    sleep_us(20000);
+    rbus_test_sleep_us(20000);
     assert_int_equal(atomic_load(&job.done), 0);
     rbus_sub_stats st;
     assert_rbus_ok(rbus_sub_stats_get(s, &st));
@@ -168,14 +139,12 @@ static void publisher_blocks_until_receiver_makes_room(void **state)
 static void full_block_sub_does_not_delay_other_subs(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "slow.t", &t));
-    rbus_sub *b = subscribe_block(bus, "slow.t", 16, 0, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "slow.t");
+    rbus_sub *b = rbus_test_subscribe_checked(bus, "slow.t", 16, RBUS_BLOCK, 0, NULL);
     uint32_t cap;
-    rbus_sub *a = subscribe_block(bus, "slow.*", 2, 0, &cap);
-    rbus_sub *c = subscribe_block(bus, ">", 16, 0, NULL);
+    rbus_sub *a = rbus_test_subscribe_checked(bus, "slow.*", 2, RBUS_BLOCK, 0, &cap);
+    rbus_sub *c = rbus_test_subscribe_checked(bus, ">", 16, RBUS_BLOCK, 0, NULL);
 
     uint64_t next = 1;
     fill(t, cap, &next);
@@ -185,11 +154,8 @@ static void full_block_sub_does_not_delay_other_subs(void **state)
     }
 
     struct pub_job job;
-    memset(&job, 0, sizeof job);
-    job.topic = t;
-    job.payload = next++;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, pub_thread, &job), 0);
+    start_pub(&job, t, next++, &th);
 
     /* B and C get the message while the publisher still waits for A */
     recv_expect(b, cap + 1, INT64_C(10000000000));
@@ -227,13 +193,11 @@ static void full_block_sub_does_not_delay_other_subs(void **state)
 static void full_block_subs_are_waited_on_together(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "two", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "two");
     uint32_t cap_a, cap_b;
-    rbus_sub *a = subscribe_block(bus, "two", 2, 0, &cap_a);
-    rbus_sub *b = subscribe_block(bus, "two", 2, INT64_C(30000000), &cap_b);
+    rbus_sub *a = rbus_test_subscribe_checked(bus, "two", 2, RBUS_BLOCK, 0, &cap_a);
+    rbus_sub *b = rbus_test_subscribe_checked(bus, "two", 2, RBUS_BLOCK, INT64_C(30000000), &cap_b);
     uint32_t cap = cap_a > cap_b ? cap_a : cap_b;
 
     uint64_t next = 1;
@@ -249,11 +213,8 @@ static void full_block_subs_are_waited_on_together(void **state)
     uint64_t base_timeout_b = stat_value(b, F_TIMEOUT);
 
     struct pub_job job;
-    memset(&job, 0, sizeof job);
-    job.topic = t;
-    job.payload = next++;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, pub_thread, &job), 0);
+    start_pub(&job, t, next++, &th);
 
     assert_int_equal(wait_for_stat(b, F_TIMEOUT, base_timeout_b + 1), base_timeout_b + 1);
     assert_int_equal(stat_value(a, F_WAITS), 1);
@@ -285,12 +246,10 @@ static void full_block_subs_are_waited_on_together(void **state)
 static void run_timeout_case(int64_t sub_timeout, int64_t pub_timeout, int64_t expect_min,
                              int64_t expect_below)
 {
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "to", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "to");
     uint32_t cap;
-    rbus_sub *s = subscribe_block(bus, "to", 2, sub_timeout, &cap);
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "to", 2, RBUS_BLOCK, sub_timeout, &cap);
     uint64_t next = 1;
     fill(t, cap, &next);
 
@@ -299,9 +258,9 @@ static void run_timeout_case(int64_t sub_timeout, int64_t pub_timeout, int64_t e
     po.timeout_ns = pub_timeout;
     uint64_t p = next++;
     rbus_pub_result r;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = rbus_test_now_ns();
     assert_rbus_ok(rbus_publish_ex(t, &p, sizeof p, &po, &r));
-    uint64_t waited = now_ns() - t0;
+    uint64_t waited = rbus_test_now_ns() - t0;
     assert_int_equal(r.matched, 1);
     assert_int_equal(r.queued, 0);
     assert_int_equal(r.dropped, 1);
@@ -372,11 +331,9 @@ static void *drain_thread(void *arg)
 static void blocked_publisher_loses_nothing_with_slow_receiver(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "flow", &t));
-    rbus_sub *s = subscribe_block(bus, "flow", 2, 0, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "flow");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "flow", 2, RBUS_BLOCK, 0, NULL);
 
     struct drain_job j = {.sub = s, .n = 5000};
     pthread_t th;

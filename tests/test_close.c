@@ -8,37 +8,6 @@
 
 #define SEC INT64_C(1000000000)
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_us(unsigned us)
-{
-    struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
-static rbus_sub *subscribe(rbus *bus, const char *pattern, uint32_t cap, rbus_overflow pol,
-                           uint32_t *eff_cap)
-{
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.overflow = pol;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
-    rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(s, &st));
-    assert_true(st.capacity >= cap && st.capacity <= 1024);
-    if (eff_cap)
-        *eff_cap = st.capacity;
-    return s;
-}
-
 static uint64_t waits_of(rbus_sub *s)
 {
     rbus_sub_stats st;
@@ -49,9 +18,9 @@ static uint64_t waits_of(rbus_sub *s)
 /* Waits (bounded, ~10 s) until the subscription counts a waiting publisher. */
 static void wait_publisher_waits(rbus_sub *s, uint64_t want)
 {
-    uint64_t deadline = now_ns() + 10 * UINT64_C(1000000000);
-    while (waits_of(s) < want && now_ns() < deadline)
-        sleep_us(200);
+    uint64_t deadline = rbus_test_now_ns() + 10 * UINT64_C(1000000000);
+    while (waits_of(s) < want && rbus_test_now_ns() < deadline)
+        rbus_test_sleep_us(200);
     assert_int_equal(waits_of(s), want);
 }
 
@@ -137,8 +106,8 @@ static void start_rx(struct rx_job *j, rbus_sub *s, enum rx_kind kind, int64_t t
     /* let it get into the wait; correctness does not depend on it having
      * arrived there except for rbus_unsubscribe (see there) */
     while (!atomic_load(&j->started))
-        sleep_us(100);
-    sleep_us(50000);
+        rbus_test_sleep_us(100);
+    rbus_test_sleep_us(50000);
 }
 
 static void join_rx(struct rx_job *j, int want)
@@ -151,60 +120,86 @@ static void join_rx(struct rx_job *j, int want)
     assert_rbus_rc(j->rc, want);
 }
 
+/* A publisher waiting for room: a bus with one topic, a full BLOCK
+ * subscription on it (capacity 2 asked; 1..cap queued) and a roomy one, and
+ * a publisher thread whose message cap + 1 waits for room in `full`. */
+struct blocked_pub {
+    rbus *bus;
+    rbus_topic *t;
+    rbus_sub *full, *other;
+    uint32_t cap;
+    struct pub_job j;
+};
+
+static void start_blocked_publisher(struct blocked_pub *b, const char *topic,
+                                    const char *other_pattern, rbus_overflow other_policy)
+{
+    b->t = rbus_test_bus_and_topic(&b->bus, topic);
+    b->full = rbus_test_subscribe_checked(b->bus, topic, 2, RBUS_BLOCK, 0, &b->cap);
+    b->other = rbus_test_subscribe_checked(b->bus, other_pattern, 32, other_policy, 0, NULL);
+    publish_n(b->t, 1, b->cap);
+    start_pub(&b->j, b->t, b->cap + 1);
+    wait_publisher_waits(b->full, 1);
+    assert_int_equal(atomic_load(&b->j.done), 0);
+}
+
+/* The waiting message counts as dropped_closed in `full`; what was queued
+ * stays. */
+static void check_dropped_closed(struct blocked_pub *b)
+{
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(b->full, &st));
+    assert_int_equal(st.offered, b->cap + 1);
+    assert_int_equal(st.dropped_closed, 1);
+    assert_int_equal(st.dropped_timeout, 0);
+    assert_int_equal(st.publisher_waits, 1);
+    assert_int_equal(st.depth, b->cap);
+    rbus_test_check_accounting(&st);
+}
+
+/* `full` gives 1..cap, then -ESHUTDOWN; `other` has 1..cap + 1. */
+static void drain_after_close(struct blocked_pub *b)
+{
+    for (uint64_t seq = 1; seq <= b->cap; seq++)
+        recv_seq(b->full, seq, 0);
+    rbus_msg *m = NULL;
+    assert_rbus_rc(rbus_recv(b->full, &m, 0), -ESHUTDOWN);
+    for (uint64_t seq = 1; seq <= b->cap + 1; seq++)
+        recv_seq(b->other, seq, 0);
+}
+
 /* ---- rbus_close ---- */
 
 static void close_wakes_blocked_publisher_with_eshutdown(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "c.t", &t));
-    uint32_t cap;
-    rbus_sub *full = subscribe(bus, "c.t", 2, RBUS_BLOCK, &cap);
-    rbus_sub *roomy = subscribe(bus, "c.>", 32, RBUS_DROP_NEWEST, NULL);
+    struct blocked_pub b;
+    start_blocked_publisher(&b, "c.t", "c.>", RBUS_DROP_NEWEST);
 
-    publish_n(t, 1, cap);
-    struct pub_job j;
-    start_pub(&j, t, cap + 1);
-    wait_publisher_waits(full, 1);
-    assert_int_equal(atomic_load(&j.done), 0);
-
-    rbus_close(bus);
-    assert_int_equal(pthread_join(j.th, NULL), 0);
-    assert_rbus_rc(j.rc, -ESHUTDOWN);
+    rbus_close(b.bus);
+    assert_int_equal(pthread_join(b.j.th, NULL), 0);
+    assert_rbus_rc(b.j.rc, -ESHUTDOWN);
     /* it had been accepted: queued where there was room, dropped where it
      * waited */
-    assert_int_equal(j.result.matched, 2);
-    assert_int_equal(j.result.queued, 1);
-    assert_int_equal(j.result.dropped, 1);
-    assert_false(j.result.duplicate);
+    assert_int_equal(b.j.result.matched, 2);
+    assert_int_equal(b.j.result.queued, 1);
+    assert_int_equal(b.j.result.dropped, 1);
+    assert_false(b.j.result.duplicate);
 
-    rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(full, &st));
-    assert_int_equal(st.offered, cap + 1);
-    assert_int_equal(st.dropped_closed, 1);
-    assert_int_equal(st.dropped_timeout, 0);
-    assert_int_equal(st.publisher_waits, 1);
-    assert_int_equal(st.depth, cap);
-    rbus_test_check_accounting(&st);
+    check_dropped_closed(&b);
 
     rbus_topic_stats ts;
-    assert_rbus_ok(rbus_topic_stats_get(t, &ts));
-    assert_int_equal(ts.published, cap + 1);
+    assert_rbus_ok(rbus_topic_stats_get(b.t, &ts));
+    assert_int_equal(ts.published, b.cap + 1);
 
     /* nothing queued is lost */
-    for (uint64_t seq = 1; seq <= cap; seq++)
-        recv_seq(full, seq, 0);
+    drain_after_close(&b);
     rbus_msg *m = NULL;
-    assert_rbus_rc(rbus_recv(full, &m, 0), -ESHUTDOWN);
-    for (uint64_t seq = 1; seq <= cap + 1; seq++)
-        recv_seq(roomy, seq, 0);
-    assert_rbus_rc(rbus_recv(roomy, &m, -1), -ESHUTDOWN);
+    assert_rbus_rc(rbus_recv(b.other, &m, -1), -ESHUTDOWN);
 
-    assert_rbus_ok(rbus_unsubscribe(full));
-    assert_rbus_ok(rbus_unsubscribe(roomy));
-    rbus_destroy(bus);
+    assert_rbus_ok(rbus_unsubscribe(b.full));
+    assert_rbus_ok(rbus_unsubscribe(b.other));
+    rbus_destroy(b.bus);
 }
 
 static void close_wakes_receivers_blocked_on_empty_sub(void **state)
@@ -212,8 +207,8 @@ static void close_wakes_receivers_blocked_on_empty_sub(void **state)
     (void)state;
     rbus *bus = NULL;
     assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_sub *s = subscribe(bus, "idle", 4, RBUS_BLOCK, NULL);
-    rbus_sub *s2 = subscribe(bus, "idle", 4, RBUS_BLOCK, NULL);
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "idle", 4, RBUS_BLOCK, 0, NULL);
+    rbus_sub *s2 = rbus_test_subscribe_checked(bus, "idle", 4, RBUS_BLOCK, 0, NULL);
 
     struct rx_job forever, finite, batch, other;
     start_rx(&forever, s, RX_RECV, -1);
@@ -235,11 +230,9 @@ static void close_wakes_receivers_blocked_on_empty_sub(void **state)
 static void queued_messages_survive_close_then_eshutdown_is_final(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "q", &t));
-    rbus_sub *s = subscribe(bus, "q", 8, RBUS_BLOCK, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "q");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "q", 8, RBUS_BLOCK, 0, NULL);
     publish_n(t, 1, 5);
     rbus_close(bus);
 
@@ -283,7 +276,7 @@ static void calls_after_close_give_eshutdown(void **state)
     assert_rbus_ok(rbus_create(&bus, &cfg));
     rbus_topic *t = NULL;
     assert_rbus_ok(rbus_topic_open(bus, "after", &t));
-    rbus_sub *s = subscribe(bus, "after", 4, RBUS_BLOCK, NULL);
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "after", 4, RBUS_BLOCK, 0, NULL);
     assert_rbus_ok(rbus_publish(t, "x", 1));
 
     rbus_close(bus);
@@ -368,19 +361,17 @@ static void *loop_pub_thread(void *arg)
 static void close_during_publishing_loses_nothing(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "fast", &t));
-    rbus_sub *s = subscribe(bus, "fast", 64, RBUS_DROP_OLDEST, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "fast");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "fast", 64, RBUS_DROP_OLDEST, 0, NULL);
 
     struct loop_pub lp = {.topic = t};
     atomic_init(&lp.running, 0);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, loop_pub_thread, &lp), 0);
-    uint64_t deadline = now_ns() + 10 * UINT64_C(1000000000);
-    while (!atomic_load(&lp.running) && now_ns() < deadline)
-        sleep_us(100);
+    uint64_t deadline = rbus_test_now_ns() + 10 * UINT64_C(1000000000);
+    while (!atomic_load(&lp.running) && rbus_test_now_ns() < deadline)
+        rbus_test_sleep_us(100);
     assert_int_equal(atomic_load(&lp.running), 1);
 
     rbus_close(bus);
@@ -426,12 +417,10 @@ static void close_during_publishing_loses_nothing(void **state)
 static void sub_close_publishers_skip_it(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "sc", &t));
-    rbus_sub *a = subscribe(bus, "sc", 8, RBUS_BLOCK, NULL);
-    rbus_sub *b = subscribe(bus, "sc", 8, RBUS_BLOCK, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "sc");
+    rbus_sub *a = rbus_test_subscribe_checked(bus, "sc", 8, RBUS_BLOCK, 0, NULL);
+    rbus_sub *b = rbus_test_subscribe_checked(bus, "sc", 8, RBUS_BLOCK, 0, NULL);
     publish_n(t, 1, 2);
 
     assert_rbus_ok(rbus_sub_close(a));
@@ -481,73 +470,48 @@ static void sub_close_publishers_skip_it(void **state)
 static void sub_close_wakes_blocked_publisher(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "scw", &t));
-    uint32_t cap;
-    rbus_sub *full = subscribe(bus, "scw", 2, RBUS_BLOCK, &cap);
-    rbus_sub *other = subscribe(bus, "scw", 32, RBUS_BLOCK, NULL);
-    publish_n(t, 1, cap);
+    struct blocked_pub b;
+    start_blocked_publisher(&b, "scw", "scw", RBUS_BLOCK);
 
-    struct pub_job j;
-    start_pub(&j, t, cap + 1);
-    wait_publisher_waits(full, 1);
-    assert_int_equal(atomic_load(&j.done), 0);
-
-    assert_rbus_ok(rbus_sub_close(full));
-    assert_int_equal(pthread_join(j.th, NULL), 0);
+    assert_rbus_ok(rbus_sub_close(b.full));
+    assert_int_equal(pthread_join(b.j.th, NULL), 0);
     /* The message was accepted and reached `other`. The contract says only
      * that the waiting publisher wakes and the message counts as
      * dropped_closed there; whether the publish reports 0 (drops are not
      * errors) or -ESHUTDOWN (closed while waiting) is left open. */
-    if (j.rc != 0 && j.rc != -ESHUTDOWN) {
-        print_error("publish woken by sub_close returned %d (%s)\n", j.rc,
-                    rbus_strerror(j.rc));
+    if (b.j.rc != 0 && b.j.rc != -ESHUTDOWN) {
+        print_error("publish woken by sub_close returned %d (%s)\n", b.j.rc,
+                    rbus_strerror(b.j.rc));
         fail();
     }
-    assert_int_equal(j.result.matched, 2);
-    assert_int_equal(j.result.queued, 1);
-    assert_int_equal(j.result.dropped, 1);
+    assert_int_equal(b.j.result.matched, 2);
+    assert_int_equal(b.j.result.queued, 1);
+    assert_int_equal(b.j.result.dropped, 1);
 
-    rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(full, &st));
-    assert_int_equal(st.offered, cap + 1);
-    assert_int_equal(st.dropped_closed, 1);
-    assert_int_equal(st.dropped_timeout, 0);
-    assert_int_equal(st.publisher_waits, 1);
-    assert_int_equal(st.depth, cap);
-    rbus_test_check_accounting(&st);
+    check_dropped_closed(&b);
 
-    for (uint64_t seq = 1; seq <= cap; seq++)
-        recv_seq(full, seq, 0);
-    rbus_msg *m = NULL;
-    assert_rbus_rc(rbus_recv(full, &m, 0), -ESHUTDOWN);
-    for (uint64_t seq = 1; seq <= cap + 1; seq++)
-        recv_seq(other, seq, 0);
+    drain_after_close(&b);
 
     /* the bus is not closed: publishing goes on, skipping `full` */
     rbus_pub_result r;
-    uint64_t p = cap + 2;
-    assert_rbus_ok(rbus_publish_ex(t, &p, sizeof p, NULL, &r));
+    uint64_t p = b.cap + 2;
+    assert_rbus_ok(rbus_publish_ex(b.t, &p, sizeof p, NULL, &r));
     assert_int_equal(r.matched, 1);
     assert_int_equal(r.queued, 1);
-    recv_seq(other, cap + 2, 0);
+    recv_seq(b.other, b.cap + 2, 0);
 
-    assert_rbus_ok(rbus_unsubscribe(full));
-    assert_rbus_ok(rbus_unsubscribe(other));
-    rbus_destroy(bus);
+    assert_rbus_ok(rbus_unsubscribe(b.full));
+    assert_rbus_ok(rbus_unsubscribe(b.other));
+    rbus_destroy(b.bus);
 }
 
 static void sub_close_wakes_blocked_receiver_at_once(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "scr", &t));
-    rbus_sub *s = subscribe(bus, "scr", 4, RBUS_BLOCK, NULL);
-    rbus_sub *keep = subscribe(bus, "scr", 4, RBUS_BLOCK, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "scr");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "scr", 4, RBUS_BLOCK, 0, NULL);
+    rbus_sub *keep = rbus_test_subscribe_checked(bus, "scr", 4, RBUS_BLOCK, 0, NULL);
 
     struct rx_job a, b, c;
     start_rx(&a, s, RX_RECV, -1);
@@ -572,12 +536,10 @@ static void sub_close_wakes_blocked_receiver_at_once(void **state)
 static void unsubscribe_wakes_blocked_receiver(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "uw", &t));
-    rbus_sub *s = subscribe(bus, "uw", 4, RBUS_BLOCK, NULL);
-    rbus_sub *s2 = subscribe(bus, "uw", 4, RBUS_BLOCK, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "uw");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "uw", 4, RBUS_BLOCK, 0, NULL);
+    rbus_sub *s2 = rbus_test_subscribe_checked(bus, "uw", 4, RBUS_BLOCK, 0, NULL);
 
     /* The receivers must be inside rbus_recv* before rbus_unsubscribe
      * begins (starting a call after it began is undefined): start_rx gives
@@ -602,12 +564,10 @@ static void unsubscribe_wakes_blocked_receiver(void **state)
 static void unsubscribe_releases_queued_messages(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "uq", &t));
-    rbus_sub *s = subscribe(bus, "uq", 16, RBUS_BLOCK, NULL);
-    rbus_sub *s2 = subscribe(bus, "uq", 16, RBUS_BLOCK, NULL);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "uq");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "uq", 16, RBUS_BLOCK, 0, NULL);
+    rbus_sub *s2 = rbus_test_subscribe_checked(bus, "uq", 16, RBUS_BLOCK, 0, NULL);
     publish_n(t, 1, 10);
 
     /* one message held by the user across the unsubscribe */
@@ -639,9 +599,9 @@ static void destroy_with_queued_messages_and_open_subs(void **state)
     rbus_topic *t = NULL, *u = NULL;
     assert_rbus_ok(rbus_topic_open(bus, "d.t", &t));
     assert_rbus_ok(rbus_topic_open(bus, "d.u", &u));
-    (void)subscribe(bus, "d.>", 16, RBUS_BLOCK, NULL);
-    (void)subscribe(bus, "d.t", 4, RBUS_DROP_OLDEST, NULL);
-    rbus_sub *closed = subscribe(bus, "d.u", 4, RBUS_DROP_NEWEST, NULL);
+    (void)rbus_test_subscribe_checked(bus, "d.>", 16, RBUS_BLOCK, 0, NULL);
+    (void)rbus_test_subscribe_checked(bus, "d.t", 4, RBUS_DROP_OLDEST, 0, NULL);
+    rbus_sub *closed = rbus_test_subscribe_checked(bus, "d.u", 4, RBUS_DROP_NEWEST, 0, NULL);
     publish_n(t, 1, 8);
     publish_n(u, 1, 8);
     assert_rbus_ok(rbus_sub_close(closed));
@@ -650,7 +610,7 @@ static void destroy_with_queued_messages_and_open_subs(void **state)
     /* and destroy after close */
     assert_rbus_ok(rbus_create(&bus, NULL));
     assert_rbus_ok(rbus_topic_open(bus, "d.t", &t));
-    (void)subscribe(bus, "d.t", 4, RBUS_BLOCK, NULL);
+    (void)rbus_test_subscribe_checked(bus, "d.t", 4, RBUS_BLOCK, 0, NULL);
     publish_n(t, 1, 3);
     rbus_close(bus);
     rbus_destroy(bus);

@@ -7,13 +7,6 @@
 
 #include "test_util.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
 enum recv_mode { MODE_RECV, MODE_BATCH };
 
 struct shared {
@@ -63,7 +56,7 @@ static void *receiver_main(void *arg)
     struct shared *sh = r->sh;
     uint64_t last_seq = 0;
     rbus_msg *batch[7];
-    while (atomic_load(&sh->total) < sh->n && now_ns() < sh->deadline_ns) {
+    while (atomic_load(&sh->total) < sh->n && rbus_test_now_ns() < sh->deadline_ns) {
         if (r->mode == MODE_RECV) {
             rbus_msg *m = NULL;
             int rc = rbus_recv(sh->sub, &m, INT64_C(5000000));
@@ -125,16 +118,9 @@ static void *publisher_main(void *arg)
 static void run_competing(const enum recv_mode *modes, int nrecv, int npub, uint64_t n,
                           uint32_t capacity)
 {
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "work", &t));
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = capacity;
-    o.overflow = RBUS_BLOCK;
-    rbus_sub *sub = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, "work", &o, &sub));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "work");
+    rbus_sub *sub = rbus_test_subscribe(bus, "work", capacity, RBUS_BLOCK, 0);
 
     struct shared sh;
     memset(&sh, 0, sizeof sh);
@@ -149,7 +135,7 @@ static void run_competing(const enum recv_mode *modes, int nrecv, int npub, uint
     atomic_init(&sh.errors, 0);
     atomic_init(&sh.last_error, 0);
     sh.single_publisher = npub == 0;
-    sh.deadline_ns = now_ns() + UINT64_C(60000000000);
+    sh.deadline_ns = rbus_test_now_ns() + UINT64_C(60000000000);
 
     struct receiver rs[8];
     assert_true(nrecv <= 8);

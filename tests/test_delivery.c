@@ -5,27 +5,9 @@
 
 #include "test_util.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
 static rbus_sub *subscribe_cap(rbus *bus, const char *pattern, uint32_t cap)
 {
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
+    rbus_sub *s = rbus_test_subscribe(bus, pattern, cap, RBUS_BLOCK, 0);
     assert_non_null(s);
     return s;
 }
@@ -35,17 +17,15 @@ enum { FANOUT_N = 100 };
 static void fanout_three_subs_receive_every_message_in_order(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "fan.out", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "fan.out");
 
     rbus_sub *subs[3];
     subs[0] = subscribe_cap(bus, "fan.out", 128);
     subs[1] = subscribe_cap(bus, "fan.*", 128);
     subs[2] = subscribe_cap(bus, ">", 128);
 
-    uint64_t t0 = now_ns();
+    uint64_t t0 = rbus_test_now_ns();
     char buf[64];
     for (int i = 1; i <= FANOUT_N; i++) {
         char key[32], okey[32];
@@ -72,7 +52,7 @@ static void fanout_three_subs_receive_every_message_in_order(void **state)
         memset(key, 'Y', sizeof key);
         memset(okey, 'Z', sizeof okey);
     }
-    uint64_t t1 = now_ns();
+    uint64_t t1 = rbus_test_now_ns();
 
     for (int s = 0; s < 3; s++) {
         uint64_t last_time = 0;
@@ -144,10 +124,8 @@ static void fanout_three_subs_receive_every_message_in_order(void **state)
 static void message_without_keys_has_null_keys(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "plain", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "plain");
     rbus_sub *s = subscribe_cap(bus, "plain", 8);
 
     assert_rbus_ok(rbus_publish(t, "hello", 5));
@@ -163,14 +141,7 @@ static void message_without_keys_has_null_keys(void **state)
         assert_int_equal(rbus_msg_seq(m), (uint64_t)(i + 1));
         assert_int_equal(rbus_msg_size(m), 5);
         assert_memory_equal(rbus_msg_data(m), want[i], 5);
-        size_t len = 77;
-        assert_null(rbus_msg_key(m, &len));
-        assert_int_equal(len, 0);
-        assert_null(rbus_msg_key(m, NULL));
-        len = 77;
-        assert_null(rbus_msg_order_key(m, &len));
-        assert_int_equal(len, 0);
-        assert_null(rbus_msg_order_key(m, NULL));
+        rbus_test_assert_no_keys(m, 77);
         assert_int_equal(rbus_msg_origin(m), 0);
         assert_int_equal(rbus_msg_attempt(m), 1);
         rbus_msg_release(m);
@@ -182,10 +153,8 @@ static void message_without_keys_has_null_keys(void **state)
 static void zero_size_message_has_non_null_data(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "empty", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "empty");
     rbus_sub *s = subscribe_cap(bus, "empty", 8);
 
     assert_rbus_ok(rbus_publish(t, NULL, 0));
@@ -211,10 +180,8 @@ static void zero_size_message_has_non_null_data(void **state)
 static void large_payload_is_copied_exactly(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "big", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "big");
     rbus_sub *s = subscribe_cap(bus, "big", 4);
 
     size_t n = 65536; /* the default max_payload */
@@ -242,10 +209,8 @@ static void large_payload_is_copied_exactly(void **state)
 static void msg_ref_keeps_message_alive_after_release(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "ref", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "ref");
     rbus_sub *a = subscribe_cap(bus, "ref", 4);
     rbus_sub *b = subscribe_cap(bus, "ref", 4);
 
@@ -294,10 +259,8 @@ static void msg_ref_keeps_message_alive_after_release(void **state)
 static void recv_batch_returns_up_to_max(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "batch", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "batch");
     rbus_sub *s = subscribe_cap(bus, "batch", 16);
 
     rbus_msg *out[10];
@@ -356,7 +319,7 @@ struct late_pub {
 static void *late_publisher(void *arg)
 {
     struct late_pub *lp = arg;
-    sleep_ms(30);
+    rbus_test_sleep_us(30000);
     lp->rc = rbus_publish(lp->topic, "late", 4);
     return NULL;
 }
@@ -364,10 +327,8 @@ static void *late_publisher(void *arg)
 static void recv_waits_for_a_later_publish(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "late", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "late");
     rbus_sub *s = subscribe_cap(bus, "late", 8);
 
     /* recv_batch with an infinite timeout gets the one message */

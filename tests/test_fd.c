@@ -10,24 +10,10 @@
 
 #include "test_util.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_us(unsigned us)
-{
-    struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
 static void spin_ns(uint64_t ns)
 {
-    uint64_t until = now_ns() + ns;
-    while (now_ns() < until) {
+    uint64_t until = rbus_test_now_ns() + ns;
+    while (rbus_test_now_ns() < until) {
     }
 }
 
@@ -49,16 +35,6 @@ static int fd_readable(int fd, int timeout_ms)
 /* Long enough to never matter when the fd is (correctly) readable at once. */
 #define READY_MS 2000
 
-static rbus_sub *subscribe(rbus *bus, const char *pattern, uint32_t cap)
-{
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
-    return s;
-}
-
 static void recv_seq(rbus_sub *s, uint64_t seq)
 {
     rbus_msg *m = NULL;
@@ -67,19 +43,33 @@ static void recv_seq(rbus_sub *s, uint64_t seq)
     rbus_msg_release(m);
 }
 
+/* rbus_sub_fd, which must succeed. */
+static int sub_fd(rbus_sub *s)
+{
+    int fd = rbus_sub_fd(s);
+    assert_true(fd >= 0);
+    return fd;
+}
+
+/* The queue is empty (-EAGAIN), and after that the fd is not readable. */
+static void expect_drained_not_readable(rbus_sub *s, int fd)
+{
+    rbus_msg *m = NULL;
+    assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
+    assert_int_equal(fd_readable(fd, 0), 0);
+}
+
 static void fd_is_stable_nonblocking_and_cloexec(void **state)
 {
     (void)state;
     rbus *bus = NULL;
     assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_sub *s = subscribe(bus, "fd", 8);
-    rbus_sub *s2 = subscribe(bus, "fd", 8);
-    int fd = rbus_sub_fd(s);
-    assert_true(fd >= 0);
+    rbus_sub *s = rbus_test_subscribe(bus, "fd", 8, RBUS_BLOCK, 0);
+    rbus_sub *s2 = rbus_test_subscribe(bus, "fd", 8, RBUS_BLOCK, 0);
+    int fd = sub_fd(s);
     assert_int_equal(rbus_sub_fd(s), fd);
     assert_int_equal(rbus_sub_fd(s), fd);
-    int fd2 = rbus_sub_fd(s2);
-    assert_true(fd2 >= 0);
+    int fd2 = sub_fd(s2);
     assert_int_not_equal(fd, fd2);
 
     int fl = fcntl(fd, F_GETFL);
@@ -104,24 +94,19 @@ static void fd_is_stable_nonblocking_and_cloexec(void **state)
 static void fd_readable_when_messages_queued_before_creation(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "pre", &t));
-    rbus_sub *s = subscribe(bus, "pre", 8);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "pre");
+    rbus_sub *s = rbus_test_subscribe(bus, "pre", 8, RBUS_BLOCK, 0);
     assert_rbus_ok(rbus_publish(t, "a", 1));
     assert_rbus_ok(rbus_publish(t, "b", 1));
 
-    int fd = rbus_sub_fd(s);
-    assert_true(fd >= 0);
+    int fd = sub_fd(s);
     assert_int_equal(fd_readable(fd, 0), 1);
     recv_seq(s, 1);
     /* one still queued: still readable */
     assert_int_equal(fd_readable(fd, 0), 1);
     recv_seq(s, 2);
-    rbus_msg *m = NULL;
-    assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
-    assert_int_equal(fd_readable(fd, 0), 0);
+    expect_drained_not_readable(s, fd);
 
     assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
@@ -130,17 +115,13 @@ static void fd_readable_when_messages_queued_before_creation(void **state)
 static void fd_follows_queue_until_eagain(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "lvl", &t));
-    rbus_sub *s = subscribe(bus, "lvl", 8);
-    int fd = rbus_sub_fd(s);
-    assert_true(fd >= 0);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "lvl");
+    rbus_sub *s = rbus_test_subscribe(bus, "lvl", 8, RBUS_BLOCK, 0);
+    int fd = sub_fd(s);
 
     rbus_msg *m = NULL;
-    assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
-    assert_int_equal(fd_readable(fd, 0), 0);
+    expect_drained_not_readable(s, fd);
 
     uint64_t seq = 0;
     for (int round = 0; round < 5; round++) {
@@ -174,8 +155,7 @@ static void fd_follows_queue_until_eagain(void **state)
     assert_rbus_ok(rbus_publish(t, "z", 1));
     assert_rbus_ok(rbus_recv(s, &m, -1));
     rbus_msg_release(m);
-    assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
-    assert_int_equal(fd_readable(fd, 0), 0);
+    expect_drained_not_readable(s, fd);
 
     assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
@@ -184,25 +164,20 @@ static void fd_follows_queue_until_eagain(void **state)
 static void fd_readable_after_sub_close(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "cl", &t));
-    rbus_sub *s = subscribe(bus, "cl", 8);
-    int fd = rbus_sub_fd(s);
-    assert_true(fd >= 0);
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "cl");
+    rbus_sub *s = rbus_test_subscribe(bus, "cl", 8, RBUS_BLOCK, 0);
+    int fd = sub_fd(s);
     rbus_msg *m = NULL;
-    assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
-    assert_int_equal(fd_readable(fd, 0), 0);
+    expect_drained_not_readable(s, fd);
 
     assert_rbus_ok(rbus_sub_close(s));
     assert_int_equal(fd_readable(fd, READY_MS), 1);
     assert_rbus_rc(rbus_recv(s, &m, 0), -ESHUTDOWN);
 
     /* with messages queued at close: readable, drain, then -ESHUTDOWN */
-    rbus_sub *s2 = subscribe(bus, "cl", 8);
-    int fd2 = rbus_sub_fd(s2);
-    assert_true(fd2 >= 0);
+    rbus_sub *s2 = rbus_test_subscribe(bus, "cl", 8, RBUS_BLOCK, 0);
+    int fd2 = sub_fd(s2);
     assert_rbus_ok(rbus_publish(t, "a", 1));
     assert_rbus_ok(rbus_sub_close(s2));
     assert_int_equal(fd_readable(fd2, READY_MS), 1);
@@ -244,8 +219,8 @@ static void *race_publisher(void *arg)
         if (r->lockstep) {
             /* every message is then the last one queued: a lost wake-up
              * cannot be hidden by the next publish */
-            uint64_t until = now_ns() + UINT64_C(2000000000);
-            while (atomic_load(&r->got) < i && now_ns() < until)
+            uint64_t until = rbus_test_now_ns() + UINT64_C(2000000000);
+            while (atomic_load(&r->got) < i && rbus_test_now_ns() < until)
                 sched_yield();
             if (atomic_load(&r->got) < i) {
                 r->pub_stalls++;
@@ -257,7 +232,7 @@ static void *race_publisher(void *arg)
         unsigned x = (unsigned)rand_r(&seed);
         switch (x % 8) {
         case 0:
-            sleep_us(x % 200); /* a pause long enough for poll to sleep */
+            rbus_test_sleep_us(x % 200); /* a pause long enough for poll to sleep */
             break;
         case 1:
             sched_yield();
@@ -273,11 +248,23 @@ static void *race_publisher(void *arg)
     return NULL;
 }
 
+/* Checks that m is the next message (payload == seq == got + 1), counts
+ * and releases it. */
+static void race_take(struct race *r, rbus_msg *m)
+{
+    uint64_t v;
+    memcpy(&v, rbus_msg_data(m), sizeof v);
+    if (v != atomic_load(&r->got) + 1 || rbus_msg_seq(m) != v)
+        r->bad_order++;
+    atomic_fetch_add(&r->got, 1);
+    rbus_msg_release(m);
+}
+
 static void *race_receiver(void *arg)
 {
     struct race *r = arg;
-    uint64_t deadline = now_ns() + UINT64_C(60000000000);
-    while (atomic_load(&r->got) < r->n && now_ns() < deadline) {
+    uint64_t deadline = rbus_test_now_ns() + UINT64_C(60000000000);
+    while (atomic_load(&r->got) < r->n && rbus_test_now_ns() < deadline) {
         struct pollfd p = {.fd = r->fd, .events = POLLIN};
         int prc = poll(&p, 1, READY_MS);
         if (prc < 0) {
@@ -308,27 +295,15 @@ static void *race_receiver(void *arg)
             if (r->use_batch) {
                 rbus_msg *b[3];
                 rc = rbus_recv_batch(r->sub, b, 3, 0);
-                for (int i = 0; i < rc; i++) {
-                    uint64_t v;
-                    memcpy(&v, rbus_msg_data(b[i]), sizeof v);
-                    if (v != atomic_load(&r->got) + 1 || rbus_msg_seq(b[i]) != v)
-                        r->bad_order++;
-                    atomic_fetch_add(&r->got, 1);
-                    rbus_msg_release(b[i]);
-                }
+                for (int i = 0; i < rc; i++)
+                    race_take(r, b[i]);
                 if (rc > 0)
                     rc = 0;
             } else {
                 rbus_msg *m = NULL;
                 rc = rbus_recv(r->sub, &m, 0);
-                if (rc == 0) {
-                    uint64_t v;
-                    memcpy(&v, rbus_msg_data(m), sizeof v);
-                    if (v != atomic_load(&r->got) + 1 || rbus_msg_seq(m) != v)
-                        r->bad_order++;
-                    atomic_fetch_add(&r->got, 1);
-                    rbus_msg_release(m);
-                }
+                if (rc == 0)
+                    race_take(r, m);
             }
             if (rc == -EAGAIN)
                 break;

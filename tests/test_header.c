@@ -42,12 +42,7 @@ static void zeroed_options_equal_initialised_defaults(void **state)
     assert_memory_equal(&zero, &init, sizeof zero);
     rbus_config cfg;
     rbus_config_init(&cfg);
-    assert_int_equal(cfg.default_capacity, 1024);
-    assert_int_equal(cfg.max_payload, 65536);
-    assert_int_equal(cfg.dedup_keys, 4096);
-    assert_int_equal(cfg.dedup_window_ns, 0);
-    assert_int_equal(cfg.max_topics, 65536);
-    assert_null(cfg.allocator);
+    rbus_test_assert_config_defaults(&cfg);
 }
 
 int main(void)

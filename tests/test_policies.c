@@ -4,13 +4,6 @@
 
 #include "test_util.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
 struct fixture {
     rbus *bus;
     rbus_topic *topic;
@@ -23,23 +16,13 @@ static void fixture_open(struct fixture *f, uint32_t cap, rbus_overflow policy,
                          int64_t block_timeout_ns)
 {
     memset(f, 0, sizeof *f);
-    assert_rbus_ok(rbus_create(&f->bus, NULL));
-    assert_rbus_ok(rbus_topic_open(f->bus, "pol.t", &f->topic));
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.overflow = policy;
-    o.block_timeout_ns = block_timeout_ns;
-    assert_rbus_ok(rbus_subscribe(f->bus, "pol.t", &o, &f->sub));
+    f->topic = rbus_test_bus_and_topic(&f->bus, "pol.t");
+    f->sub = rbus_test_subscribe_checked(f->bus, "pol.t", cap, policy, block_timeout_ns, &f->cap);
     rbus_sub_stats st;
     assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
-    assert_true(st.capacity >= cap);
-    /* keep the tests small even if the library rounds up generously */
-    assert_true(st.capacity <= 1024);
     assert_int_equal(st.depth, 0);
     assert_int_equal(st.high_water, 0);
     assert_int_equal(st.offered, 0);
-    f->cap = st.capacity;
 }
 
 static void fixture_close(struct fixture *f)
@@ -86,6 +69,55 @@ static void expect_empty(rbus_sub *sub)
 {
     rbus_msg *m = NULL;
     assert_rbus_rc(rbus_recv(sub, &m, 0), -EAGAIN);
+}
+
+/* Publishes cap + extra messages into the empty subscription of a
+ * DROP_NEWEST or DROP_OLDEST fixture, checking result and counters after
+ * each: up to cap all are queued; after that DROP_NEWEST drops the new one,
+ * DROP_OLDEST queues it and evicts exactly one older message. */
+static void overflow_one_by_one(struct fixture *f, rbus_overflow policy, uint32_t extra)
+{
+    const bool newest = policy == RBUS_DROP_NEWEST;
+    rbus_pub_result r;
+    for (uint32_t i = 1; i <= f->cap + extra; i++) {
+        assert_rbus_ok(publish_seq(f, NULL, &r));
+        rbus_sub_stats st;
+        assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
+        const uint32_t over = i <= f->cap ? 0 : i - f->cap;
+        if (over == 0)
+            expect_result(&r, 1, 1, 0, 0);
+        else if (newest)
+            expect_result(&r, 1, 0, 1, 0);
+        else
+            expect_result(&r, 1, 1, 0, 1);
+        assert_int_equal(st.depth, i <= f->cap ? i : f->cap);
+        assert_int_equal(st.high_water, i <= f->cap ? i : f->cap);
+        assert_int_equal(st.dropped_newest, newest ? over : 0);
+        assert_int_equal(st.dropped_oldest, newest ? 0 : over);
+        assert_int_equal(st.offered, i);
+        assert_int_equal(st.dropped_timeout, 0);
+        assert_int_equal(st.publisher_waits, 0);
+        rbus_test_check_accounting(&st);
+    }
+}
+
+/* The end of a DROP_NEWEST or DROP_OLDEST test, the queue drained: every
+ * publish offered, `received` taken, `dropped` lost to the policy. */
+static void expect_drained(struct fixture *f, rbus_overflow policy, uint64_t received,
+                           uint64_t dropped)
+{
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
+    assert_int_equal(st.offered, f->published);
+    assert_int_equal(st.received, received);
+    if (policy == RBUS_DROP_NEWEST)
+        assert_int_equal(st.dropped_newest, dropped);
+    else
+        assert_int_equal(st.dropped_oldest, dropped);
+    assert_int_equal(st.depth, 0);
+    assert_int_equal(st.high_water, f->cap);
+    assert_int_equal(st.capacity, f->cap);
+    rbus_test_check_accounting(&st);
 }
 
 static void capacity_is_at_least_requested(void **state)
@@ -136,29 +168,9 @@ static void drop_newest_keeps_first_messages(void **state)
     struct fixture f;
     fixture_open(&f, 4, RBUS_DROP_NEWEST, 0);
     const uint32_t extra = 5;
-    rbus_pub_result r;
 
-    for (uint32_t i = 1; i <= f.cap + extra; i++) {
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
-        rbus_sub_stats st;
-        assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
-        if (i <= f.cap) {
-            expect_result(&r, 1, 1, 0, 0);
-            assert_int_equal(st.depth, i);
-            assert_int_equal(st.high_water, i);
-            assert_int_equal(st.dropped_newest, 0);
-        } else {
-            expect_result(&r, 1, 0, 1, 0);
-            assert_int_equal(st.depth, f.cap);
-            assert_int_equal(st.high_water, f.cap);
-            assert_int_equal(st.dropped_newest, i - f.cap);
-        }
-        assert_int_equal(st.offered, i);
-        assert_int_equal(st.dropped_oldest, 0);
-        assert_int_equal(st.dropped_timeout, 0);
-        assert_int_equal(st.publisher_waits, 0);
-        rbus_test_check_accounting(&st);
-    }
+    rbus_pub_result r;
+    overflow_one_by_one(&f, RBUS_DROP_NEWEST, extra);
     assert_int_equal(f.published, f.cap + extra);
 
     rbus_topic_stats ts;
@@ -175,15 +187,7 @@ static void drop_newest_keeps_first_messages(void **state)
     expect_result(&r, 1, 1, 0, 0);
     expect_recv_seq(f.sub, f.published);
 
-    rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
-    assert_int_equal(st.offered, f.published);
-    assert_int_equal(st.received, f.cap + 1);
-    assert_int_equal(st.dropped_newest, extra);
-    assert_int_equal(st.depth, 0);
-    assert_int_equal(st.high_water, f.cap);
-    assert_int_equal(st.capacity, f.cap);
-    rbus_test_check_accounting(&st);
+    expect_drained(&f, RBUS_DROP_NEWEST, f.cap + 1, extra);
     fixture_close(&f);
 }
 
@@ -193,29 +197,9 @@ static void drop_oldest_keeps_newest_messages(void **state)
     struct fixture f;
     fixture_open(&f, 4, RBUS_DROP_OLDEST, 0);
     const uint32_t extra = 6;
-    rbus_pub_result r;
 
-    for (uint32_t i = 1; i <= f.cap + extra; i++) {
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
-        rbus_sub_stats st;
-        assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
-        if (i <= f.cap) {
-            expect_result(&r, 1, 1, 0, 0);
-            assert_int_equal(st.depth, i);
-            assert_int_equal(st.dropped_oldest, 0);
-        } else {
-            /* queued, and exactly one older message evicted */
-            expect_result(&r, 1, 1, 0, 1);
-            assert_int_equal(st.depth, f.cap);
-            assert_int_equal(st.dropped_oldest, i - f.cap);
-        }
-        assert_int_equal(st.high_water, i <= f.cap ? i : f.cap);
-        assert_int_equal(st.offered, i);
-        assert_int_equal(st.dropped_newest, 0);
-        assert_int_equal(st.dropped_timeout, 0);
-        assert_int_equal(st.publisher_waits, 0);
-        rbus_test_check_accounting(&st);
-    }
+    rbus_pub_result r;
+    overflow_one_by_one(&f, RBUS_DROP_OLDEST, extra);
 
     /* the newest cap messages, in order */
     for (uint64_t seq = extra + 1; seq <= f.published; seq++)
@@ -238,15 +222,7 @@ static void drop_oldest_keeps_newest_messages(void **state)
         expect_recv_seq(f.sub, seq);
     expect_empty(f.sub);
 
-    rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
-    assert_int_equal(st.offered, f.published);
-    assert_int_equal(st.dropped_oldest, extra + 1);
-    assert_int_equal(st.received, f.published - extra - 1);
-    assert_int_equal(st.depth, 0);
-    assert_int_equal(st.high_water, f.cap);
-    assert_int_equal(st.capacity, f.cap);
-    rbus_test_check_accounting(&st);
+    expect_drained(&f, RBUS_DROP_OLDEST, f.published - extra - 1, extra + 1);
     fixture_close(&f);
 }
 
@@ -319,9 +295,9 @@ static void block_with_sub_timeout_waits_then_drops(void **state)
     assert_int_equal(st.publisher_waits, 0);
 
     for (uint32_t i = 1; i <= 2; i++) {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = rbus_test_now_ns();
         assert_rbus_ok(publish_seq(&f, NULL, &r));
-        uint64_t waited = now_ns() - t0;
+        uint64_t waited = rbus_test_now_ns() - t0;
         expect_result(&r, 1, 0, 1, 0);
         /* it did wait for its timeout (lower bound only) */
         if (waited < (uint64_t)timeout) {
@@ -383,25 +359,14 @@ static void block_with_room_never_waits(void **state)
 static void mixed_policies_on_one_topic(void **state)
 {
     (void)state;
-    rbus *bus = NULL;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open(bus, "mix.t", &t));
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "mix.t");
 
     rbus_sub *subs[3];
     static const rbus_overflow pol[3] = {RBUS_DROP_NEWEST, RBUS_DROP_OLDEST, RBUS_BLOCK};
     uint32_t cap[3];
-    for (int i = 0; i < 3; i++) {
-        rbus_sub_opts o;
-        rbus_sub_opts_init(&o);
-        o.capacity = 2;
-        o.overflow = pol[i];
-        assert_rbus_ok(rbus_subscribe(bus, "mix.>", &o, &subs[i]));
-        rbus_sub_stats st;
-        assert_rbus_ok(rbus_sub_stats_get(subs[i], &st));
-        cap[i] = st.capacity;
-        assert_true(cap[i] >= 2 && cap[i] <= 1024);
-    }
+    for (int i = 0; i < 3; i++)
+        subs[i] = rbus_test_subscribe_checked(bus, "mix.>", 2, pol[i], 0, &cap[i]);
     uint32_t maxcap = cap[0];
     for (int i = 1; i < 3; i++)
         if (cap[i] > maxcap)

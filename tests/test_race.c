@@ -33,40 +33,6 @@
 
 #include "test_util.h"
 
-/* ---------------------------------------------------------- thread errors */
-
-static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_uint err_count;
-static char err_first[512];
-
-static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void report(const char *fmt, ...)
-{
-    if (atomic_fetch_add(&err_count, 1) == 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        pthread_mutex_lock(&err_lock);
-        vsnprintf(err_first, sizeof err_first, fmt, ap);
-        pthread_mutex_unlock(&err_lock);
-        va_end(ap);
-    }
-}
-
-static void assert_no_thread_errors(void)
-{
-    unsigned n = atomic_load(&err_count);
-    if (n != 0) {
-        print_error("%u error(s) in worker threads; first: %s\n", n, err_first);
-        fail();
-    }
-}
-
-static void nap_us(long us)
-{
-    struct timespec ts = {0, us * 1000L};
-    nanosleep(&ts, NULL);
-}
-
 /* ------------------------------------------------------------ publishers */
 
 #define NPUB 2
@@ -74,12 +40,6 @@ static void nap_us(long us)
 #define MAXLIVE 3
 
 static const char *const topic_names[NTOPIC] = {"race.a", "race.b"};
-
-struct payload {
-    uint32_t pub;
-    uint32_t topic;
-    uint64_t counter;
-};
 
 static rbus_topic *g_topics[NTOPIC];
 static _Atomic uint64_t upto[NPUB]; /* last counter whose publish returned */
@@ -95,11 +55,11 @@ static void *publisher_main(void *arg)
 {
     uint32_t id = (uint32_t)(uintptr_t)arg;
     for (uint64_t c = 1; !atomic_load_explicit(&g_stop, memory_order_relaxed); c++) {
-        struct payload p = {id, topic_of(c), c};
+        struct rbus_test_payload p = {id, topic_of(c), c};
         int rc = rbus_publish(g_topics[p.topic], &p, sizeof p);
         if (rc != 0) {
-            report("publisher %u: publish #%llu: %d (%s)", id, (unsigned long long)c, rc,
-                   rbus_strerror(rc));
+            rbus_test_report("publisher %u: publish #%llu: %d (%s)", id, (unsigned long long)c, rc,
+                             rbus_strerror(rc));
             break;
         }
         g_per_topic[id][p.topic]++;
@@ -148,7 +108,7 @@ static void counters_push(struct counters *c, uint64_t v)
         size_t ncap = c->cap ? c->cap * 2 : 4096;
         uint64_t *nv = realloc(c->v, ncap * sizeof *nv);
         if (nv == NULL) {
-            report("out of memory in the test");
+            rbus_test_report("out of memory in the test");
             return;
         }
         c->v = nv;
@@ -159,27 +119,26 @@ static void counters_push(struct counters *c, uint64_t v)
 
 static void take(struct live_sub *ls, const rbus_msg *m)
 {
-    struct payload p;
-    if (rbus_msg_size(m) != sizeof p) {
-        report("cycle %u: size %zu", ls->cycle, rbus_msg_size(m));
+    struct rbus_test_payload p;
+    if (!rbus_test_payload_get(m, &p)) {
+        rbus_test_report("cycle %u: size %zu", ls->cycle, rbus_msg_size(m));
         return;
     }
-    memcpy(&p, rbus_msg_data(m), sizeof p);
     if (p.pub >= NPUB || p.topic >= NTOPIC || topic_of(p.counter) != p.topic) {
-        report("cycle %u: bad payload", ls->cycle);
+        rbus_test_report("cycle %u: bad payload", ls->cycle);
         return;
     }
     const char *tn = rbus_msg_topic(m);
     if (tn == NULL || strcmp(tn, topic_names[p.topic]) != 0 ||
         !rbus_pattern_match(ls->pd->pattern, tn) || !(ls->pd->mask & (1u << p.topic))) {
-        report("cycle %u: pattern %s got topic %s", ls->cycle, ls->pd->pattern,
-               tn ? tn : "(null)");
+        rbus_test_report("cycle %u: pattern %s got topic %s", ls->cycle, ls->pd->pattern,
+                         tn ? tn : "(null)");
         return;
     }
     struct counters *c = &ls->got[p.pub];
     if (c->n > 0 && p.counter <= c->v[c->n - 1]) {
-        report("cycle %u (%s): publisher %u: %llu after %llu", ls->cycle, ls->pd->pattern, p.pub,
-               (unsigned long long)p.counter, (unsigned long long)c->v[c->n - 1]);
+        rbus_test_report("cycle %u (%s): publisher %u: %llu after %llu", ls->cycle, ls->pd->pattern,
+                         p.pub, (unsigned long long)p.counter, (unsigned long long)c->v[c->n - 1]);
         return;
     }
     counters_push(c, p.counter);
@@ -205,13 +164,13 @@ static void *receiver_main(void *arg)
             return NULL;
         if (n == -ETIMEDOUT) {
             if (closed_before) {
-                report("cycle %u: no -ESHUTDOWN 2 s after rbus_sub_close", ls->cycle);
+                rbus_test_report("cycle %u: no -ESHUTDOWN 2 s after rbus_sub_close", ls->cycle);
                 return NULL;
             }
             continue;
         }
         if (n < 0) {
-            report("cycle %u: receive: %d (%s)", ls->cycle, n, rbus_strerror(n));
+            rbus_test_report("cycle %u: receive: %d (%s)", ls->cycle, n, rbus_strerror(n));
             return NULL;
         }
         for (int i = 0; i < n; i++) {
@@ -271,9 +230,9 @@ static void wait_progress(const uint64_t *from, uint64_t by)
         bool ok = true;
         for (int p = 0; p < NPUB; p++)
             ok = ok && now[p] >= from[p] + by;
-        if (ok || atomic_load(&err_count) != 0)
+        if (ok || rbus_test_error_count() != 0)
             return;
-        nap_us(50);
+        rbus_test_sleep_us(50);
     }
 }
 
@@ -288,7 +247,7 @@ static void retire_slot(struct live_sub *ls)
     atomic_store(&ls->closed, true);
     check_topic_counts();
     assert_int_equal(pthread_join(ls->thread, NULL), 0);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
     /* A publish that was in flight during rbus_sub_close (at most counter
      * end2 + 1 per publisher: e.g. one asleep waiting for room, which counts
      * dropped_closed only when it wakes) may still be touching the counters.
@@ -383,7 +342,7 @@ static void test_race_subscribe_unsubscribe_churn_under_publishing(void **state)
         open_slot(bus, ls, cycle);
         /* Let the new subscription see a stretch of traffic. */
         wait_progress(ls->start, 40);
-        assert_no_thread_errors();
+        rbus_test_assert_no_thread_errors();
     }
     for (int s = 0; s < MAXLIVE; s++)
         if (slots[s].used)
@@ -392,7 +351,7 @@ static void test_race_subscribe_unsubscribe_churn_under_publishing(void **state)
     atomic_store(&g_stop, true);
     for (int p = 0; p < NPUB; p++)
         assert_int_equal(pthread_join(pubs[p], NULL), 0);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
     for (int t = 0; t < NTOPIC; t++) {
         rbus_topic_stats ts;
         assert_rbus_ok(rbus_topic_stats_get(g_topics[t], &ts));
@@ -466,7 +425,7 @@ static void test_race_close_wakes_receivers_entering_a_wait(void **state)
                     sched_yield();
         }
         if (r % 8 >= 6)
-            nap_us(300); /* often asleep in the kernel by now; not required */
+            rbus_test_sleep_us(300); /* often asleep in the kernel by now; not required */
         bool published = r % 5 == 1;
         if (published) {
             uint32_t v = r;

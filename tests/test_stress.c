@@ -35,56 +35,6 @@
 #define RECV_TIMEOUT_NS INT64_C(2000000000)
 #define MAX_RECV_PER_SUB 2
 
-/* ---------------------------------------------------------- thread errors */
-
-static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_uint err_count;
-static char err_first[512];
-
-static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void report(const char *fmt, ...)
-{
-    if (atomic_fetch_add(&err_count, 1) == 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        pthread_mutex_lock(&err_lock);
-        vsnprintf(err_first, sizeof err_first, fmt, ap);
-        pthread_mutex_unlock(&err_lock);
-        va_end(ap);
-    }
-}
-
-static void errors_reset(void)
-{
-    atomic_store(&err_count, 0);
-    err_first[0] = '\0';
-}
-
-static void assert_no_thread_errors(void)
-{
-    unsigned n = atomic_load(&err_count);
-    if (n != 0) {
-        pthread_mutex_lock(&err_lock);
-        print_error("%u error(s) in worker threads; first: %s\n", n, err_first);
-        pthread_mutex_unlock(&err_lock);
-        fail();
-    }
-}
-
-static void nap_us(long us)
-{
-    struct timespec ts = {0, us * 1000L};
-    nanosleep(&ts, NULL);
-}
-
-/* ------------------------------------------------------------- payloads */
-
-struct payload {
-    uint32_t pub;
-    uint32_t topic;
-    uint64_t counter;
-};
-
 /* ------------------------------------------------------------ contexts */
 
 struct sub_ctx {
@@ -141,11 +91,11 @@ static void *publisher_main(void *arg)
     struct pub_ctx *pc = arg;
     uint64_t unreported = 0;
     for (uint64_t c = 1; c <= pc->count; c++) {
-        struct payload p = {pc->id, topic_for(pc->id, c, pc->ntopics), c};
+        struct rbus_test_payload p = {pc->id, topic_for(pc->id, c, pc->ntopics), c};
         int rc = rbus_publish(pc->topics[p.topic], &p, sizeof p);
         if (rc != 0) {
-            report("publisher %u: rbus_publish #%llu returned %d (%s)", pc->id,
-                   (unsigned long long)c, rc, rbus_strerror(rc));
+            rbus_test_report("publisher %u: rbus_publish #%llu returned %d (%s)", pc->id,
+                             (unsigned long long)c, rc, rbus_strerror(rc));
             break;
         }
         pc->per_topic[p.topic]++;
@@ -168,51 +118,53 @@ static bool pause_receiving(uint64_t span)
             return true;
         if (atomic_load(&g_pubs_done))
             return false;
-        nap_us(50);
+        rbus_test_sleep_us(50);
     }
 }
 
 static void check_message(struct recv_ctx *rc, const rbus_msg *m)
 {
     struct sub_ctx *sc = rc->sc;
-    struct payload p;
-    if (rbus_msg_size(m) != sizeof p) {
-        report("%s: message of %zu bytes, want %zu", sc->label, rbus_msg_size(m), sizeof p);
+    struct rbus_test_payload p;
+    if (!rbus_test_payload_get(m, &p)) {
+        rbus_test_report("%s: message of %zu bytes, want %zu", sc->label, rbus_msg_size(m),
+                         sizeof p);
         return;
     }
-    memcpy(&p, rbus_msg_data(m), sizeof p);
     if (p.pub >= NPUB || p.counter == 0 || p.counter > sc->per_pub || p.topic >= 8 ||
         !(sc->topic_mask & (UINT32_C(1) << p.topic))) {
-        report("%s: bad payload pub=%u topic=%u counter=%llu", sc->label, p.pub, p.topic,
-               (unsigned long long)p.counter);
+        rbus_test_report("%s: bad payload pub=%u topic=%u counter=%llu", sc->label, p.pub, p.topic,
+                         (unsigned long long)p.counter);
         return;
     }
     const char *tn = rbus_msg_topic(m);
     if (tn == NULL || strcmp(tn, g_topic_names[p.topic]) != 0) {
-        report("%s: message of topic %u arrived as topic '%s'", sc->label, p.topic,
-               tn ? tn : "(null)");
+        rbus_test_report("%s: message of topic %u arrived as topic '%s'", sc->label, p.topic,
+                         tn ? tn : "(null)");
         return;
     }
     if (p.counter <= rc->last[p.pub]) {
-        report("%s: publisher %u out of order at one receiver: %llu after %llu", sc->label,
-               p.pub, (unsigned long long)p.counter, (unsigned long long)rc->last[p.pub]);
+        rbus_test_report("%s: publisher %u out of order at one receiver: %llu after %llu",
+                         sc->label, p.pub, (unsigned long long)p.counter,
+                         (unsigned long long)rc->last[p.pub]);
     }
     rc->last[p.pub] = p.counter;
     uint64_t seq = rbus_msg_seq(m);
     if (seq == 0 || seq <= rc->last_seq[p.pub][p.topic]) {
-        report("%s: publisher %u topic %u: seq %llu after %llu", sc->label, p.pub, p.topic,
-               (unsigned long long)seq, (unsigned long long)rc->last_seq[p.pub][p.topic]);
+        rbus_test_report("%s: publisher %u topic %u: seq %llu after %llu", sc->label, p.pub,
+                         p.topic, (unsigned long long)seq,
+                         (unsigned long long)rc->last_seq[p.pub][p.topic]);
     }
     rc->last_seq[p.pub][p.topic] = seq;
     size_t idx = (size_t)p.pub * (size_t)(sc->per_pub + 1) + (size_t)p.counter;
     if (atomic_exchange_explicit(&sc->seen[idx], 1, memory_order_relaxed) != 0) {
         atomic_fetch_add(&sc->dups, 1);
-        report("%s: duplicate (publisher %u, counter %llu)", sc->label, p.pub,
-               (unsigned long long)p.counter);
+        rbus_test_report("%s: duplicate (publisher %u, counter %llu)", sc->label, p.pub,
+                         (unsigned long long)p.counter);
     }
     if (sc->seen_seq[p.topic] != NULL && seq > sc->seq_limit) {
-        report("%s: seq %llu beyond every message published", sc->label,
-               (unsigned long long)seq);
+        rbus_test_report("%s: seq %llu beyond every message published", sc->label,
+                         (unsigned long long)seq);
     } else if (sc->seen_seq[p.topic] != NULL) {
         /* Only one receiver writes these (BLOCK subs here have one receiver
          * when seq tracking is on), bounds checked by the caller's sizing. */
@@ -233,7 +185,7 @@ static void *receiver_main(void *arg)
         if (rc->use_batch) {
             n = rbus_recv_batch(sc->sub, msgs, BATCH_MAX, RECV_TIMEOUT_NS);
             if (n == 0 || n > BATCH_MAX) {
-                report("%s: rbus_recv_batch returned %d", sc->label, n);
+                rbus_test_report("%s: rbus_recv_batch returned %d", sc->label, n);
                 return NULL;
             }
         } else {
@@ -241,7 +193,7 @@ static void *receiver_main(void *arg)
             if (n == 0)
                 n = 1;
             else if (n > 0) {
-                report("%s: rbus_recv returned %d", sc->label, n);
+                rbus_test_report("%s: rbus_recv returned %d", sc->label, n);
                 return NULL;
             }
         }
@@ -249,13 +201,14 @@ static void *receiver_main(void *arg)
             return NULL;
         if (n == -ETIMEDOUT) {
             if (closed_before) {
-                report("%s: -ETIMEDOUT after rbus_close instead of -ESHUTDOWN", sc->label);
+                rbus_test_report("%s: -ETIMEDOUT after rbus_close instead of -ESHUTDOWN",
+                                 sc->label);
                 return NULL;
             }
             continue;
         }
         if (n < 0) {
-            report("%s: receive failed: %d (%s)", sc->label, n, rbus_strerror(n));
+            rbus_test_report("%s: receive failed: %d (%s)", sc->label, n, rbus_strerror(n));
             return NULL;
         }
         for (int i = 0; i < n; i++) {
@@ -398,7 +351,7 @@ static void run_publishers_then_close(rbus *bus, struct pub_ctx *pcs)
 
 static void reset_globals(void)
 {
-    errors_reset();
+    rbus_test_errors_reset();
     atomic_store(&g_published, 0);
     atomic_store(&g_pubs_done, false);
     atomic_store(&g_bus_closed, false);
@@ -451,7 +404,7 @@ static void test_stress_fanout_three_policies_one_topic(void **state)
     join_all(rb, 2);
     join_all(ro, 1);
     join_all(rn, 1);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
 
     rbus_topic_stats ts;
     assert_rbus_ok(rbus_topic_stats_get(topic, &ts));
@@ -477,7 +430,7 @@ static void test_stress_fanout_three_policies_one_topic(void **state)
     assert_rbus_rc(rbus_recv(block.sub, &m, 0), -ESHUTDOWN);
     assert_null(m);
     assert_rbus_rc(rbus_recv_batch(oldest.sub, &m, 1, 0), -ESHUTDOWN);
-    struct payload p = {0, 0, 0};
+    struct rbus_test_payload p = {0, 0, 0};
     assert_rbus_rc(rbus_publish(topic, &p, sizeof p), -ESHUTDOWN);
 
     assert_rbus_ok(rbus_unsubscribe(block.sub));
@@ -548,7 +501,7 @@ static void test_stress_wildcard_order_across_topics(void **state)
      * keeps taking, so drops there are not certain; both keep order. */
     join_all(ro, 2);
     join_all(rn, 1);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
 
     uint64_t per_topic[NTOPICS] = {0};
     for (uint32_t i = 0; i < NPUB; i++)

@@ -25,40 +25,6 @@
 
 #include "test_util.h"
 
-/* ---------------------------------------------------------- thread errors */
-
-static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_uint err_count;
-static char err_first[512];
-
-static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void report(const char *fmt, ...)
-{
-    if (atomic_fetch_add(&err_count, 1) == 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        pthread_mutex_lock(&err_lock);
-        vsnprintf(err_first, sizeof err_first, fmt, ap);
-        pthread_mutex_unlock(&err_lock);
-        va_end(ap);
-    }
-}
-
-static void assert_no_thread_errors(void)
-{
-    unsigned n = atomic_load(&err_count);
-    if (n != 0) {
-        print_error("%u error(s) in worker threads; first: %s\n", n, err_first);
-        fail();
-    }
-}
-
-static void nap_us(long us)
-{
-    struct timespec ts = {0, us * 1000L};
-    nanosleep(&ts, NULL);
-}
-
 /* ------------------------------------------------- the counting allocator */
 
 /* Each block carries its size in a 16-byte header (keeps malloc's
@@ -132,12 +98,7 @@ static rbus *make_bus(struct counting *c)
 
 static rbus_sub *make_sub(rbus *bus, const char *pattern, rbus_overflow policy, uint32_t cap)
 {
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.overflow = policy;
-    rbus_sub *sub = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &sub));
+    rbus_sub *sub = rbus_test_subscribe(bus, pattern, cap, policy, 0);
     assert_non_null(sub);
     return sub;
 }
@@ -192,27 +153,28 @@ static void *th_receiver(void *arg)
         if (n == -ESHUTDOWN)
             break;
         if (n <= 0) {
-            report("receiver: %d (%s)", n, rbus_strerror(n));
+            rbus_test_report("receiver: %d (%s)", n, rbus_strerror(n));
             break;
         }
         for (int i = 0; i < n; i++) {
             struct th_payload p;
             if (rbus_msg_size(msgs[i]) != sizeof p) {
-                report("receiver: size %zu", rbus_msg_size(msgs[i]));
+                rbus_test_report("receiver: size %zu", rbus_msg_size(msgs[i]));
             } else {
                 memcpy(&p, rbus_msg_data(msgs[i]), sizeof p);
                 if (p.thread >= r->nthreads || p.k == 0 || p.k > MSGS_PER_BUS ||
                     &g_buses[p.bus % NBUS] != r->b) {
-                    report("receiver: bad payload thread %u k %u bus %u", p.thread, p.k, p.bus);
+                    rbus_test_report("receiver: bad payload thread %u k %u bus %u", p.thread, p.k,
+                                     p.bus);
                 } else {
                     if (p.k <= r->last[p.thread])
-                        report("receiver: thread %u out of order: %u after %u", p.thread, p.k,
-                               r->last[p.thread]);
+                        rbus_test_report("receiver: thread %u out of order: %u after %u", p.thread,
+                                         p.k, r->last[p.thread]);
                     r->last[p.thread] = p.k;
                     if (r->is_block) {
                         size_t idx = (size_t)p.thread * (MSGS_PER_BUS + 1) + p.k;
                         if (atomic_exchange(&r->b->seen[idx], 1) != 0)
-                            report("receiver: duplicate thread %u k %u", p.thread, p.k);
+                            rbus_test_report("receiver: duplicate thread %u k %u", p.thread, p.k);
                     }
                 }
             }
@@ -246,7 +208,7 @@ static void *th_publisher(void *arg)
             struct th_payload pl = {p->index, k, which[i]};
             int rc = rbus_publish(k % 2 ? b->tx : b->ty, &pl, sizeof pl);
             if (rc != 0)
-                report("thread %u: publish: %d (%s)", p->index, rc, rbus_strerror(rc));
+                rbus_test_report("thread %u: publish: %d (%s)", p->index, rc, rbus_strerror(rc));
         }
     }
     if (p->bar != NULL) {
@@ -270,9 +232,9 @@ static void th_wait_drained(void)
             if (atomic_load(&tb->got_block) == want_block &&
                 atomic_load(&tb->got_oldest) == want_oldest && sb.depth == 0 && so.depth == 0)
                 break;
-            if (atomic_load(&err_count) != 0)
+            if (rbus_test_error_count() != 0)
                 return;
-            nap_us(100);
+            rbus_test_sleep_us(100);
         }
     }
 }
@@ -359,7 +321,7 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
         for (uint32_t j = 0; j < WAVE; j++)
             assert_int_equal(pthread_join(th[j], NULL), 0);
         th_wait_drained();
-        assert_no_thread_errors();
+        rbus_test_assert_no_thread_errors();
         if (getenv("RBUS_TEST_VERBOSE") != NULL)
             printf("threads:   after wave %u: live blocks %lld %lld %lld\n", w,
                    (long long)atomic_load(&g_buses[0].alloc.live_blocks),
@@ -390,7 +352,7 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
     }
     for (int i = 0; i < NBUS * 2; i++)
         assert_int_equal(pthread_join(recvs[i].thread, NULL), 0);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
 
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
@@ -443,7 +405,7 @@ struct gate {
 static void gate_wait(struct gate *g, int want)
 {
     while (atomic_load(&g->step) < want)
-        nap_us(50);
+        rbus_test_sleep_us(50);
 }
 
 struct outlive {
@@ -461,9 +423,9 @@ static void *outlive_main(void *arg)
     struct outlive *o = arg;
     uint64_t v = 1;
     if (rbus_publish(o->t1, &v, sizeof v) != 0)
-        report("outlive: publish t1 failed");
+        rbus_test_report("outlive: publish t1 failed");
     if (o->t2 != NULL && rbus_publish(o->t2, &v, sizeof v) != 0)
-        report("outlive: publish t2 failed");
+        rbus_test_report("outlive: publish t2 failed");
     atomic_store(&o->stage, 1);
     gate_wait(&o->g, 1); /* main destroys a bus meanwhile */
     if (o->t3 != NULL) {
@@ -472,14 +434,14 @@ static void *outlive_main(void *arg)
         for (uint64_t i = 0; i < 100; i++) {
             int rc = rbus_publish(o->t3, &i, sizeof i);
             if (rc != 0)
-                report("outlive: publish on the new bus: %d (%s)", rc, rbus_strerror(rc));
+                rbus_test_report("outlive: publish on the new bus: %d (%s)", rc, rbus_strerror(rc));
             rbus_msg *m = NULL;
             rc = rbus_recv(o->s3, &m, 0);
             if (rc != 0)
-                report("outlive: recv on the new bus: %d (%s)", rc, rbus_strerror(rc));
+                rbus_test_report("outlive: recv on the new bus: %d (%s)", rc, rbus_strerror(rc));
             else if (rbus_msg_seq(m) != i + 1)
-                report("outlive: seq %llu want %llu", (unsigned long long)rbus_msg_seq(m),
-                       (unsigned long long)(i + 1));
+                rbus_test_report("outlive: seq %llu want %llu", (unsigned long long)rbus_msg_seq(m),
+                                 (unsigned long long)(i + 1));
             rbus_msg_release(m);
         }
     }
@@ -504,13 +466,13 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, outlive_main, &o), 0);
         while (atomic_load(&o.stage) < 1)
-            nap_us(50);
+            rbus_test_sleep_us(50);
         rbus_destroy(b1); /* the thread is alive, done with the bus */
         assert_all_returned(&c1);
         atomic_store(&o.g.step, 1);
         assert_int_equal(pthread_join(th, NULL), 0);
         assert_all_returned(&c1);
-        assert_no_thread_errors();
+        rbus_test_assert_no_thread_errors();
         printf("threads: variant A (thread exits after its only bus died): ok\n");
     }
 
@@ -530,12 +492,12 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, outlive_main, &o), 0);
         while (atomic_load(&o.stage) < 1)
-            nap_us(50);
+            rbus_test_sleep_us(50);
         rbus_destroy(b1);
         assert_all_returned(&c1);
         atomic_store(&o.g.step, 1);
         assert_int_equal(pthread_join(th, NULL), 0);
-        assert_no_thread_errors();
+        rbus_test_assert_no_thread_errors();
         /* The surviving bus still works and still has the message. */
         rbus_msg *m = NULL;
         assert_rbus_ok(rbus_recv(s2, &m, 0));
@@ -565,7 +527,7 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, outlive_main, &o), 0);
         while (atomic_load(&o.stage) < 1)
-            nap_us(50);
+            rbus_test_sleep_us(50);
         void *old_addr = (void *)b1;
         rbus_destroy(b1);
         assert_all_returned(&c1);
@@ -576,7 +538,7 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
                (void *)b3 == old_addr ? "reuses" : "does not reuse");
         atomic_store(&o.g.step, 1);
         assert_int_equal(pthread_join(th, NULL), 0);
-        assert_no_thread_errors();
+        rbus_test_assert_no_thread_errors();
         rbus_topic_stats ts;
         assert_rbus_ok(rbus_topic_stats_get(o.t3, &ts));
         assert_int_equal(ts.published, 100);
@@ -600,7 +562,7 @@ static void *serial_buses_main(void *arg)
         cfg.allocator = &c.hooks;
         rbus *bus = NULL;
         if (rbus_create(&bus, &cfg) != 0) {
-            report("serial: create failed");
+            rbus_test_report("serial: create failed");
             return NULL;
         }
         rbus_topic *t = NULL;
@@ -609,21 +571,21 @@ static void *serial_buses_main(void *arg)
         rbus_sub_opts_init(&o);
         o.capacity = 4;
         if (rbus_topic_open(bus, "s.t", &t) != 0 || rbus_subscribe(bus, "s.>", &o, &s) != 0) {
-            report("serial: setup failed");
+            rbus_test_report("serial: setup failed");
         } else {
             for (unsigned k = 0; k < 3; k++) {
                 if (rbus_publish(t, &k, sizeof k) != 0)
-                    report("serial: publish failed");
+                    rbus_test_report("serial: publish failed");
                 rbus_msg *m = NULL;
                 if (rbus_recv(s, &m, 0) != 0)
-                    report("serial: recv failed");
+                    rbus_test_report("serial: recv failed");
                 rbus_msg_release(m);
             }
         }
         rbus_destroy(bus);
         if (atomic_load(&c.live_blocks) != 0)
-            report("serial: bus %u: %lld blocks live after destroy", i,
-                   (long long)atomic_load(&c.live_blocks));
+            rbus_test_report("serial: bus %u: %lld blocks live after destroy", i,
+                             (long long)atomic_load(&c.live_blocks));
     }
     return NULL;
 }
@@ -638,7 +600,7 @@ static void test_threads_one_thread_many_buses_in_turn(void **state)
         assert_int_equal(pthread_create(&th[i], NULL, serial_buses_main, &n), 0);
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_join(th[i], NULL), 0);
-    assert_no_thread_errors();
+    rbus_test_assert_no_thread_errors();
 }
 
 /* Threads publish, meet main at a barrier, and exit while main destroys the
@@ -657,7 +619,7 @@ static void *racer_main(void *arg)
         uint32_t v[2] = {r->id, k};
         int rc = rbus_publish(r->t, v, sizeof v);
         if (rc != 0)
-            report("racer %u: publish: %d (%s)", r->id, rc, rbus_strerror(rc));
+            rbus_test_report("racer %u: publish: %d (%s)", r->id, rc, rbus_strerror(rc));
     }
     pthread_barrier_wait(r->bar);
     return NULL;
@@ -695,7 +657,7 @@ static void test_threads_exit_while_bus_is_destroyed(void **state)
             assert_int_equal(pthread_join(th[i], NULL), 0);
         pthread_barrier_destroy(&bar);
         assert_all_returned(&c);
-        assert_no_thread_errors();
+        rbus_test_assert_no_thread_errors();
     }
 }
 

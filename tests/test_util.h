@@ -2,12 +2,18 @@
 #ifndef RBUS_TEST_UTIL_H
 #define RBUS_TEST_UTIL_H
 
+#include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "ringbus.h"
@@ -47,6 +53,166 @@ static inline void rbus_test_check_accounting(const rbus_sub_stats *st)
     assert_int_equal(st->offered, st->received + st->depth + st->dropped_newest +
                                       st->dropped_oldest + st->dropped_timeout +
                                       st->dropped_closed);
+}
+
+/* ------------------------------------------------------------------ time */
+
+static inline uint64_t rbus_test_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+}
+
+/* Sleeps the whole `us` microseconds, resuming after a signal. */
+static inline void rbus_test_sleep_us(unsigned us)
+{
+    struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* --------------------------------------------------------- bus, topic, sub */
+
+/* Creates a bus with the default configuration and opens one topic on it. */
+static inline rbus_topic *rbus_test_bus_and_topic(rbus **bus, const char *topic)
+{
+    *bus = NULL;
+    assert_rbus_ok(rbus_create(bus, NULL));
+    rbus_topic *t = NULL;
+    assert_rbus_ok(rbus_topic_open(*bus, topic, &t));
+    return t;
+}
+
+/* Subscribes with the given capacity, policy and block timeout (every other
+ * option at its default). */
+static inline rbus_sub *rbus_test_subscribe(rbus *bus, const char *pattern, uint32_t cap,
+                                            rbus_overflow policy, int64_t block_timeout_ns)
+{
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = cap;
+    o.overflow = policy;
+    o.block_timeout_ns = block_timeout_ns;
+    rbus_sub *s = NULL;
+    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
+    return s;
+}
+
+/* rbus_test_subscribe, then checks that the effective capacity is at least
+ * `cap` and (to keep the tests small) at most 1024; stores it in *eff_cap
+ * when eff_cap is not NULL. */
+static inline rbus_sub *rbus_test_subscribe_checked(rbus *bus, const char *pattern, uint32_t cap,
+                                                    rbus_overflow policy,
+                                                    int64_t block_timeout_ns, uint32_t *eff_cap)
+{
+    rbus_sub *s = rbus_test_subscribe(bus, pattern, cap, policy, block_timeout_ns);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    assert_true(st.capacity >= cap);
+    assert_true(st.capacity <= 1024);
+    if (eff_cap)
+        *eff_cap = st.capacity;
+    return s;
+}
+
+/* What rbus_config_init promises. */
+static inline void rbus_test_assert_config_defaults(const rbus_config *cfg)
+{
+    assert_int_equal(cfg->default_capacity, 1024);
+    assert_int_equal(cfg->max_payload, 65536);
+    assert_int_equal(cfg->dedup_keys, 4096);
+    assert_int_equal(cfg->dedup_window_ns, 0);
+    assert_int_equal(cfg->max_topics, 65536);
+    assert_null(cfg->allocator);
+}
+
+/* m (a message, or NULL) has no key and no order key: NULL, with the
+ * length written as 0 (it is `poison` before each call). */
+static inline void rbus_test_assert_no_keys(const rbus_msg *m, size_t poison)
+{
+    size_t len = poison;
+    assert_null(rbus_msg_key(m, &len));
+    assert_int_equal(len, 0);
+    assert_null(rbus_msg_key(m, NULL));
+    len = poison;
+    assert_null(rbus_msg_order_key(m, &len));
+    assert_int_equal(len, 0);
+    assert_null(rbus_msg_order_key(m, NULL));
+}
+
+/* ------------------------------------------------ errors in worker threads */
+
+/* Worker threads never call cmocka: they report here (the first message is
+ * kept, all are counted) and the main thread asserts after joining them.
+ * One record per test executable. */
+struct rbus_test_errors {
+    pthread_mutex_t lock;
+    atomic_uint count;
+    char first[512];
+};
+
+static inline struct rbus_test_errors *rbus_test_errors(void)
+{
+    static struct rbus_test_errors e = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    return &e;
+}
+
+static inline void rbus_test_report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline void rbus_test_report(const char *fmt, ...)
+{
+    struct rbus_test_errors *e = rbus_test_errors();
+    if (atomic_fetch_add(&e->count, 1) == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        pthread_mutex_lock(&e->lock);
+        vsnprintf(e->first, sizeof e->first, fmt, ap);
+        pthread_mutex_unlock(&e->lock);
+        va_end(ap);
+    }
+}
+
+/* How many errors the worker threads reported so far. */
+static inline unsigned rbus_test_error_count(void)
+{
+    return atomic_load(&rbus_test_errors()->count);
+}
+
+static inline void rbus_test_errors_reset(void)
+{
+    struct rbus_test_errors *e = rbus_test_errors();
+    atomic_store(&e->count, 0);
+    e->first[0] = '\0';
+}
+
+static inline void rbus_test_assert_no_thread_errors(void)
+{
+    struct rbus_test_errors *e = rbus_test_errors();
+    unsigned n = atomic_load(&e->count);
+    if (n != 0) {
+        pthread_mutex_lock(&e->lock);
+        print_error("%u error(s) in worker threads; first: %s\n", n, e->first);
+        pthread_mutex_unlock(&e->lock);
+        fail();
+    }
+}
+
+/* -------------------------------------------------------------- payloads */
+
+/* The stress payload: (publisher, topic index, per-publisher counter). */
+struct rbus_test_payload {
+    uint32_t pub;
+    uint32_t topic;
+    uint64_t counter;
+};
+
+/* Copies m's payload into *p; false when m is not exactly that size. */
+static inline bool rbus_test_payload_get(const rbus_msg *m, struct rbus_test_payload *p)
+{
+    if (rbus_msg_size(m) != sizeof *p)
+        return false;
+    memcpy(p, rbus_msg_data(m), sizeof *p);
+    return true;
 }
 
 #endif
