@@ -1,6 +1,8 @@
 /* Regression tests for bugs found in review (named after what broke). */
 #include "test_util.h"
 
+#include "internal.h" /* to see when a call on a handle has begun */
+
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -66,7 +68,9 @@ static void *close_main(void *arg)
 }
 
 /* rbus_sub_close in flight while another thread unsubscribes the handle:
- * the unsubscribe must wait for it (ASan catches a use after free). */
+ * the unsubscribe must wait for it (ASan catches a use after free). The
+ * unsubscribe starts only once the close has visibly begun (the sub left
+ * OPEN): a call that *starts* after rbus_unsubscribe began is undefined. */
 static void test_regress_sub_close_racing_unsubscribe(void **state)
 {
     (void)state;
@@ -83,6 +87,8 @@ static void test_regress_sub_close_racing_unsubscribe(void **state)
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, close_main, &c), 0);
         atomic_store(&c.go, 1);
+        while (atomic_load(&c.sub->state) == RBUS_SUB_OPEN)
+            ;
         assert_rbus_ok(rbus_unsubscribe(c.sub));
         assert_int_equal(pthread_join(th, NULL), 0);
         assert_rbus_ok(c.rc);
