@@ -70,6 +70,9 @@ typedef enum rbus_overflow {
 #define RBUS_MAX_TOPIC_LEN 255
 /** Longest idempotency key or order key, in bytes. */
 #define RBUS_MAX_KEY_LEN 255
+/** Largest rbus_config.dedup_keys accepted, RBUS_DEDUP_OFF aside (4 Mi keys;
+ *  dedup memory is about 112 bytes per key per keyed topic). */
+#define RBUS_MAX_DEDUP_KEYS (UINT32_C(1) << 22)
 /** Largest rbus_config.max_payload accepted (64 MiB). */
 #define RBUS_MAX_PAYLOAD_LIMIT (UINT32_C(1) << 26)
 
@@ -95,7 +98,8 @@ typedef struct rbus_config {
     uint32_t max_payload;      /**< largest payload in bytes; default 65536; at most
                                     RBUS_MAX_PAYLOAD_LIMIT; larger publishes -> -EMSGSIZE */
     uint32_t dedup_keys;       /**< idempotency keys remembered per topic; default 4096;
-                                    RBUS_DEDUP_OFF = keys are carried, never deduplicated */
+                                    at most RBUS_MAX_DEDUP_KEYS; RBUS_DEDUP_OFF = keys are
+                                    carried, never deduplicated */
     uint64_t dedup_window_ns;  /**< a key is forgotten this long after it was accepted;
                                     0 (default) = only dedup_keys bounds it */
     uint32_t max_topics;       /**< default 65536 */

@@ -142,6 +142,8 @@ static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocato
         return -EINVAL;
     if (out->dedup_window_ns > (uint64_t)INT64_MAX)
         return -EINVAL;
+    if (out->dedup_keys > RBUS_MAX_DEDUP_KEYS && out->dedup_keys != RBUS_DEDUP_OFF)
+        return -EINVAL;
     if (in && in->allocator) {
         if (!in->allocator->alloc || !in->allocator->free)
             return -EINVAL;

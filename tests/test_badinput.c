@@ -202,6 +202,15 @@ static void create_rejects_bad_arguments(void **state)
     assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
     assert_null(bus);
 
+    rbus_config_init(&cfg);
+    cfg.dedup_keys = RBUS_MAX_DEDUP_KEYS + 1;
+    bus = (rbus *)(void *)&dummy;
+    assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
+    assert_null(bus);
+    cfg.dedup_keys = RBUS_MAX_DEDUP_KEYS;
+    assert_rbus_ok(rbus_create(&bus, &cfg));
+    rbus_destroy(bus);
+
     /* allocator with a NULL function */
     struct counting cnt;
     atomic_init(&cnt.allocs, 0);
