@@ -6,8 +6,10 @@
 #define _GNU_SOURCE
 #include "bench.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -64,7 +66,72 @@ int bench_mode_throughput(const struct bench_opts *o)
     }
     bench_progress_done();
     bench_print_rows(stdout, o->format, rows, n);
+
     return rc;
+}
+
+struct idle_rx {
+    rbus_sub *sub;
+    double cpu_pct;
+    double msgs_per_s;
+};
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *idle_receive(void *arg)
+{
+    struct idle_rx *r = arg;
+    uint64_t c0 = thread_cpu_ns(), w0 = bench_now_ns();
+    rbus_msg *m;
+    uint64_t got = 0;
+    while (rbus_recv(r->sub, &m, -1) == 0) {
+        rbus_msg_release(m);
+        got++;
+    }
+    uint64_t wall = bench_now_ns() - w0;
+    r->cpu_pct = 100.0 * (double)(thread_cpu_ns() - c0) / (double)wall;
+    r->msgs_per_s = (double)got * 1e9 / (double)wall;
+    return NULL;
+}
+
+/* CPU used by a receiver blocked in rbus_recv() on a subscription that gets
+ * one message every `gap_ns` (0 = none at all), over `wall_ns`, as a
+ * percentage of one core (measured by the receiver thread itself). */
+static double receiver_cpu_pct(int64_t spin_ns, uint64_t gap_ns, uint64_t wall_ns,
+                               double *msgs_per_s)
+{
+    rbus *bus;
+    rbus_topic *t;
+    struct idle_rx r = {0};
+    rbus_sub_opts so;
+    rbus_sub_opts_init(&so);
+    so.spin_ns = spin_ns;
+    if (rbus_create(&bus, NULL) || rbus_subscribe(bus, "idle", &so, &r.sub) ||
+        rbus_topic_open(bus, "idle", &t))
+        return -1;
+    pthread_t th;
+    pthread_create(&th, NULL, idle_receive, &r);
+    uint64_t start = bench_now_ns(), next = start;
+    while (bench_now_ns() - start < wall_ns) {
+        if (gap_ns && bench_now_ns() >= next) {
+            rbus_publish(t, "x", 1);
+            next += gap_ns;
+        }
+        /* The publisher sleeps between messages so that it does not compete
+         * with the receiver for a core. */
+        struct timespec nap = {0, gap_ns ? 20000 : 10000000};
+        nanosleep(&nap, NULL);
+    }
+    rbus_close(bus);
+    pthread_join(th, NULL);
+    rbus_destroy(bus);
+    *msgs_per_s = r.msgs_per_s;
+    return r.cpu_pct;
 }
 
 int bench_mode_latency(const struct bench_opts *o)
@@ -107,5 +174,25 @@ int bench_mode_latency(const struct bench_opts *o)
     }
     bench_progress_done();
     bench_print_rows(stdout, o->format, rows, n);
+
+    /* What the default wait strategy costs a receiver that is idle, or
+     * nearly so: latency is never bought with a burning core. */
+    struct bench_row cpu[3];
+    memset(cpu, 0, sizeof cpu);
+    static const uint64_t gaps[] = {0, 1000000, 100000};
+    static const char *labels[] = {"no messages", "paced 1 ms", "paced 100 us"};
+    for (int i = 0; i < 3; i++) {
+        double rate_spin, rate_sleep;
+        double spin = receiver_cpu_pct(0, gaps[i], 1000000000u, &rate_spin);
+        double sleep = receiver_cpu_pct(-1, gaps[i], 1000000000u, &rate_sleep);
+        bench_row_str(&cpu[i], "receiver_load", labels[i]);
+        bench_row_num(&cpu[i], "msgs_per_s", "%.0f", rate_spin);
+        bench_row_num(&cpu[i], "cpu_pct_default_spin", "%.2f", spin);
+        bench_row_num(&cpu[i], "cpu_pct_sleeping", "%.2f", sleep);
+    }
+    if (o->format == FORMAT_TABLE)
+        printf("\nreceiver CPU (%% of one core, over 1 s), default spin_ns = %lld ns:\n",
+               (long long)RBUS_DEFAULT_SPIN_NS);
+    bench_print_rows(stdout, o->format, cpu, 3);
     return rc;
 }
