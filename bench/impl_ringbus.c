@@ -159,14 +159,18 @@ static int rb_latency(const struct latency_run *lr, uint64_t *lat)
     pthread_t th;
     pthread_create(&th, NULL, rb_lat_receive, &r);
     unsigned char buf[64] = {0};
-    uint64_t next = bench_now_ns() + 1000000;
+    uint64_t last = 0;
     int rc = 0;
     for (uint64_t i = 0; i < lr->rounds && !rc; i++) {
-        while (bench_now_ns() < next)
-            ;
-        bench_stamp(buf, bench_now_ns(), i);
+        /* Relative pacing, as the peers do: after a preemption the next
+         * message waits a full pace instead of a burst catching up. */
+        uint64_t now;
+        do
+            now = bench_now_ns();
+        while (now - last < lr->pace_ns);
+        last = now;
+        bench_stamp(buf, now, i);
         rc = rbus_publish(topic, buf, sizeof buf);
-        next += lr->pace_ns;
     }
     pthread_join(th, NULL);
     rbus_destroy(bus);
