@@ -92,6 +92,18 @@
 #define _GNU_SOURCE
 #include "bench.h"
 
+/* ThreadSanitizer cannot see ck_ring's ordering (ck_pr is volatile plus asm
+ * fences): in TSan builds the raw ck peer tells it about its hand-offs. */
+#if defined(RBUS_TSAN)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define PEER_TSAN_ACQUIRE(p) __tsan_acquire((void *)(p))
+#define PEER_TSAN_RELEASE(p) __tsan_release((void *)(p))
+#else
+#define PEER_TSAN_ACQUIRE(p) ((void)0)
+#define PEER_TSAN_RELEASE(p) ((void)0)
+#endif
+
 #include <ck_pr.h>
 #include <ck_ring.h>
 #include <errno.h>
@@ -392,6 +404,7 @@ static void *ck_pub(void *arg)
     run_pub_started(r, t->id);
     for (uint64_t c = 0; c < r->messages; c++) {
         unsigned char *m = mine + (size_t)(c % k->nslots) * k->stride;
+        PEER_TSAN_ACQUIRE(m); /* the receivers are done with this slot */
         bench_stamp(m, (uint64_t)t->id, c);
         if (r->pace_ns) {
             uint64_t now = pace(r, &last);
@@ -399,6 +412,7 @@ static void *ck_pub(void *arg)
         }
         for (int j = 0; j < r->ns; j++) {
             struct ck_q *q = ck_ring_of(k, j);
+            PEER_TSAN_RELEASE(m); /* hand-off through the ring */
             while (ck_ring_size(&q->ring) >= k->bound ||
                    !ck_ring_enqueue_mpmc(&q->ring, q->buf, m)) {
                 ck_idle(k);
@@ -428,8 +442,10 @@ static void *ck_rx(void *arg)
             if (aborted(r))
                 return NULL;
         }
+        PEER_TSAN_ACQUIRE(m);
         rx_one(r, &v, m);
         atomic_thread_fence(memory_order_release);
+        PEER_TSAN_RELEASE(m); /* the publisher may reuse the slot */
     }
     run_rx_done(r, t->id, &v);
     return NULL;

@@ -9,7 +9,7 @@
 # and RBUS_TSAN_SCALE (default 0.05).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+scripts/deps.sh libzmq3-dev libglib2.0-dev
 
 jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}
