@@ -32,6 +32,7 @@ struct bench_opts {
     enum bench_format format;
     const char *out_dir;
     int reps;
+    bool no_zmq; /* policies: leave out the ZeroMQ PUB row */
 };
 
 uint64_t bench_now_ns(void);
@@ -80,6 +81,9 @@ int bench_mode_policies(const struct bench_opts *o);
 int bench_mode_throughput(const struct bench_opts *o); /* modes.c */
 int bench_mode_latency(const struct bench_opts *o);    /* modes.c */
 int bench_mode_peers(const struct bench_opts *o);      /* peers.c */
+/* The policies workload on a ZeroMQ PUB (drops at its HWM): one more row
+ * for `policies`; -1 when built without ZeroMQ. */
+int bench_zmq_overload(const struct bench_opts *o, struct bench_row *row);
 
 /* ------------------------------------------------ implementations */
 

@@ -40,6 +40,7 @@ static void usage(FILE *out)
           "                      < 0 = sleep at once)\n"
           "  --block-timeout NS  the block-timeout policy's timeout (default 50000)\n"
           "  --format F          table (default), csv or json\n"
+          "  --no-zmq            policies: leave out the ZeroMQ PUB comparison row\n"
           "  --out DIR           results folder for csv and plot (default results)\n"
           "  --help              this text\n",
           out);
@@ -92,6 +93,10 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(a, "--no-zmq")) {
+            o.no_zmq = true; /* takes no value */
+            continue;
         }
         if (!v) {
             fprintf(stderr, "ringbus-bench: %s needs a value (or unknown option)\n", a);
