@@ -456,11 +456,47 @@ static void ck_wake(struct run *r)
     (void)r; /* everybody spins and checks the abort flag */
 }
 
-static uint64_t ck_run(struct run *r, const char *who, bool yield)
+/* One peer's run function: sets the peer up around run_threads(); `variant`
+ * selects a flavour (raw ck: yield instead of spin; ZeroMQ: PUB/SUB instead
+ * of PUSH/PULL). Returns the elapsed ns, 0 on failure. */
+typedef uint64_t (*peer_run_fn)(struct run *r, const char *who, int variant);
+
+static double peer_throughput(const struct scenario *sc, peer_run_fn run, int variant,
+                              const char *name)
+{
+    char who[64];
+    snprintf(who, sizeof who, "%s %d->%d", name, sc->publishers, sc->subscribers);
+    struct run *r = malloc(sizeof *r);
+    if (!r)
+        return -1;
+    run_init(r, sc->publishers, sc->subscribers, sc->payload, sc->messages, sc->capacity);
+    double rate = rate_of(r, run(r, who, variant));
+    run_destroy(r);
+    free(r);
+    return rate;
+}
+
+static int peer_latency(const struct latency_run *lr, peer_run_fn run, int variant,
+                        const char *who, bool spin_rx, uint64_t *lat)
+{
+    struct run *r = malloc(sizeof *r);
+    if (!r)
+        return -1;
+    run_init(r, 1, 1, LAT_PAYLOAD, lr->rounds, lr->capacity);
+    r->pace_ns = lr->pace_ns;
+    r->spin_rx = spin_rx;
+    r->lat = lat;
+    uint64_t elapsed = run(r, who, variant);
+    run_destroy(r);
+    free(r);
+    return elapsed ? 0 : -1;
+}
+
+static uint64_t ck_run(struct run *r, const char *who, int yield)
 {
     struct ck_peer k;
     memset(&k, 0, sizeof k);
-    k.yield = yield;
+    k.yield = yield != 0;
     unsigned int size = 2;
     while (size < r->capacity + 1u)
         size <<= 1;
@@ -491,47 +527,20 @@ static uint64_t ck_run(struct run *r, const char *who, bool yield)
     return elapsed;
 }
 
-static double ck_throughput_as(const struct scenario *sc, bool yield)
-{
-    if (!scenario_ok(sc))
-        return -1;
-    char who[64];
-    snprintf(who, sizeof who, "%s %d->%d", yield ? "raw-ck-yield" : "raw-ck-ring",
-             sc->publishers, sc->subscribers);
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, sc->publishers, sc->subscribers, sc->payload, sc->messages, sc->capacity);
-    double rate = rate_of(r, ck_run(r, who, yield));
-    run_destroy(r);
-    free(r);
-    return rate;
-}
-
 static double ck_throughput(const struct scenario *sc)
 {
-    return ck_throughput_as(sc, false);
+    return scenario_ok(sc) ? peer_throughput(sc, ck_run, 0, "raw-ck-ring") : -1;
 }
 
 static double ck_yield_throughput(const struct scenario *sc)
 {
-    return ck_throughput_as(sc, true);
+    return scenario_ok(sc) ? peer_throughput(sc, ck_run, 1, "raw-ck-yield") : -1;
 }
 
 static int ck_latency(const struct latency_run *lr, uint64_t *lat)
 {
     /* Always a spinning receiver: raw ck has no blocking receive. */
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, 1, 1, LAT_PAYLOAD, lr->rounds, lr->capacity);
-    r->pace_ns = lr->pace_ns;
-    r->spin_rx = true;
-    r->lat = lat;
-    uint64_t elapsed = ck_run(r, "raw-ck-ring latency", false);
-    run_destroy(r);
-    free(r);
-    return elapsed ? 0 : -1;
+    return peer_latency(lr, ck_run, 0, "raw-ck-ring latency", true, lat);
 }
 
 static const struct bench_impl impl_ck = {
@@ -745,7 +754,7 @@ static bool pushpull_setup(struct zmq_peer *z, const struct run *r)
     return true;
 }
 
-static uint64_t zmq_run(struct run *r, const char *who, bool pubsub)
+static uint64_t zmq_run(struct run *r, const char *who, int pubsub)
 {
     struct zmq_peer z;
     memset(&z, 0, sizeof z);
@@ -764,17 +773,7 @@ static double zmq_throughput(const struct scenario *sc, bool pubsub)
 {
     if (!scenario_ok(sc) || (pubsub ? sc->publishers != 1 : sc->subscribers != 1))
         return -1;
-    char who[64];
-    snprintf(who, sizeof who, "%s %d->%d", pubsub ? "zmq-pubsub" : "zmq-pushpull",
-             sc->publishers, sc->subscribers);
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, sc->publishers, sc->subscribers, sc->payload, sc->messages, sc->capacity);
-    double rate = rate_of(r, zmq_run(r, who, pubsub));
-    run_destroy(r);
-    free(r);
-    return rate;
+    return peer_throughput(sc, zmq_run, pubsub, pubsub ? "zmq-pubsub" : "zmq-pushpull");
 }
 
 static double pubsub_throughput(const struct scenario *sc)
@@ -789,17 +788,7 @@ static double pushpull_throughput(const struct scenario *sc)
 
 static int pubsub_latency(const struct latency_run *lr, uint64_t *lat)
 {
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, 1, 1, LAT_PAYLOAD, lr->rounds, lr->capacity);
-    r->pace_ns = lr->pace_ns;
-    r->spin_rx = !lr->sleeping_receiver;
-    r->lat = lat;
-    uint64_t elapsed = zmq_run(r, "zmq-pubsub latency", true);
-    run_destroy(r);
-    free(r);
-    return elapsed ? 0 : -1;
+    return peer_latency(lr, zmq_run, 1, "zmq-pubsub latency", !lr->sleeping_receiver, lat);
 }
 
 static const struct bench_impl impl_pubsub = {
@@ -926,8 +915,9 @@ static void gaq_wake(struct run *r)
         g_async_queue_push(g->q[j], &gaq_stop);
 }
 
-static uint64_t gaq_run(struct run *r, const char *who)
+static uint64_t gaq_run(struct run *r, const char *who, int unused)
 {
+    (void)unused;
     struct gaq_peer g;
     memset(&g, 0, sizeof g);
     for (int j = 0; j < r->ns; j++)
@@ -948,31 +938,12 @@ static double gaq_throughput(const struct scenario *sc)
 {
     if (!scenario_ok(sc) || sc->capacity > (uint32_t)G_MAXINT)
         return -1;
-    char who[64];
-    snprintf(who, sizeof who, "gasyncqueue %d->%d", sc->publishers, sc->subscribers);
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, sc->publishers, sc->subscribers, sc->payload, sc->messages, sc->capacity);
-    double rate = rate_of(r, gaq_run(r, who));
-    run_destroy(r);
-    free(r);
-    return rate;
+    return peer_throughput(sc, gaq_run, 0, "gasyncqueue");
 }
 
 static int gaq_latency(const struct latency_run *lr, uint64_t *lat)
 {
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, 1, 1, LAT_PAYLOAD, lr->rounds, lr->capacity);
-    r->pace_ns = lr->pace_ns;
-    r->spin_rx = !lr->sleeping_receiver;
-    r->lat = lat;
-    uint64_t elapsed = gaq_run(r, "gasyncqueue latency");
-    run_destroy(r);
-    free(r);
-    return elapsed ? 0 : -1;
+    return peer_latency(lr, gaq_run, 0, "gasyncqueue latency", !lr->sleeping_receiver, lat);
 }
 
 static const struct bench_impl impl_gaq = {
@@ -1127,8 +1098,9 @@ static void mutex_wake(struct run *r)
     }
 }
 
-static uint64_t mutex_run(struct run *r, const char *who)
+static uint64_t mutex_run(struct run *r, const char *who, int unused)
 {
+    (void)unused;
     struct mutex_peer mp;
     mp.qstride = (sizeof(struct mring) + 63) & ~(size_t)63;
     mp.q = zalloc_aligned(mp.qstride * (size_t)r->ns);
@@ -1171,33 +1143,12 @@ static uint64_t mutex_run(struct run *r, const char *who)
 
 static double mutex_throughput(const struct scenario *sc)
 {
-    if (!scenario_ok(sc))
-        return -1;
-    char who[64];
-    snprintf(who, sizeof who, "mutex-ring %d->%d", sc->publishers, sc->subscribers);
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, sc->publishers, sc->subscribers, sc->payload, sc->messages, sc->capacity);
-    double rate = rate_of(r, mutex_run(r, who));
-    run_destroy(r);
-    free(r);
-    return rate;
+    return scenario_ok(sc) ? peer_throughput(sc, mutex_run, 0, "mutex-ring") : -1;
 }
 
 static int mutex_latency(const struct latency_run *lr, uint64_t *lat)
 {
-    struct run *r = malloc(sizeof *r);
-    if (!r)
-        return -1;
-    run_init(r, 1, 1, LAT_PAYLOAD, lr->rounds, lr->capacity);
-    r->pace_ns = lr->pace_ns;
-    r->spin_rx = !lr->sleeping_receiver;
-    r->lat = lat;
-    uint64_t elapsed = mutex_run(r, "mutex-ring latency");
-    run_destroy(r);
-    free(r);
-    return elapsed ? 0 : -1;
+    return peer_latency(lr, mutex_run, 0, "mutex-ring latency", !lr->sleeping_receiver, lat);
 }
 
 static const struct bench_impl impl_mutex = {
