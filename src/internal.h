@@ -105,6 +105,10 @@ int64_t rbus__deadline(int64_t timeout_ns);
 /* One step of a bounded spin: a CPU pause, and every so often a yield so a
  * preempted peer on an oversubscribed machine gets to run. */
 void rbus__spin_step(unsigned iteration);
+/* One CPU pause, no yield: for the bounded spin_ns phase of a wait, which
+ * ends in a sleep anyway (yielding there hands the core to whoever is
+ * runnable and costs a whole time slice under load). */
+void rbus__cpu_relax(void);
 
 /* ----------------------------------------------------------- thread.c */
 

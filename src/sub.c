@@ -212,7 +212,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             break;
         }
         if (now < spin_until) {
-            rbus__spin_step(iter++);
+            rbus__cpu_relax();
             continue;
         }
         uint32_t seen = rbus__event_prepare(&s->msg_ev);

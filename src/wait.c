@@ -42,6 +42,11 @@ int64_t rbus__deadline(int64_t timeout_ns)
     return now + timeout_ns;
 }
 
+void rbus__cpu_relax(void)
+{
+    RBUS_CPU_RELAX();
+}
+
 void rbus__spin_step(unsigned iteration)
 {
     /* Pause for a while first: a peer on another core is likely mid-way.
