@@ -7,20 +7,13 @@
  *   keyed_publish [--messages N] [--reps R] [--subs S] [--dedup-keys K]
  */
 #define _POSIX_C_SOURCE 200809L
-#include <ringbus.h>
+#include "bench.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void *drain(void *arg)
 {
@@ -86,7 +79,7 @@ int main(int argc, char **argv)
             memset(&po, 0, sizeof po);
             po.key = key;
             po.key_len = sizeof key;
-            uint64_t t0 = now_ns();
+            uint64_t t0 = bench_now_ns();
             for (uint64_t i = 0; i < messages; i++) {
                 int rc;
                 if (with_key) {
@@ -102,7 +95,7 @@ int main(int argc, char **argv)
                     return 1;
                 }
             }
-            double ns = (double)(now_ns() - t0) / (double)messages;
+            double ns = (double)(bench_now_ns() - t0) / (double)messages;
             if (with_key)
                 keyed[r] = ns;
             else

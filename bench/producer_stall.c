@@ -13,7 +13,7 @@
  *   producer_stall [--messages N] [--publishers P] [--ring rbus|ck|both]
  */
 #define _POSIX_C_SOURCE 200809L
-#include <ringbus.h>
+#include "bench.h"
 
 #include <ck_ring.h>
 #include <pthread.h>
@@ -24,13 +24,6 @@
 #include <time.h>
 
 #define CK_CAPACITY 1024u
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 struct pub {
     rbus_topic *topic; /* NULL: raw ck_ring */
@@ -50,14 +43,14 @@ static void *pub_loop(void *arg)
     struct pub *p = arg;
     uint64_t *slot = ck_payloads[p->index & 63];
     for (uint64_t i = 0; i < p->messages; i++) {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = bench_now_ns();
         if (p->topic) {
             rbus_publish(p->topic, &i, sizeof i);
         } else {
             slot[0] = i;
             (void)ck_ring_enqueue_mpmc(&ck_ring, ck_slots, slot); /* full: dropped */
         }
-        uint64_t d = now_ns() - t0;
+        uint64_t d = bench_now_ns() - t0;
         if (d > p->worst_ns)
             p->worst_ns = d;
         if (d > 100000)
@@ -110,7 +103,7 @@ static int run(const char *which, int publishers, uint64_t messages)
     }
     struct pub p[64];
     pthread_t th[64];
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bench_now_ns();
     for (int i = 0; i < publishers; i++) {
         p[i] = (struct pub){.topic = t, .messages = messages, .index = i};
         pthread_create(&th[i], NULL, pub_loop, &p[i]);
@@ -122,7 +115,7 @@ static int run(const char *which, int publishers, uint64_t messages)
             worst = p[i].worst_ns;
         slow += p[i].over_100us;
     }
-    uint64_t elapsed = now_ns() - t0;
+    uint64_t elapsed = bench_now_ns() - t0;
     if (use_ck) {
         atomic_store(&ck_done, 1);
         pthread_join(drain, NULL);

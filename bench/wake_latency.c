@@ -7,20 +7,13 @@
  *   wake_latency [--rounds N]
  */
 #define _POSIX_C_SOURCE 200809L
-#include <ringbus.h>
+#include "bench.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t thread_cpu_ns(void)
 {
@@ -44,7 +37,7 @@ static void *rx_loop(void *arg)
         rbus_msg *m;
         if (rbus_recv(r->sub, &m, -1) != 0)
             break;
-        r->lat[r->n++] = now_ns() - rbus_msg_time_ns(m);
+        r->lat[r->n++] = bench_now_ns() - rbus_msg_time_ns(m);
         rbus_msg_release(m);
     }
     r->cpu_ns = thread_cpu_ns() - c0;
@@ -80,14 +73,14 @@ int main(int argc, char **argv)
                 return 1;
             pthread_t th;
             pthread_create(&th, NULL, rx_loop, &r);
-            uint64_t start = now_ns() + 1000000, next = start;
+            uint64_t start = bench_now_ns() + 1000000, next = start;
             for (size_t i = 0; i < rounds; i++) {
-                while (now_ns() < next)
+                while (bench_now_ns() < next)
                     ; /* pace precisely: the publisher spins, the receiver is measured */
                 rbus_publish(t, &i, sizeof i);
                 next += paces[pi];
             }
-            uint64_t wall = now_ns() - start;
+            uint64_t wall = bench_now_ns() - start;
             rbus_close(bus);
             pthread_join(th, NULL);
             qsort(r.lat, r.n, sizeof *r.lat, cmp);

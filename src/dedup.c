@@ -260,6 +260,9 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
         rc = RBUS_DUPLICATE;
         goto out;
     }
+    /* A key found here is remembered no longer (stale); one not found stays
+     * absent whatever expiry and growth do below. */
+    bool present = e != NULL;
     shard_expire(sh, oldest_live);
     /* Every item left is live now; keep the shard under 3/4 full so probe
      * chains stay short and the FIFO never overflows. */
@@ -268,8 +271,8 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
         goto out;
     }
     uint64_t ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
-    /* Expiry and growth move entries: look the key up again. */
-    e = table_find(sh, h.low64, h.high64);
+    /* Expiry and growth move (or delete) entries: look a stale key up again. */
+    e = present ? table_find(sh, h.low64, h.high64) : NULL;
     if (e) {
         /* Remembered no longer (aged out by count or time): accepted anew. */
         e->ticket = ticket;
