@@ -34,39 +34,53 @@
  * Memory. Each shard forgets (deletes) its own keys once their tickets fall
  * out of the window, oldest first from its FIFO, whenever it accepts a new
  * key. A shard holds its live keys plus keys that aged out since its last
- * acceptance. Tables start at twice the expected share (dedup_keys / shards)
- * and double only when a shard is three-quarters full of *live* keys, which
- * a seeded 128-bit hash makes vanishingly unlikely in steady state: no
- * allocation per keyed publish. The false-duplicate probability of comparing
- * hashes: for k remembered keys, a new key collides with probability about
- * k / 2^128 (for k = 4096, about 1.2e-35).
+ * acceptance. FIFOs start at twice the expected share (dedup_keys / shards),
+ * tables at RBUS_DEDUP_SPREAD times that, and both double only when a shard
+ * is three-quarters full of *live* keys, which a seeded 128-bit hash makes
+ * vanishingly unlikely in steady state: no allocation per keyed publish.
+ * The false-duplicate probability of comparing hashes: for k remembered
+ * keys, a new key collides with probability about k / 2^128 (for k = 4096,
+ * about 1.2e-35).
  */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
+/* Header-only: the hash of a short key inlines to a few dozen instructions. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #define RBUS_DEDUP_SHARDS 16u
+/* Table slots per FIFO item: at most 3/8 of the slots are ever taken, which
+ * keeps probe chains and backward shifts short. */
+#define RBUS_DEDUP_SPREAD 4u
 
-struct dedup_entry {
+/* What a shard remembers of one acceptance, in its FIFO (ticket order). */
+struct dedup_item {
     uint64_t lo, hi;  /* the key's hash */
-    uint64_t ticket;  /* 0 = empty slot */
+    uint64_t ticket;
     int64_t time_ns;  /* when it was accepted */
 };
 
-struct dedup_fifo_item {
-    uint64_t lo, hi;
-    uint64_t ticket;
-};
+/*
+ * A table slot is 8 bytes: the low 32 bits of the key's hash `lo` above
+ * (1 + the FIFO position of the key's latest acceptance); 0 = empty.
+ * Small slots are the point: the table of a topic at the default 4096 keys
+ * is 64 KiB, so a lookup and the deletion of an aged-out key usually hit
+ * cache, where 32-byte entries (hash, ticket, time) made each a miss. The
+ * 32 hash bits give the home slot (cap <= 2^30) and filter candidates; a
+ * candidate is confirmed against the full 128-bit hash in its FIFO item.
+ */
+typedef uint64_t dedup_slot;
 
 struct dedup_shard {
     pthread_mutex_t lock;
-    struct dedup_entry *table; /* cap slots */
-    struct dedup_fifo_item *fifo; /* cap items, ring in ticket order */
-    uint32_t cap;   /* power of two */
-    uint32_t count; /* items in the FIFO (>= occupied table slots: a key
-                       accepted anew keeps its old, expired item too) */
+    dedup_slot *table;       /* slots = RBUS_DEDUP_SPREAD * cap, linear probing */
+    struct dedup_item *fifo; /* cap items, a ring in ticket order */
+    uint32_t cap;            /* power of two */
+    uint32_t slot_mask;      /* slots - 1 */
+    uint32_t count;          /* items in the FIFO (>= occupied slots: a key
+                                accepted anew keeps its old item too) */
     uint32_t fifo_head;
     char pad[RBUS_CACHELINE];
 };
@@ -86,7 +100,7 @@ static void shard_free(rbus *bus, struct dedup_shard *sh)
 
 static int shard_alloc(rbus *bus, struct dedup_shard *sh, uint32_t cap)
 {
-    sh->table = rbus__zalloc(bus, cap * sizeof *sh->table);
+    sh->table = rbus__zalloc(bus, (size_t)cap * RBUS_DEDUP_SPREAD * sizeof *sh->table);
     sh->fifo = rbus__alloc(bus, cap * sizeof *sh->fifo);
     if (!sh->table || !sh->fifo) {
         shard_free(bus, sh);
@@ -95,6 +109,7 @@ static int shard_alloc(rbus *bus, struct dedup_shard *sh, uint32_t cap)
         return -ENOMEM;
     }
     sh->cap = cap;
+    sh->slot_mask = cap * RBUS_DEDUP_SPREAD - 1;
     sh->count = 0;
     sh->fifo_head = 0;
     return 0;
@@ -138,67 +153,89 @@ void rbus__dedup_free(rbus *bus, struct rbus_dedup *d)
 
 /* ------------------------------------------------------- shard table */
 
-static uint32_t slot_of(const struct dedup_shard *sh, uint64_t lo)
+static inline dedup_slot slot_make(uint64_t lo, uint32_t fifo_pos)
 {
-    /* The shard index used the top bits of hi; the slot uses lo. */
-    return (uint32_t)lo & (sh->cap - 1);
+    return (uint64_t)(uint32_t)lo << 32 | (fifo_pos + 1u);
 }
 
-static struct dedup_entry *table_find(struct dedup_shard *sh, uint64_t lo, uint64_t hi)
+static inline uint32_t slot_pos(dedup_slot v)
 {
-    for (uint32_t i = slot_of(sh, lo);; i = (i + 1) & (sh->cap - 1)) {
-        struct dedup_entry *e = &sh->table[i];
-        if (!e->ticket)
-            return NULL;
-        if (e->lo == lo && e->hi == hi)
-            return e;
+    return (uint32_t)v - 1u;
+}
+
+static inline uint32_t slot_home(const struct dedup_shard *sh, dedup_slot v)
+{
+    /* The shard index used the top bits of hi; the home uses lo. */
+    return (uint32_t)(v >> 32) & sh->slot_mask;
+}
+
+/* The slot holding the key hashed (lo, hi), or UINT32_MAX. */
+static uint32_t table_find(const struct dedup_shard *sh, uint64_t lo, uint64_t hi)
+{
+    const uint32_t mask = sh->slot_mask, tag = (uint32_t)lo;
+    for (uint32_t i = tag & mask;; i = (i + 1) & mask) {
+        dedup_slot v = sh->table[i];
+        if (!v)
+            return UINT32_MAX;
+        if ((uint32_t)(v >> 32) == tag) {
+            const struct dedup_item *it = &sh->fifo[slot_pos(v)];
+            if (it->lo == lo && it->hi == hi)
+                return i;
+        }
     }
 }
 
-static void table_put(struct dedup_shard *sh, const struct dedup_entry *in)
+static void table_put(struct dedup_shard *sh, dedup_slot v)
 {
-    uint32_t i = slot_of(sh, in->lo);
-    while (sh->table[i].ticket)
-        i = (i + 1) & (sh->cap - 1);
-    sh->table[i] = *in;
+    const uint32_t mask = sh->slot_mask;
+    uint32_t i = slot_home(sh, v);
+    while (sh->table[i])
+        i = (i + 1) & mask;
+    sh->table[i] = v;
 }
 
 /* Backward-shift deletion keeps probe chains intact without tombstones. */
-static void table_delete(struct dedup_shard *sh, struct dedup_entry *e)
+static void table_delete(struct dedup_shard *sh, uint32_t hole)
 {
-    uint32_t mask = sh->cap - 1;
-    uint32_t hole = (uint32_t)(e - sh->table);
+    const uint32_t mask = sh->slot_mask;
     uint32_t i = hole;
     for (;;) {
         i = (i + 1) & mask;
-        struct dedup_entry *n = &sh->table[i];
-        if (!n->ticket)
+        dedup_slot v = sh->table[i];
+        if (!v)
             break;
-        uint32_t home = slot_of(sh, n->lo);
-        /* n may move into the hole unless its home lies cyclically in
+        uint32_t home = slot_home(sh, v);
+        /* v may move into the hole unless its home lies cyclically in
          * (hole, i]. */
         bool stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
         if (!stays) {
-            sh->table[hole] = *n;
+            sh->table[hole] = v;
             hole = i;
         }
     }
-    sh->table[hole].ticket = 0;
+    sh->table[hole] = 0;
 }
 
 /* Forgets the shard's keys whose tickets left the window (oldest first). */
 static void shard_expire(struct dedup_shard *sh, uint64_t oldest_live)
 {
+    const uint32_t mask = sh->slot_mask;
     while (sh->count) {
-        struct dedup_fifo_item *it = &sh->fifo[sh->fifo_head];
+        const uint32_t pos = sh->fifo_head;
+        const struct dedup_item *it = &sh->fifo[pos];
         if (it->ticket >= oldest_live)
             break;
-        struct dedup_entry *e = table_find(sh, it->lo, it->hi);
-        /* A key re-accepted later carries a newer ticket and a newer FIFO
-         * item; only the entry of this acceptance goes. */
-        if (e && e->ticket == it->ticket)
-            table_delete(sh, e);
-        sh->fifo_head = (sh->fifo_head + 1) & (sh->cap - 1);
+        /* Only the slot naming this very item goes: a key accepted anew
+         * since then names its newer item, and stays. */
+        const dedup_slot want = slot_make(it->lo, pos);
+        for (uint32_t i = slot_home(sh, want);; i = (i + 1) & mask) {
+            dedup_slot v = sh->table[i];
+            if (v == want)
+                table_delete(sh, i);
+            if (!v || v == want)
+                break;
+        }
+        sh->fifo_head = (pos + 1) & (sh->cap - 1);
         sh->count--;
     }
 }
@@ -210,17 +247,19 @@ static int shard_grow(rbus *bus, struct dedup_shard *sh)
     if (shard_alloc(bus, &bigger, sh->cap * 2) != 0)
         return -ENOMEM;
     for (uint32_t k = 0; k < sh->count; k++) {
-        struct dedup_fifo_item *it = &sh->fifo[(sh->fifo_head + k) & (sh->cap - 1)];
-        bigger.fifo[k] = *it;
-        struct dedup_entry *e = table_find(sh, it->lo, it->hi);
-        if (e && e->ticket == it->ticket)
-            table_put(&bigger, e);
+        uint32_t pos = (sh->fifo_head + k) & (sh->cap - 1);
+        bigger.fifo[k] = sh->fifo[pos];
+        uint32_t at = table_find(sh, sh->fifo[pos].lo, sh->fifo[pos].hi);
+        /* Only the key's latest item gets a slot, as before. */
+        if (at != UINT32_MAX && slot_pos(sh->table[at]) == pos)
+            table_put(&bigger, slot_make(sh->fifo[pos].lo, k));
     }
     bigger.count = sh->count;
     shard_free(bus, sh);
     sh->table = bigger.table;
     sh->fifo = bigger.fifo;
     sh->cap = bigger.cap;
+    sh->slot_mask = bigger.slot_mask;
     sh->fifo_head = 0;
     return 0;
 }
@@ -245,8 +284,11 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
             rbus__dedup_free(bus, mine);
     }
 
-    XXH128_hash_t h = XXH3_128bits_withSeed(key, len, bus->dedup_seed);
-    struct dedup_shard *sh = &d->shards[h.high64 >> 60 & (RBUS_DEDUP_SHARDS - 1)];
+    XXH128_hash_t h128 = XXH3_128bits_withSeed(key, len, bus->dedup_seed);
+    /* Two scalars, never the struct: spilling it as two 8-byte stores and
+     * reloading it as one 16-byte vector stalls store forwarding. */
+    const uint64_t lo = h128.low64, hi = h128.high64;
+    struct dedup_shard *sh = &d->shards[hi >> 60 & (RBUS_DEDUP_SHARDS - 1)];
     int rc = 0;
     pthread_mutex_lock(&sh->lock);
     /* Relaxed is enough: tickets are taken inside shard locks; for keys of
@@ -254,15 +296,18 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
      * linearisation point (see the header comment). */
     uint64_t accepted = atomic_load_explicit(&d->accepted, memory_order_relaxed);
     uint64_t oldest_live = accepted >= d->keys ? accepted - d->keys + 1 : 1;
-    struct dedup_entry *e = table_find(sh, h.low64, h.high64);
-    if (e && e->ticket >= oldest_live &&
-        (d->window_ns == 0 || now_ns - e->time_ns < d->window_ns)) {
-        rc = RBUS_DUPLICATE;
-        goto out;
+    uint32_t at = table_find(sh, lo, hi);
+    if (at != UINT32_MAX) {
+        const struct dedup_item *it = &sh->fifo[slot_pos(sh->table[at])];
+        if (it->ticket >= oldest_live &&
+            (d->window_ns == 0 || now_ns - it->time_ns < d->window_ns)) {
+            rc = RBUS_DUPLICATE;
+            goto out;
+        }
     }
     /* A key found here is remembered no longer (stale); one not found stays
      * absent whatever expiry and growth do below. */
-    bool present = e != NULL;
+    bool present = at != UINT32_MAX;
     shard_expire(sh, oldest_live);
     /* Every item left is live now; keep the shard under 3/4 full so probe
      * chains stay short and the FIFO never overflows. */
@@ -271,19 +316,16 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
         goto out;
     }
     uint64_t ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
-    /* Expiry and growth move (or delete) entries: look a stale key up again. */
-    e = present ? table_find(sh, h.low64, h.high64) : NULL;
-    if (e) {
-        /* Remembered no longer (aged out by count or time): accepted anew. */
-        e->ticket = ticket;
-        e->time_ns = now_ns;
-    } else {
-        struct dedup_entry fresh = {h.low64, h.high64, ticket, now_ns};
-        table_put(sh, &fresh);
-    }
-    sh->fifo[(sh->fifo_head + sh->count) & (sh->cap - 1)] =
-        (struct dedup_fifo_item){h.low64, h.high64, ticket};
+    uint32_t pos = (sh->fifo_head + sh->count) & (sh->cap - 1);
+    sh->fifo[pos] = (struct dedup_item){lo, hi, ticket, now_ns};
     sh->count++;
+    /* Expiry and growth move (or delete) slots: look a stale key up again.
+     * Found, it is accepted anew: its slot names the new item. */
+    at = present ? table_find(sh, lo, hi) : UINT32_MAX;
+    if (at != UINT32_MAX)
+        sh->table[at] = slot_make(lo, pos);
+    else
+        table_put(sh, slot_make(lo, pos));
 out:
     pthread_mutex_unlock(&sh->lock);
     return rc;

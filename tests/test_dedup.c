@@ -1228,6 +1228,64 @@ static void bad_keys_are_rejected_and_dedup_stays_intact(void **state)
     rbus_destroy(bus);
 }
 
+/*
+ * Differential check of the window against a plain sequential model: a FIFO
+ * of the last K accepted keys. Keys come from a universe a few times K, so
+ * keys recur on both sides of the bound, are accepted anew after aging out,
+ * and some shards fill beyond their share (growth). Any disagreement fails.
+ */
+static void window_matches_sequential_model(void **state)
+{
+    (void)state;
+    static const uint32_t ks[] = {1, 2, 3, 7, 100, 333, 4096};
+    const uint64_t publishes = rbus_test_scaled(200000, 20000);
+    printf("# model: %llu keyed publishes per dedup_keys value\n", (unsigned long long)publishes);
+    for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++) {
+        const uint32_t k = ks[c], universe = 3 * k + 5;
+        rbus_config cfg;
+        rbus_config_init(&cfg);
+        cfg.dedup_keys = k;
+        rbus *bus;
+        rbus_topic *t;
+        assert_rbus_ok(rbus_create(&bus, &cfg));
+        assert_rbus_ok(rbus_topic_open(bus, "model.keys", &t));
+        uint32_t *fifo = calloc(k, sizeof *fifo);     /* last k accepted */
+        uint32_t *live = calloc(universe, sizeof *live); /* times in fifo */
+        assert_non_null(fifo);
+        assert_non_null(live);
+        uint64_t accepted = 0, dups = 0, x = 0x9e3779b97f4a7c15u + c;
+        for (uint64_t i = 0; i < publishes; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+            uint32_t key = (uint32_t)(x % universe);
+            rbus_pub_result r;
+            int rc = pub_key(t, &key, sizeof key, "m", 1, &r);
+            if (live[key]) {
+                if (rc != RBUS_DUPLICATE)
+                    fail_msg("dedup_keys %u, publish %llu: key %u is among the last %u accepted "
+                             "but got %d",
+                             k, (unsigned long long)i, key, k, rc);
+                dups++;
+                continue;
+            }
+            if (rc != 0)
+                fail_msg("dedup_keys %u, publish %llu: key %u is not remembered but got %d", k,
+                         (unsigned long long)i, key, rc);
+            uint32_t *slot = &fifo[accepted % k];
+            if (accepted >= k)
+                live[*slot]--;
+            *slot = key;
+            live[key]++;
+            accepted++;
+        }
+        expect_topic_stats(t, accepted, dups);
+        printf("# model: dedup_keys %u: %llu accepted, %llu duplicates, agree\n", k,
+               (unsigned long long)accepted, (unsigned long long)dups);
+        free(fifo);
+        free(live);
+        rbus_destroy(bus);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1248,6 +1306,7 @@ int main(void)
         cmocka_unit_test(dedup_allocation_failure_records_no_key),
         cmocka_unit_test(dedup_off_carries_keys_without_deduplicating),
         cmocka_unit_test(bad_keys_are_rejected_and_dedup_stays_intact),
+        cmocka_unit_test(window_matches_sequential_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
