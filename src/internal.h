@@ -284,6 +284,9 @@ struct rbus_sub {
     /* Written by publishers. */
     RBUS_CACHE_ALIGNED _Atomic uint64_t offered;
     _Atomic uint64_t dropped_newest;
+    /* Offers the overload fast path refused (topic.c): each is one offer
+     * and one drop-newest, tallied with a single atomic instead of two. */
+    _Atomic uint64_t refused_full;
     _Atomic uint64_t dropped_oldest;
     _Atomic uint64_t dropped_timeout;
     _Atomic uint64_t dropped_closed;
@@ -300,6 +303,12 @@ struct rbus_sub {
 
 /* Offers msg to sub's ring under its policy (inside a read section). */
 enum rbus_offer rbus__sub_offer(rbus_sub *sub, rbus_msg *msg, uint32_t *evicted);
+/* The overload fast path (inside a read section): true when every
+ * subscription on the list is drop-newest and full right now, so a publish
+ * would be refused everywhere and needs no message at all; then
+ * rbus__subs_count_refused tallies those refusals. */
+bool rbus__subs_refuse_newest(const struct rbus_sublist *list);
+void rbus__subs_count_refused(const struct rbus_sublist *list);
 /* Block policy retry (inside a read section): true if queued. */
 bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
 /* Whether the ring has no free slot right now (reservations count). */

@@ -133,6 +133,18 @@ static inline rbus_msg *rbus__ring_take(struct rbus_ring *r)
     return m;
 }
 
+/* Whether an enqueue now would fail for want of room, by the very test
+ * rbus__ring_put makes: the slot at `tail` still holds the message of
+ * tail - size. False when tail moves meanwhile (then we do not know).
+ * Relaxed loads: the answer only decides whether to try, and the slot is
+ * not touched, so nothing it guards needs ordering. */
+static inline bool rbus__ring_full_at_tail(struct rbus_ring *r)
+{
+    uint64_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    uint64_t seq = atomic_load_explicit(&r->slots[pos & r->mask].seq, memory_order_relaxed);
+    return (int64_t)(seq - pos) < 0;
+}
+
 /* Positions reserved by producers and not yet taken: counts a slot whose
  * producer is mid-write. seq_cst loads: the receiving halves of the Dekker
  * pairs in sub.c. */

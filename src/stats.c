@@ -17,9 +17,13 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     /* A call in flight for rbus_unsubscribe to wait for. */
     atomic_fetch_add_explicit(&s->callers, 1, memory_order_relaxed);
     memset(out, 0, sizeof *out);
-    out->offered = atomic_load_explicit(&s->offered, memory_order_relaxed);
+    /* One read feeds both fields, so a fast-path refusal is counted in
+     * both `offered` and `dropped_newest` or in neither. */
+    uint64_t refused = atomic_load_explicit(&s->refused_full, memory_order_relaxed);
+    out->offered = atomic_load_explicit(&s->offered, memory_order_relaxed) + refused;
     out->received = atomic_load_explicit(&s->received, memory_order_relaxed);
-    out->dropped_newest = atomic_load_explicit(&s->dropped_newest, memory_order_relaxed);
+    out->dropped_newest =
+        atomic_load_explicit(&s->dropped_newest, memory_order_relaxed) + refused;
     out->dropped_oldest = atomic_load_explicit(&s->dropped_oldest, memory_order_relaxed);
     out->dropped_timeout = atomic_load_explicit(&s->dropped_timeout, memory_order_relaxed);
     out->dropped_closed = atomic_load_explicit(&s->dropped_closed, memory_order_relaxed);

@@ -481,6 +481,46 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
     return rc;
 }
 
+/* Check-and-insert of the publish's key, if it has one and the bus keeps a
+ * window: 0 = go on (accepted or nothing to check), RBUS_DUPLICATE (counted,
+ * *result says so) or -ENOMEM (nothing recorded). */
+static int accept_key(rbus_topic *topic, const rbus_pub_opts *opts, int64_t now_ns,
+                      rbus_pub_result *result)
+{
+    if (!opts || !opts->key || topic->bus->cfg.dedup_keys == RBUS_DEDUP_OFF)
+        return 0;
+    int drc = rbus__dedup_accept(topic, opts->key, opts->key_len, now_ns);
+    if (drc == RBUS_DUPLICATE) {
+        atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
+        if (result)
+            result->duplicate = true;
+    }
+    return drc;
+}
+
+/*
+ * Overload fast path, inside the caller's read section (ended here): every
+ * subscription is drop-newest and full, so the publish is accepted (its key
+ * recorded, a sequence number taken) and refused everywhere without
+ * building a message nobody would queue. An overloaded publisher pays only
+ * for the bookkeeping; nothing here can fail after the key is recorded.
+ */
+static RBUS_NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread *th,
+                                         const struct rbus_sublist *list,
+                                         const rbus_pub_opts *opts, rbus_pub_result *result)
+{
+    bool keyed = opts && opts->key && topic->bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
+    int drc = accept_key(topic, opts, keyed ? rbus__now_ns() : 0, result);
+    if (drc == 0) {
+        atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
+        rbus__subs_count_refused(list);
+        if (result)
+            result->matched = result->dropped = list->count;
+    }
+    rbus__read_end(th);
+    return drc;
+}
+
 int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
                     rbus_pub_result *result)
 {
@@ -514,6 +554,8 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     /* Acquire: pairs with the release exchange in rbus__topics_relist. */
     struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
     uint32_t n = list ? list->count : 0;
+    if (n && RBUS_UNLIKELY(rbus__subs_refuse_newest(list)))
+        return publish_refused(topic, th, list, opts, result);
     rbus_msg *m = NULL;
     if (RBUS_UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
         RBUS_UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
@@ -521,21 +563,13 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
         return -ENOMEM;
     }
     int64_t now_ns = rbus__now_ns();
-    if (opts && opts->key && bus->cfg.dedup_keys != RBUS_DEDUP_OFF) {
-        /* After the message exists, so a failed publish never records its
-         * key; the check and the insert are one step (dedup.c). */
-        int drc = rbus__dedup_accept(topic, opts->key, opts->key_len, now_ns);
-        if (RBUS_UNLIKELY(drc != 0)) {
-            rbus__read_end(th);
-            rbus__msg_unref(m, 1);
-            if (drc == RBUS_DUPLICATE) {
-                atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
-                res.duplicate = true;
-                if (result)
-                    *result = res;
-            }
-            return drc;
-        }
+    /* After the message exists, so a failed publish never records its key;
+     * the check and the insert are one step (dedup.c). */
+    int drc = accept_key(topic, opts, now_ns, result);
+    if (RBUS_UNLIKELY(drc != 0)) {
+        rbus__read_end(th);
+        rbus__msg_unref(m, 1);
+        return drc;
     }
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;

@@ -356,6 +356,80 @@ static void block_with_room_never_waits(void **state)
     fixture_close(&f);
 }
 
+/*
+ * When every subscription is drop-newest and full, a publish is still an
+ * accepted publish that every subscription refused (the library may skip
+ * building the message): it takes a sequence number, records its key, and
+ * counts one offer and one drop-newest per subscription. Once a receiver
+ * makes room, the next publish is queued again with the gap visible.
+ */
+static void refused_everywhere_is_still_accepted(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "full.t");
+    rbus_sub *subs[2];
+    uint32_t cap[2];
+    for (int i = 0; i < 2; i++)
+        subs[i] = rbus_test_subscribe_checked(bus, "full.*", 2, RBUS_DROP_NEWEST, 0, &cap[i]);
+    assert_int_equal(cap[0], cap[1]);
+    uint64_t seq = 0;
+    rbus_pub_result r;
+    for (uint32_t i = 0; i < cap[0]; i++) {
+        seq++;
+        assert_rbus_ok(rbus_publish_ex(t, &seq, sizeof seq, NULL, &r));
+        expect_result(&r, 2, 2, 0, 0);
+    }
+    /* Both full: refused everywhere, unkeyed then keyed. */
+    seq++;
+    memset(&r, 0xEE, sizeof r);
+    assert_rbus_ok(rbus_publish_ex(t, &seq, sizeof seq, NULL, &r));
+    expect_result(&r, 2, 0, 2, 0);
+    rbus_pub_opts po;
+    memset(&po, 0, sizeof po);
+    po.key = "order-7";
+    po.key_len = 7;
+    seq++;
+    memset(&r, 0xEE, sizeof r);
+    assert_rbus_ok(rbus_publish_ex(t, &seq, sizeof seq, &po, &r));
+    expect_result(&r, 2, 0, 2, 0);
+    /* The refused keyed publish recorded its key. */
+    memset(&r, 0xEE, sizeof r);
+    assert_rbus_rc(rbus_publish_ex(t, &seq, sizeof seq, &po, &r), RBUS_DUPLICATE);
+    assert_true(r.duplicate);
+    assert_int_equal(r.matched, 0);
+    rbus_topic_stats ts;
+    assert_rbus_ok(rbus_topic_stats_get(t, &ts));
+    assert_int_equal(ts.published, seq);
+    assert_int_equal(ts.duplicates, 1);
+    for (int i = 0; i < 2; i++) {
+        rbus_sub_stats st;
+        assert_rbus_ok(rbus_sub_stats_get(subs[i], &st));
+        assert_int_equal(st.offered, seq);
+        assert_int_equal(st.dropped_newest, 2);
+        assert_int_equal(st.depth, cap[i]);
+        rbus_test_check_accounting(&st);
+    }
+    /* Room in one subscription only: that one queues, the other refuses. */
+    expect_recv_seq(subs[0], 1);
+    seq++;
+    assert_rbus_ok(rbus_publish_ex(t, &seq, sizeof seq, NULL, &r));
+    expect_result(&r, 2, 1, 1, 0);
+    for (uint64_t want = 2; want <= cap[0]; want++)
+        expect_recv_seq(subs[0], want);
+    expect_recv_seq(subs[0], seq); /* seq - 1 and seq - 2 were refused */
+    expect_empty(subs[0]);
+    for (int i = 0; i < 2; i++) {
+        rbus_sub_stats st;
+        assert_rbus_ok(rbus_sub_stats_get(subs[i], &st));
+        assert_int_equal(st.offered, seq);
+        assert_int_equal(st.dropped_newest, i == 0 ? 2 : 3);
+        rbus_test_check_accounting(&st);
+        assert_rbus_ok(rbus_unsubscribe(subs[i]));
+    }
+    rbus_destroy(bus);
+}
+
 static void mixed_policies_on_one_topic(void **state)
 {
     (void)state;
@@ -462,6 +536,7 @@ int main(void)
         cmocka_unit_test(block_with_negative_publish_timeout_does_not_wait),
         cmocka_unit_test(block_with_sub_timeout_waits_then_drops),
         cmocka_unit_test(block_with_room_never_waits),
+        cmocka_unit_test(refused_everywhere_is_still_accepted),
         cmocka_unit_test(mixed_policies_on_one_topic),
         cmocka_unit_test(high_water_tracks_largest_depth),
     };
