@@ -177,6 +177,9 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
                         size_t len, const rbus_pub_opts *opts);
 /* Drops n references at once; the last one returns it to its home cache. */
 void rbus__msg_unref(rbus_msg *msg, uint32_t n);
+/* The same, by a caller whose state on the bus is `th`: a message born in
+ * th goes straight back to its own list, with no atomic at all. */
+void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *msg, uint32_t n);
 void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache);
 struct rbus_msg_cache *rbus__msg_cache_new(rbus *bus);
 
@@ -302,7 +305,8 @@ struct rbus_sub {
 };
 
 /* Offers msg to sub's ring under its policy (inside a read section). */
-enum rbus_offer rbus__sub_offer(rbus_sub *sub, rbus_msg *msg, uint32_t *evicted);
+enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *sub, rbus_msg *msg,
+                                uint32_t *evicted);
 /* The overload fast path (inside a read section): true when every
  * subscription on the list is drop-newest and full right now, so a publish
  * would be refused everywhere and needs no message at all; then

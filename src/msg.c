@@ -114,9 +114,15 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
     return m;
 }
 
-static void msg_recycle(rbus_msg *m)
+static void msg_recycle(struct rbus_thread *th, rbus_msg *m)
 {
     struct rbus_msg_cache *cache = m->home->cache;
+    if (th == m->home) {
+        /* Back to its owner's own list: only the owner touches it. */
+        m->next_free = cache->local[m->size_class];
+        cache->local[m->size_class] = m;
+        return;
+    }
     _Atomic(rbus_msg *) *head = &cache->returned[m->size_class];
     rbus_msg *old = atomic_load_explicit(head, memory_order_relaxed);
     /* Release: our reads of the message (and the payload) happen before the
@@ -128,13 +134,22 @@ static void msg_recycle(rbus_msg *m)
                                                     memory_order_relaxed));
 }
 
+void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *m, uint32_t n)
+{
+    /* Holding every reference left, the caller is the only one who can
+     * change the count, so it needs no atomic write: the common case (one
+     * subscription, its receiver releasing) costs no locked instruction.
+     * Otherwise acq_rel: the releasing side's reads happen before the last
+     * owner recycles it (the classic refcount pattern). The acquire load
+     * pairs with those same release decrements. */
+    if (atomic_load_explicit(&m->refs, memory_order_acquire) == n ||
+        atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n)
+        msg_recycle(th, m);
+}
+
 void rbus__msg_unref(rbus_msg *m, uint32_t n)
 {
-    /* acq_rel: the releasing side's reads happen before the last owner
-     * recycles it (the classic refcount pattern). */
-    uint32_t before = atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel);
-    if (before == n)
-        msg_recycle(m);
+    rbus__msg_unref_by(NULL, m, n);
 }
 
 rbus_msg *rbus_msg_ref(const rbus_msg *msg)

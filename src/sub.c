@@ -96,7 +96,8 @@ static inline void after_dequeue(rbus_sub *s)
 
 /* ------------------------------------------------------ overflow policy */
 
-enum rbus_offer rbus__sub_offer(rbus_sub *s, rbus_msg *m, uint32_t *evicted)
+enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *s, rbus_msg *m,
+                                uint32_t *evicted)
 {
     /* Relaxed counters: each is a tally read only by stats; they are on the
      * publisher-side line of the subscription. */
@@ -116,7 +117,7 @@ enum rbus_offer rbus__sub_offer(rbus_sub *s, rbus_msg *m, uint32_t *evicted)
             if (old) {
                 atomic_fetch_add_explicit(&s->dropped_oldest, 1, memory_order_relaxed);
                 (*evicted)++;
-                rbus__msg_unref(old, 1);
+                rbus__msg_unref_by(th, old, 1);
             } else {
                 /* The oldest slot's producer or consumer is mid-way. */
                 rbus__spin_step(iter);

@@ -568,7 +568,7 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     int drc = accept_key(topic, opts, now_ns, result);
     if (RBUS_UNLIKELY(drc != 0)) {
         rbus__read_end(th);
-        rbus__msg_unref(m, 1);
+        rbus__msg_unref_by(th, m, 1);
         return drc;
     }
     /* Accepted from here on. */
@@ -589,7 +589,7 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     int64_t now = 0;
     for (uint32_t i = 0; i < n; i++) {
         rbus_sub *s = list->subs[i];
-        switch (rbus__sub_offer(s, m, &res.evicted)) {
+        switch (rbus__sub_offer(th, s, m, &res.evicted)) {
         case RBUS_OFFER_QUEUED:
             res.queued++;
             break;
@@ -626,7 +626,7 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     /* Not a byte of m may be read after this point unless we still hold a
      * reference: a receiver may already have recycled it. */
     if (not_queued + own)
-        rbus__msg_unref(m, not_queued + own);
+        rbus__msg_unref_by(th, m, not_queued + own);
     if (result)
         *result = res;
     return rc;
