@@ -1397,11 +1397,12 @@ static void print_targets(struct cell (*cells)[NPEERS])
     } t[] = {
         {"1->1 ringbus / raw-ck-ring", "1->1", "ringbus", "raw-ck-ring", NULL, false, 0.7},
         {"1->1 ringbus / zmq-pubsub", "1->1", "ringbus", "zmq-pubsub", NULL, false, 1.5},
+        /* Limit 0: a reference figure the issue sets no target for. */
         {"1->1 ringbus / raw-ck-yield (yielding floor)", "1->1", "ringbus", "raw-ck-yield", NULL,
-         false, 0.7},
+         false, 0},
         {"1->4 ringbus / raw-ck-ring", "1->4", "ringbus", "raw-ck-ring", NULL, false, 0.6},
         {"1->4 ringbus / raw-ck-yield (yielding floor)", "1->4", "ringbus", "raw-ck-yield", NULL,
-         false, 0.6},
+         false, 0},
         {"1->4 ringbus / zmq-pubsub", "1->4", "ringbus", "zmq-pubsub", NULL, false, 3.0},
         {"1->4 ringbus / gasyncqueue", "1->4", "ringbus", "gasyncqueue", NULL, false, 10.0},
         {"2->1 ringbus / mutex-ring", "2->1", "ringbus", "mutex-ring", NULL, false, 1.0},
@@ -1422,6 +1423,10 @@ static void print_targets(struct cell (*cells)[NPEERS])
             continue;
         }
         double x = a / b;
+        if (t[i].limit == 0) {
+            printf("  %-48s %7.2f  (reference, no target)\n", t[i].what, x);
+            continue;
+        }
         bool met = t[i].latency ? x <= t[i].limit : x >= t[i].limit;
         printf("  %-48s %7.2f  (target %s %.1f)  %s\n", t[i].what, x,
                t[i].latency ? "<=" : ">=", t[i].limit, met ? "met" : "MISSED");
