@@ -307,12 +307,6 @@ struct rbus_sub {
 /* Offers msg to sub's ring under its policy (inside a read section). */
 enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *sub, rbus_msg *msg,
                                 uint32_t *evicted);
-/* The overload fast path (inside a read section): true when every
- * subscription on the list is drop-newest and full right now, so a publish
- * would be refused everywhere and needs no message at all; then
- * rbus__subs_count_refused tallies those refusals. */
-bool rbus__subs_refuse_newest(const struct rbus_sublist *list);
-void rbus__subs_count_refused(const struct rbus_sublist *list);
 /* Block policy retry (inside a read section): true if queued. */
 bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
 /* Whether the ring has no free slot right now (reservations count). */

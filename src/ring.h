@@ -2,7 +2,8 @@
  * ring.h - the bounded MPMC ring of message pointers that each subscription
  * owns (a bounded queue with a sequence number per slot, after Dmitry
  * Vyukov's design). Inline: it is the hot path of every publish and
- * receive. Only sub.c includes it.
+ * receive. Included by sub.c, stats.c (depth) and topic.c (the overload
+ * fast path's fullness test).
  *
  * Why not ck_ring: ck's MPMC enqueue makes a producer that reserved a slot
  * spin, at commit, until every earlier producer on the ring has committed.

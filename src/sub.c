@@ -131,24 +131,6 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *s, rbus_msg *m
     }
 }
 
-bool rbus__subs_refuse_newest(const struct rbus_sublist *list)
-{
-    for (uint32_t i = 0; i < list->count; i++) {
-        rbus_sub *s = list->subs[i];
-        if (s->overflow != RBUS_DROP_NEWEST || !rbus__ring_full_at_tail(&s->ring))
-            return false;
-    }
-    return true;
-}
-
-void rbus__subs_count_refused(const struct rbus_sublist *list)
-{
-    /* Relaxed, like every tally; the stats add refused_full into both
-     * `offered` and `dropped_newest`. */
-    for (uint32_t i = 0; i < list->count; i++)
-        atomic_fetch_add_explicit(&list->subs[i]->refused_full, 1, memory_order_relaxed);
-}
-
 bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 {
     return ring_put(s, m);

@@ -23,8 +23,16 @@ struct thread_slot {
     struct rbus_thread *th;
 };
 
-static _Thread_local struct thread_slot tls_slots[RBUS_THREAD_SLOTS];
-static _Thread_local bool tls_key_set;
+/* initial-exec: in the shared library the default model would call
+ * __tls_get_addr on every publish; these 130-odd bytes fit glibc's static
+ * TLS surplus even when the library is dlopen()ed. */
+#if defined(__GNUC__)
+#define RBUS_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#else
+#define RBUS_TLS _Thread_local
+#endif
+static RBUS_TLS struct thread_slot tls_slots[RBUS_THREAD_SLOTS];
+static RBUS_TLS bool tls_key_set;
 
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 static pthread_key_t exit_key;
