@@ -332,6 +332,25 @@ typedef struct rbus_topic_stats {
 RBUS_API int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out);
 RBUS_API int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out);
 
+/**
+ * Writes every topic's and subscription's counters (and, once dispatchers
+ * exist, theirs) in the Prometheus text exposition format:
+ * ringbus_topic_published_total and ringbus_topic_duplicates_total (label
+ * topic); ringbus_sub_offered_total, ringbus_sub_received_total,
+ * ringbus_sub_dropped_total (label reason = newest|oldest|timeout|closed),
+ * ringbus_sub_publisher_waits_total, ringbus_sub_depth,
+ * ringbus_sub_high_water and ringbus_sub_capacity (labels pattern, sub =
+ * rbus_sub_id, name, policy = block|drop_oldest|drop_newest). Label values
+ * are escaped; each family's HELP and TYPE come once, its samples together.
+ *
+ * Like snprintf: returns the length of the whole text (without the NUL)
+ * even when `size` is too small, and always NUL-terminates when size > 0;
+ * the length can grow between two calls. Errors: -EINVAL (bus NULL, or buf
+ * NULL with size > 0), -EOVERFLOW (the text exceeds INT_MAX). Thread-safe;
+ * it takes the bus's subscribe lock, never blocking publishes or receives.
+ */
+RBUS_API int rbus_stats_prometheus(rbus *bus, char *buf, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,7 +9,9 @@
 # and RBUS_TSAN_SCALE (default 0.05).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh libzmq3-dev libglib2.0-dev
+# zmq and glib: the bench's peers (smoke-tested); prometheus: promtool, which
+# checks rbus_stats_prometheus's output (test_prometheus).
+scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus
 
 jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}

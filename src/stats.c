@@ -7,6 +7,8 @@
 #include "internal.h"
 #include "ring.h"
 
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
@@ -62,4 +64,194 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
         pthread_mutex_unlock(&t->bus->lock);
     }
     return 0;
+}
+
+/* ------------------------------------------------ Prometheus exposition */
+
+/* snprintf-style output: writes what fits, always counts the whole text. */
+struct prom_out {
+    char *buf;
+    size_t size;
+    size_t len; /* the whole text so far, written or not */
+};
+
+static void prom_put(struct prom_out *o, const char *s, size_t n)
+{
+    if (o->len < o->size) {
+        size_t room = o->size - o->len - 1; /* keep the NUL's place */
+        memcpy(o->buf + o->len, s, n < room ? n : room);
+    }
+    o->len += n;
+}
+
+static void prom_str(struct prom_out *o, const char *s)
+{
+    prom_put(o, s, strlen(s));
+}
+
+static void prom_u64(struct prom_out *o, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+    prom_put(o, tmp, (size_t)n);
+}
+
+/* A label value: backslash, double quote and newline escaped, as the text
+ * format requires. */
+static void prom_escaped(struct prom_out *o, const char *s)
+{
+    for (const char *p = s; *p; p++) {
+        if (*p == '\\')
+            prom_put(o, "\\\\", 2);
+        else if (*p == '"')
+            prom_put(o, "\\\"", 2);
+        else if (*p == '\n')
+            prom_put(o, "\\n", 2);
+        else
+            prom_put(o, p, 1);
+    }
+}
+
+static void prom_family(struct prom_out *o, const char *name, const char *type,
+                        const char *help)
+{
+    prom_str(o, "# HELP ");
+    prom_str(o, name);
+    prom_str(o, " ");
+    prom_str(o, help);
+    prom_str(o, "\n# TYPE ");
+    prom_str(o, name);
+    prom_str(o, " ");
+    prom_str(o, type);
+    prom_str(o, "\n");
+}
+
+static const char *policy_label(rbus_overflow p)
+{
+    switch (p) {
+    case RBUS_DROP_OLDEST:
+        return "drop_oldest";
+    case RBUS_DROP_NEWEST:
+        return "drop_newest";
+    case RBUS_BLOCK:
+    default:
+        return "block";
+    }
+}
+
+static void prom_sub_sample(struct prom_out *o, const char *name, const rbus_sub *s,
+                            const char *reason, uint64_t value)
+{
+    prom_str(o, name);
+    prom_str(o, "{pattern=\"");
+    prom_escaped(o, s->pattern);
+    prom_str(o, "\",sub=\"");
+    prom_u64(o, s->id);
+    prom_str(o, "\",name=\"");
+    prom_escaped(o, s->name ? s->name : "");
+    prom_str(o, "\",policy=\"");
+    prom_str(o, policy_label(s->overflow));
+    if (reason) {
+        prom_str(o, "\",reason=\"");
+        prom_str(o, reason);
+    }
+    prom_str(o, "\"} ");
+    prom_u64(o, value);
+    prom_str(o, "\n");
+}
+
+enum sub_field {
+    F_OFFERED,
+    F_RECEIVED,
+    F_DROPPED,
+    F_WAITS,
+    F_DEPTH,
+    F_HIGH_WATER,
+    F_CAPACITY,
+};
+
+static void prom_sub_family(struct prom_out *o, rbus *bus, enum sub_field f, const char *name,
+                            const char *type, const char *help)
+{
+    prom_family(o, name, type, help);
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next) {
+        rbus_sub_stats st;
+        rbus_sub_stats_get(s, &st);
+        switch (f) {
+        case F_OFFERED:
+            prom_sub_sample(o, name, s, NULL, st.offered);
+            break;
+        case F_RECEIVED:
+            prom_sub_sample(o, name, s, NULL, st.received);
+            break;
+        case F_DROPPED:
+            prom_sub_sample(o, name, s, "newest", st.dropped_newest);
+            prom_sub_sample(o, name, s, "oldest", st.dropped_oldest);
+            prom_sub_sample(o, name, s, "timeout", st.dropped_timeout);
+            prom_sub_sample(o, name, s, "closed", st.dropped_closed);
+            break;
+        case F_WAITS:
+            prom_sub_sample(o, name, s, NULL, st.publisher_waits);
+            break;
+        case F_DEPTH:
+            prom_sub_sample(o, name, s, NULL, st.depth);
+            break;
+        case F_HIGH_WATER:
+            prom_sub_sample(o, name, s, NULL, st.high_water);
+            break;
+        case F_CAPACITY:
+            prom_sub_sample(o, name, s, NULL, st.capacity);
+            break;
+        }
+    }
+}
+
+static void prom_topic_family(struct prom_out *o, rbus *bus, bool duplicates)
+{
+    const char *name =
+        duplicates ? "ringbus_topic_duplicates_total" : "ringbus_topic_published_total";
+    prom_family(o, name, "counter",
+                duplicates ? "Keyed publishes suppressed as duplicates."
+                           : "Accepted publishes (the topic's last sequence number).");
+    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        prom_str(o, name);
+        prom_str(o, "{topic=\"");
+        prom_escaped(o, t->name);
+        prom_str(o, "\"} ");
+        prom_u64(o, atomic_load_explicit(duplicates ? &t->duplicates : &t->seq,
+                                         memory_order_relaxed));
+        prom_str(o, "\n");
+    }
+}
+
+int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
+{
+    if (!bus || (!buf && size))
+        return -EINVAL;
+    struct prom_out o = {buf, size, 0};
+    /* The bus lock keeps every listed topic and subscription alive while we
+     * read them (unsubscribe unlinks under it before freeing); publishes
+     * and receives never take it, so exposition does not stall them. */
+    pthread_mutex_lock(&bus->lock);
+    prom_topic_family(&o, bus, false);
+    prom_topic_family(&o, bus, true);
+    prom_sub_family(&o, bus, F_OFFERED, "ringbus_sub_offered_total", "counter",
+                    "Messages offered to the subscription (once per publish and subscription).");
+    prom_sub_family(&o, bus, F_RECEIVED, "ringbus_sub_received_total", "counter",
+                    "Messages taken out by receives.");
+    prom_sub_family(&o, bus, F_DROPPED, "ringbus_sub_dropped_total", "counter",
+                    "Messages dropped, by reason.");
+    prom_sub_family(&o, bus, F_WAITS, "ringbus_sub_publisher_waits_total", "counter",
+                    "Publishes that found the subscription full and waited.");
+    prom_sub_family(&o, bus, F_DEPTH, "ringbus_sub_depth", "gauge", "Messages queued now.");
+    prom_sub_family(&o, bus, F_HIGH_WATER, "ringbus_sub_high_water", "gauge",
+                    "Largest depth seen right after an enqueue.");
+    prom_sub_family(&o, bus, F_CAPACITY, "ringbus_sub_capacity", "gauge",
+                    "Effective capacity of the subscription's queue.");
+    /* Dispatcher families (ringbus_dispatch_*) join here with the
+     * dispatcher (Handlers); until then there are none to expose. */
+    pthread_mutex_unlock(&bus->lock);
+    if (size)
+        buf[o.len < size ? o.len : size - 1] = '\0';
+    return o.len > INT_MAX ? -EOVERFLOW : (int)o.len;
 }
