@@ -1,5 +1,6 @@
-/*
- * ringbus.h - in-process publish/subscribe event bus.
+/**
+ * @file ringbus.h
+ * @brief ringbus: an in-process publish/subscribe event bus.
  *
  * This is the only supported public header of the ringbus core. Anything it
  * does not declare is internal and may change at any time.
@@ -34,6 +35,12 @@
 extern "C" {
 #endif
 
+/**
+ * @def RBUS_API
+ * Marks the public functions: exported from the shared library, which hides
+ * every other symbol. Static users define RBUS_STATIC_DEFINE (the CMake
+ * target and `pkg-config --static` do it for them).
+ */
 #if defined(RBUS_STATIC_DEFINE)
 #define RBUS_API
 #elif defined(__GNUC__)
@@ -42,9 +49,9 @@ extern "C" {
 #define RBUS_API
 #endif
 
-#define RBUS_VERSION_MAJOR 0
-#define RBUS_VERSION_MINOR 1
-#define RBUS_VERSION_PATCH 0
+#define RBUS_VERSION_MAJOR 0 /**< this header's major version */
+#define RBUS_VERSION_MINOR 1 /**< minor version: before 1.0 it breaks the ABI */
+#define RBUS_VERSION_PATCH 0 /**< patch version */
 
 /** rbus_version: the library's version as "MAJOR.MINOR.PATCH" ("0.1.0"). */
 RBUS_API const char *rbus_version(void);
@@ -92,6 +99,11 @@ typedef struct rbus_allocator {
     void *arg;                              /**< passed to both */
 } rbus_allocator;
 
+/**
+ * Bus settings for rbus_create(). Initialise with rbus_config_init() (or
+ * zero it: 0 means "default" in every field), then change what you need.
+ * rbus_create() copies it.
+ */
 typedef struct rbus_config {
     uint32_t default_capacity; /**< messages per subscription when the sub asks 0;
                                     default 1024; at most RBUS_MAX_CAPACITY */
@@ -148,10 +160,16 @@ RBUS_API int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out);
 RBUS_API const char *rbus_topic_name(const rbus_topic *topic);
 
 /**
- * rbus_topic_valid / rbus_pattern_valid: whether a string is a valid topic
- * name (no wildcards) or subscription pattern. NULL is invalid.
+ * rbus_topic_valid: whether `name` is a valid topic name (NATS subject
+ * syntax: dot-separated non-empty tokens, no wildcards, no whitespace, at
+ * most RBUS_MAX_TOPIC_LEN bytes). NULL is invalid. Pure; thread-safe.
  */
 RBUS_API bool rbus_topic_valid(const char *name);
+/**
+ * rbus_pattern_valid: whether `pattern` is a valid subscription pattern: a
+ * topic name whose tokens may also be `*` (one token) or, last, `>` (one
+ * or more tokens). NULL is invalid. Pure; thread-safe.
+ */
 RBUS_API bool rbus_pattern_valid(const char *pattern);
 
 /**
@@ -162,6 +180,10 @@ RBUS_API bool rbus_pattern_match(const char *pattern, const char *name);
 
 /* -------------------------------------------------------- subscriptions */
 
+/**
+ * Subscription settings for rbus_subscribe(). Initialise with
+ * rbus_sub_opts_init() (or zero it: 0 means "default"); copied by the call.
+ */
 typedef struct rbus_sub_opts {
     uint32_t capacity;        /**< 0 = bus default. At least this many are queued;
                                    the effective figure is in the stats */
@@ -215,17 +237,22 @@ RBUS_API uint64_t rbus_sub_id(const rbus_sub *sub);
 
 /* ----------------------------------------------------------- publishing */
 
+/**
+ * Per-publish options for rbus_publish_ex(); zero it for defaults. Keys are
+ * copied into the message; the caller keeps its buffers.
+ */
 typedef struct rbus_pub_opts {
     const void *key;          /**< idempotency key, NULL = none; 1..255 bytes */
-    size_t key_len;
+    size_t key_len;           /**< bytes of `key` (binary; compared exactly) */
     const void *order_key;    /**< ordering key for dispatch, NULL = none; 1..255 bytes */
-    size_t order_key_len;
+    size_t order_key_len;     /**< bytes of `order_key` */
     int64_t timeout_ns;       /**< 0 = each RBUS_BLOCK sub's own block_timeout_ns;
                                    > 0 = the shorter of this and the sub's own;
                                    < 0 = do not wait (full block subs: dropped_timeout) */
     uint32_t origin;          /**< publisher's tag carried to receivers; 0 = none */
 } rbus_pub_opts;
 
+/** What one publish did, written by rbus_publish_ex() when asked. */
 typedef struct rbus_pub_result {
     uint32_t matched;  /**< open subscriptions whose pattern matched */
     uint32_t queued;   /**< of those, how many got this message queued */
@@ -249,6 +276,15 @@ typedef struct rbus_pub_result {
  * `result`, when not NULL, is always written; matched == queued + dropped.
  */
 RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);
+/**
+ * rbus_publish_ex: rbus_publish() with options (`opts` NULL = none): an
+ * idempotency key (a key accepted on this topic within the window makes
+ * this publish return RBUS_DUPLICATE, queueing nothing), an order key, a
+ * wait bound for full RBUS_BLOCK subscriptions and an origin tag; and the
+ * outcome in `result` (NULL = not wanted). Same returns as rbus_publish().
+ * Thread-safe; it may block only on full RBUS_BLOCK subscriptions, for at
+ * most the applicable timeout.
+ */
 RBUS_API int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len,
                              const rbus_pub_opts *opts, rbus_pub_result *result);
 
@@ -275,15 +311,26 @@ RBUS_API rbus_msg *rbus_msg_ref(const rbus_msg *msg);
 /** rbus_msg_release: drops one reference; NULL is a no-op. */
 RBUS_API void rbus_msg_release(rbus_msg *msg);
 
-RBUS_API const void *rbus_msg_data(const rbus_msg *msg); /**< non-NULL also when size is 0 */
+/**
+ * rbus_msg_data: the payload, valid while the caller holds a reference;
+ * non-NULL also when the size is 0; NULL for NULL. Messages are immutable:
+ * every accessor is thread-safe and never fails.
+ */
+RBUS_API const void *rbus_msg_data(const rbus_msg *msg);
+/** rbus_msg_size: the payload's size in bytes; 0 for NULL. */
 RBUS_API size_t rbus_msg_size(const rbus_msg *msg);
-RBUS_API const char *rbus_msg_topic(const rbus_msg *msg); /**< the concrete topic */
-RBUS_API uint64_t rbus_msg_seq(const rbus_msg *msg);      /**< per-topic, from 1 */
-RBUS_API uint64_t rbus_msg_time_ns(const rbus_msg *msg);  /**< CLOCK_MONOTONIC at acceptance */
+/** rbus_msg_topic: the concrete topic it was published to (valid until
+ *  rbus_destroy); NULL for NULL. */
+RBUS_API const char *rbus_msg_topic(const rbus_msg *msg);
+/** rbus_msg_seq: its per-topic sequence number, from 1; 0 for NULL. */
+RBUS_API uint64_t rbus_msg_seq(const rbus_msg *msg);
+/** rbus_msg_time_ns: CLOCK_MONOTONIC when the publish was accepted; 0 for NULL. */
+RBUS_API uint64_t rbus_msg_time_ns(const rbus_msg *msg);
 /** The idempotency key: NULL and *key_len 0 if none; key_len may be NULL. */
 RBUS_API const void *rbus_msg_key(const rbus_msg *msg, size_t *key_len);
 /** The order key, likewise. */
 RBUS_API const void *rbus_msg_order_key(const rbus_msg *msg, size_t *key_len);
+/** rbus_msg_origin: the publisher's rbus_pub_opts.origin tag; 0 if none or NULL. */
 RBUS_API uint32_t rbus_msg_origin(const rbus_msg *msg);
 /** 1 on the first delivery (always, for messages from rbus_recv*); 0 for NULL. */
 RBUS_API uint32_t rbus_msg_attempt(const rbus_msg *msg);
@@ -304,6 +351,7 @@ RBUS_API int rbus_sub_fd(rbus_sub *sub);
 
 /* ----------------------------------------------------------- statistics */
 
+/** A subscription's counters, from rbus_sub_stats_get(). */
 typedef struct rbus_sub_stats {
     uint64_t offered;         /**< once per (publish, sub) matched */
     uint64_t received;        /**< taken out by rbus_recv* */
@@ -317,6 +365,7 @@ typedef struct rbus_sub_stats {
     uint32_t capacity;        /**< effective capacity */
 } rbus_sub_stats;
 
+/** A topic's counters, from rbus_topic_stats_get(). */
 typedef struct rbus_topic_stats {
     uint64_t published;     /**< accepted publishes (== last sequence number) */
     uint64_t duplicates;    /**< suppressed by idempotency key */
@@ -324,16 +373,23 @@ typedef struct rbus_topic_stats {
 } rbus_topic_stats;
 
 /**
+ * rbus_sub_stats_get: a snapshot of the subscription's counters into *out.
  * Counters only grow. With no publish, receive or unsubscribe in flight on
  * the subscription they are exact and offered == received + depth +
- * dropped_newest + dropped_oldest + dropped_timeout + dropped_closed.
- * Return 0 or -EINVAL.
+ * dropped_newest + dropped_oldest + dropped_timeout + dropped_closed; while
+ * calls are in flight the fields are not one consistent picture. Never
+ * blocks publishers or receivers. Returns 0 or -EINVAL.
  */
 RBUS_API int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out);
+/**
+ * rbus_topic_stats_get: the topic's counters into *out (published ==
+ * the last sequence number taken). Never blocks publishers. Returns 0 or
+ * -EINVAL.
+ */
 RBUS_API int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out);
 
 /**
- * Writes every topic's and subscription's counters (and, once dispatchers
+ * rbus_stats_prometheus: writes every topic's and subscription's counters (and, once dispatchers
  * exist, theirs) in the Prometheus text exposition format:
  * ringbus_topic_published_total and ringbus_topic_duplicates_total (label
  * topic); ringbus_sub_offered_total, ringbus_sub_received_total,
