@@ -10,8 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # zmq and glib: the bench's peers (smoke-tested); prometheus: promtool, which
-# checks rbus_stats_prometheus's output (test_prometheus).
-scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus
+# checks rbus_stats_prometheus's output (test_prometheus); doxygen: the API
+# reference, which must document every public declaration.
+scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus doxygen
 
 jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}
@@ -26,6 +27,13 @@ run() { # name scale cmake-args...
   echo "=== $name build (RBUS_STRESS_SCALE=$scale) ==="
   cmake -S . -B "$dir" -DRBUS_WERROR=ON -DRBUS_BUILD_BENCH=ON -DRBUS_BUILD_EXAMPLES=ON "$@" >/dev/null
   cmake --build "$dir" -j"$jobs" >"$dir.build.log" 2>&1 || { cat "$dir.build.log"; echo "=== $name: BUILD FAILED ==="; status=1; return; }
+  if [ "$name" = plain ]; then
+    if cmake --build "$dir" --target docs; then
+      echo "=== docs: API reference built, every public declaration documented ==="
+    else
+      echo "=== docs: FAILED (undocumented public declaration?) ==="; status=1
+    fi
+  fi
   if RBUS_STRESS_SCALE=$scale ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 900; then
     echo "=== $name: all tests passed ==="
   else

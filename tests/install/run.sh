@@ -1,0 +1,140 @@
+#!/bin/sh
+# Installs a built ringbus into a scratch prefix, then builds and runs
+# consumers out of tree against it: a CMake project (find_package; shared,
+# static and C++) and plain compiler lines from pkg-config (shared, and
+# static with the archive). Any failing step fails the test.
+#
+# usage: run.sh CMAKE BUILD_DIR WORK_DIR CC CXX|- PKG_CONFIG LIBDIR WERROR(0|1)
+#   LIBDIR is the build's CMAKE_INSTALL_LIBDIR (relative to the prefix).
+set -eu
+if [ $# -ne 8 ]; then
+  echo "usage: $0 CMAKE BUILD_DIR WORK_DIR CC CXX|- PKG_CONFIG LIBDIR WERROR" >&2
+  exit 2
+fi
+cmake=$1 build=$2 work=$3 cc=$4 cxx=$5 pkgconfig=$6 libdir=$7 werror=$8
+src=$(cd "$(dirname "$0")" && pwd)
+case $work in
+  /*/*) ;;
+  *) echo "WORK_DIR must be an absolute path below /, not '$work'" >&2; exit 2 ;;
+esac
+prefix=$work/prefix
+lib=$prefix/$libdir
+set -f # flags from pkg-config are split on purpose, never globbed
+
+step=setup
+on_exit() {
+  rc=$?
+  [ "$rc" -eq 0 ] || echo "install test FAILED (exit $rc) in step: $step" >&2
+}
+trap on_exit EXIT
+begin() { step=$*; printf '\n== %s\n' "$step"; }
+run() { echo "+ $*"; "$@"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# ldd tells which libringbus an executable loads: the installed one, or
+# none for the static consumers.
+expect_links() { # executable shared|static|any
+  deps=$(LD_LIBRARY_PATH=$lib ldd "$1") || fail "ldd $1"
+  found=$(printf '%s\n' "$deps" | sed -n 's/^[[:space:]]*\(libringbus\.so[^ ]*\) => \([^ ]*\) .*/\2/p')
+  case $2 in
+    shared)
+      [ -n "$found" ] || fail "$1 does not load libringbus.so"
+      [ "$(readlink -f "$found")" = "$(readlink -f "$lib/libringbus.so.$soversion")" ] ||
+        fail "$1 loads $found, not the one in $lib"
+      echo "   $1 loads $found" ;;
+    static)
+      [ -z "$found" ] || fail "$1 loads $found but should contain the archive"
+      echo "   $1 does not load libringbus.so" ;;
+    any) echo "   $1 loads ${found:-no libringbus.so}" ;;
+  esac
+}
+run_consumer() { # executable shared|static|any
+  expect_links "$1" "$2"
+  echo "+ LD_LIBRARY_PATH=$lib $1"
+  LD_LIBRARY_PATH=$lib "$1" || fail "$1 exited with $?"
+}
+
+begin "install into $prefix"
+run rm -rf "$work"
+run mkdir -p "$work"
+run "$cmake" --install "$build" --prefix "$prefix"
+
+begin "check the installed files"
+header=$prefix/include/ringbus.h
+[ -f "$header" ] || fail "no $header"
+v() { sed -n "s/^#define RBUS_VERSION_$1 \\([0-9][0-9]*\\).*/\\1/p" "$header"; }
+version=$(v MAJOR).$(v MINOR).$(v PATCH)
+soversion=$(v MAJOR).$(v MINOR)
+case $version in
+  *[!0-9.]* | .* | *. | *..*) fail "no RBUS_VERSION_* in $header (got '$version')" ;;
+esac
+echo "   header says $version (SOVERSION $soversion)"
+for f in "$lib/libringbus.a" "$lib/libringbus.so" "$lib/libringbus.so.$soversion" \
+         "$lib/libringbus.so.$version" "$lib/pkgconfig/ringbus.pc" \
+         "$lib/cmake/ringbus/ringbus-config.cmake" \
+         "$lib/cmake/ringbus/ringbus-config-version.cmake" \
+         "$lib/cmake/ringbus/ringbus-targets.cmake"; do
+  [ -e "$f" ] || fail "not installed: $f"
+  echo "   ok $f"
+done
+
+begin "CMake consumer: configure (find_package)"
+if [ "$cxx" = - ]; then
+  echo "   no C++ compiler: the C++ consumer is left out"
+  cxx_opt=-DCONSUMER_CXX=OFF
+else
+  cxx_opt=-DCMAKE_CXX_COMPILER=$cxx
+fi
+run "$cmake" -S "$src" -B "$work/cmake-build" -DCMAKE_BUILD_TYPE=Debug \
+  -DCMAKE_C_COMPILER="$cc" "$cxx_opt" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DRBUS_PREFIX="$prefix" \
+  -DRBUS_EXPECT_VERSION="$version" -DCONSUMER_WERROR="$werror"
+
+begin "CMake consumer: build"
+run "$cmake" --build "$work/cmake-build" --verbose
+
+begin "CMake consumer: run"
+run_consumer "$work/cmake-build/consumer_shared" shared
+run_consumer "$work/cmake-build/consumer_static" static
+if [ "$cxx" != - ]; then
+  # ringbus::ringbus is either library, so only its result is checked.
+  run_consumer "$work/cmake-build/consumer_cxx" any
+fi
+
+begin "pkg-config consumer: shared"
+PKG_CONFIG_PATH=$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+export PKG_CONFIG_PATH
+pcversion=$("$pkgconfig" --modversion ringbus)
+[ "$pcversion" = "$version" ] || fail "ringbus.pc says $pcversion, the header $version"
+cflags=$("$pkgconfig" --cflags ringbus)
+libs=$("$pkgconfig" --libs ringbus)
+echo "   --cflags: $cflags"
+echo "   --libs:   $libs"
+warn="-std=c11 -Wall -Wextra -Wpedantic"
+if [ "$werror" = 1 ]; then
+  warn="$warn -Werror"
+fi
+# shellcheck disable=SC2086 # the flags are lists of words
+run "$cc" $warn $cflags -o "$work/pc_shared" "$src/consumer.c" $libs
+run_consumer "$work/pc_shared" shared
+
+begin "pkg-config consumer: static"
+cflags=$("$pkgconfig" --static --cflags ringbus)
+libs=$("$pkgconfig" --static --libs ringbus)
+echo "   --static --cflags: $cflags"
+echo "   --static --libs:   $libs"
+# -lringbus would pick the .so; take the archive, keep the rest (ck, -pthread).
+static_libs=
+for f in $libs; do
+  if [ "$f" = -lringbus ]; then
+    f=-l:libringbus.a
+  fi
+  static_libs="$static_libs $f"
+done
+# shellcheck disable=SC2086 # likewise
+run "$cc" $warn $cflags -DCONSUMER_STATIC=1 -o "$work/pc_static" "$src/consumer.c" $static_libs
+run_consumer "$work/pc_static" static
+
+step=finished
+echo
+echo "install test: PASS (installed $version; CMake and pkg-config consumers ran)"
