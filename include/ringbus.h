@@ -388,15 +388,95 @@ RBUS_API int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out);
  */
 RBUS_API int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out);
 
+/* -------------------------------------------------------------- handlers */
+
 /**
- * rbus_stats_prometheus: writes every topic's and subscription's counters (and, once dispatchers
- * exist, theirs) in the Prometheus text exposition format:
+ * A handler, called by a dispatcher's worker with one message: return >= 0
+ * when done, < 0 when it failed and should be retried later. It must not
+ * release `msg` (rbus_msg_ref it to keep it past the call).
+ */
+typedef int (*rbus_handler_fn)(const rbus_msg *msg, void *arg);
+
+/** Dispatcher settings for rbus_dispatch_start(); zero it for defaults. */
+typedef struct rbus_dispatch_opts {
+    unsigned threads;              /**< worker threads; 0 = 1; at most RBUS_MAX_DISPATCH_THREADS */
+    bool ordered_by_key;           /**< messages with the same ORDER key run one at a time,
+                                        in queue order; messages without one run freely */
+    unsigned max_attempts;         /**< attempts per message; 0 = 1 (no retry) */
+    uint64_t backoff_initial_ns;   /**< 0 = 1 ms */
+    uint64_t backoff_max_ns;       /**< 0 = 1 s */
+    const char *dead_letter_topic; /**< after the last failed attempt the message is published
+                                        there; NULL = dropped and counted */
+    uint32_t max_in_hand;          /**< messages the dispatcher may hold (running, parked behind
+                                        their key, waiting for a retry); at the cap workers take
+                                        no new ones; 0 = 1024; at most RBUS_MAX_CAPACITY */
+} rbus_dispatch_opts;
+
+/** Most worker threads one dispatcher may run. */
+#define RBUS_MAX_DISPATCH_THREADS 256u
+
+typedef struct rbus_dispatcher rbus_dispatcher; /**< a running dispatcher */
+
+/** A dispatcher's counters, from rbus_dispatch_stats_get(). */
+typedef struct rbus_dispatch_stats {
+    uint64_t handled;         /**< handler returned >= 0 */
+    uint64_t failed_attempts; /**< handler returned < 0 */
+    uint64_t retried;         /**< failed attempts that were given another */
+    uint64_t dead_lettered;   /**< published to the dead-letter topic */
+    uint64_t dropped;         /**< failed for good with no dead-letter topic, or the
+                                   dead-letter publish failed */
+    uint32_t in_hand;         /**< messages held now */
+} rbus_dispatch_stats;
+
+/** rbus_dispatch_opts_init: fills the defaults. NULL is a no-op. */
+RBUS_API void rbus_dispatch_opts_init(rbus_dispatch_opts *opts);
+
+/**
+ * rbus_dispatch_start: starts worker threads (named "rbus-<sub id>", all
+ * signals blocked) that receive from `sub` and call `fn(msg, arg)`. A
+ * failed call (< 0) is retried up to max_attempts in all, the delay before
+ * attempt k+1 uniform in [0, min(backoff_max_ns, backoff_initial_ns *
+ * 2^(k-1))] (full jitter); a message waiting for a retry waits aside, so
+ * other messages go on, except later ones with the same order key when
+ * ordered_by_key. After the last failed attempt the message goes to the
+ * dead-letter topic (payload, keys and origin tag kept, never deduplicated;
+ * rbus_msg_origin_topic and rbus_msg_attempt tell its reader where it
+ * failed and how often), or is dropped and counted. One dispatcher per
+ * subscription; while it runs, rbus_unsubscribe returns -EBUSY.
+ * Returns 0, -EINVAL (NULL argument, opts out of range, invalid dead-letter
+ * topic), -EBUSY (the subscription has a dispatcher), -ESHUTDOWN, -ENOMEM,
+ * or -EAGAIN (threads could not be created). On failure nothing runs.
+ */
+RBUS_API int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn,
+                                 void *arg, const rbus_dispatch_opts *opts);
+
+/**
+ * rbus_dispatch_stop: stops taking messages, lets running handlers finish,
+ * then runs every message it holds — pending retries at once (the rest of
+ * their backoff ignored) and messages parked behind their order key —
+ * until each succeeds or becomes a dead letter (or is dropped), joins the
+ * workers and frees the dispatcher. Messages still queued in the
+ * subscription stay there. Returns 0, -EINVAL, or -EDEADLK when called
+ * from one of its own handlers.
+ */
+RBUS_API int rbus_dispatch_stop(rbus_dispatcher *d);
+
+/** rbus_dispatch_stats_get: the dispatcher's counters. Returns 0 or -EINVAL. */
+RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_stats *out);
+
+/**
+ * rbus_stats_prometheus: writes every topic's, subscription's and running
+ * dispatcher's counters in the Prometheus text exposition format:
  * ringbus_topic_published_total and ringbus_topic_duplicates_total (label
  * topic); ringbus_sub_offered_total, ringbus_sub_received_total,
  * ringbus_sub_dropped_total (label reason = newest|oldest|timeout|closed),
  * ringbus_sub_publisher_waits_total, ringbus_sub_depth,
  * ringbus_sub_high_water and ringbus_sub_capacity (labels pattern, sub =
- * rbus_sub_id, name, policy = block|drop_oldest|drop_newest). Label values
+ * rbus_sub_id, name, policy = block|drop_oldest|drop_newest);
+ * ringbus_dispatch_handled_total, ringbus_dispatch_failed_attempts_total,
+ * ringbus_dispatch_retried_total, ringbus_dispatch_dead_lettered_total,
+ * ringbus_dispatch_dropped_total and ringbus_dispatch_in_hand (label sub;
+ * present only while a dispatcher runs). Label values
  * are escaped; each family's HELP and TYPE come once, its samples together.
  *
  * Like snprintf: returns the length of the whole text (without the NUL)

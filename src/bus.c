@@ -245,6 +245,9 @@ void rbus_destroy(rbus *bus)
 {
     if (!bus)
         return;
+    /* Dispatchers first, while the bus is open: what they hold still gets
+     * its last attempts and dead letters. */
+    rbus__dispatch_stop_all(bus);
     rbus_close(bus);
     rbus__registry_remove(bus);
     while (bus->subs) {

@@ -177,6 +177,10 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
                         size_t len, const rbus_pub_opts *opts);
 /* Drops n references at once; the last one returns it to its home cache. */
 void rbus__msg_unref(rbus_msg *msg, uint32_t n);
+/* A private copy of m (same topic, seq, time, keys, origin) whose attempt
+ * count is `attempt`: a retry must not change a message other
+ * subscriptions share. NULL when the pool cannot grow. */
+rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t attempt);
 /* The same, by a caller whose state on the bus is `th`: a message born in
  * th goes straight back to its own list, with no atomic at all. */
 void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *msg, uint32_t n);
@@ -214,6 +218,16 @@ struct rbus_topic {
 };
 
 bool rbus__pattern_matches(const char *pattern, const char *name);
+
+/* A message re-published on behalf of another (dead letters). */
+struct rbus_relay {
+    const char *origin_topic; /* the topic it failed on (lives until destroy) */
+    uint32_t attempt;         /* attempts made */
+};
+/* Publishes a copy of orig (payload, keys, origin tag) to topic, never
+ * deduplicated, carrying relay's origin topic and attempt count. Same
+ * returns as rbus_publish. */
+int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay);
 /* Under bus->lock: swap in new lists for every topic `sub` matches, with the
  * sub added or removed, then wait for a grace period and keep the retired
  * lists as spares. Adding returns 0 or -ENOMEM (nothing changed); removing
@@ -315,6 +329,11 @@ bool rbus__sub_full(rbus_sub *sub);
  * and makes its fd readable. */
 void rbus__sub_finish_close(rbus_sub *sub);
 void rbus__sub_free(rbus_sub *sub);
+
+/* --------------------------------------------------------- dispatch.c */
+
+/* rbus_destroy: stops every dispatcher still running on the bus. */
+void rbus__dispatch_stop_all(rbus *bus);
 
 /* -------------------------------------------------------------- bus */
 

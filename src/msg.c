@@ -114,6 +114,23 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
     return m;
 }
 
+rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t attempt)
+{
+    rbus_pub_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = rbus_msg_key(m, &o.key_len);
+    o.order_key = rbus_msg_order_key(m, &o.order_key_len);
+    o.origin = m->origin;
+    rbus_msg *c = rbus__msg_new(th, m->topic, m->data, m->size, &o);
+    if (!c)
+        return NULL;
+    c->seq = m->seq;
+    c->time_ns = m->time_ns;
+    c->origin_topic = m->origin_topic;
+    c->attempt = attempt;
+    return c;
+}
+
 static void msg_recycle(struct rbus_thread *th, rbus_msg *m)
 {
     struct rbus_msg_cache *cache = m->home->cache;

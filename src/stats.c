@@ -224,6 +224,54 @@ static void prom_topic_family(struct prom_out *o, rbus *bus, bool duplicates)
     }
 }
 
+enum dispatch_field { D_HANDLED, D_FAILED, D_RETRIED, D_DEAD, D_DROPPED, D_IN_HAND };
+
+static void prom_dispatch_family(struct prom_out *o, rbus *bus, enum dispatch_field f,
+                                 const char *name, const char *type, const char *help)
+{
+    bool header = false;
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next) {
+        /* Stable under the bus lock: rbus_dispatch_stop clears it under the
+         * lock before freeing the dispatcher. */
+        rbus_dispatcher *d = atomic_load_explicit(&s->dispatcher, memory_order_acquire);
+        if (!d)
+            continue;
+        if (!header) {
+            prom_family(o, name, type, help);
+            header = true;
+        }
+        rbus_dispatch_stats st;
+        rbus_dispatch_stats_get(d, &st);
+        uint64_t value = 0;
+        switch (f) {
+        case D_HANDLED:
+            value = st.handled;
+            break;
+        case D_FAILED:
+            value = st.failed_attempts;
+            break;
+        case D_RETRIED:
+            value = st.retried;
+            break;
+        case D_DEAD:
+            value = st.dead_lettered;
+            break;
+        case D_DROPPED:
+            value = st.dropped;
+            break;
+        case D_IN_HAND:
+            value = st.in_hand;
+            break;
+        }
+        prom_str(o, name);
+        prom_str(o, "{sub=\"");
+        prom_u64(o, s->id);
+        prom_str(o, "\"} ");
+        prom_u64(o, value);
+        prom_str(o, "\n");
+    }
+}
+
 int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
 {
     if (!bus || (!buf && size))
@@ -248,8 +296,19 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
                     "Largest depth seen right after an enqueue.");
     prom_sub_family(&o, bus, F_CAPACITY, "ringbus_sub_capacity", "gauge",
                     "Effective capacity of the subscription's queue.");
-    /* Dispatcher families (ringbus_dispatch_*) join here with the
-     * dispatcher (Handlers); until then there are none to expose. */
+    /* Dispatcher families appear only when a dispatcher runs. */
+    prom_dispatch_family(&o, bus, D_HANDLED, "ringbus_dispatch_handled_total", "counter",
+                         "Messages whose handler returned >= 0.");
+    prom_dispatch_family(&o, bus, D_FAILED, "ringbus_dispatch_failed_attempts_total", "counter",
+                         "Handler calls that returned < 0.");
+    prom_dispatch_family(&o, bus, D_RETRIED, "ringbus_dispatch_retried_total", "counter",
+                         "Failed attempts that were given another.");
+    prom_dispatch_family(&o, bus, D_DEAD, "ringbus_dispatch_dead_lettered_total", "counter",
+                         "Messages published to the dead-letter topic.");
+    prom_dispatch_family(&o, bus, D_DROPPED, "ringbus_dispatch_dropped_total", "counter",
+                         "Messages that failed for good and were not dead-lettered.");
+    prom_dispatch_family(&o, bus, D_IN_HAND, "ringbus_dispatch_in_hand", "gauge",
+                         "Messages the dispatcher holds now.");
     pthread_mutex_unlock(&bus->lock);
     if (size)
         buf[o.len < size ? o.len : size - 1] = '\0';

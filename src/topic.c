@@ -540,8 +540,10 @@ static RBUS_NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread *
     return drc;
 }
 
-int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
-                    rbus_pub_result *result)
+/* `relay` (dispatch.c's dead letters): not deduplicated, and the message
+ * carries its origin topic and attempt count; NULL for a plain publish. */
+static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
+                   rbus_pub_result *result, const struct rbus_relay *relay)
 {
     rbus_pub_result res = {0};
     if (result)
@@ -573,7 +575,7 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     /* Acquire: pairs with the release exchange in rbus__topics_relist. */
     struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
     uint32_t n = list ? list->count : 0;
-    if (n && RBUS_UNLIKELY(subs_refuse_newest(list)))
+    if (n && RBUS_UNLIKELY(subs_refuse_newest(list)) && !relay)
         return publish_refused(topic, th, list, opts, result);
     rbus_msg *m = NULL;
     if (RBUS_UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
@@ -584,7 +586,7 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     int64_t now_ns = rbus__now_ns();
     /* After the message exists, so a failed publish never records its key;
      * the check and the insert are one step (dedup.c). */
-    int drc = accept_key(topic, opts, now_ns, result);
+    int drc = relay ? 0 : accept_key(topic, opts, now_ns, result);
     if (RBUS_UNLIKELY(drc != 0)) {
         rbus__read_end(th);
         rbus__msg_unref_by(th, m, 1);
@@ -593,6 +595,10 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;
     m->time_ns = (uint64_t)now_ns;
+    if (relay) {
+        m->origin_topic = relay->origin_topic;
+        m->attempt = relay->attempt;
+    }
     /* One reference per subscription, set before the message is shared
      * (the ring enqueue publishes it). The publisher holds no reference of
      * its own: each subscription not yet decided keeps the message alive
@@ -649,6 +655,22 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     if (result)
         *result = res;
     return rc;
+}
+
+int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
+                    rbus_pub_result *result)
+{
+    return publish(topic, data, len, opts, result, NULL);
+}
+
+int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay)
+{
+    rbus_pub_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = rbus_msg_key(orig, &o.key_len);
+    o.order_key = rbus_msg_order_key(orig, &o.order_key_len);
+    o.origin = rbus_msg_origin(orig);
+    return publish(topic, rbus_msg_data(orig), rbus_msg_size(orig), &o, NULL, relay);
 }
 
 int rbus_publish(rbus_topic *topic, const void *data, size_t len)

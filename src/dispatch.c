@@ -1,0 +1,593 @@
+/*
+ * dispatch.c - handlers: worker threads that receive from one subscription
+ * and call a function, with per-order-key serialisation, retries with
+ * jittered exponential backoff, and dead letters.
+ *
+ * Everything a dispatcher holds is an `item`: a message in hand (being
+ * received into, running, parked behind its order key, or waiting for a
+ * retry). Items come from a pool of max_in_hand allocated at start, and so
+ * do order-key states and the retry heap: nothing is allocated per message
+ * (a retry takes a pooled message copy, see below).
+ *
+ * One mutex guards the dispatcher's state; handlers, receives and
+ * dead-letter publishes run outside it. Workers look for work in this
+ * order: a message made ready (its key came free), a retry that is due (all
+ * of them at once while stopping), and only then a new message from the
+ * subscription, and only while fewer than max_in_hand are held. A worker
+ * reserves its in-hand slot before it receives, so the cap holds even for
+ * messages in flight from the ring to the worker.
+ *
+ * Order keys (ordered_by_key): a key is "busy" from the moment one of its
+ * messages starts until the last of its messages in hand is done; later
+ * messages with that key park in a FIFO on the key's state. Workers
+ * receive one at a time (recv_lock, held until the message is attached to
+ * its key), so the FIFO is in queue order. A message waiting for a retry
+ * keeps its key busy, so it holds back only its own key's later messages.
+ *
+ * Attempts: messages are shared by every subscription that received them,
+ * so a retry runs on a private copy whose rbus_msg_attempt says which
+ * attempt it is; the previous copy is released when the next is made.
+ */
+#include "internal.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+/* How long a worker waits in one receive before it looks again at the
+ * retry heap and the stop flag (a worker that schedules a retry recomputes
+ * the earliest due time itself, so this only bounds how late a worker
+ * blocked in a receive notices a stop). */
+#define RECV_SLICE_NS INT64_C(10000000)
+
+struct key_state;
+
+struct item {
+    rbus_msg *msg;          /* our reference */
+    uint32_t attempts;      /* attempts made so far */
+    int64_t due_ns;         /* retry: when */
+    struct item *next;      /* key FIFO, ready list or free list */
+    struct key_state *key;  /* ordered_by_key and the message has an order key */
+};
+
+struct key_state {
+    uint64_t hash;
+    const void *bytes;       /* the key, inside a message in hand with this key */
+    size_t len;
+    struct item *parked;     /* later messages of this key, FIFO */
+    struct item *parked_tail;
+    uint32_t held;           /* messages in hand with this key */
+    struct key_state *chain; /* hash chain or free list */
+};
+
+struct rbus_dispatcher {
+    rbus_sub *sub;
+    rbus *bus;
+    rbus_handler_fn fn;
+    void *arg;
+    rbus_dispatch_opts opts;
+    rbus_topic *dead_letters; /* NULL = drop */
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* work appeared, a slot came free, or stop */
+    /* ordered_by_key: held from a receive until its message is attached to
+     * its key, so that competing workers attach in queue order. */
+    pthread_mutex_t recv_lock;
+    bool stopping;
+    bool source_done;    /* the subscription is closed and drained */
+    uint32_t in_hand;
+    uint32_t receiving;  /* workers inside a receive (slots reserved) */
+    uint64_t rng;
+
+    struct item *items, *free_items;
+    struct item *ready, *ready_tail; /* keys came free: run next */
+    struct item **heap;              /* retries, min-heap by due_ns */
+    uint32_t heap_len;
+    struct key_state *keys, *free_keys;
+    struct key_state **buckets;
+    uint32_t bucket_mask;
+
+    rbus_dispatch_stats stats;
+
+    pthread_t *threads;
+    unsigned nthreads; /* started */
+};
+
+/* The dispatcher whose handler the calling thread is running, if any. */
+static _Thread_local rbus_dispatcher *tls_running;
+
+/* --------------------------------------------------------- options */
+
+void rbus_dispatch_opts_init(rbus_dispatch_opts *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof *opts);
+    opts->threads = 1;
+    opts->max_attempts = 1;
+    opts->backoff_initial_ns = UINT64_C(1000000);
+    opts->backoff_max_ns = UINT64_C(1000000000);
+    opts->max_in_hand = 1024;
+}
+
+static int resolve_opts(const rbus_dispatch_opts *in, rbus_dispatch_opts *out)
+{
+    rbus_dispatch_opts_init(out);
+    if (!in)
+        return 0;
+    if (in->threads > RBUS_MAX_DISPATCH_THREADS || in->max_in_hand > RBUS_MAX_CAPACITY)
+        return -EINVAL;
+    if (in->dead_letter_topic && !rbus_topic_valid(in->dead_letter_topic))
+        return -EINVAL;
+    if (in->threads)
+        out->threads = in->threads;
+    if (in->max_attempts)
+        out->max_attempts = in->max_attempts;
+    if (in->backoff_initial_ns)
+        out->backoff_initial_ns = in->backoff_initial_ns;
+    if (in->backoff_max_ns)
+        out->backoff_max_ns = in->backoff_max_ns;
+    if (in->max_in_hand)
+        out->max_in_hand = in->max_in_hand;
+    out->ordered_by_key = in->ordered_by_key;
+    out->dead_letter_topic = in->dead_letter_topic;
+    return 0;
+}
+
+/* ------------------------------------------------------ retry heap */
+
+static void heap_swap(struct item **h, uint32_t a, uint32_t b)
+{
+    struct item *t = h[a];
+    h[a] = h[b];
+    h[b] = t;
+}
+
+static void heap_push(rbus_dispatcher *d, struct item *it)
+{
+    uint32_t i = d->heap_len++;
+    d->heap[i] = it;
+    while (i && d->heap[(i - 1) / 2]->due_ns > d->heap[i]->due_ns) {
+        heap_swap(d->heap, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static struct item *heap_pop(rbus_dispatcher *d)
+{
+    struct item *top = d->heap[0];
+    d->heap[0] = d->heap[--d->heap_len];
+    for (uint32_t i = 0;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < d->heap_len && d->heap[l]->due_ns < d->heap[m]->due_ns)
+            m = l;
+        if (r < d->heap_len && d->heap[r]->due_ns < d->heap[m]->due_ns)
+            m = r;
+        if (m == i)
+            break;
+        heap_swap(d->heap, i, m);
+        i = m;
+    }
+    return top;
+}
+
+/* ------------------------------------------------------ order keys */
+
+static struct key_state *key_find(rbus_dispatcher *d, uint64_t hash, const void *bytes,
+                                  size_t len)
+{
+    for (struct key_state *k = d->buckets[hash & d->bucket_mask]; k; k = k->chain)
+        if (k->hash == hash && k->len == len && !memcmp(k->bytes, bytes, len))
+            return k;
+    return NULL;
+}
+
+/* The state of the item's order key, created if the key is not busy;
+ * `*busy` says whether another message with the key is in hand. */
+static struct key_state *key_attach(rbus_dispatcher *d, struct item *it, bool *busy)
+{
+    size_t len;
+    const void *bytes = rbus_msg_order_key(it->msg, &len);
+    uint64_t hash = XXH3_64bits(bytes, len);
+    struct key_state *k = key_find(d, hash, bytes, len);
+    *busy = k != NULL;
+    if (!k) {
+        /* Never empty: at most max_in_hand keys are busy at once. */
+        k = d->free_keys;
+        d->free_keys = k->chain;
+        *k = (struct key_state){.hash = hash, .bytes = bytes, .len = len};
+        struct key_state **b = &d->buckets[hash & d->bucket_mask];
+        k->chain = *b;
+        *b = k;
+    }
+    k->held++;
+    return k;
+}
+
+static void key_detach(rbus_dispatcher *d, struct key_state *k)
+{
+    if (--k->held)
+        return;
+    struct key_state **p = &d->buckets[k->hash & d->bucket_mask];
+    while (*p != k)
+        p = &(*p)->chain;
+    *p = k->chain;
+    k->chain = d->free_keys;
+    d->free_keys = k;
+}
+
+/* ----------------------------------------------------------- items */
+
+static struct item *item_take(rbus_dispatcher *d, rbus_msg *m)
+{
+    struct item *it = d->free_items;
+    d->free_items = it->next;
+    *it = (struct item){.msg = m};
+    return it;
+}
+
+/* Under the lock: the item is done for good. Gives its key to the next
+ * parked message, if any, and its slot back. */
+static void item_finish(rbus_dispatcher *d, struct item *it)
+{
+    struct key_state *k = it->key;
+    if (k) {
+        struct item *next = k->parked;
+        if (next) {
+            k->parked = next->next;
+            if (!k->parked)
+                k->parked_tail = NULL;
+            /* The key's bytes must live in a message still in hand. */
+            k->bytes = rbus_msg_order_key(next->msg, &k->len);
+            next->next = NULL;
+            if (d->ready_tail)
+                d->ready_tail->next = next;
+            else
+                d->ready = next;
+            d->ready_tail = next;
+        }
+        key_detach(d, k);
+    }
+    it->next = d->free_items;
+    d->free_items = it;
+    d->in_hand--;
+    pthread_cond_broadcast(&d->cond);
+}
+
+static uint64_t rng_next(rbus_dispatcher *d)
+{
+    /* splitmix64: plenty for jitter, and cheap under the lock. */
+    uint64_t z = (d->rng += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+/* Full jitter: uniform in [0, min(max, initial * 2^(attempts - 1))]. */
+static int64_t backoff_ns(rbus_dispatcher *d, uint32_t attempts)
+{
+    uint64_t cap = d->opts.backoff_max_ns, base = d->opts.backoff_initial_ns;
+    unsigned shift = attempts > 0 ? attempts - 1 : 0;
+    uint64_t bound = shift >= 63 || base > (cap >> shift) ? cap : base << shift;
+    if (bound > (uint64_t)INT64_MAX - 1)
+        bound = (uint64_t)INT64_MAX - 1;
+    return (int64_t)(rng_next(d) % (bound + 1));
+}
+
+/* ---------------------------------------------------------- worker */
+
+/* Under the lock: the next item to run, or NULL after waiting/receiving.
+ * Returns NULL with *quit set when the worker should exit. */
+static struct item *next_work(rbus_dispatcher *d, bool *quit)
+{
+    for (;;) {
+        if (d->ready) {
+            struct item *it = d->ready;
+            d->ready = it->next;
+            if (!d->ready)
+                d->ready_tail = NULL;
+            it->next = NULL;
+            return it;
+        }
+        int64_t now = rbus__now_ns();
+        if (d->heap_len && (d->stopping || d->heap[0]->due_ns <= now))
+            return heap_pop(d);
+        if (d->stopping && d->in_hand == 0) {
+            *quit = true;
+            return NULL;
+        }
+        int64_t until = d->heap_len ? d->heap[0]->due_ns : -1;
+        if (!d->stopping && !d->source_done && d->in_hand < d->opts.max_in_hand) {
+            /* Reserve the slot, then receive without the lock. */
+            d->in_hand++;
+            d->receiving++;
+            int64_t wait = RECV_SLICE_NS;
+            if (until >= 0 && until - now < wait)
+                wait = until - now > 0 ? until - now : 0;
+            pthread_mutex_unlock(&d->lock);
+            rbus_msg *m = NULL;
+            bool ordered = d->opts.ordered_by_key;
+            if (ordered)
+                pthread_mutex_lock(&d->recv_lock);
+            int rc = rbus_recv(d->sub, &m, wait);
+            pthread_mutex_lock(&d->lock);
+            if (ordered)
+                pthread_mutex_unlock(&d->recv_lock);
+            d->receiving--;
+            if (rc != 0) {
+                d->in_hand--;
+                if (rc == -ESHUTDOWN)
+                    d->source_done = true;
+                pthread_cond_broadcast(&d->cond);
+                continue;
+            }
+            struct item *it = item_take(d, m);
+            it->attempts = 0;
+            if (d->opts.ordered_by_key && rbus_msg_order_key(m, NULL)) {
+                bool busy;
+                it->key = key_attach(d, it, &busy);
+                if (busy) {
+                    /* Parked behind the key; look for other work. */
+                    if (it->key->parked_tail)
+                        it->key->parked_tail->next = it;
+                    else
+                        it->key->parked = it;
+                    it->key->parked_tail = it;
+                    continue;
+                }
+            }
+            return it;
+        }
+        /* Nothing to take now: wait for a slot, ready work, a retry's due
+         * time, or stop. */
+        if (until >= 0) {
+            struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
+            pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+        } else {
+            pthread_cond_wait(&d->cond, &d->lock);
+        }
+    }
+}
+
+/* Under the lock, before a retry runs: a private copy of the message that
+ * says which attempt this is (the key's bytes move with it). Out of memory,
+ * the retry runs on the message as it is. */
+static void prepare_retry(struct rbus_thread *th, struct item *it)
+{
+    if (it->attempts == 0 || !th)
+        return;
+    rbus_msg *copy = rbus__msg_clone(th, it->msg, it->attempts + 1);
+    if (!copy)
+        return;
+    if (it->key && it->key->bytes == rbus_msg_order_key(it->msg, NULL))
+        it->key->bytes = rbus_msg_order_key(copy, NULL);
+    rbus_msg_release(it->msg);
+    it->msg = copy;
+}
+
+/* Outside the lock: one attempt. Returns the handler's verdict. */
+static int run_attempt(rbus_dispatcher *d, struct item *it)
+{
+    tls_running = d;
+    int rc = d->fn(it->msg, d->arg);
+    tls_running = NULL;
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    rbus_dispatcher *d = arg;
+    /* This thread's state on the bus, for message copies: looked up once;
+     * NULL (no memory) only means retries run on the original message. */
+    struct rbus_thread *th = rbus__thread_get(d->bus);
+    pthread_mutex_lock(&d->lock);
+    for (;;) {
+        bool quit = false;
+        struct item *it = next_work(d, &quit);
+        if (quit)
+            break;
+        prepare_retry(th, it);
+        pthread_mutex_unlock(&d->lock);
+        int rc = run_attempt(d, it);
+        it->attempts++;
+        bool dead = false;
+        pthread_mutex_lock(&d->lock);
+        if (rc >= 0) {
+            d->stats.handled++;
+            rbus_msg_release(it->msg);
+            item_finish(d, it);
+            continue;
+        }
+        d->stats.failed_attempts++;
+        if (it->attempts < d->opts.max_attempts) {
+            d->stats.retried++;
+            it->due_ns = d->stopping ? 0 : rbus__now_ns() + backoff_ns(d, it->attempts);
+            heap_push(d, it);
+            /* Waiting workers must see the (maybe earlier) due time. */
+            pthread_cond_broadcast(&d->cond);
+            continue;
+        }
+        dead = true;
+        pthread_mutex_unlock(&d->lock);
+        int prc = -1;
+        if (dead && d->dead_letters) {
+            struct rbus_relay relay = {rbus_msg_topic(it->msg), it->attempts};
+            prc = rbus__publish_relay(d->dead_letters, it->msg, &relay);
+        }
+        rbus_msg_release(it->msg);
+        pthread_mutex_lock(&d->lock);
+        if (prc == 0)
+            d->stats.dead_lettered++;
+        else
+            d->stats.dropped++;
+        item_finish(d, it);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------ start/stop */
+
+static void dispatcher_free(rbus_dispatcher *d)
+{
+    rbus *bus = d->bus;
+    pthread_cond_destroy(&d->cond);
+    pthread_mutex_destroy(&d->recv_lock);
+    pthread_mutex_destroy(&d->lock);
+    rbus__free(bus, d->threads);
+    rbus__free(bus, d->buckets);
+    rbus__free(bus, d->keys);
+    rbus__free(bus, d->heap);
+    rbus__free(bus, d->items);
+    rbus__free(bus, d);
+}
+
+static int dispatcher_alloc(rbus_dispatcher *d)
+{
+    rbus *bus = d->bus;
+    uint32_t n = d->opts.max_in_hand;
+    uint32_t nb = 16;
+    while (nb < 2 * (uint64_t)n && nb < (UINT32_C(1) << 31))
+        nb <<= 1;
+    d->items = rbus__zalloc(bus, (size_t)n * sizeof *d->items);
+    d->heap = rbus__zalloc(bus, (size_t)n * sizeof *d->heap);
+    d->keys = rbus__zalloc(bus, (size_t)n * sizeof *d->keys);
+    d->buckets = rbus__zalloc(bus, (size_t)nb * sizeof *d->buckets);
+    d->threads = rbus__zalloc(bus, d->opts.threads * sizeof *d->threads);
+    if (!d->items || !d->heap || !d->keys || !d->buckets || !d->threads)
+        return -ENOMEM;
+    d->bucket_mask = nb - 1;
+    for (uint32_t i = 0; i < n; i++) {
+        d->items[i].next = i + 1 < n ? &d->items[i + 1] : NULL;
+        d->keys[i].chain = i + 1 < n ? &d->keys[i + 1] : NULL;
+    }
+    d->free_items = d->items;
+    d->free_keys = d->keys;
+    return 0;
+}
+
+/* Joins every started worker after asking them to finish what they hold. */
+static void stop_and_join(rbus_dispatcher *d)
+{
+    pthread_mutex_lock(&d->lock);
+    d->stopping = true;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    for (unsigned i = 0; i < d->nthreads; i++)
+        pthread_join(d->threads[i], NULL);
+}
+
+int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn, void *arg,
+                        const rbus_dispatch_opts *opts)
+{
+    if (out)
+        *out = NULL;
+    if (!out || !sub || !fn)
+        return -EINVAL;
+    rbus_dispatch_opts o;
+    int rc = resolve_opts(opts, &o);
+    if (rc)
+        return rc;
+    rbus *bus = sub->bus;
+    if (atomic_load_explicit(&bus->closing, memory_order_acquire))
+        return -ESHUTDOWN;
+    rbus_dispatcher *d = rbus__zalloc(bus, sizeof *d);
+    if (!d)
+        return -ENOMEM;
+    *d = (rbus_dispatcher){.sub = sub, .bus = bus, .fn = fn, .arg = arg, .opts = o};
+    d->rng = bus->dedup_seed ^ sub->id ^ (uint64_t)rbus__now_ns();
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_init(&d->recv_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if ((rc = dispatcher_alloc(d)) != 0)
+        goto fail;
+    if (o.dead_letter_topic &&
+        (rc = rbus_topic_open(bus, o.dead_letter_topic, &d->dead_letters)) != 0)
+        goto fail;
+    /* Claim the subscription (one dispatcher each); acq_rel pairs with the
+     * acquire in rbus_unsubscribe's check. */
+    void *none = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &none, d,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        rc = -EBUSY;
+        goto fail;
+    }
+    /* Workers inherit a full signal mask: signals are the application's. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    char name[16];
+    snprintf(name, sizeof name, "rbus-%llu", (unsigned long long)sub->id);
+    for (unsigned i = 0; i < o.threads; i++) {
+        if (pthread_create(&d->threads[i], NULL, worker_main, d) != 0) {
+            rc = -EAGAIN;
+            break;
+        }
+        pthread_setname_np(d->threads[i], name);
+        d->nthreads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        /* Workers already started may hold messages: they finish them. */
+        stop_and_join(d);
+        atomic_store_explicit(&sub->dispatcher, NULL, memory_order_release);
+        goto fail;
+    }
+    *out = d;
+    return 0;
+fail:
+    dispatcher_free(d);
+    return rc;
+}
+
+int rbus_dispatch_stop(rbus_dispatcher *d)
+{
+    if (!d)
+        return -EINVAL;
+    if (tls_running == d)
+        return -EDEADLK;
+    stop_and_join(d);
+    /* Under the bus lock: rbus_stats_prometheus reads sub->dispatcher under
+     * it, so once we clear it there no one can reach d. */
+    rbus *bus = d->bus;
+    pthread_mutex_lock(&bus->lock);
+    atomic_store_explicit(&d->sub->dispatcher, NULL, memory_order_release);
+    pthread_mutex_unlock(&bus->lock);
+    dispatcher_free(d);
+    return 0;
+}
+
+int rbus_dispatch_stats_get(const rbus_dispatcher *dc, rbus_dispatch_stats *out)
+{
+    if (!dc || !out)
+        return -EINVAL;
+    rbus_dispatcher *d = (rbus_dispatcher *)dc;
+    pthread_mutex_lock(&d->lock);
+    *out = d->stats;
+    out->in_hand = d->in_hand - d->receiving;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
+void rbus__dispatch_stop_all(rbus *bus)
+{
+    for (;;) {
+        rbus_dispatcher *d = NULL;
+        pthread_mutex_lock(&bus->lock);
+        for (rbus_sub *s = bus->subs; s && !d; s = s->bus_next)
+            d = atomic_load_explicit(&s->dispatcher, memory_order_acquire);
+        pthread_mutex_unlock(&bus->lock);
+        if (!d)
+            return;
+        rbus_dispatch_stop(d);
+    }
+}
