@@ -3,6 +3,7 @@
  * are escaped, snprintf semantics hold, and (when promtool is installed,
  * Debian package `prometheus`) `promtool check metrics` accepts the text.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,12 +229,67 @@ static void promtool_accepts_the_text(void **state)
     scene_destroy(&sc);
 }
 
+static int handle_ok(const rbus_msg *m, void *arg)
+{
+    (void)m;
+    atomic_fetch_add((_Atomic unsigned *)arg, 1);
+    return 0;
+}
+
+static void dispatcher_families_appear_while_one_runs(void **state)
+{
+    (void)state;
+    struct scene sc;
+    scene_build(&sc);
+    int len;
+    char *text = render(sc.bus, &len);
+    assert_null(strstr(text, "ringbus_dispatch_"));
+    free(text);
+    _Atomic unsigned calls = 0;
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, sc.subs[2], handle_ok, &calls, NULL));
+    rbus_sub_stats st;
+    for (int i = 0; i < 10000; i++) { /* wait until it drained the queue */
+        assert_rbus_ok(rbus_sub_stats_get(sc.subs[2], &st));
+        if (st.depth == 0 && atomic_load(&calls) == st.received)
+            break;
+        rbus_test_sleep_us(1000);
+    }
+    rbus_dispatch_stats ds;
+    assert_rbus_ok(rbus_dispatch_stats_get(d, &ds));
+    text = render(sc.bus, &len);
+    char p[128];
+    snprintf(p, sizeof p, "ringbus_dispatch_handled_total{sub=\"%llu\"} ",
+             (unsigned long long)rbus_sub_id(sc.subs[2]));
+    assert_int_equal(sample(text, p), ds.handled);
+    assert_true(ds.handled > 0);
+    snprintf(p, sizeof p, "ringbus_dispatch_in_hand{sub=\"%llu\"} ",
+             (unsigned long long)rbus_sub_id(sc.subs[2]));
+    assert_int_equal(sample(text, p), 0);
+    if (system("command -v promtool >/dev/null 2>&1") == 0) {
+        char path[] = "/tmp/rbus-prom-XXXXXX";
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, text, (size_t)len), len);
+        close(fd);
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "promtool check metrics < %s", path);
+        int rc = system(cmd);
+        unlink(path);
+        assert_int_equal(rc, 0);
+    }
+    free(text);
+    assert_rbus_ok(rbus_dispatch_stop(d));
+    scene_destroy(&sc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(numbers_equal_the_stats_api),
         cmocka_unit_test(snprintf_semantics),
         cmocka_unit_test(promtool_accepts_the_text),
+        cmocka_unit_test(dispatcher_families_appear_while_one_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
