@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, three times: a plain optimised build (gcc, -Werror),
-# AddressSanitizer+UBSan (clang) and ThreadSanitizer (clang). Installs what
-# is missing first. Exits non-zero if any build or test fails.
+# The whole test suite, four times: a plain optimised build (gcc, -Werror,
+# plus the Doxygen reference), AddressSanitizer+UBSan (clang),
+# ThreadSanitizer (clang) and valgrind memcheck. Installs what is missing
+# first. Exits non-zero if any build or test fails.
 #
 # Stress sizes: every stress test multiplies its size by RBUS_STRESS_SCALE
 # and prints the sizes it used. Plain runs use 1 (or what you export);
@@ -18,7 +19,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}
 asan_scale=${RBUS_ASAN_SCALE:-0.2}
 tsan_scale=${RBUS_TSAN_SCALE:-0.05}
-only=${RBUS_TEST_ONLY:-plain asan tsan}
+valgrind_scale=${RBUS_VALGRIND_SCALE:-0.02}
+only=${RBUS_TEST_ONLY:-plain asan tsan valgrind}
 status=0
 
 run() { # name scale cmake-args...
@@ -51,6 +53,13 @@ for v in $only; do
     tsan)
       export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp"
       CC=clang CXX=clang++ run tsan "$tsan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=thread ;;
+    valgrind)
+      echo "=== valgrind memcheck (RBUS_STRESS_SCALE=$valgrind_scale) ==="
+      if RBUS_STRESS_SCALE=$valgrind_scale scripts/valgrind.sh; then
+        echo "=== valgrind: every test clean ==="
+      else
+        echo "=== valgrind: FAILED ==="; status=1
+      fi ;;
     *) echo "unknown variant $v"; exit 2 ;;
   esac
 done
