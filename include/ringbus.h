@@ -443,9 +443,16 @@ RBUS_API void rbus_dispatch_opts_init(rbus_dispatch_opts *opts);
  * rbus_msg_origin_topic and rbus_msg_attempt tell its reader where it
  * failed and how often), or is dropped and counted. One dispatcher per
  * subscription; while it runs, rbus_unsubscribe returns -EBUSY.
+ * A dead-letter publish waits at most 100 ms for room in a full RBUS_BLOCK
+ * subscription of the dead-letter topic (so a stuck reader cannot hang
+ * rbus_dispatch_stop), after which that subscription counts it as
+ * dropped_timeout.
  * Returns 0, -EINVAL (NULL argument, opts out of range, invalid dead-letter
- * topic), -EBUSY (the subscription has a dispatcher), -ESHUTDOWN, -ENOMEM,
- * or -EAGAIN (threads could not be created). On failure nothing runs.
+ * topic, or one the subscription itself matches), -EBUSY (the subscription
+ * has a dispatcher), -ESHUTDOWN, -ENOMEM, or -EAGAIN (threads could not be
+ * created). On failure no dispatcher remains; if thread creation failed
+ * half-way, the workers already started finished what they had taken
+ * before the call returned.
  */
 RBUS_API int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn,
                                  void *arg, const rbus_dispatch_opts *opts);

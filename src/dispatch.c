@@ -19,9 +19,10 @@
  *
  * Order keys (ordered_by_key): a key is "busy" from the moment one of its
  * messages starts until the last of its messages in hand is done; later
- * messages with that key park in a FIFO on the key's state. Workers
- * receive one at a time (recv_lock, held until the message is attached to
- * its key), so the FIFO is in queue order. A message waiting for a retry
+ * messages with that key park in a FIFO on the key's state. One worker at
+ * a time receives (the `receiving` role, taken under the lock and held
+ * until the message is attached to its key), so the FIFO is in queue
+ * order; the others wait on the condition variable, free to run retries. A message waiting for a retry
  * keeps its key busy, so it holds back only its own key's later messages.
  *
  * Attempts: messages are shared by every subscription that received them,
@@ -40,10 +41,19 @@
 #include <xxhash.h>
 
 /* How long a worker waits in one receive before it looks again at the
- * retry heap and the stop flag (a worker that schedules a retry recomputes
- * the earliest due time itself, so this only bounds how late a worker
- * blocked in a receive notices a stop). */
+ * stop flag: a receive cannot be woken, so this bounds how late a stop is
+ * noticed (an idle worker wakes 100 times a second, a negligible cost next
+ * to a wake-up protocol between the dispatcher and the ring). Retries are
+ * not delayed by it: a receive never waits past the earliest due retry it
+ * saw, and a worker that schedules a retry is itself free to run it. */
 #define RECV_SLICE_NS INT64_C(10000000)
+
+/* How long a dead-letter publish may wait for room in a full RBUS_BLOCK
+ * subscription of the dead-letter topic: long enough to ride out a burst,
+ * bounded so that a stuck reader cannot hang rbus_dispatch_stop or
+ * rbus_destroy; past it that subscription counts the dead letter as
+ * dropped_timeout. */
+#define DEAD_LETTER_WAIT_NS INT64_C(100000000)
 
 struct key_state;
 
@@ -75,9 +85,9 @@ struct rbus_dispatcher {
 
     pthread_mutex_t lock;
     pthread_cond_t cond; /* work appeared, a slot came free, or stop */
-    /* ordered_by_key: held from a receive until its message is attached to
-     * its key, so that competing workers attach in queue order. */
-    pthread_mutex_t recv_lock;
+    /* ordered_by_key: a worker is receiving; the next waits, so messages
+     * attach to their keys in queue order. */
+    bool receiver_busy;
     bool stopping;
     bool source_done;    /* the subscription is closed and drained */
     uint32_t in_hand;
@@ -302,23 +312,27 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
             return NULL;
         }
         int64_t until = d->heap_len ? d->heap[0]->due_ns : -1;
-        if (!d->stopping && !d->source_done && d->in_hand < d->opts.max_in_hand) {
+        bool ordered = d->opts.ordered_by_key;
+        if (!d->stopping && !d->source_done && d->in_hand < d->opts.max_in_hand &&
+            !(ordered && d->receiver_busy)) {
             /* Reserve the slot, then receive without the lock. */
             d->in_hand++;
             d->receiving++;
             int64_t wait = RECV_SLICE_NS;
             if (until >= 0 && until - now < wait)
                 wait = until - now > 0 ? until - now : 0;
+            d->receiver_busy = ordered;
             pthread_mutex_unlock(&d->lock);
             rbus_msg *m = NULL;
-            bool ordered = d->opts.ordered_by_key;
-            if (ordered)
-                pthread_mutex_lock(&d->recv_lock);
             int rc = rbus_recv(d->sub, &m, wait);
             pthread_mutex_lock(&d->lock);
-            if (ordered)
-                pthread_mutex_unlock(&d->recv_lock);
             d->receiving--;
+            if (ordered) {
+                /* Released once the message (if any) is attached below,
+                 * under this same lock hold: the next receiver waits. */
+                d->receiver_busy = false;
+                pthread_cond_broadcast(&d->cond);
+            }
             if (rc != 0) {
                 d->in_hand--;
                 if (rc == -ESHUTDOWN)
@@ -328,7 +342,7 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
             }
             struct item *it = item_take(d, m);
             it->attempts = 0;
-            if (d->opts.ordered_by_key && rbus_msg_order_key(m, NULL)) {
+            if (ordered && rbus_msg_order_key(m, NULL)) {
                 bool busy;
                 it->key = key_attach(d, it, &busy);
                 if (busy) {
@@ -343,8 +357,8 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
             }
             return it;
         }
-        /* Nothing to take now: wait for a slot, ready work, a retry's due
-         * time, or stop. */
+        /* Nothing to take now: wait for a slot, ready work, the receiving
+         * role, a retry's due time, or stop. */
         if (until >= 0) {
             struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
             pthread_cond_timedwait(&d->cond, &d->lock, &ts);
@@ -395,37 +409,42 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&d->lock);
         int rc = run_attempt(d, it);
         it->attempts++;
-        bool dead = false;
         pthread_mutex_lock(&d->lock);
         if (rc >= 0) {
             d->stats.handled++;
-            rbus_msg_release(it->msg);
+            rbus_msg *m = it->msg;
             item_finish(d, it);
+            rbus_msg_release(m); /* after: the key's bytes may live in m */
             continue;
         }
         d->stats.failed_attempts++;
         if (it->attempts < d->opts.max_attempts) {
             d->stats.retried++;
-            it->due_ns = d->stopping ? 0 : rbus__now_ns() + backoff_ns(d, it->attempts);
+            int64_t now = rbus__now_ns(), delay = backoff_ns(d, it->attempts);
+            it->due_ns = d->stopping ? 0 : delay > INT64_MAX - now ? INT64_MAX : now + delay;
             heap_push(d, it);
             /* Waiting workers must see the (maybe earlier) due time. */
             pthread_cond_broadcast(&d->cond);
             continue;
         }
-        dead = true;
+        /* Failed for good. Publish outside the lock; the message stays in
+         * hand (and its key busy, its bytes alive) until item_finish. */
         pthread_mutex_unlock(&d->lock);
         int prc = -1;
-        if (dead && d->dead_letters) {
+        if (d->dead_letters) {
             struct rbus_relay relay = {rbus_msg_topic(it->msg), it->attempts};
-            prc = rbus__publish_relay(d->dead_letters, it->msg, &relay);
+            prc = rbus__publish_relay(d->dead_letters, it->msg, &relay, DEAD_LETTER_WAIT_NS);
         }
-        rbus_msg_release(it->msg);
+        rbus_msg *m = it->msg;
         pthread_mutex_lock(&d->lock);
         if (prc == 0)
             d->stats.dead_lettered++;
         else
             d->stats.dropped++;
         item_finish(d, it);
+        /* Only now: key_find may compare against the key's bytes in m
+         * until item_finish handed the key on. */
+        rbus_msg_release(m);
     }
     pthread_mutex_unlock(&d->lock);
     return NULL;
@@ -437,7 +456,6 @@ static void dispatcher_free(rbus_dispatcher *d)
 {
     rbus *bus = d->bus;
     pthread_cond_destroy(&d->cond);
-    pthread_mutex_destroy(&d->recv_lock);
     pthread_mutex_destroy(&d->lock);
     rbus__free(bus, d->threads);
     rbus__free(bus, d->buckets);
@@ -493,6 +511,10 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     int rc = resolve_opts(opts, &o);
     if (rc)
         return rc;
+    /* A dead letter the subscription itself receives would come back to
+     * this dispatcher, fail again, and loop. */
+    if (o.dead_letter_topic && rbus_pattern_match(sub->pattern, o.dead_letter_topic))
+        return -EINVAL;
     rbus *bus = sub->bus;
     if (atomic_load_explicit(&bus->closing, memory_order_acquire))
         return -ESHUTDOWN;
@@ -502,7 +524,6 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     *d = (rbus_dispatcher){.sub = sub, .bus = bus, .fn = fn, .arg = arg, .opts = o};
     d->rng = bus->dedup_seed ^ sub->id ^ (uint64_t)rbus__now_ns();
     pthread_mutex_init(&d->lock, NULL);
-    pthread_mutex_init(&d->recv_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -537,9 +558,13 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc) {
-        /* Workers already started may hold messages: they finish them. */
+        /* Workers already started may hold messages: they finish them. The
+         * pointer is cleared under the bus lock, as in rbus_dispatch_stop,
+         * because rbus_stats_prometheus follows it under that lock. */
         stop_and_join(d);
+        pthread_mutex_lock(&bus->lock);
         atomic_store_explicit(&sub->dispatcher, NULL, memory_order_release);
+        pthread_mutex_unlock(&bus->lock);
         goto fail;
     }
     *out = d;
@@ -586,8 +611,9 @@ void rbus__dispatch_stop_all(rbus *bus)
         for (rbus_sub *s = bus->subs; s && !d; s = s->bus_next)
             d = atomic_load_explicit(&s->dispatcher, memory_order_acquire);
         pthread_mutex_unlock(&bus->lock);
-        if (!d)
+        /* Fails only when called from one of d's handlers (rbus_destroy
+         * from a handler, which is undefined): stop rather than spin. */
+        if (!d || rbus_dispatch_stop(d) != 0)
             return;
-        rbus_dispatch_stop(d);
     }
 }

@@ -225,9 +225,11 @@ struct rbus_relay {
     uint32_t attempt;         /* attempts made */
 };
 /* Publishes a copy of orig (payload, keys, origin tag) to topic, never
- * deduplicated, carrying relay's origin topic and attempt count. Same
- * returns as rbus_publish. */
-int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay);
+ * deduplicated, carrying relay's origin topic and attempt count; waits for
+ * room in full RBUS_BLOCK subscriptions as rbus_pub_opts.timeout_ns says.
+ * Same returns as rbus_publish. */
+int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay,
+                        int64_t timeout_ns);
 /* Under bus->lock: swap in new lists for every topic `sub` matches, with the
  * sub added or removed, then wait for a grace period and keep the retired
  * lists as spares. Adding returns 0 or -ENOMEM (nothing changed); removing

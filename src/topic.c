@@ -663,10 +663,12 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
     return publish(topic, data, len, opts, result, NULL);
 }
 
-int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay)
+int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay,
+                        int64_t timeout_ns)
 {
     rbus_pub_opts o;
     memset(&o, 0, sizeof o);
+    o.timeout_ns = timeout_ns;
     o.key = rbus_msg_key(orig, &o.key_len);
     o.order_key = rbus_msg_order_key(orig, &o.order_key_len);
     o.origin = rbus_msg_origin(orig);

@@ -531,6 +531,94 @@ static void stop_under_load_loses_nothing(void **state)
     rbus_destroy(bus);
 }
 
+/* ------------------------------- ordered keys with failures for good */
+
+struct half {
+    _Atomic int running[NKEYS];
+    _Atomic unsigned overlap, calls;
+    _Atomic uint32_t last_ok[NKEYS]; /* 1 + the last handled sequence */
+    _Atomic unsigned out_of_order, handled;
+};
+
+/* Odd sequence numbers always fail (max_attempts 2, no dead-letter topic:
+ * dropped); even ones succeed, and must do so in order per key. Messages
+ * that fail for good are released and recycled while later messages of
+ * their key wait: this is where a key's bytes must not go stale. */
+static int half_handler(const rbus_msg *m, void *arg)
+{
+    struct half *h = arg;
+    uint32_t v[2];
+    memcpy(v, rbus_msg_data(m), sizeof v);
+    if (atomic_exchange(&h->running[v[0]], 1) != 0)
+        atomic_fetch_add(&h->overlap, 1);
+    int rc = -1;
+    if (v[1] % 2 == 0) {
+        if (atomic_load(&h->last_ok[v[0]]) > v[1])
+            atomic_fetch_add(&h->out_of_order, 1);
+        atomic_store(&h->last_ok[v[0]], v[1] + 1);
+        atomic_fetch_add(&h->handled, 1);
+        rc = 0;
+    }
+    atomic_store(&h->running[v[0]], 0);
+    atomic_fetch_add(&h->calls, 1);
+    return rc;
+}
+
+static bool half_done(void *arg)
+{
+    rbus_dispatch_stats st;
+    rbus_dispatch_stats_get(arg, &st);
+    return st.handled + st.dropped >= 2000 && st.in_hand == 0;
+}
+
+static void keys_stay_exact_when_messages_fail_for_good(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "half.t");
+    rbus_sub *s = sub_block(bus, "half.t", 64);
+    struct half *h = calloc(1, sizeof *h);
+    assert_non_null(h);
+    rbus_dispatch_opts opts;
+    rbus_dispatch_opts_init(&opts);
+    opts.threads = 8;
+    opts.ordered_by_key = true;
+    opts.max_attempts = 2;
+    opts.backoff_initial_ns = 1000;
+    opts.backoff_max_ns = 10000;
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, half_handler, h, &opts));
+    uint32_t seq[NKEYS] = {0};
+    for (uint32_t i = 0; i < 2000; i++) {
+        uint32_t k = (i * 7 + i / 3) % NKEYS;
+        uint32_t v[2] = {k, seq[k]++};
+        char key[16];
+        snprintf(key, sizeof key, "key-number-%u", k);
+        rbus_pub_opts po;
+        memset(&po, 0, sizeof po);
+        po.order_key = key;
+        po.order_key_len = strlen(key);
+        assert_rbus_ok(rbus_publish_ex(t, v, sizeof v, &po, NULL));
+    }
+    assert_true(wait_until(half_done, d, INT64_C(60000000000)));
+    rbus_dispatch_stats st;
+    assert_rbus_ok(rbus_dispatch_stats_get(d, &st));
+    assert_rbus_ok(rbus_dispatch_stop(d));
+    assert_int_equal(atomic_load(&h->overlap), 0);
+    assert_int_equal(atomic_load(&h->out_of_order), 0);
+    uint64_t evens = 0;
+    for (int k = 0; k < NKEYS; k++)
+        evens += (seq[k] + 1) / 2; /* sequences 0, 2, 4, ... succeed */
+    assert_int_equal(st.handled, evens);
+    assert_int_equal(st.dropped, 2000 - evens);
+    assert_int_equal(st.failed_attempts, 2 * (2000 - evens));
+    assert_int_equal(st.retried, 2000 - evens);
+    assert_int_equal(atomic_load(&h->handled), evens);
+    free(h);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
 /* -------------------------------------------------------- the errors */
 
 struct self_stop {
@@ -579,6 +667,8 @@ static void errors_are_reported_and_destroy_stops_dispatchers(void **state)
     rbus_dispatch_opts_init(&bad);
     bad.dead_letter_topic = "bad.*";
     assert_rbus_rc(rbus_dispatch_start(&d, s, ok_handler, NULL, &bad), -EINVAL);
+    bad.dead_letter_topic = "err.t"; /* the subscription's own topic: a loop */
+    assert_rbus_rc(rbus_dispatch_start(&d, s, ok_handler, NULL, &bad), -EINVAL);
     assert_rbus_rc(rbus_dispatch_stop(NULL), -EINVAL);
     rbus_dispatch_stats st;
     assert_rbus_rc(rbus_dispatch_stats_get(NULL, &st), -EINVAL);
@@ -611,6 +701,7 @@ int main(void)
         cmocka_unit_test(always_failing_messages_become_dead_letters),
         cmocka_unit_test(max_in_hand_bounds_what_the_dispatcher_holds),
         cmocka_unit_test(stop_under_load_loses_nothing),
+        cmocka_unit_test(keys_stay_exact_when_messages_fail_for_good),
         cmocka_unit_test(errors_are_reported_and_destroy_stops_dispatchers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
