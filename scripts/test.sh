@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, four times: a plain optimised build (gcc, -Werror,
 # plus the Doxygen reference), AddressSanitizer+UBSan (clang),
-# ThreadSanitizer (clang) and valgrind memcheck. Installs what is missing
-# first. Exits non-zero if any build or test fails.
+# ThreadSanitizer (clang) and valgrind memcheck; then both libFuzzer targets
+# for RBUS_FUZZ_SECONDS (default 60) each. Installs what is missing first.
+# Exits non-zero if any build, test or fuzz run fails.
 #
 # Stress sizes: every stress test multiplies its size by RBUS_STRESS_SCALE
 # and prints the sizes it used. Plain runs use 1 (or what you export);
@@ -20,7 +21,8 @@ plain_scale=${RBUS_STRESS_SCALE:-1}
 asan_scale=${RBUS_ASAN_SCALE:-0.2}
 tsan_scale=${RBUS_TSAN_SCALE:-0.05}
 valgrind_scale=${RBUS_VALGRIND_SCALE:-0.02}
-only=${RBUS_TEST_ONLY:-plain asan tsan valgrind}
+fuzz_seconds=${RBUS_FUZZ_SECONDS:-60}
+only=${RBUS_TEST_ONLY:-plain asan tsan valgrind fuzz}
 status=0
 
 run() { # name scale cmake-args...
@@ -59,6 +61,21 @@ for v in $only; do
         echo "=== valgrind: every test clean ==="
       else
         echo "=== valgrind: FAILED ==="; status=1
+      fi ;;
+    fuzz)
+      # Both libFuzzer targets, side by side, for RBUS_FUZZ_SECONDS each.
+      dir=build-test-fuzz
+      echo "=== fuzz: fuzz_topic and fuzz_api, ${fuzz_seconds} s each ==="
+      if ! CC=clang CXX=clang++ cmake -S . -B "$dir" -DRBUS_FUZZ=ON -DRBUS_FUZZ_SECONDS="$fuzz_seconds" \
+             -DRBUS_WERROR=ON -DRBUS_BUILD_TESTS=OFF -DRBUS_BUILD_BENCH=OFF \
+             -DRBUS_BUILD_EXAMPLES=OFF >/dev/null ||
+         ! cmake --build "$dir" -j"$jobs" >"$dir.build.log" 2>&1; then
+        tail -30 "$dir.build.log"; echo "=== fuzz: BUILD FAILED ==="; status=1
+      elif ctest --test-dir "$dir" -L fuzz -j2 --output-on-failure -V >"$dir.log" 2>&1; then
+        grep -E "number_of_executed_units|average_exec_per_sec|Passed|tests passed" "$dir.log" || true
+        echo "=== fuzz: no finding ==="
+      else
+        tail -80 "$dir.log"; echo "=== fuzz: FAILED (log $dir.log) ==="; status=1
       fi ;;
     *) echo "unknown variant $v"; exit 2 ;;
   esac
