@@ -272,6 +272,40 @@ static void prom_dispatch_family(struct prom_out *o, rbus *bus, enum dispatch_fi
     }
 }
 
+static const struct {
+    enum sub_field field;
+    const char *name, *type, *help;
+} sub_families[] = {
+    {F_OFFERED, "ringbus_sub_offered_total", "counter",
+     "Messages offered to the subscription (once per publish and subscription)."},
+    {F_RECEIVED, "ringbus_sub_received_total", "counter", "Messages taken out by receives."},
+    {F_DROPPED, "ringbus_sub_dropped_total", "counter", "Messages dropped, by reason."},
+    {F_WAITS, "ringbus_sub_publisher_waits_total", "counter",
+     "Publishes that found the subscription full and waited."},
+    {F_DEPTH, "ringbus_sub_depth", "gauge", "Messages queued now."},
+    {F_HIGH_WATER, "ringbus_sub_high_water", "gauge",
+     "Largest depth seen right after an enqueue."},
+    {F_CAPACITY, "ringbus_sub_capacity", "gauge",
+     "Effective capacity of the subscription's queue."},
+};
+
+static const struct {
+    enum dispatch_field field;
+    const char *name, *type, *help;
+} dispatch_families[] = {
+    {D_HANDLED, "ringbus_dispatch_handled_total", "counter",
+     "Messages whose handler returned >= 0."},
+    {D_FAILED, "ringbus_dispatch_failed_attempts_total", "counter",
+     "Handler calls that returned < 0."},
+    {D_RETRIED, "ringbus_dispatch_retried_total", "counter",
+     "Failed attempts that were given another."},
+    {D_DEAD, "ringbus_dispatch_dead_lettered_total", "counter",
+     "Messages published to the dead-letter topic."},
+    {D_DROPPED, "ringbus_dispatch_dropped_total", "counter",
+     "Messages that failed for good and were not dead-lettered."},
+    {D_IN_HAND, "ringbus_dispatch_in_hand", "gauge", "Messages the dispatcher holds now."},
+};
+
 int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
 {
     if (!bus || (!buf && size))
@@ -283,32 +317,13 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
     pthread_mutex_lock(&bus->lock);
     prom_topic_family(&o, bus, false);
     prom_topic_family(&o, bus, true);
-    prom_sub_family(&o, bus, F_OFFERED, "ringbus_sub_offered_total", "counter",
-                    "Messages offered to the subscription (once per publish and subscription).");
-    prom_sub_family(&o, bus, F_RECEIVED, "ringbus_sub_received_total", "counter",
-                    "Messages taken out by receives.");
-    prom_sub_family(&o, bus, F_DROPPED, "ringbus_sub_dropped_total", "counter",
-                    "Messages dropped, by reason.");
-    prom_sub_family(&o, bus, F_WAITS, "ringbus_sub_publisher_waits_total", "counter",
-                    "Publishes that found the subscription full and waited.");
-    prom_sub_family(&o, bus, F_DEPTH, "ringbus_sub_depth", "gauge", "Messages queued now.");
-    prom_sub_family(&o, bus, F_HIGH_WATER, "ringbus_sub_high_water", "gauge",
-                    "Largest depth seen right after an enqueue.");
-    prom_sub_family(&o, bus, F_CAPACITY, "ringbus_sub_capacity", "gauge",
-                    "Effective capacity of the subscription's queue.");
+    for (size_t i = 0; i < sizeof sub_families / sizeof sub_families[0]; i++)
+        prom_sub_family(&o, bus, sub_families[i].field, sub_families[i].name,
+                        sub_families[i].type, sub_families[i].help);
     /* Dispatcher families appear only when a dispatcher runs. */
-    prom_dispatch_family(&o, bus, D_HANDLED, "ringbus_dispatch_handled_total", "counter",
-                         "Messages whose handler returned >= 0.");
-    prom_dispatch_family(&o, bus, D_FAILED, "ringbus_dispatch_failed_attempts_total", "counter",
-                         "Handler calls that returned < 0.");
-    prom_dispatch_family(&o, bus, D_RETRIED, "ringbus_dispatch_retried_total", "counter",
-                         "Failed attempts that were given another.");
-    prom_dispatch_family(&o, bus, D_DEAD, "ringbus_dispatch_dead_lettered_total", "counter",
-                         "Messages published to the dead-letter topic.");
-    prom_dispatch_family(&o, bus, D_DROPPED, "ringbus_dispatch_dropped_total", "counter",
-                         "Messages that failed for good and were not dead-lettered.");
-    prom_dispatch_family(&o, bus, D_IN_HAND, "ringbus_dispatch_in_hand", "gauge",
-                         "Messages the dispatcher holds now.");
+    for (size_t i = 0; i < sizeof dispatch_families / sizeof dispatch_families[0]; i++)
+        prom_dispatch_family(&o, bus, dispatch_families[i].field, dispatch_families[i].name,
+                             dispatch_families[i].type, dispatch_families[i].help);
     pthread_mutex_unlock(&bus->lock);
     if (size)
         buf[o.len < size ? o.len : size - 1] = '\0';
