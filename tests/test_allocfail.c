@@ -39,77 +39,6 @@
 
 #include "test_util.h"
 
-/* -------------------------------------------------- the failing allocator */
-
-/* Each block carries a header (its size and a tag), so live bytes are exact
- * and a free of a pointer we did not hand out (or a double free) is seen. */
-#define FA_HDR 16
-#define FA_TAG UINT64_C(0xa110cfa11ed0beef)
-
-struct fail_alloc {
-    atomic_llong calls;    /* alloc hook calls, the failed one included */
-    atomic_llong fail_at;  /* the call (1-based) that fails; 0 = none */
-    atomic_llong injected; /* failures handed out */
-    atomic_llong live_blocks;
-    atomic_llong live_bytes;
-    atomic_llong bad_frees;
-    rbus_allocator hooks;
-};
-
-static void *fa_alloc(size_t size, void *arg)
-{
-    struct fail_alloc *fa = arg;
-    long long n = atomic_fetch_add(&fa->calls, 1) + 1;
-    if (n == atomic_load(&fa->fail_at)) {
-        atomic_fetch_add(&fa->injected, 1);
-        return NULL;
-    }
-    if (size > SIZE_MAX - FA_HDR)
-        return NULL;
-    unsigned char *raw = malloc(size + FA_HDR);
-    if (!raw)
-        return NULL;
-    uint64_t sz = (uint64_t)size, tag = FA_TAG;
-    memcpy(raw, &sz, sizeof sz);
-    memcpy(raw + 8, &tag, sizeof tag);
-    atomic_fetch_add(&fa->live_blocks, 1);
-    atomic_fetch_add(&fa->live_bytes, (long long)size);
-    return raw + FA_HDR;
-}
-
-static void fa_free(void *ptr, void *arg)
-{
-    struct fail_alloc *fa = arg;
-    if (!ptr)
-        return;
-    unsigned char *raw = (unsigned char *)ptr - FA_HDR;
-    uint64_t sz, tag;
-    memcpy(&sz, raw, sizeof sz);
-    memcpy(&tag, raw + 8, sizeof tag);
-    if (tag != FA_TAG) {
-        atomic_fetch_add(&fa->bad_frees, 1);
-        return;
-    }
-    tag = 0;
-    memcpy(raw + 8, &tag, sizeof tag);
-    atomic_fetch_sub(&fa->live_blocks, 1);
-    atomic_fetch_sub(&fa->live_bytes, (long long)sz);
-    free(raw);
-}
-
-static void fa_init(struct fail_alloc *fa, long long fail_at)
-{
-    atomic_init(&fa->calls, 0);
-    atomic_init(&fa->fail_at, fail_at);
-    atomic_init(&fa->injected, 0);
-    atomic_init(&fa->live_blocks, 0);
-    atomic_init(&fa->live_bytes, 0);
-    atomic_init(&fa->bad_frees, 0);
-    fa->hooks.alloc = fa_alloc;
-    fa->hooks.free = fa_free;
-    fa->hooks.arg = fa;
-}
-
 /* ------------------------------------------------------------ the model */
 
 #define NTOPICS 6
@@ -147,7 +76,7 @@ struct msub {
 };
 
 struct scen {
-    struct fail_alloc *fa;
+    struct rbus_test_alloc *fa;
     long long k; /* the failing call; 0 = none */
     rbus *bus;
     rbus_topic *topics[NTOPICS];
@@ -740,7 +669,7 @@ static bool run_scenario(struct scen *s)
     return true;
 }
 
-static void scen_init(struct scen *s, struct fail_alloc *fa, long long k)
+static void scen_init(struct scen *s, struct rbus_test_alloc *fa, long long k)
 {
     memset(s, 0, sizeof *s);
     s->fa = fa;
@@ -751,7 +680,7 @@ static void scen_init(struct scen *s, struct fail_alloc *fa, long long k)
 
 static void assert_all_returned(const struct scen *s)
 {
-    struct fail_alloc *fa = s->fa;
+    struct rbus_test_alloc *fa = s->fa;
     if (atomic_load(&fa->live_blocks) != 0 || atomic_load(&fa->live_bytes) != 0 ||
         atomic_load(&fa->bad_frees) != 0) {
         print_error("k=%lld (failed: %s): after rbus_destroy %lld blocks / %lld bytes live, "
@@ -786,12 +715,12 @@ static void tally(struct call_tally *t, unsigned *n, const char *name)
 static void test_allocfail_every_allocation(void **state)
 {
     (void)state;
-    static struct fail_alloc fa;
+    static struct rbus_test_alloc fa;
     static struct scen s;
     pattern_init();
 
     /* The scenario with no failure: how many allocations it makes. */
-    fa_init(&fa, 0);
+    rbus_test_alloc_init(&fa);
     scen_init(&s, &fa, 0);
     assert_true(run_scenario(&s));
     assert_all_returned(&s);
@@ -816,7 +745,8 @@ static void test_allocfail_every_allocation(void **state)
     unsigned create_failed = 0, absorbed = 0;
     long long k;
     for (k = 1; k <= total; k++) {
-        fa_init(&fa, k);
+        rbus_test_alloc_init(&fa);
+        atomic_store(&fa.fail_at, k);
         scen_init(&s, &fa, k);
         bool ran = run_scenario(&s);
         /* The first k-1 allocations are the same as in the clean run, so

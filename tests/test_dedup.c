@@ -180,93 +180,6 @@ static size_t fmt_key(char *buf, size_t cap, const char *prefix, uint32_t i)
     return (size_t)n;
 }
 
-/* --------------------------------------------- a small counting allocator */
-
-/* Each block carries a 16-byte header (its size and a tag), so a free of a
- * pointer this allocator did not hand out is caught, and live bytes are
- * exact. `budget` < 0: never fail; otherwise that many more allocations
- * succeed, then every one fails until the budget is reset. */
-#define CA_HDR 16
-#define CA_TAG UINT64_C(0x5ded0bee5ded0bee)
-
-struct counting_alloc {
-    atomic_llong allocs;  /* successful allocations */
-    atomic_llong failed;  /* injected failures */
-    atomic_llong frees;
-    atomic_llong live_blocks;
-    atomic_llong live_bytes;
-    atomic_llong bad_frees;
-    atomic_llong budget;
-    rbus_allocator hooks;
-};
-
-static void *ca_alloc(size_t size, void *arg)
-{
-    struct counting_alloc *c = arg;
-    long long b = atomic_load(&c->budget);
-    while (b > 0 && !atomic_compare_exchange_weak(&c->budget, &b, b - 1)) {
-    }
-    if (b == 0) {
-        atomic_fetch_add(&c->failed, 1);
-        return NULL;
-    }
-    if (size > SIZE_MAX - CA_HDR)
-        return NULL;
-    unsigned char *raw = malloc(size + CA_HDR);
-    if (!raw)
-        return NULL;
-    uint64_t sz = (uint64_t)size, tag = CA_TAG;
-    memcpy(raw, &sz, sizeof sz);
-    memcpy(raw + 8, &tag, sizeof tag);
-    atomic_fetch_add(&c->allocs, 1);
-    atomic_fetch_add(&c->live_blocks, 1);
-    atomic_fetch_add(&c->live_bytes, (long long)size);
-    return raw + CA_HDR;
-}
-
-static void ca_free(void *ptr, void *arg)
-{
-    struct counting_alloc *c = arg;
-    if (!ptr)
-        return;
-    unsigned char *raw = (unsigned char *)ptr - CA_HDR;
-    uint64_t sz, tag;
-    memcpy(&sz, raw, sizeof sz);
-    memcpy(&tag, raw + 8, sizeof tag);
-    if (tag != CA_TAG) {
-        atomic_fetch_add(&c->bad_frees, 1);
-        return;
-    }
-    tag = 0;
-    memcpy(raw + 8, &tag, sizeof tag); /* a double free is caught too */
-    atomic_fetch_add(&c->frees, 1);
-    atomic_fetch_sub(&c->live_blocks, 1);
-    atomic_fetch_sub(&c->live_bytes, (long long)sz);
-    free(raw);
-}
-
-static void ca_init(struct counting_alloc *c)
-{
-    atomic_init(&c->allocs, 0);
-    atomic_init(&c->failed, 0);
-    atomic_init(&c->frees, 0);
-    atomic_init(&c->live_blocks, 0);
-    atomic_init(&c->live_bytes, 0);
-    atomic_init(&c->bad_frees, 0);
-    atomic_init(&c->budget, -1);
-    c->hooks.alloc = ca_alloc;
-    c->hooks.free = ca_free;
-    c->hooks.arg = c;
-}
-
-static void ca_assert_all_returned(struct counting_alloc *c)
-{
-    assert_int_equal(atomic_load(&c->bad_frees), 0);
-    assert_int_equal(atomic_load(&c->live_blocks), 0);
-    assert_int_equal(atomic_load(&c->live_bytes), 0);
-    assert_int_equal(atomic_load(&c->allocs), atomic_load(&c->frees));
-}
-
 /* ------------------------------------------- 1. duplicates in the window */
 
 static void duplicate_in_window_is_suppressed_for_every_subscription(void **state)
@@ -875,8 +788,8 @@ static void dedup_memory_does_not_grow_with_distinct_keys(void **state)
     const uint32_t k = 4096;
     uint32_t nkeys = (uint32_t)rbus_test_scaled(1000000, 50000);
     const uint32_t warm = 3 * k;
-    struct counting_alloc ca;
-    ca_init(&ca);
+    struct rbus_test_alloc ca;
+    rbus_test_alloc_init(&ca);
     rbus *bus = new_bus(k, 0, 0, &ca.hooks);
     rbus_topic *t = open_topic(bus, "mem");
     rbus_sub *s = new_sub(bus, "mem", 64, RBUS_DROP_NEWEST);
@@ -944,7 +857,7 @@ static void dedup_memory_does_not_grow_with_distinct_keys(void **state)
 
     assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
-    ca_assert_all_returned(&ca);
+    rbus_test_alloc_assert_all_returned(&ca);
 }
 
 /* ------------------------------------------- 6. failures record no key */
@@ -1044,8 +957,8 @@ static void closed_bus_says_shutdown_before_duplicate(void **state)
 static void dedup_allocation_failure_records_no_key(void **state)
 {
     (void)state;
-    struct counting_alloc ca;
-    ca_init(&ca);
+    struct rbus_test_alloc ca;
+    rbus_test_alloc_init(&ca);
     rbus *bus = new_bus(0, 0, 0, &ca.hooks);
     rbus_sub *s = new_sub(bus, "oom.*", 1024, RBUS_BLOCK);
     /* Warm-up: thread state, message cache and the size class of keyed
@@ -1060,7 +973,7 @@ static void dedup_allocation_failure_records_no_key(void **state)
         char name[32];
         snprintf(name, sizeof name, "oom.t%lld", budget);
         rbus_topic *t = open_topic(bus, name);
-        long long failed_before = atomic_load(&ca.failed);
+        long long failed_before = atomic_load(&ca.injected);
         long long allocs_before = atomic_load(&ca.allocs);
         long long bytes_before = atomic_load(&ca.live_bytes);
         rbus_pub_result r;
@@ -1069,7 +982,7 @@ static void dedup_allocation_failure_records_no_key(void **state)
         atomic_store(&ca.budget, -1);
         if (rc == -ENOMEM) {
             failures++;
-            assert_true(atomic_load(&ca.failed) > failed_before);
+            assert_true(atomic_load(&ca.injected) > failed_before);
             assert_result_zero(&r, false);
             expect_topic_stats(t, 0, 0);
             expect_empty(s);
@@ -1085,7 +998,7 @@ static void dedup_allocation_failure_records_no_key(void **state)
             continue;
         }
         assert_rbus_ok(rc);
-        assert_int_equal(atomic_load(&ca.failed), failed_before);
+        assert_int_equal(atomic_load(&ca.injected), failed_before);
         /* The first keyed publish allocated (dedup memory is lazy). */
         assert_true(atomic_load(&ca.allocs) - allocs_before == budget);
         printf("dedup: the first keyed publish on a topic (default dedup_keys) took "
@@ -1112,14 +1025,14 @@ static void dedup_allocation_failure_records_no_key(void **state)
     unsigned char *payload = calloc(1, POOL_PAYLOAD);
     assert_non_null(payload);
     rbus_pub_result r;
-    long long failed_before = atomic_load(&ca.failed);
+    long long failed_before = atomic_load(&ca.injected);
     atomic_store(&ca.budget, 0);
     int rc = pub_key(t, "P", 1, payload, POOL_PAYLOAD, &r);
     atomic_store(&ca.budget, -1);
     printf("dedup: keyed %d-byte publish with the allocator failing: rc=%d (%s)\n",
            (int)POOL_PAYLOAD, rc, rbus_strerror(rc));
     assert_rbus_rc(rc, -ENOMEM);
-    assert_true(atomic_load(&ca.failed) > failed_before);
+    assert_true(atomic_load(&ca.injected) > failed_before);
     assert_result_zero(&r, false);
     expect_topic_stats(t, 1, 0);
     expect_empty(s);
@@ -1133,7 +1046,7 @@ static void dedup_allocation_failure_records_no_key(void **state)
 
     assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
-    ca_assert_all_returned(&ca);
+    rbus_test_alloc_assert_all_returned(&ca);
 }
 
 /* ----------------------------------------------------- 7. RBUS_DEDUP_OFF */

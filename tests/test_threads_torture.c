@@ -103,75 +103,6 @@ static uint32_t mask_of(const char *pattern)
     return m;
 }
 
-/* -------------------------------------------------- counting allocator */
-
-#define CA_HDR 16
-#define CA_TAG UINT64_C(0x70b7c0de70b7c0de)
-
-struct counting {
-    atomic_llong allocs;
-    atomic_llong frees;
-    atomic_llong live_blocks;
-    atomic_llong live_bytes;
-    atomic_llong peak_bytes;
-    atomic_llong bad_frees;
-    rbus_allocator hooks;
-};
-
-static void *ca_alloc(size_t size, void *arg)
-{
-    struct counting *c = arg;
-    if (size > SIZE_MAX - CA_HDR)
-        return NULL;
-    unsigned char *raw = malloc(size + CA_HDR);
-    if (!raw)
-        return NULL;
-    uint64_t sz = (uint64_t)size, tag = CA_TAG;
-    memcpy(raw, &sz, sizeof sz);
-    memcpy(raw + 8, &tag, sizeof tag);
-    atomic_fetch_add(&c->allocs, 1);
-    atomic_fetch_add(&c->live_blocks, 1);
-    long long now = atomic_fetch_add(&c->live_bytes, (long long)size) + (long long)size;
-    long long peak = atomic_load(&c->peak_bytes);
-    while (now > peak && !atomic_compare_exchange_weak(&c->peak_bytes, &peak, now)) {
-    }
-    return raw + CA_HDR;
-}
-
-static void ca_free(void *ptr, void *arg)
-{
-    struct counting *c = arg;
-    if (!ptr)
-        return;
-    unsigned char *raw = (unsigned char *)ptr - CA_HDR;
-    uint64_t sz, tag;
-    memcpy(&sz, raw, sizeof sz);
-    memcpy(&tag, raw + 8, sizeof tag);
-    if (tag != CA_TAG) {
-        atomic_fetch_add(&c->bad_frees, 1);
-        return;
-    }
-    tag = 0;
-    memcpy(raw + 8, &tag, sizeof tag);
-    atomic_fetch_add(&c->frees, 1);
-    atomic_fetch_sub(&c->live_blocks, 1);
-    atomic_fetch_sub(&c->live_bytes, (long long)sz);
-    free(raw);
-}
-
-static void ca_init(struct counting *c)
-{
-    atomic_init(&c->allocs, 0);
-    atomic_init(&c->frees, 0);
-    atomic_init(&c->live_blocks, 0);
-    atomic_init(&c->live_bytes, 0);
-    atomic_init(&c->peak_bytes, 0);
-    atomic_init(&c->bad_frees, 0);
-    c->hooks.alloc = ca_alloc;
-    c->hooks.free = ca_free;
-    c->hooks.arg = c;
-}
-
 /* ------------------------------------------------------------- payload */
 
 struct tpay {
@@ -1312,8 +1243,8 @@ static void run_torture(const struct run_cfg *cfg)
     atomic_store(&g.main_act.topic, -1);
 
     const uint64_t run_ms = rbus_test_scaled(cfg->base_ms, 1000);
-    static struct counting ca;
-    ca_init(&ca);
+    static struct rbus_test_alloc ca;
+    rbus_test_alloc_init(&ca);
     rbus_config bc;
     rbus_config_init(&bc);
     bc.allocator = &ca.hooks;
@@ -1527,10 +1458,7 @@ static void run_torture(const struct run_cfg *cfg)
            cfg->label, (long long)atomic_load(&ca.allocs), (long long)atomic_load(&ca.peak_bytes),
            live_before, left_to_destroy, (long long)atomic_load(&ca.live_blocks),
            (long long)atomic_load(&ca.live_bytes), (long long)atomic_load(&ca.bad_frees));
-    assert_int_equal(atomic_load(&ca.bad_frees), 0);
-    assert_int_equal(atomic_load(&ca.live_blocks), 0);
-    assert_int_equal(atomic_load(&ca.live_bytes), 0);
-    assert_int_equal(atomic_load(&ca.allocs), atomic_load(&ca.frees));
+    rbus_test_alloc_assert_all_returned(&ca);
     for (int t = 0; t < NTOPICS; t++)
         pthread_mutex_destroy(&g.shared_lock[t]);
     free(g.workers);

@@ -141,6 +141,111 @@ static inline void rbus_test_assert_no_keys(const rbus_msg *m, size_t poison)
     assert_null(rbus_msg_order_key(m, NULL));
 }
 
+/* ------------------------------------------------- a counting allocator */
+
+/* Hooks for rbus_config.allocator. Each block carries a 16-byte header (its
+ * size and a tag): live bytes are exact, and a free of a pointer these hooks
+ * did not hand out, or a second free, counts in bad_frees instead of
+ * corrupting the heap. Failures can be injected two ways: `budget` >= 0
+ * lets that many more allocations succeed, then fails every one until it is
+ * reset (-1 = unlimited); `fail_at` > 0 fails exactly that call (1-based,
+ * counted in `calls`). Only injected failures count in `injected`. */
+#define RBUS_TEST_ALLOC_HDR 16
+#define RBUS_TEST_ALLOC_TAG UINT64_C(0x5ded0bee70b7c0de)
+
+struct rbus_test_alloc {
+    atomic_llong calls;  /* alloc hook calls, failed ones included */
+    atomic_llong allocs; /* successful allocations */
+    atomic_llong frees;
+    atomic_llong injected;
+    atomic_llong live_blocks;
+    atomic_llong live_bytes;
+    atomic_llong peak_bytes;
+    atomic_llong bad_frees;
+    atomic_llong budget;
+    atomic_llong fail_at;
+    rbus_allocator hooks;
+};
+
+static inline void *rbus_test_alloc_alloc(size_t size, void *arg)
+{
+    struct rbus_test_alloc *a = arg;
+    long long n = atomic_fetch_add(&a->calls, 1) + 1;
+    if (n == atomic_load(&a->fail_at)) {
+        atomic_fetch_add(&a->injected, 1);
+        return NULL;
+    }
+    long long b = atomic_load(&a->budget);
+    while (b > 0 && !atomic_compare_exchange_weak(&a->budget, &b, b - 1)) {
+    }
+    if (b == 0) {
+        atomic_fetch_add(&a->injected, 1);
+        return NULL;
+    }
+    if (size > SIZE_MAX - RBUS_TEST_ALLOC_HDR)
+        return NULL;
+    unsigned char *raw = malloc(size + RBUS_TEST_ALLOC_HDR);
+    if (!raw)
+        return NULL;
+    uint64_t sz = (uint64_t)size, tag = RBUS_TEST_ALLOC_TAG;
+    memcpy(raw, &sz, sizeof sz);
+    memcpy(raw + 8, &tag, sizeof tag);
+    atomic_fetch_add(&a->allocs, 1);
+    atomic_fetch_add(&a->live_blocks, 1);
+    long long now = atomic_fetch_add(&a->live_bytes, (long long)size) + (long long)size;
+    long long peak = atomic_load(&a->peak_bytes);
+    while (now > peak && !atomic_compare_exchange_weak(&a->peak_bytes, &peak, now)) {
+    }
+    return raw + RBUS_TEST_ALLOC_HDR;
+}
+
+static inline void rbus_test_alloc_free(void *ptr, void *arg)
+{
+    struct rbus_test_alloc *a = arg;
+    if (!ptr)
+        return;
+    unsigned char *raw = (unsigned char *)ptr - RBUS_TEST_ALLOC_HDR;
+    uint64_t sz, tag;
+    memcpy(&sz, raw, sizeof sz);
+    memcpy(&tag, raw + 8, sizeof tag);
+    if (tag != RBUS_TEST_ALLOC_TAG) {
+        atomic_fetch_add(&a->bad_frees, 1);
+        return;
+    }
+    tag = 0;
+    memcpy(raw + 8, &tag, sizeof tag); /* so a double free is caught too */
+    atomic_fetch_add(&a->frees, 1);
+    atomic_fetch_sub(&a->live_blocks, 1);
+    atomic_fetch_sub(&a->live_bytes, (long long)sz);
+    free(raw);
+}
+
+/* Zero counters, no budget, no fail_at. */
+static inline void rbus_test_alloc_init(struct rbus_test_alloc *a)
+{
+    atomic_init(&a->calls, 0);
+    atomic_init(&a->allocs, 0);
+    atomic_init(&a->frees, 0);
+    atomic_init(&a->injected, 0);
+    atomic_init(&a->live_blocks, 0);
+    atomic_init(&a->live_bytes, 0);
+    atomic_init(&a->peak_bytes, 0);
+    atomic_init(&a->bad_frees, 0);
+    atomic_init(&a->budget, -1);
+    atomic_init(&a->fail_at, 0);
+    a->hooks.alloc = rbus_test_alloc_alloc;
+    a->hooks.free = rbus_test_alloc_free;
+    a->hooks.arg = a;
+}
+
+static inline void rbus_test_alloc_assert_all_returned(struct rbus_test_alloc *a)
+{
+    assert_int_equal(atomic_load(&a->bad_frees), 0);
+    assert_int_equal(atomic_load(&a->live_blocks), 0);
+    assert_int_equal(atomic_load(&a->live_bytes), 0);
+    assert_int_equal(atomic_load(&a->allocs), atomic_load(&a->frees));
+}
+
 /* ------------------------------------------------ errors in worker threads */
 
 /* Worker threads never call cmocka: they report here (the first message is
