@@ -138,16 +138,29 @@ int main(int argc, char **argv)
     uint64_t messages = 1000000;
     int publishers = 4;
     const char *ring = "both";
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--messages"))
-            messages = strtoull(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "--publishers"))
-            publishers = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--ring"))
-            ring = argv[i + 1];
+    for (int i = 1; i < argc; i += 2) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--help")) {
+            printf("usage: producer_stall [--messages N] [--publishers P] [--ring rbus|ck|both]\n"
+                   "  N publishes per publisher (default 1000000), P publishers (default 4);\n"
+                   "  'ck' runs ck_ring, which can convoy for minutes with P > cores\n");
+            return 0;
+        } else if (v && !strcmp(argv[i], "--messages")) {
+            messages = strtoull(v, NULL, 10);
+        } else if (v && !strcmp(argv[i], "--publishers")) {
+            publishers = atoi(v);
+        } else if (v && !strcmp(argv[i], "--ring")) {
+            ring = v;
+        } else {
+            fprintf(stderr, "producer_stall: bad argument '%s' (see --help)\n", argv[i]);
+            return 2;
+        }
     }
-    if (publishers < 1 || publishers > 64 || !messages)
+    if (publishers < 1 || publishers > 64 || !messages ||
+        (strcmp(ring, "rbus") && strcmp(ring, "ck") && strcmp(ring, "both"))) {
+        fprintf(stderr, "producer_stall: bad arguments (see --help)\n");
         return 2;
+    }
     int rc = 0;
     if (strcmp(ring, "ck"))
         rc |= run("rbus", publishers, messages);

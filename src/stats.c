@@ -39,6 +39,16 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     return 0;
 }
 
+/* Subscriptions on the list that are still open: rbus_close marks them
+ * closed but leaves them listed until each is closed or unsubscribed. */
+static uint32_t open_subs(const struct rbus_sublist *l)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; l && i < l->count; i++)
+        n += atomic_load_explicit(&l->subs[i]->state, memory_order_relaxed) == RBUS_SUB_OPEN;
+    return n;
+}
+
 int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
 {
     if (!topic || !out)
@@ -54,13 +64,11 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
     struct rbus_thread *th = rbus__thread_get(t->bus);
     if (th) {
         rbus__read_begin(th);
-        struct rbus_sublist *l = atomic_load_explicit(&t->subs, memory_order_acquire);
-        out->subscriptions = l ? l->count : 0;
+        out->subscriptions = open_subs(atomic_load_explicit(&t->subs, memory_order_acquire));
         rbus__read_end(th);
     } else {
         pthread_mutex_lock(&t->bus->lock);
-        struct rbus_sublist *l = atomic_load_explicit(&t->subs, memory_order_relaxed);
-        out->subscriptions = l ? l->count : 0;
+        out->subscriptions = open_subs(atomic_load_explicit(&t->subs, memory_order_relaxed));
         pthread_mutex_unlock(&t->bus->lock);
     }
     return 0;

@@ -278,9 +278,17 @@ static void calls_after_close_give_eshutdown(void **state)
     assert_rbus_ok(rbus_topic_open(bus, "after", &t));
     rbus_sub *s = rbus_test_subscribe_checked(bus, "after", 4, RBUS_BLOCK, 0, NULL);
     assert_rbus_ok(rbus_publish(t, "x", 1));
+    rbus_topic_stats ts;
+    assert_rbus_ok(rbus_topic_stats_get(t, &ts));
+    assert_int_equal(ts.subscriptions, 1);
 
     rbus_close(bus);
     rbus_close(bus); /* idempotent */
+    /* "matching open subscriptions now": none once the bus is closed
+     * (regression: closed subscriptions that stay listed were counted). */
+    assert_rbus_ok(rbus_topic_stats_get(t, &ts));
+    assert_int_equal(ts.subscriptions, 0);
+    assert_int_equal(ts.published, 1);
 
     assert_rbus_rc(rbus_publish(t, "y", 1), -ESHUTDOWN);
     rbus_pub_result r;
@@ -312,7 +320,6 @@ static void calls_after_close_give_eshutdown(void **state)
     assert_rbus_rc(rbus_subscribe(bus, "a.>.b", NULL, &s2), -EINVAL);
 
     /* nothing of that was published */
-    rbus_topic_stats ts;
     assert_rbus_ok(rbus_topic_stats_get(t, &ts));
     assert_int_equal(ts.published, 1);
     rbus_sub_stats st;
