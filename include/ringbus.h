@@ -78,7 +78,7 @@ typedef enum rbus_overflow {
 /** Longest idempotency key or order key, in bytes. */
 #define RBUS_MAX_KEY_LEN 255
 /** Largest rbus_config.dedup_keys accepted, RBUS_DEDUP_OFF aside (4 Mi keys;
- *  dedup memory is about 112 bytes per key per keyed topic). */
+ *  dedup memory is about 128 bytes per key per keyed topic). */
 #define RBUS_MAX_DEDUP_KEYS (UINT32_C(1) << 22)
 /** Largest rbus_config.max_payload accepted (64 MiB). */
 #define RBUS_MAX_PAYLOAD_LIMIT (UINT32_C(1) << 26)
