@@ -51,8 +51,9 @@
 #include <xxhash.h>
 
 #define RBUS_DEDUP_SHARDS 16u
-/* Table slots per FIFO item: at most 3/8 of the slots are ever taken, which
- * keeps probe chains and backward shifts short. */
+/* Table slots per FIFO item: at most 3/16 of the slots are ever taken,
+ * which keeps probe chains and backward shifts short (2 per item measured
+ * ~7 ns slower per keyed publish, 8 no faster). */
 #define RBUS_DEDUP_SPREAD 4u
 
 /* What a shard remembers of one acceptance, in its FIFO (ticket order). */

@@ -20,10 +20,11 @@
  * Order keys (ordered_by_key): a key is "busy" from the moment one of its
  * messages starts until the last of its messages in hand is done; later
  * messages with that key park in a FIFO on the key's state. One worker at
- * a time receives (the `receiving` role, taken under the lock and held
- * until the message is attached to its key), so the FIFO is in queue
- * order; the others wait on the condition variable, free to run retries. A message waiting for a retry
- * keeps its key busy, so it holds back only its own key's later messages.
+ * a time receives (`receiver_busy`, taken under the lock and released
+ * once the message is attached to its key), so the FIFO is in queue order;
+ * the others wait on the condition variable, free to run retries. A
+ * message waiting for a retry keeps its key busy, so it holds back only its
+ * own key's later messages.
  *
  * Attempts: messages are shared by every subscription that received them,
  * so a retry runs on a private copy whose rbus_msg_attempt says which

@@ -177,6 +177,9 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
                         size_t len, const rbus_pub_opts *opts);
 /* Drops n references at once; the last one returns it to its home cache. */
 void rbus__msg_unref(rbus_msg *msg, uint32_t n);
+/* The publish options that carry m's keys and origin tag over to another
+ * message (retry copies, dead letters). */
+void rbus__msg_opts(const rbus_msg *m, rbus_pub_opts *o);
 /* A private copy of m (same topic, seq, time, keys, origin) whose attempt
  * count is `attempt`: a retry must not change a message other
  * subscriptions share. NULL when the pool cannot grow. */

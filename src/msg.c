@@ -114,13 +114,18 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
     return m;
 }
 
+void rbus__msg_opts(const rbus_msg *m, rbus_pub_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->key = rbus_msg_key(m, &o->key_len);
+    o->order_key = rbus_msg_order_key(m, &o->order_key_len);
+    o->origin = m->origin;
+}
+
 rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t attempt)
 {
     rbus_pub_opts o;
-    memset(&o, 0, sizeof o);
-    o.key = rbus_msg_key(m, &o.key_len);
-    o.order_key = rbus_msg_order_key(m, &o.order_key_len);
-    o.origin = m->origin;
+    rbus__msg_opts(m, &o);
     rbus_msg *c = rbus__msg_new(th, m->topic, m->data, m->size, &o);
     if (!c)
         return NULL;

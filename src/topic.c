@@ -484,12 +484,15 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
 
 /* Check-and-insert of the publish's key, if it has one and the bus keeps a
  * window: 0 = go on (accepted or nothing to check), RBUS_DUPLICATE (counted,
- * *result says so) or -ENOMEM (nothing recorded). */
+ * *result says so) or -ENOMEM (nothing recorded). now_ns < 0: read the
+ * clock only if a key is checked. */
 static int accept_key(rbus_topic *topic, const rbus_pub_opts *opts, int64_t now_ns,
                       rbus_pub_result *result)
 {
     if (!opts || !opts->key || topic->bus->cfg.dedup_keys == RBUS_DEDUP_OFF)
         return 0;
+    if (now_ns < 0)
+        now_ns = rbus__now_ns();
     int drc = rbus__dedup_accept(topic, opts->key, opts->key_len, now_ns);
     if (drc == RBUS_DUPLICATE) {
         atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
@@ -524,8 +527,7 @@ static RBUS_NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread *
                                          const struct rbus_sublist *list,
                                          const rbus_pub_opts *opts, rbus_pub_result *result)
 {
-    bool keyed = opts && opts->key && topic->bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
-    int drc = accept_key(topic, opts, keyed ? rbus__now_ns() : 0, result);
+    int drc = accept_key(topic, opts, -1, result);
     if (drc == 0) {
         atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
         /* The tallies of an offer refused by drop-newest, in one relaxed
@@ -575,7 +577,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     /* Acquire: pairs with the release exchange in rbus__topics_relist. */
     struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
     uint32_t n = list ? list->count : 0;
-    if (n && RBUS_UNLIKELY(subs_refuse_newest(list)) && !relay)
+    if (n && !relay && RBUS_UNLIKELY(subs_refuse_newest(list)))
         return publish_refused(topic, th, list, opts, result);
     rbus_msg *m = NULL;
     if (RBUS_UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
@@ -667,11 +669,8 @@ int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rb
                         int64_t timeout_ns)
 {
     rbus_pub_opts o;
-    memset(&o, 0, sizeof o);
+    rbus__msg_opts(orig, &o);
     o.timeout_ns = timeout_ns;
-    o.key = rbus_msg_key(orig, &o.key_len);
-    o.order_key = rbus_msg_order_key(orig, &o.order_key_len);
-    o.origin = rbus_msg_origin(orig);
     return publish(topic, rbus_msg_data(orig), rbus_msg_size(orig), &o, NULL, relay);
 }
 
