@@ -37,6 +37,11 @@ const char *rbus_strerror(int rc)
     case -EMFILE: return "too many open files";
     case -ENFILE: return "too many open files in the system";
     case -ENODEV: return "no such device";
+    /* ringbus_nats (the NATS bridge) adds these. */
+    case -ECONNREFUSED: return "NATS: no server answered";
+    case -ENOTSUP: return "NATS: the server has no JetStream";
+    case -ENOENT: return "NATS: no such JetStream stream";
+    case -EIO: return "NATS: error from the server or client";
     default: return "unknown ringbus error";
     }
 }

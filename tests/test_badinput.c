@@ -112,7 +112,9 @@ static void version_and_strerror(void **state)
 
     static const int known[] = {0,           RBUS_DUPLICATE, -EINVAL,   -ENOMEM,
                                 -EAGAIN,     -ETIMEDOUT,     -EMSGSIZE, -ESHUTDOWN,
-                                -ENOSPC,     -EBUSY,         -EDEADLK};
+                                -ENOSPC,     -EBUSY,         -EDEADLK,
+                                /* the NATS bridge's */
+                                -ECONNREFUSED, -ENOTSUP, -ENOENT, -EIO};
     static const int unknown[] = {INT_MIN, INT_MIN + 1, -99999, -4095, 2,
                                   12345,   INT_MAX,     EINVAL, ESHUTDOWN};
     const char *unk = rbus_strerror(-99999);

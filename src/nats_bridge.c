@@ -1,0 +1,869 @@
+/* The NATS bridge (optional component, library ringbus_nats): one cnats
+ * connection, an export thread that drains the bridge's own subscription into
+ * NATS, and an import thread that feeds NATS messages into the bus.
+ *
+ * It uses only the public ringbus API: the bridge is a client of the bus like
+ * any other, which keeps the core free of NATS and lets the bridge be tested
+ * against the same contract users get. */
+#include "ringbus_nats.h"
+
+#include <nats/nats.h>
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#define DEFAULT_URL "nats://127.0.0.1:4222"
+#define DEFAULT_BLOCK_TIMEOUT_NS INT64_C(1000000000)
+#define DEFAULT_IMPORT_TIMEOUT_NS INT64_C(1000000000)
+#define DEFAULT_MAX_PENDING 1024u
+#define DEFAULT_ACK_TIMEOUT_NS INT64_C(5000000000)
+#define DEFAULT_CONNECT_TIMEOUT_NS INT64_C(2000000000)
+#define DEFAULT_RECONNECT_WAIT_NS INT64_C(100000000)
+/* How often the worker threads look at the stop flag when idle. */
+#define POLL_MS 100
+#define EXPORT_BATCH 64
+#define IMPORT_BATCH 128
+/* A core subscription holds at most this much before cnats drops (counted as
+ * import_dropped): the bound on memory for a slow local bus. */
+#define CORE_PENDING_MSGS 65536
+#define CORE_PENDING_BYTES (64 * 1024 * 1024)
+/* Longest NATS subject the bridge builds: prefix "." topic. */
+#define SUBJECT_MAX (2 * RBUS_MAX_TOPIC_LEN + 2)
+/* base64url of RBUS_MAX_KEY_LEN bytes, no padding, plus NUL. */
+#define B64_MAX (((RBUS_MAX_KEY_LEN + 2) / 3) * 4 + 1)
+
+struct rbus_nats {
+    rbus *bus;
+    rbus_nats_mode mode;
+    uint32_t origin;
+    int64_t import_timeout_ns;
+    int64_t ack_timeout_ns;
+    char *prefix; /* NULL or "prefix" (no dot) */
+    size_t prefix_len;
+    char bridge_id[17]; /* this instance, hex; tags exports to spot our own on import */
+
+    natsOptions *nopts;
+    natsConnection *nc;
+    jsCtx *js;
+    natsSubscription *import_sub;
+    rbus_sub *export_sub;
+
+    pthread_t export_thread, import_thread;
+    bool export_running, import_running;
+
+    /* Set once by rbus_nats_stop, read by both workers in their loops: a
+     * plain flag whose only job is to end them, so relaxed suffices; the
+     * join that follows gives the memory ordering. */
+    atomic_bool stopping;
+    /* When stopping: the time after which the export thread stops waiting
+     * for room among the unacknowledged (0 before). Same reasoning. */
+    atomic_uint_fast64_t export_deadline_ns;
+
+    /* Counters. Written by the export thread, the import thread and cnats'
+     * callback threads; read by stats and flush. Each is an independent
+     * monotonic count, so relaxed increments are enough, except for the
+     * export "done" counts, which flush compares against: those are
+     * incremented with release and read with acquire so that a flush that
+     * sees a message as done also sees what was done before it. */
+    atomic_uint_fast64_t export_taken, export_skipped, sent, send_failed, server_duplicates;
+    atomic_uint_fast64_t import_received, imported, import_duplicates, import_own;
+    atomic_uint_fast64_t import_invalid, import_failed;
+    atomic_uint_fast64_t disconnects, reconnects;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...)
+{
+    if (!err || err_size == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_size, fmt, ap);
+    va_end(ap);
+}
+
+static int64_t ns_to_ms_ceil(int64_t ns)
+{
+    return ns <= 0 ? 0 : (ns + 999999) / 1000000;
+}
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static bool is_stopping(const rbus_nats *b)
+{
+    return atomic_load_explicit(&b->stopping, memory_order_relaxed);
+}
+
+/* The export thread keeps waiting for acks to make room until the bridge is
+ * stopped and ack_timeout_ns has passed since: a healthy server lets it send
+ * everything queued, a dead one cannot hold rbus_nats_stop for long. */
+static bool export_gives_up(const rbus_nats *b)
+{
+    uint64_t deadline = atomic_load_explicit(&b->export_deadline_ns, memory_order_relaxed);
+    return deadline != 0 && monotonic_ns() >= deadline;
+}
+
+static void count(atomic_uint_fast64_t *c)
+{
+    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+static void count_done(atomic_uint_fast64_t *c)
+{
+    atomic_fetch_add_explicit(c, 1, memory_order_release);
+}
+
+/* --------------------------------------------------------- base64url */
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/* Keys are binary and header values are text: base64url (RFC 4648 section
+ * 5) without padding is the encoding NATS' own tools use for ids. */
+static void b64url_encode(const uint8_t *in, size_t len, char *out)
+{
+    size_t o = 0, i = 0;
+    for (; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64_alphabet[v >> 18];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+        out[o++] = b64_alphabet[(v >> 6) & 63];
+        out[o++] = b64_alphabet[v & 63];
+    }
+    if (len - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = b64_alphabet[v >> 18];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+    } else if (len - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64_alphabet[v >> 18];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+        out[o++] = b64_alphabet[(v >> 6) & 63];
+    }
+    out[o] = '\0';
+}
+
+static int b64url_value(char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+/* Decodes canonical unpadded base64url (unused low bits zero, so every key
+ * has exactly one encoding). Returns the byte count, or -1 if `in` is not
+ * that or would not fit in `cap` bytes. */
+static long b64url_decode(const char *in, uint8_t *out, size_t cap)
+{
+    size_t len = strlen(in);
+    if (len % 4 == 1)
+        return -1;
+    size_t need = len / 4 * 3 + (len % 4 ? len % 4 - 1 : 0);
+    if (need > cap)
+        return -1;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64url_value(in[i]);
+        if (v < 0)
+            return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    if (acc != 0) /* non-canonical trailing bits */
+        return -1;
+    return (long)o;
+}
+
+/* A header value becomes a key: its base64url decoding when it is one (what
+ * ringbus bridges send), else its text as it is (ids set by other NATS
+ * publishers), so equal ids always give equal keys. 0 when unusable. */
+static size_t header_to_key(const char *value, uint8_t *key)
+{
+    long n = b64url_decode(value, key, RBUS_MAX_KEY_LEN);
+    if (n >= 1)
+        return (size_t)n;
+    size_t len = strlen(value);
+    if (len < 1 || len > RBUS_MAX_KEY_LEN)
+        return 0;
+    memcpy(key, value, len);
+    return len;
+}
+
+/* --------------------------------------------------------- subjects */
+
+static bool build_subject(const rbus_nats *b, const char *topic, char *out)
+{
+    size_t tlen = strlen(topic);
+    if (!b->prefix) {
+        memcpy(out, topic, tlen + 1);
+        return true;
+    }
+    if (b->prefix_len + 1 + tlen >= SUBJECT_MAX)
+        return false;
+    memcpy(out, b->prefix, b->prefix_len);
+    out[b->prefix_len] = '.';
+    memcpy(out + b->prefix_len + 1, topic, tlen + 1);
+    return true;
+}
+
+/* The local topic a NATS subject maps to, or NULL (not ours, or invalid). */
+static const char *subject_to_topic(const rbus_nats *b, const char *subject)
+{
+    const char *topic = subject;
+    if (b->prefix) {
+        if (strncmp(subject, b->prefix, b->prefix_len) != 0 || subject[b->prefix_len] != '.')
+            return NULL;
+        topic = subject + b->prefix_len + 1;
+    }
+    return rbus_topic_valid(topic) ? topic : NULL;
+}
+
+/* ----------------------------------------------------------- export */
+
+static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    rbus_nats *b = closure;
+    if (pa) {
+        if (pa->Duplicate)
+            count(&b->server_duplicates);
+        count_done(&b->sent);
+    } else {
+        (void)pae;
+        count_done(&b->send_failed);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static natsStatus set_key_header(natsMsg *nm, const char *name, const void *key, size_t len)
+{
+    char text[B64_MAX];
+    b64url_encode(key, len, text);
+    return natsMsgHeader_Set(nm, name, text);
+}
+
+/* Hands one message to cnats. Core mode without keys takes cnats' direct
+ * path (no natsMsg, which would cost an allocation per message). */
+static void export_one(rbus_nats *b, const rbus_msg *m)
+{
+    char subject[SUBJECT_MAX];
+    size_t key_len = 0, okey_len = 0;
+    const void *key = rbus_msg_key(m, &key_len);
+    const void *okey = rbus_msg_order_key(m, &okey_len);
+    size_t size = rbus_msg_size(m);
+
+    if (!build_subject(b, rbus_msg_topic(m), subject) || size > (size_t)INT32_MAX) {
+        count_done(&b->send_failed);
+        return;
+    }
+    if (b->mode == RBUS_NATS_CORE && !key && !okey) {
+        natsStatus s = natsConnection_Publish(b->nc, subject, rbus_msg_data(m), (int)size);
+        count_done(s == NATS_OK ? &b->sent : &b->send_failed);
+        return;
+    }
+
+    natsMsg *nm = NULL;
+    natsStatus s = natsMsg_Create(&nm, subject, NULL, rbus_msg_data(m), (int)size);
+    if (s == NATS_OK && key)
+        s = set_key_header(nm, RBUS_NATS_KEY_HEADER, key, key_len);
+    if (s == NATS_OK && okey)
+        s = set_key_header(nm, RBUS_NATS_ORDER_KEY_HEADER, okey, okey_len);
+    if (s == NATS_OK && b->mode == RBUS_NATS_JETSTREAM)
+        s = natsMsgHeader_Set(nm, RBUS_NATS_BRIDGE_HEADER, b->bridge_id);
+    if (s != NATS_OK) {
+        natsMsg_Destroy(nm);
+        count_done(&b->send_failed);
+        return;
+    }
+    if (b->mode == RBUS_NATS_CORE) {
+        s = natsConnection_PublishMsg(b->nc, nm);
+        natsMsg_Destroy(nm);
+        count_done(s == NATS_OK ? &b->sent : &b->send_failed);
+        return;
+    }
+
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = ns_to_ms_ceil(b->ack_timeout_ns);
+    /* With max_pending acks outstanding cnats stalls the call for StallWait
+     * and then gives NATS_TIMEOUT without taking the message: that is the
+     * backpressure, so try again until it goes or the bridge stops. */
+    do {
+        s = js_PublishMsgAsync(b->js, &nm, &po);
+    } while (s == NATS_TIMEOUT && !export_gives_up(b));
+    if (s != NATS_OK) {
+        natsMsg_Destroy(nm); /* still ours: cnats cleared nm only on success */
+        count_done(&b->send_failed);
+    }
+    /* On success the ack callback counts it. */
+}
+
+static void *export_main(void *arg)
+{
+    rbus_nats *b = arg;
+    rbus_msg *batch[EXPORT_BATCH];
+    for (;;) {
+        int n = rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH, (int64_t)POLL_MS * 1000000);
+        if (n == -ETIMEDOUT)
+            continue;
+        if (n < 0)
+            break; /* -ESHUTDOWN: stopped (or bus closed) and drained */
+        for (int i = 0; i < n; i++) {
+            atomic_fetch_add_explicit(&b->export_taken, 1, memory_order_relaxed);
+            if (rbus_msg_origin(batch[i]) == b->origin)
+                count_done(&b->export_skipped);
+            else
+                export_one(b, batch[i]);
+            rbus_msg_release(batch[i]);
+        }
+    }
+    return NULL;
+}
+
+/* ----------------------------------------------------------- import */
+
+/* One NATS message into the bus. Returns false only when the bus refused it
+ * for good (closed), so that JetStream leaves it unacknowledged. */
+static bool import_one(rbus_nats *b, natsMsg *nm)
+{
+    count(&b->import_received);
+    const char *value = NULL;
+    if (b->mode == RBUS_NATS_JETSTREAM &&
+        natsMsgHeader_Get(nm, RBUS_NATS_BRIDGE_HEADER, &value) == NATS_OK && value &&
+        strcmp(value, b->bridge_id) == 0) {
+        count(&b->import_own);
+        return true;
+    }
+    const char *topic_name = subject_to_topic(b, natsMsg_GetSubject(nm));
+    if (!topic_name) {
+        count(&b->import_invalid);
+        return true;
+    }
+
+    uint8_t key[RBUS_MAX_KEY_LEN], okey[RBUS_MAX_KEY_LEN];
+    rbus_pub_opts po = {.origin = b->origin, .timeout_ns = b->import_timeout_ns};
+    if (natsMsgHeader_Get(nm, RBUS_NATS_KEY_HEADER, &value) == NATS_OK && value) {
+        po.key_len = header_to_key(value, key);
+        if (po.key_len == 0) {
+            count(&b->import_invalid);
+            return true;
+        }
+        po.key = key;
+    }
+    if (natsMsgHeader_Get(nm, RBUS_NATS_ORDER_KEY_HEADER, &value) == NATS_OK && value) {
+        po.order_key_len = header_to_key(value, okey);
+        if (po.order_key_len == 0) {
+            count(&b->import_invalid);
+            return true;
+        }
+        po.order_key = okey;
+    }
+
+    rbus_topic *topic = NULL;
+    int rc = rbus_topic_open(b->bus, topic_name, &topic);
+    if (rc == 0) {
+        const char *data = natsMsg_GetData(nm);
+        int len = natsMsg_GetDataLength(nm);
+        rc = rbus_publish_ex(topic, len > 0 ? data : NULL, len > 0 ? (size_t)len : 0, &po, NULL);
+    }
+    if (rc == 0)
+        count(&b->imported);
+    else if (rc == RBUS_DUPLICATE)
+        count(&b->import_duplicates);
+    else
+        count(&b->import_failed);
+    return rc != -ESHUTDOWN;
+}
+
+static void *import_main(void *arg)
+{
+    rbus_nats *b = arg;
+    while (!is_stopping(b)) {
+        if (b->mode == RBUS_NATS_CORE) {
+            natsMsg *nm = NULL;
+            natsStatus s = natsSubscription_NextMsg(&nm, b->import_sub, POLL_MS);
+            if (s == NATS_OK) {
+                import_one(b, nm);
+                natsMsg_Destroy(nm);
+            } else if (s != NATS_TIMEOUT) {
+                sleep_ms(POLL_MS / 4); /* closed or reconnecting: do not spin */
+            }
+            continue;
+        }
+        natsMsgList list = {0};
+        jsErrCode jerr = 0;
+        natsStatus s = natsSubscription_Fetch(&list, b->import_sub, IMPORT_BATCH, POLL_MS, &jerr);
+        if (s != NATS_OK) {
+            if (s != NATS_TIMEOUT)
+                sleep_ms(POLL_MS / 4);
+            continue;
+        }
+        for (int i = 0; i < list.Count; i++) {
+            /* Acknowledged after the local publish: a crash in between makes
+             * the server redeliver, and the key (if any) keeps that exact. */
+            if (import_one(b, list.Msgs[i]))
+                natsMsg_Ack(list.Msgs[i], NULL);
+        }
+        natsMsgList_Destroy(&list);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------- connection */
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    count(&((rbus_nats *)closure)->disconnects);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    count(&((rbus_nats *)closure)->reconnects);
+}
+
+static int errno_of(natsStatus s)
+{
+    switch (s) {
+    case NATS_NO_SERVER:
+        return -ECONNREFUSED;
+    case NATS_TIMEOUT:
+        return -ETIMEDOUT;
+    case NATS_INVALID_ARG:
+    case NATS_ADDRESS_MISSING:
+        return -EINVAL;
+    case NATS_NO_MEMORY:
+        return -ENOMEM;
+    default:
+        return -EIO;
+    }
+}
+
+static int nats_fail(natsStatus s, const char *what, char *err, size_t err_size)
+{
+    natsStatus last = NATS_OK;
+    const char *detail = nats_GetLastError(&last);
+    set_err(err, err_size, "%s: %s%s%s", what, natsStatus_GetText(s),
+            detail && *detail ? ": " : "", detail && *detail ? detail : "");
+    return errno_of(s);
+}
+
+static int js_fail(natsStatus s, jsErrCode jerr, const char *what, char *err, size_t err_size)
+{
+    int rc = nats_fail(s, what, err, err_size);
+    if (jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr || s == NATS_NO_RESPONDERS)
+        return -ENOTSUP;
+    if (jerr == JSStreamNotFoundErr)
+        return -ENOENT;
+    return rc;
+}
+
+static bool opt_valid(const rbus_nats_opts *o)
+{
+    if (!o->export_pattern && !o->import_pattern)
+        return false;
+    if (o->export_pattern && !rbus_pattern_valid(o->export_pattern))
+        return false;
+    if (o->import_pattern && !rbus_pattern_valid(o->import_pattern))
+        return false;
+    if (o->subject_prefix && !rbus_topic_valid(o->subject_prefix))
+        return false;
+    if (o->mode != RBUS_NATS_CORE && o->mode != RBUS_NATS_JETSTREAM)
+        return false;
+    if (o->url && !*o->url)
+        return false;
+    if (o->stream && (!*o->stream || strpbrk(o->stream, ". *>\t\r\n")))
+        return false;
+    if (o->durable && (!*o->durable || strpbrk(o->durable, ". *>\t\r\n")))
+        return false;
+    if (o->create_stream && !o->stream)
+        return false;
+    if (o->max_reconnect < 0 || o->connect_timeout_ns < 0 || o->reconnect_wait_ns < 0 ||
+        o->ack_timeout_ns < 0 || o->stream_duplicate_window_ns < 0)
+        return false;
+    if (o->max_pending > (uint32_t)INT32_MAX)
+        return false;
+    return true;
+}
+
+static int open_connection(rbus_nats *b, const rbus_nats_opts *o, char *err, size_t err_size)
+{
+    natsStatus s = natsOptions_Create(&b->nopts);
+    const char *url = o->url ? o->url : DEFAULT_URL;
+    int64_t connect_ms = ns_to_ms_ceil(o->connect_timeout_ns ? o->connect_timeout_ns
+                                                             : DEFAULT_CONNECT_TIMEOUT_NS);
+    int64_t wait_ms = ns_to_ms_ceil(o->reconnect_wait_ns ? o->reconnect_wait_ns
+                                                         : DEFAULT_RECONNECT_WAIT_NS);
+    /* Several servers are one comma-separated string for the user; cnats
+     * takes them as one too (natsOptions_SetURL splits on commas). */
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(b->nopts, url);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(b->nopts, connect_ms);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(b->nopts, o->max_reconnect > 0 ? o->max_reconnect : -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(b->nopts, wait_ms);
+    /* No echo: in core mode the bridge must not receive its own exports. */
+    if (s == NATS_OK)
+        s = natsOptions_SetNoEcho(b->nopts, true);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(b->nopts, on_disconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(b->nopts, on_reconnected, b);
+    if (s != NATS_OK)
+        return nats_fail(s, "nats options", err, err_size);
+    /* A failed first connect is an error now, not a retry in the background:
+     * the caller learns at start that the URL is wrong or nobody listens. */
+    s = natsConnection_Connect(&b->nc, b->nopts);
+    if (s != NATS_OK) {
+        char what[300];
+        snprintf(what, sizeof what, "nats connect to %.250s", url);
+        return nats_fail(s, what, err, err_size);
+    }
+    return 0;
+}
+
+static int setup_jetstream(rbus_nats *b, const rbus_nats_opts *o, char *err, size_t err_size)
+{
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = o->max_pending ? o->max_pending : DEFAULT_MAX_PENDING;
+    jo.PublishAsync.AckHandler = on_ack;
+    jo.PublishAsync.AckHandlerClosure = b;
+    natsStatus s = natsConnection_JetStream(&b->js, b->nc, &jo);
+    if (s != NATS_OK)
+        return nats_fail(s, "nats jetstream context", err, err_size);
+
+    if (!o->create_stream)
+        return 0;
+    jsErrCode jerr = 0;
+    jsStreamInfo *si = NULL;
+    s = js_GetStreamInfo(&si, b->js, o->stream, NULL, &jerr);
+    if (s == NATS_OK) {
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    if (jerr != JSStreamNotFoundErr && s != NATS_NOT_FOUND)
+        return js_fail(s, jerr, "nats stream info", err, err_size);
+
+    char subjects[2][SUBJECT_MAX];
+    const char *list[2];
+    int n = 0;
+    const char *patterns[2] = {o->export_pattern, o->import_pattern};
+    for (int i = 0; i < 2; i++) {
+        if (!patterns[i] || !build_subject(b, patterns[i], subjects[n]))
+            continue;
+        if (n == 1 && strcmp(subjects[0], subjects[1]) == 0)
+            continue;
+        list[n] = subjects[n];
+        n++;
+    }
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = o->stream;
+    cfg.Subjects = list;
+    cfg.SubjectsLen = n;
+    cfg.Storage = js_FileStorage;
+    cfg.Duplicates = o->stream_duplicate_window_ns;
+    jerr = 0;
+    s = js_AddStream(&si, b->js, &cfg, NULL, &jerr);
+    if (s != NATS_OK)
+        return js_fail(s, jerr, "nats create stream", err, err_size);
+    jsStreamInfo_Destroy(si);
+    return 0;
+}
+
+static int setup_import(rbus_nats *b, const rbus_nats_opts *o, char *err, size_t err_size)
+{
+    char subject[SUBJECT_MAX];
+    if (!build_subject(b, o->import_pattern, subject)) {
+        set_err(err, err_size, "import pattern too long with the prefix");
+        return -EINVAL;
+    }
+    natsStatus s;
+    if (b->mode == RBUS_NATS_CORE) {
+        s = natsConnection_SubscribeSync(&b->import_sub, b->nc, subject);
+        if (s == NATS_OK)
+            s = natsSubscription_SetPendingLimits(b->import_sub, CORE_PENDING_MSGS,
+                                                  CORE_PENDING_BYTES);
+        /* A round trip, so that once start returns the server knows the
+         * subscription: what others publish from then on reaches us. */
+        if (s == NATS_OK)
+            s = natsConnection_FlushTimeout(b->nc, POLL_MS * 20);
+        return s == NATS_OK ? 0 : nats_fail(s, "nats subscribe", err, err_size);
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = o->stream;
+    so.Config.AckPolicy = js_AckExplicit;
+    so.Config.DeliverPolicy = o->durable ? js_DeliverAll : js_DeliverNew;
+    jsErrCode jerr = 0;
+    s = js_PullSubscribe(&b->import_sub, b->js, subject, o->durable, NULL, &so, &jerr);
+    return s == NATS_OK ? 0 : js_fail(s, jerr, "nats jetstream consumer", err, err_size);
+}
+
+/* Taken but neither sent nor failed yet. */
+static uint64_t export_in_flight(const rbus_nats *b)
+{
+    uint64_t done = atomic_load_explicit(&b->export_skipped, memory_order_acquire) +
+                    atomic_load_explicit(&b->sent, memory_order_acquire) +
+                    atomic_load_explicit(&b->send_failed, memory_order_acquire);
+    uint64_t taken = atomic_load_explicit(&b->export_taken, memory_order_relaxed);
+    return taken > done ? taken - done : 0;
+}
+
+static void teardown(rbus_nats *b)
+{
+    if (b->import_sub) {
+        natsSubscription_Destroy(b->import_sub);
+        b->import_sub = NULL;
+    }
+    if (b->js && export_in_flight(b) > 0) {
+        /* Take back what was never acknowledged, so that no ack callback
+         * can run once the bridge is freed. (Only when there is some: cnats
+         * 3.4 crashes in this call if nothing was ever published async.) */
+        natsMsgList pending = {0};
+        if (js_PublishAsyncGetPendingList(&pending, b->js) == NATS_OK) {
+            for (int i = 0; i < pending.Count; i++)
+                count_done(&b->send_failed);
+            natsMsgList_Destroy(&pending);
+        }
+    }
+    if (b->nc)
+        natsConnection_Close(b->nc);
+    if (b->js)
+        jsCtx_Destroy(b->js);
+    if (b->nc)
+        natsConnection_Destroy(b->nc);
+    if (b->nopts)
+        natsOptions_Destroy(b->nopts);
+    if (b->export_sub)
+        rbus_unsubscribe(b->export_sub);
+    free(b->prefix);
+    free(b);
+}
+
+/* ------------------------------------------------------------- public */
+
+void rbus_nats_opts_init(rbus_nats_opts *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof *opts);
+    opts->origin = RBUS_NATS_ORIGIN;
+    opts->export_block_timeout_ns = DEFAULT_BLOCK_TIMEOUT_NS;
+    opts->import_timeout_ns = DEFAULT_IMPORT_TIMEOUT_NS;
+    opts->max_pending = DEFAULT_MAX_PENDING;
+    opts->ack_timeout_ns = DEFAULT_ACK_TIMEOUT_NS;
+    opts->connect_timeout_ns = DEFAULT_CONNECT_TIMEOUT_NS;
+    opts->reconnect_wait_ns = DEFAULT_RECONNECT_WAIT_NS;
+}
+
+int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char *err,
+                    size_t err_size)
+{
+    if (out)
+        *out = NULL;
+    set_err(err, err_size, "ok");
+    if (!out || !bus || !opts || !opt_valid(opts)) {
+        set_err(err, err_size, "invalid argument");
+        return -EINVAL;
+    }
+    rbus_nats *b = calloc(1, sizeof *b);
+    if (!b) {
+        set_err(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
+    b->bus = bus;
+    b->mode = opts->mode;
+    b->origin = opts->origin ? opts->origin : RBUS_NATS_ORIGIN;
+    b->import_timeout_ns = opts->import_timeout_ns ? opts->import_timeout_ns
+                                                   : DEFAULT_IMPORT_TIMEOUT_NS;
+    b->ack_timeout_ns = opts->ack_timeout_ns ? opts->ack_timeout_ns : DEFAULT_ACK_TIMEOUT_NS;
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+        id = monotonic_ns() ^ (uint64_t)(uintptr_t)b;
+    snprintf(b->bridge_id, sizeof b->bridge_id, "%016llx", (unsigned long long)id);
+    if (opts->subject_prefix) {
+        b->prefix = strdup(opts->subject_prefix);
+        if (!b->prefix) {
+            free(b);
+            set_err(err, err_size, "out of memory");
+            return -ENOMEM;
+        }
+        b->prefix_len = strlen(b->prefix);
+    }
+
+    int rc = 0;
+    if (opts->export_pattern) {
+        /* Subscribe before connecting: a closed bus fails fast, without a
+         * connection attempt. Block policy: a slow or absent NATS server
+         * makes local publishers wait (bounded), then counts drops. */
+        rbus_sub_opts so;
+        rbus_sub_opts_init(&so);
+        so.capacity = opts->export_capacity;
+        so.overflow = RBUS_BLOCK;
+        so.block_timeout_ns = opts->export_block_timeout_ns < 0 ? -1
+                              : opts->export_block_timeout_ns ? opts->export_block_timeout_ns
+                                                              : DEFAULT_BLOCK_TIMEOUT_NS;
+        so.name = "nats-export";
+        rc = rbus_subscribe(bus, opts->export_pattern, &so, &b->export_sub);
+        if (rc < 0)
+            set_err(err, err_size, "export subscription: %s", rbus_strerror(rc));
+    }
+    if (rc == 0)
+        rc = open_connection(b, opts, err, err_size);
+    if (rc == 0 && b->mode == RBUS_NATS_JETSTREAM)
+        rc = setup_jetstream(b, opts, err, err_size);
+    if (rc == 0 && opts->import_pattern)
+        rc = setup_import(b, opts, err, err_size);
+    if (rc == 0 && b->export_sub) {
+        rc = -pthread_create(&b->export_thread, NULL, export_main, b);
+        b->export_running = rc == 0;
+    }
+    if (rc == 0 && b->import_sub) {
+        rc = -pthread_create(&b->import_thread, NULL, import_main, b);
+        b->import_running = rc == 0;
+    }
+    if (rc < 0) {
+        if (b->export_running || b->import_running) {
+            set_err(err, err_size, "thread: %s", rbus_strerror(rc));
+            rbus_nats_stop(b);
+        } else {
+            teardown(b);
+        }
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+int rbus_nats_stats_get(const rbus_nats *b, rbus_nats_stats *out)
+{
+    if (!b || !out)
+        return -EINVAL;
+    memset(out, 0, sizeof *out);
+    out->export_taken = atomic_load_explicit(&b->export_taken, memory_order_relaxed);
+    out->export_skipped = atomic_load_explicit(&b->export_skipped, memory_order_acquire);
+    out->sent = atomic_load_explicit(&b->sent, memory_order_acquire);
+    out->send_failed = atomic_load_explicit(&b->send_failed, memory_order_acquire);
+    out->server_duplicates = atomic_load_explicit(&b->server_duplicates, memory_order_relaxed);
+    uint64_t done = out->export_skipped + out->sent + out->send_failed;
+    out->in_flight = out->export_taken > done ? (uint32_t)(out->export_taken - done) : 0;
+    if (b->export_sub) {
+        rbus_sub_stats ss;
+        if (rbus_sub_stats_get(b->export_sub, &ss) == 0) {
+            out->export_dropped = ss.dropped_timeout + ss.dropped_closed;
+            out->export_depth = ss.depth;
+        }
+    }
+    out->import_received = atomic_load_explicit(&b->import_received, memory_order_relaxed);
+    out->imported = atomic_load_explicit(&b->imported, memory_order_relaxed);
+    out->import_duplicates = atomic_load_explicit(&b->import_duplicates, memory_order_relaxed);
+    out->import_own = atomic_load_explicit(&b->import_own, memory_order_relaxed);
+    out->import_invalid = atomic_load_explicit(&b->import_invalid, memory_order_relaxed);
+    out->import_failed = atomic_load_explicit(&b->import_failed, memory_order_relaxed);
+    if (b->mode == RBUS_NATS_CORE && b->import_sub) {
+        int64_t dropped = 0;
+        if (natsSubscription_GetDropped(b->import_sub, &dropped) == NATS_OK && dropped > 0)
+            out->import_dropped = (uint64_t)dropped;
+    }
+    out->disconnects = atomic_load_explicit(&b->disconnects, memory_order_relaxed);
+    out->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
+    out->connected = natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
+    return 0;
+}
+
+int rbus_nats_flush(rbus_nats *b, int64_t timeout_ns)
+{
+    if (!b)
+        return -EINVAL;
+    uint64_t deadline = timeout_ns > 0 ? monotonic_ns() + (uint64_t)timeout_ns : 0;
+    uint64_t target = 0;
+    if (b->export_sub) {
+        /* Everything enqueued so far: taken already, or still queued. */
+        rbus_sub_stats ss;
+        rbus_sub_stats_get(b->export_sub, &ss);
+        target = ss.received + ss.depth;
+    }
+    for (;;) {
+        uint64_t done = atomic_load_explicit(&b->export_skipped, memory_order_acquire) +
+                        atomic_load_explicit(&b->sent, memory_order_acquire) +
+                        atomic_load_explicit(&b->send_failed, memory_order_acquire);
+        if (done >= target)
+            break;
+        if (timeout_ns == 0 || (deadline && monotonic_ns() >= deadline))
+            return -ETIMEDOUT;
+        sleep_ms(1);
+    }
+    int64_t left_ms = 60000;
+    if (timeout_ns == 0)
+        left_ms = 1;
+    else if (deadline) {
+        uint64_t now = monotonic_ns();
+        left_ms = now >= deadline ? 1 : ns_to_ms_ceil((int64_t)(deadline - now));
+    }
+    natsStatus s = natsConnection_FlushTimeout(b->nc, left_ms);
+    return s == NATS_OK ? 0 : s == NATS_TIMEOUT ? -ETIMEDOUT : -EIO;
+}
+
+void rbus_nats_stop(rbus_nats *b)
+{
+    if (!b)
+        return;
+    atomic_store_explicit(&b->stopping, true, memory_order_relaxed);
+    atomic_store_explicit(&b->export_deadline_ns, monotonic_ns() + (uint64_t)b->ack_timeout_ns,
+                          memory_order_relaxed);
+    if (b->import_running)
+        pthread_join(b->import_thread, NULL);
+    if (b->export_sub) {
+        /* The export thread drains what is queued, then sees -ESHUTDOWN. */
+        rbus_sub_close(b->export_sub);
+        if (b->export_running)
+            pthread_join(b->export_thread, NULL);
+    }
+    if (b->js) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = ns_to_ms_ceil(b->ack_timeout_ns);
+        js_PublishAsyncComplete(b->js, &po);
+    } else if (b->nc && b->export_sub) {
+        natsConnection_FlushTimeout(b->nc, ns_to_ms_ceil(b->ack_timeout_ns));
+    }
+    teardown(b);
+}
