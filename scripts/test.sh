@@ -13,8 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # zmq and glib: the bench's peers (smoke-tested); prometheus: promtool, which
 # checks rbus_stats_prometheus's output (test_prometheus); doxygen: the API
-# reference, which must document every public declaration.
-scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus doxygen
+# reference, which must document every public declaration; libnats-dev and
+# nats-server: the NATS bridge and the server its tests run against.
+scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus doxygen libnats-dev nats-server
 
 jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}

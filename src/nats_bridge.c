@@ -75,6 +75,12 @@ struct rbus_nats {
     atomic_uint_fast64_t import_received, imported, import_duplicates, import_own;
     atomic_uint_fast64_t import_invalid, import_failed;
     atomic_uint_fast64_t disconnects, reconnects;
+
+    /* cnats runs connection callbacks on its own thread, in order, with the
+     * closed callback last: teardown waits for it before freeing. */
+    pthread_mutex_t closed_lock;
+    pthread_cond_t closed_cond;
+    bool closed;
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -257,6 +263,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
 {
     (void)js;
     rbus_nats *b = closure;
+    /* The done count must stay this callback's last touch of the bridge:
+     * teardown frees it once every export is done. */
     if (pa) {
         if (pa->Duplicate)
             count(&b->server_duplicates);
@@ -456,6 +464,16 @@ static void on_reconnected(natsConnection *nc, void *closure)
     count(&((rbus_nats *)closure)->reconnects);
 }
 
+static void on_closed(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    rbus_nats *b = closure;
+    pthread_mutex_lock(&b->closed_lock);
+    b->closed = true;
+    pthread_cond_broadcast(&b->closed_cond);
+    pthread_mutex_unlock(&b->closed_lock);
+}
+
 static int errno_of(natsStatus s)
 {
     switch (s) {
@@ -545,6 +563,8 @@ static int open_connection(rbus_nats *b, const rbus_nats_opts *o, char *err, siz
         s = natsOptions_SetDisconnectedCB(b->nopts, on_disconnected, b);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectedCB(b->nopts, on_reconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(b->nopts, on_closed, b);
     if (s != NATS_OK)
         return nats_fail(s, "nats options", err, err_size);
     /* A failed first connect is an error now, not a retry in the background:
@@ -663,9 +683,18 @@ static void teardown(rbus_nats *b)
                 count_done(&b->send_failed);
             natsMsgList_Destroy(&pending);
         }
+        /* An ack cnats took off its list just before ours is still on its
+         * way into on_ack, which touches the bridge: let it land. */
+        while (export_in_flight(b) > 0)
+            sleep_ms(1);
     }
-    if (b->nc)
+    if (b->nc) {
         natsConnection_Close(b->nc);
+        pthread_mutex_lock(&b->closed_lock);
+        while (!b->closed)
+            pthread_cond_wait(&b->closed_cond, &b->closed_lock);
+        pthread_mutex_unlock(&b->closed_lock);
+    }
     if (b->js)
         jsCtx_Destroy(b->js);
     if (b->nc)
@@ -674,6 +703,8 @@ static void teardown(rbus_nats *b)
         natsOptions_Destroy(b->nopts);
     if (b->export_sub)
         rbus_unsubscribe(b->export_sub);
+    pthread_cond_destroy(&b->closed_cond);
+    pthread_mutex_destroy(&b->closed_lock);
     free(b->prefix);
     free(b);
 }
@@ -709,6 +740,8 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
         set_err(err, err_size, "out of memory");
         return -ENOMEM;
     }
+    pthread_mutex_init(&b->closed_lock, NULL);
+    pthread_cond_init(&b->closed_cond, NULL);
     b->bus = bus;
     b->mode = opts->mode;
     b->origin = opts->origin ? opts->origin : RBUS_NATS_ORIGIN;

@@ -1,12 +1,19 @@
 // The public header compiles as C++ (extern "C" linkage), as servers that
 // embed ringbus are often C++.
 #include "ringbus.h"
+// The bridge's header too (it includes no cnats header, so it compiles
+// whether or not libnats is installed; nothing here links the bridge).
+#include "ringbus_nats.h"
 
 #include <cstdio>
 #include <cstring>
 
 int main()
 {
+    rbus_nats_opts nats_opts = rbus_nats_opts();
+    rbus_nats_stats nats_stats = rbus_nats_stats();
+    if (nats_opts.mode != RBUS_NATS_CORE || nats_stats.connected)
+        return 1;
     rbus *bus = nullptr;
     if (rbus_create(&bus, nullptr) != 0)
         return 1;
