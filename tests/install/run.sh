@@ -100,6 +100,14 @@ if [ "$cxx" != - ]; then
   # ringbus::ringbus is either library, so only its result is checked.
   run_consumer "$work/cmake-build/consumer_cxx" any
 fi
+if [ -e "$lib/libringbus_nats.so" ]; then
+  [ -x "$work/cmake-build/consumer_nats" ] || fail "libringbus_nats is installed but consumer_nats was not built"
+  echo "+ LD_LIBRARY_PATH=$lib $work/cmake-build/consumer_nats nats://127.0.0.1:1"
+  LD_LIBRARY_PATH=$lib "$work/cmake-build/consumer_nats" nats://127.0.0.1:1 ||
+    fail "consumer_nats exited with $?"
+else
+  echo "   libringbus_nats not installed (built without libnats): no bridge consumer"
+fi
 
 begin "pkg-config consumer: shared"
 PKG_CONFIG_PATH=$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
