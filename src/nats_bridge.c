@@ -54,6 +54,14 @@ struct rbus_nats {
     natsSubscription *import_sub;
     rbus_sub *export_sub;
 
+    /* The import thread's handles of recent topics: rbus_topic_open takes
+     * the bus lock, and handles stay valid until rbus_destroy. Direct-mapped
+     * by a hash of the name; only the import thread touches it. */
+    struct topic_cache_entry {
+        rbus_topic *topic;
+        char name[RBUS_MAX_TOPIC_LEN + 1];
+    } *topic_cache;
+
     pthread_t export_thread, import_thread;
     bool export_running, import_running;
 
@@ -363,6 +371,27 @@ static void *export_main(void *arg)
 
 /* ----------------------------------------------------------- import */
 
+#define TOPIC_CACHE_SIZE 64u
+
+static int open_topic(rbus_nats *b, const char *name, rbus_topic **out)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: names are short, any spread will do */
+    size_t len = 0;
+    for (; name[len]; len++)
+        h = (h ^ (uint8_t)name[len]) * 16777619u;
+    struct topic_cache_entry *e = &b->topic_cache[h & (TOPIC_CACHE_SIZE - 1)];
+    if (e->topic && memcmp(e->name, name, len + 1) == 0) {
+        *out = e->topic;
+        return 0;
+    }
+    int rc = rbus_topic_open(b->bus, name, out);
+    if (rc == 0) {
+        e->topic = *out;
+        memcpy(e->name, name, len + 1);
+    }
+    return rc;
+}
+
 /* One NATS message into the bus. Returns false only when the bus refused it
  * for good (closed), so that JetStream leaves it unacknowledged. */
 static bool import_one(rbus_nats *b, natsMsg *nm)
@@ -401,7 +430,7 @@ static bool import_one(rbus_nats *b, natsMsg *nm)
     }
 
     rbus_topic *topic = NULL;
-    int rc = rbus_topic_open(b->bus, topic_name, &topic);
+    int rc = open_topic(b, topic_name, &topic);
     if (rc == 0) {
         const char *data = natsMsg_GetData(nm);
         int len = natsMsg_GetDataLength(nm);
@@ -705,6 +734,7 @@ static void teardown(rbus_nats *b)
         rbus_unsubscribe(b->export_sub);
     pthread_cond_destroy(&b->closed_cond);
     pthread_mutex_destroy(&b->closed_lock);
+    free(b->topic_cache);
     free(b->prefix);
     free(b);
 }
@@ -783,8 +813,12 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
         rc = open_connection(b, opts, err, err_size);
     if (rc == 0 && b->mode == RBUS_NATS_JETSTREAM)
         rc = setup_jetstream(b, opts, err, err_size);
-    if (rc == 0 && opts->import_pattern)
-        rc = setup_import(b, opts, err, err_size);
+    if (rc == 0 && opts->import_pattern) {
+        b->topic_cache = calloc(TOPIC_CACHE_SIZE, sizeof *b->topic_cache);
+        rc = b->topic_cache ? setup_import(b, opts, err, err_size) : -ENOMEM;
+        if (!b->topic_cache)
+            set_err(err, err_size, "out of memory");
+    }
     if (rc == 0 && b->export_sub) {
         rc = -pthread_create(&b->export_thread, NULL, export_main, b);
         b->export_running = rc == 0;
