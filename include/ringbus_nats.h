@@ -74,11 +74,14 @@ typedef struct rbus_nats_opts {
                                      (counted); 0 = 1 s; < 0 = forever */
     int64_t import_timeout_ns;  /**< how long an import waits for room in full
                                      RBUS_BLOCK local subscriptions; 0 = 1 s;
-                                     < 0 = forever */
+                                     < 0 = as long as each subscription's own
+                                     block_timeout_ns says */
     uint32_t max_pending;       /**< JetStream: unacknowledged exports at most;
                                      0 = 1024 */
     int64_t ack_timeout_ns;     /**< JetStream: an export not acknowledged this long
-                                     counts as failed; 0 = 5 s */
+                                     counts as failed (at once when the connection
+                                     is closed for good); 0 = 5 s. Also bounds how
+                                     long rbus_nats_stop waits */
     const char *stream;         /**< JetStream: the stream imports read from and,
                                      with create_stream, exports go to; NULL = the
                                      stream that holds the import subjects */
@@ -90,7 +93,11 @@ typedef struct rbus_nats_opts {
     const char *durable;        /**< JetStream: durable consumer name for imports,
                                      so a restarted process resumes where it
                                      stopped; NULL = an ephemeral consumer that
-                                     starts with the messages stored from now on */
+                                     starts with the messages stored from now on.
+                                     It is also the bridge's identity in the
+                                     Rbus-Bridge header, so a restarted bridge
+                                     still skips its own earlier exports; at most
+                                     255 bytes, no '.', '*', '>' or whitespace */
     int64_t connect_timeout_ns; /**< each (re)connect attempt; 0 = 2 s */
     int64_t reconnect_wait_ns;  /**< between reconnect attempts; 0 = 100 ms */
     int max_reconnect;          /**< reconnect attempts before giving up; 0 = for
@@ -146,9 +153,11 @@ RBUS_API int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *o
 
 /**
  * rbus_nats_flush: waits until every message queued for export when it was
- * called (and before) has been sent or has failed (JetStream: acknowledged
- * or timed out), and the connection has flushed. Returns 0, -ETIMEDOUT or
- * -EINVAL. timeout_ns as in ringbus.h.
+ * called has been sent or has failed (JetStream: acknowledged, refused or
+ * timed out), and the connection's buffer has reached the server. Returns
+ * 0, -ETIMEDOUT, -EIO (the connection is closed for good) or -EINVAL.
+ * timeout_ns as in ringbus.h (0 = do not wait: -ETIMEDOUT unless there was
+ * nothing to do).
  */
 RBUS_API int rbus_nats_flush(rbus_nats *bridge, int64_t timeout_ns);
 
@@ -161,10 +170,13 @@ RBUS_API int rbus_nats_flush(rbus_nats *bridge, int64_t timeout_ns);
 RBUS_API int rbus_nats_stats_get(const rbus_nats *bridge, rbus_nats_stats *out);
 
 /**
- * rbus_nats_stop: stops importing, sends what is queued for export (waiting
- * at most ack_timeout_ns for acknowledgements), closes the connection and
- * frees the bridge. Must be called before rbus_destroy of its bus. NULL is
- * a no-op. Not to be called twice, nor while another thread uses the bridge.
+ * rbus_nats_stop: stops importing (the message being imported finishes:
+ * at most import_timeout_ns), sends what is queued for export and waits
+ * for acknowledgements, ack_timeout_ns in all (plus up to 2 s, cnats' write
+ * deadline, if a write to a frozen server is under way); what is not
+ * through by then counts as failed. Then it closes the connection and frees
+ * the bridge. Must be called before rbus_destroy of its bus. NULL is a
+ * no-op. Not to be called twice, nor while another thread uses the bridge.
  */
 RBUS_API void rbus_nats_stop(rbus_nats *bridge);
 

@@ -28,6 +28,8 @@
 /* How often the worker threads look at the stop flag when idle. */
 #define POLL_MS 100
 #define EXPORT_BATCH 64
+#define WRITE_DEADLINE_MS 2000
+#define PING_INTERVAL_MS 2000
 #define IMPORT_BATCH 128
 /* A core subscription holds at most this much before cnats drops (counted as
  * import_dropped): the bound on memory for a slow local bus. */
@@ -46,7 +48,10 @@ struct rbus_nats {
     int64_t ack_timeout_ns;
     char *prefix; /* NULL or "prefix" (no dot) */
     size_t prefix_len;
-    char bridge_id[17]; /* this instance, hex; tags exports to spot our own on import */
+    /* Tags exports (Rbus-Bridge header) so that imports can spot our own:
+     * the durable consumer's name when there is one, so that a restarted
+     * bridge still knows its earlier exports, else random per start. */
+    char bridge_id[RBUS_MAX_TOPIC_LEN + 1];
 
     natsOptions *nopts;
     natsConnection *nc;
@@ -72,6 +77,18 @@ struct rbus_nats {
     /* When stopping: the time after which the export thread stops waiting
      * for room among the unacknowledged (0 before). Same reasoning. */
     atomic_uint_fast64_t export_deadline_ns;
+
+    /* rbus_nats_flush asks (flush_requested, a generation) and the export
+     * thread answers (flush_served) once it has taken and handed to cnats
+     * everything that was queued when it saw the request: only the one
+     * consumer of the queue can say that exactly. Release/acquire, so
+     * that a flush that sees its generation served also sees the counts. */
+    atomic_uint_fast64_t flush_requested, flush_served;
+
+    /* Kept by the connection callbacks, so stats never call into cnats
+     * (which could wait for a connection lock held by a blocked write).
+     * Relaxed: a status flag, read on its own. */
+    atomic_bool connected, conn_closed;
 
     /* Counters. Written by the export thread, the import thread and cnats'
      * callback threads; read by stats and flush. Each is an independent
@@ -105,7 +122,11 @@ static void set_err(char *err, size_t err_size, const char *fmt, ...)
 
 static int64_t ns_to_ms_ceil(int64_t ns)
 {
-    return ns <= 0 ? 0 : (ns + 999999) / 1000000;
+    if (ns <= 0)
+        return 0;
+    if (ns > INT64_MAX - 999999)
+        return INT64_MAX / 1000000;
+    return (ns + 999999) / 1000000;
 }
 
 static uint64_t monotonic_ns(void)
@@ -131,6 +152,8 @@ static bool is_stopping(const rbus_nats *b)
  * everything queued, a dead one cannot hold rbus_nats_stop for long. */
 static bool export_gives_up(const rbus_nats *b)
 {
+    if (atomic_load_explicit(&b->conn_closed, memory_order_relaxed))
+        return true; /* reconnects exhausted: nothing will ever be sent */
     uint64_t deadline = atomic_load_explicit(&b->export_deadline_ns, memory_order_relaxed);
     return deadline != 0 && monotonic_ns() >= deadline;
 }
@@ -301,7 +324,8 @@ static void export_one(rbus_nats *b, const rbus_msg *m)
     const void *okey = rbus_msg_order_key(m, &okey_len);
     size_t size = rbus_msg_size(m);
 
-    if (!build_subject(b, rbus_msg_topic(m), subject) || size > (size_t)INT32_MAX) {
+    if (!build_subject(b, rbus_msg_topic(m), subject) || size > (size_t)INT32_MAX ||
+        export_gives_up(b)) {
         count_done(&b->send_failed);
         return;
     }
@@ -347,24 +371,55 @@ static void export_one(rbus_nats *b, const rbus_msg *m)
     /* On success the ack callback counts it. */
 }
 
+static void export_batch(rbus_nats *b, rbus_msg **batch, int n)
+{
+    for (int i = 0; i < n; i++) {
+        atomic_fetch_add_explicit(&b->export_taken, 1, memory_order_relaxed);
+        if (rbus_msg_origin(batch[i]) == b->origin)
+            count_done(&b->export_skipped);
+        else
+            export_one(b, batch[i]);
+        rbus_msg_release(batch[i]);
+    }
+}
+
+/* Once the connection is closed for good, acks (and their timeouts) never
+ * come: what cnats still holds unacknowledged has failed. Taking the list
+ * back also means no ack callback will run for those. */
+static void fail_stranded_acks(rbus_nats *b)
+{
+    natsMsgList pending = {0};
+    if (js_PublishAsyncGetPendingList(&pending, b->js) == NATS_OK) {
+        for (int i = 0; i < pending.Count; i++)
+            count_done(&b->send_failed);
+        natsMsgList_Destroy(&pending);
+    }
+}
+
+static uint64_t export_in_flight(const rbus_nats *b);
+
 static void *export_main(void *arg)
 {
     rbus_nats *b = arg;
     rbus_msg *batch[EXPORT_BATCH];
     for (;;) {
-        int n = rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH, (int64_t)POLL_MS * 1000000);
-        if (n == -ETIMEDOUT)
+        uint64_t want = atomic_load_explicit(&b->flush_requested, memory_order_acquire);
+        bool flushing = want != atomic_load_explicit(&b->flush_served, memory_order_relaxed);
+        /* While a flush waits, take only what is queued (no wait), then
+         * answer it; otherwise wait for messages, looking up now and then. */
+        int n = rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH,
+                                flushing ? 0 : (int64_t)POLL_MS * 1000000);
+        if (n > 0) {
+            export_batch(b, batch, n);
             continue;
-        if (n < 0)
-            break; /* -ESHUTDOWN: stopped (or bus closed) and drained */
-        for (int i = 0; i < n; i++) {
-            atomic_fetch_add_explicit(&b->export_taken, 1, memory_order_relaxed);
-            if (rbus_msg_origin(batch[i]) == b->origin)
-                count_done(&b->export_skipped);
-            else
-                export_one(b, batch[i]);
-            rbus_msg_release(batch[i]);
         }
+        if (b->js && atomic_load_explicit(&b->conn_closed, memory_order_relaxed) &&
+            export_in_flight(b) > 0)
+            fail_stranded_acks(b);
+        if (flushing)
+            atomic_store_explicit(&b->flush_served, want, memory_order_release);
+        if (n == -ESHUTDOWN)
+            break; /* stopped (or bus closed) and drained */
     }
     return NULL;
 }
@@ -455,7 +510,7 @@ static void *import_main(void *arg)
             if (s == NATS_OK) {
                 import_one(b, nm);
                 natsMsg_Destroy(nm);
-            } else if (s != NATS_TIMEOUT) {
+            } else if (s != NATS_TIMEOUT && s != NATS_SLOW_CONSUMER) {
                 sleep_ms(POLL_MS / 4); /* closed or reconnecting: do not spin */
             }
             continue;
@@ -468,7 +523,9 @@ static void *import_main(void *arg)
                 sleep_ms(POLL_MS / 4);
             continue;
         }
-        for (int i = 0; i < list.Count; i++) {
+        /* Stopping ends the batch: what is left stays unacknowledged and
+         * the server delivers it again later (to a durable consumer). */
+        for (int i = 0; i < list.Count && !is_stopping(b); i++) {
             /* Acknowledged after the local publish: a crash in between makes
              * the server redeliver, and the key (if any) keeps that exact. */
             if (import_one(b, list.Msgs[i]))
@@ -484,19 +541,25 @@ static void *import_main(void *arg)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    count(&((rbus_nats *)closure)->disconnects);
+    rbus_nats *b = closure;
+    atomic_store_explicit(&b->connected, false, memory_order_relaxed);
+    count(&b->disconnects);
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    count(&((rbus_nats *)closure)->reconnects);
+    rbus_nats *b = closure;
+    atomic_store_explicit(&b->connected, true, memory_order_relaxed);
+    count(&b->reconnects);
 }
 
 static void on_closed(natsConnection *nc, void *closure)
 {
     (void)nc;
     rbus_nats *b = closure;
+    atomic_store_explicit(&b->connected, false, memory_order_relaxed);
+    atomic_store_explicit(&b->conn_closed, true, memory_order_relaxed);
     pthread_mutex_lock(&b->closed_lock);
     b->closed = true;
     pthread_cond_broadcast(&b->closed_cond);
@@ -555,7 +618,8 @@ static bool opt_valid(const rbus_nats_opts *o)
         return false;
     if (o->stream && (!*o->stream || strpbrk(o->stream, ". *>\t\r\n")))
         return false;
-    if (o->durable && (!*o->durable || strpbrk(o->durable, ". *>\t\r\n")))
+    if (o->durable && (!*o->durable || strpbrk(o->durable, ". *>\t\r\n") ||
+                       strlen(o->durable) > RBUS_MAX_TOPIC_LEN))
         return false;
     if (o->create_stream && !o->stream)
         return false;
@@ -585,6 +649,16 @@ static int open_connection(rbus_nats *b, const rbus_nats_opts *o, char *err, siz
         s = natsOptions_SetMaxReconnect(b->nopts, o->max_reconnect > 0 ? o->max_reconnect : -1);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(b->nopts, wait_ms);
+    /* A write that cannot proceed (a frozen server, a partition) fails
+     * after the deadline and cnats reconnects, instead of holding the
+     * connection lock (and every caller behind it) until TCP gives up; pings
+     * notice a dead server in seconds rather than minutes. */
+    if (s == NATS_OK)
+        s = natsOptions_SetWriteDeadline(b->nopts, WRITE_DEADLINE_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(b->nopts, PING_INTERVAL_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(b->nopts, 2);
     /* No echo: in core mode the bridge must not receive its own exports. */
     if (s == NATS_OK)
         s = natsOptions_SetNoEcho(b->nopts, true);
@@ -604,6 +678,7 @@ static int open_connection(rbus_nats *b, const rbus_nats_opts *o, char *err, siz
         snprintf(what, sizeof what, "nats connect to %.250s", url);
         return nats_fail(s, what, err, err_size);
     }
+    atomic_store_explicit(&b->connected, true, memory_order_relaxed);
     return 0;
 }
 
@@ -617,6 +692,14 @@ static int setup_jetstream(rbus_nats *b, const rbus_nats_opts *o, char *err, siz
     natsStatus s = natsConnection_JetStream(&b->js, b->nc, &jo);
     if (s != NATS_OK)
         return nats_fail(s, "nats jetstream context", err, err_size);
+    /* Ask now whether the server has JetStream at all, so an export-only
+     * bridge fails at start rather than on every message. */
+    jsAccountInfo *ai = NULL;
+    jsErrCode aerr = 0;
+    s = js_GetAccountInfo(&ai, b->js, NULL, &aerr);
+    if (s != NATS_OK)
+        return js_fail(s, aerr, "nats jetstream account", err, err_size);
+    jsAccountInfo_Destroy(ai);
 
     if (!o->create_stream)
         return 0;
@@ -706,12 +789,7 @@ static void teardown(rbus_nats *b)
         /* Take back what was never acknowledged, so that no ack callback
          * can run once the bridge is freed. (Only when there is some: cnats
          * 3.4 crashes in this call if nothing was ever published async.) */
-        natsMsgList pending = {0};
-        if (js_PublishAsyncGetPendingList(&pending, b->js) == NATS_OK) {
-            for (int i = 0; i < pending.Count; i++)
-                count_done(&b->send_failed);
-            natsMsgList_Destroy(&pending);
-        }
+        fail_stranded_acks(b);
         /* An ack cnats took off its list just before ours is still on its
          * way into on_ack, which touches the bridge: let it land. */
         while (export_in_flight(b) > 0)
@@ -775,13 +853,20 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
     b->bus = bus;
     b->mode = opts->mode;
     b->origin = opts->origin ? opts->origin : RBUS_NATS_ORIGIN;
-    b->import_timeout_ns = opts->import_timeout_ns ? opts->import_timeout_ns
-                                                   : DEFAULT_IMPORT_TIMEOUT_NS;
+    /* rbus_pub_opts.timeout_ns 0 means "each subscription's own block
+     * timeout", which is what "wait as long as the subscriptions say" is. */
+    b->import_timeout_ns = opts->import_timeout_ns < 0 ? 0
+                           : opts->import_timeout_ns ? opts->import_timeout_ns
+                                                     : DEFAULT_IMPORT_TIMEOUT_NS;
     b->ack_timeout_ns = opts->ack_timeout_ns ? opts->ack_timeout_ns : DEFAULT_ACK_TIMEOUT_NS;
-    uint64_t id = 0;
-    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
-        id = monotonic_ns() ^ (uint64_t)(uintptr_t)b;
-    snprintf(b->bridge_id, sizeof b->bridge_id, "%016llx", (unsigned long long)id);
+    if (opts->durable) {
+        snprintf(b->bridge_id, sizeof b->bridge_id, "%s", opts->durable);
+    } else {
+        uint64_t id = 0;
+        if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+            id = monotonic_ns() ^ (uint64_t)(uintptr_t)b;
+        snprintf(b->bridge_id, sizeof b->bridge_id, "%016llx", (unsigned long long)id);
+    }
     if (opts->subject_prefix) {
         b->prefix = strdup(opts->subject_prefix);
         if (!b->prefix) {
@@ -828,8 +913,9 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
         b->import_running = rc == 0;
     }
     if (rc < 0) {
+        if (rc == -EAGAIN || rc == -EPERM)
+            set_err(err, err_size, "cannot start a bridge thread (%d)", rc);
         if (b->export_running || b->import_running) {
-            set_err(err, err_size, "thread: %s", rbus_strerror(rc));
             rbus_nats_stop(b);
         } else {
             teardown(b);
@@ -845,10 +931,12 @@ int rbus_nats_stats_get(const rbus_nats *b, rbus_nats_stats *out)
     if (!b || !out)
         return -EINVAL;
     memset(out, 0, sizeof *out);
-    out->export_taken = atomic_load_explicit(&b->export_taken, memory_order_relaxed);
+    /* The done counts first: a message is taken before it is done, so this
+     * order never shows more done than taken. */
     out->export_skipped = atomic_load_explicit(&b->export_skipped, memory_order_acquire);
     out->sent = atomic_load_explicit(&b->sent, memory_order_acquire);
     out->send_failed = atomic_load_explicit(&b->send_failed, memory_order_acquire);
+    out->export_taken = atomic_load_explicit(&b->export_taken, memory_order_acquire);
     out->server_duplicates = atomic_load_explicit(&b->server_duplicates, memory_order_relaxed);
     uint64_t done = out->export_skipped + out->sent + out->send_failed;
     out->in_flight = out->export_taken > done ? (uint32_t)(out->export_taken - done) : 0;
@@ -872,40 +960,53 @@ int rbus_nats_stats_get(const rbus_nats *b, rbus_nats_stats *out)
     }
     out->disconnects = atomic_load_explicit(&b->disconnects, memory_order_relaxed);
     out->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
-    out->connected = natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
+    out->connected = atomic_load_explicit(&b->connected, memory_order_relaxed);
     return 0;
+}
+
+/* Milliseconds left until deadline_ns (0 = none: `none_ms`), at least 1. */
+static int64_t ms_left(uint64_t deadline_ns, int64_t none_ms)
+{
+    if (!deadline_ns)
+        return none_ms;
+    uint64_t now = monotonic_ns();
+    return now >= deadline_ns ? 1 : ns_to_ms_ceil((int64_t)(deadline_ns - now));
 }
 
 int rbus_nats_flush(rbus_nats *b, int64_t timeout_ns)
 {
     if (!b)
         return -EINVAL;
-    uint64_t deadline = timeout_ns > 0 ? monotonic_ns() + (uint64_t)timeout_ns : 0;
-    uint64_t target = 0;
+    uint64_t deadline = timeout_ns > 0 ? monotonic_ns() + (uint64_t)timeout_ns
+                        : timeout_ns == 0 ? monotonic_ns() : 0;
     if (b->export_sub) {
-        /* Everything enqueued so far: taken already, or still queued. */
-        rbus_sub_stats ss;
-        rbus_sub_stats_get(b->export_sub, &ss);
-        target = ss.received + ss.depth;
+        /* 1. The export thread hands to cnats all that is queued now. */
+        uint64_t gen = atomic_fetch_add_explicit(&b->flush_requested, 1, memory_order_acq_rel) + 1;
+        while (atomic_load_explicit(&b->flush_served, memory_order_acquire) < gen) {
+            if (deadline && monotonic_ns() >= deadline)
+                return -ETIMEDOUT;
+            sleep_ms(1);
+        }
+        /* 2. JetStream: every ack cnats awaits comes in (or times out). */
+        if (b->js && export_in_flight(b) > 0) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = ms_left(deadline, INT32_MAX);
+            natsStatus s = js_PublishAsyncComplete(b->js, &po);
+            if (s == NATS_TIMEOUT)
+                return -ETIMEDOUT;
+            /* An ack off cnats' list may still be on its way into on_ack. */
+            while (export_in_flight(b) > 0) {
+                if (deadline && monotonic_ns() >= deadline)
+                    return -ETIMEDOUT;
+                if (atomic_load_explicit(&b->conn_closed, memory_order_relaxed))
+                    return -EIO;
+                sleep_ms(1);
+            }
+        }
     }
-    for (;;) {
-        uint64_t done = atomic_load_explicit(&b->export_skipped, memory_order_acquire) +
-                        atomic_load_explicit(&b->sent, memory_order_acquire) +
-                        atomic_load_explicit(&b->send_failed, memory_order_acquire);
-        if (done >= target)
-            break;
-        if (timeout_ns == 0 || (deadline && monotonic_ns() >= deadline))
-            return -ETIMEDOUT;
-        sleep_ms(1);
-    }
-    int64_t left_ms = 60000;
-    if (timeout_ns == 0)
-        left_ms = 1;
-    else if (deadline) {
-        uint64_t now = monotonic_ns();
-        left_ms = now >= deadline ? 1 : ns_to_ms_ceil((int64_t)(deadline - now));
-    }
-    natsStatus s = natsConnection_FlushTimeout(b->nc, left_ms);
+    /* 3. The connection's buffer reaches the server (a PING/PONG). */
+    natsStatus s = natsConnection_FlushTimeout(b->nc, ms_left(deadline, INT32_MAX));
     return s == NATS_OK ? 0 : s == NATS_TIMEOUT ? -ETIMEDOUT : -EIO;
 }
 
@@ -924,13 +1025,17 @@ void rbus_nats_stop(rbus_nats *b)
         if (b->export_running)
             pthread_join(b->export_thread, NULL);
     }
-    if (b->js) {
+    /* Whatever is left of the same deadline: stop waits for acks (or the
+     * connection's buffer) at most ack_timeout_ns in all. */
+    uint64_t deadline = atomic_load_explicit(&b->export_deadline_ns, memory_order_relaxed);
+    if (b->js && export_in_flight(b) > 0 &&
+        !atomic_load_explicit(&b->conn_closed, memory_order_relaxed)) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MaxWait = ns_to_ms_ceil(b->ack_timeout_ns);
+        po.MaxWait = ms_left(deadline, 1);
         js_PublishAsyncComplete(b->js, &po);
-    } else if (b->nc && b->export_sub) {
-        natsConnection_FlushTimeout(b->nc, ns_to_ms_ceil(b->ack_timeout_ns));
+    } else if (!b->js && b->export_sub && !atomic_load_explicit(&b->conn_closed, memory_order_relaxed)) {
+        natsConnection_FlushTimeout(b->nc, ms_left(deadline, 1));
     }
     teardown(b);
 }

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -85,11 +87,37 @@ static inline int nats_server_start(nats_server *s, bool jetstream)
     char *argv_js[] = {"nats-server", "-a", "127.0.0.1", "-p", port, "-js", "-sd", store,
                        "-l", log, NULL};
     char *argv_core[] = {"nats-server", "-a", "127.0.0.1", "-p", port, "-l", log, NULL};
-    int rc = posix_spawnp(&s->pid, "nats-server", NULL, NULL, jetstream ? argv_js : argv_core,
-                          environ);
-    if (rc != 0) {
+    /* fork and exec rather than posix_spawn: the child asks to be killed
+     * when its parent dies, so a failed test (or a crash) never leaves a
+     * server behind, not even a SIGSTOPped one. */
+    int ready[2];
+    if (pipe2(ready, O_CLOEXEC) != 0)
+        return -1;
+    pid_t parent = getpid();
+    s->pid = fork();
+    if (s->pid == 0) {
+        close(ready[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        execvp("nats-server", jetstream ? argv_js : argv_core);
+        int e = errno;
+        ssize_t w = write(ready[1], &e, sizeof e);
+        (void)w;
+        _exit(127);
+    }
+    close(ready[1]);
+    if (s->pid < 0) {
+        close(ready[0]);
+        return -1;
+    }
+    int exec_errno = 0;
+    ssize_t got = read(ready[0], &exec_errno, sizeof exec_errno);
+    close(ready[0]);
+    if (got == (ssize_t)sizeof exec_errno) {
         fprintf(stderr, "cannot run nats-server (Debian package nats-server): %s\n",
-                strerror(rc));
+                strerror(exec_errno));
+        waitpid(s->pid, NULL, 0);
         s->pid = 0;
         return -1;
     }
@@ -113,6 +141,7 @@ static inline void nats_server_stop(nats_server *s, int sig)
 {
     if (s->pid > 0) {
         kill(s->pid, sig);
+        kill(s->pid, SIGCONT); /* a stopped server would not act on SIGTERM */
         waitpid(s->pid, NULL, 0);
         s->pid = 0;
     }

@@ -527,7 +527,13 @@ static void no_echo_loop(rbus_nats_mode mode, const char *stream)
     assert_int_equal(rbus_nats_flush(bc, 10 * SEC), 0);
 
     rbus_nats_stats sta, stc;
-    rbus_nats_stats_get(ba, &sta);
+    /* A's own exports come back from the stream (JetStream) on their own
+     * schedule: wait for them rather than guess a time. */
+    uint64_t deadline = now_ns() + 10 * SEC;
+    do {
+        rbus_nats_stats_get(ba, &sta);
+    } while (mode == RBUS_NATS_JETSTREAM && sta.import_own < (uint64_t)n &&
+             now_ns() < deadline && (fixture_sleep_ms(10), true));
     rbus_nats_stats_get(bc, &stc);
     print_stats("A", &sta);
     print_stats("C", &stc);
@@ -814,6 +820,12 @@ static void start_errors_are_clear_and_fast(void **state)
     printf("no JetStream: %d (%s): %s\n", rc, rbus_strerror(rc), err);
     assert_int_equal(rc, -ENOTSUP);
     assert_null(b);
+    /* Export only, no stream to create: still found out at start. */
+    opts_for(&o, core.url, RBUS_NATS_JETSTREAM, "x.>", NULL, NULL);
+    rc = rbus_nats_start(&b, bus, &o, err, sizeof err);
+    printf("no JetStream, export only: %d (%s): %s\n", rc, rbus_strerror(rc), err);
+    assert_int_equal(rc, -ENOTSUP);
+    assert_null(b);
     nats_server_destroy(&core);
 
     /* Importing from a stream that does not exist. */
@@ -829,6 +841,134 @@ static void start_errors_are_clear_and_fast(void **state)
     opts_for(&o, g_server.url, RBUS_NATS_CORE, "x.>", NULL, NULL);
     assert_int_equal(rbus_nats_start(&b, bus, &o, err, sizeof err), -ESHUTDOWN);
     assert_null(b);
+    rbus_destroy(bus);
+}
+
+/* A frozen server with big messages: writes block in the kernel. Stats
+ * never wait for cnats, and stop returns within its bound (ack timeout plus
+ * cnats' write deadline), counting what it could not send. */
+static void stop_is_bounded_with_a_frozen_server(void **state)
+{
+    (void)state;
+    nats_server srv = {0};
+    assert_int_equal(nats_server_start(&srv, true), 0);
+    for (int js = 0; js < 2; js++) {
+        rbus *bus = new_bus(0);
+        rbus_nats_opts o;
+        opts_for(&o, srv.url, js ? RBUS_NATS_JETSTREAM : RBUS_NATS_CORE, "fz.>", NULL,
+                 js ? "FROZEN" : NULL);
+        o.ack_timeout_ns = 1 * SEC;
+        o.export_block_timeout_ns = 10 * MS;
+        o.max_pending = 16;
+        rbus_nats *b = bridge(bus, &o);
+        kill(srv.pid, SIGSTOP);
+        static char big[60000];
+        rbus_topic *t = NULL;
+        assert_int_equal(rbus_topic_open(bus, "fz.big", &t), 0);
+        for (int i = 0; i < 1500; i++)
+            assert_int_equal(rbus_publish(t, big, sizeof big), 0);
+        uint64_t t0 = now_ns();
+        rbus_nats_stats st;
+        assert_int_equal(rbus_nats_stats_get(b, &st), 0);
+        uint64_t stats_ns = now_ns() - t0;
+        print_stats(js ? "frozen js" : "frozen core", &st);
+        assert_true(stats_ns < 100 * MS);
+        t0 = now_ns();
+        rbus_nats_stop(b);
+        double stop_s = (now_ns() - t0) / 1e9;
+        printf("%s: stats took %.3f ms, stop took %.2f s (bound: ack 1 s + write deadline 2 s)\n",
+               js ? "JetStream" : "core", stats_ns / 1e6, stop_s);
+        assert_true(stop_s < 6.0); /* the bound plus slack for a busy machine */
+        kill(srv.pid, SIGCONT);
+        rbus_destroy(bus);
+    }
+    nats_server_destroy(&srv);
+}
+
+/* Reconnects exhausted: the connection closes for good, what was awaiting
+ * an ack fails, later exports fail at once, and nothing is stuck. */
+static void closed_connection_fails_exports_and_frees_the_queue(void **state)
+{
+    (void)state;
+    nats_server srv = {0};
+    assert_int_equal(nats_server_start(&srv, true), 0);
+    rbus *bus = new_bus(0);
+    rbus_nats_opts o;
+    opts_for(&o, srv.url, RBUS_NATS_JETSTREAM, "cl.>", NULL, "CLOSED");
+    o.max_reconnect = 1;
+    o.reconnect_wait_ns = 20 * MS;
+    o.export_block_timeout_ns = 50 * MS;
+    o.ack_timeout_ns = 30 * SEC; /* longer than the test: acks must fail by closing */
+    rbus_nats *b = bridge(bus, &o);
+    for (int i = 0; i < 10; i++)
+        publish_index(bus, "cl.x", (uint32_t)i, NULL);
+    assert_int_equal(rbus_nats_flush(b, 10 * SEC), 0);
+    nats_server_destroy(&srv);
+    rbus_nats_stats st;
+    uint64_t deadline = now_ns() + 10 * SEC;
+    do {
+        fixture_sleep_ms(20);
+        rbus_nats_stats_get(b, &st);
+    } while (st.connected && now_ns() < deadline);
+    assert_false(st.connected);
+    fixture_sleep_ms(300); /* reconnect attempts run out */
+    for (int i = 10; i < 110; i++)
+        publish_index(bus, "cl.x", (uint32_t)i, NULL);
+    deadline = now_ns() + 10 * SEC;
+    do {
+        fixture_sleep_ms(20);
+        rbus_nats_stats_get(b, &st);
+    } while ((st.export_depth > 0 || st.in_flight > 0) && now_ns() < deadline);
+    print_stats("closed", &st);
+    assert_int_equal(st.sent, 10);
+    assert_int_equal(st.export_taken + st.export_dropped, 110);
+    assert_int_equal(st.sent + st.send_failed, st.export_taken);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(rbus_nats_flush(b, 1 * SEC) == 0, false); /* the connection is gone */
+    uint64_t t0 = now_ns();
+    rbus_nats_stop(b);
+    assert_true(now_ns() - t0 < 2 * SEC);
+    rbus_destroy(bus);
+}
+
+/* A bridge that exports and imports one pattern through a durable consumer
+ * knows its own exports again after a restart. */
+static void restarted_durable_bridge_skips_its_own_exports(void **state)
+{
+    (void)state;
+    rbus *bus = new_bus(0);
+    rbus_sub *sub = subscribe(bus, "dr.>", 0);
+    rbus_nats_opts o;
+    opts_for(&o, g_server.url, RBUS_NATS_JETSTREAM, "dr.>", "dr.>", "DURABLE");
+    o.durable = "restart_me";
+    rbus_nats *b = bridge(bus, &o);
+    rbus_nats_stop(b); /* the durable consumer now exists, at the stream's end */
+    /* The same bridge exports while its import is down (as when a process
+     * exports its last messages at stop and restarts later): export only,
+     * same identity. */
+    rbus_nats_opts eo = o;
+    eo.import_pattern = NULL;
+    b = bridge(bus, &eo);
+    for (int i = 0; i < 10; i++)
+        publish_index(bus, "dr.x", (uint32_t)i, NULL);
+    assert_int_equal(rbus_nats_flush(b, 10 * SEC), 0);
+    rbus_nats_stop(b);
+    assert_int_equal(receive_indices(sub, 10, 5 * SEC, true), 10); /* the local copies */
+    b = bridge(bus, &o); /* restarted: the consumer holds our 10 exports */
+    rbus_nats_stats st;
+    uint64_t deadline = now_ns() + 10 * SEC;
+    do {
+        fixture_sleep_ms(20);
+        rbus_nats_stats_get(b, &st);
+    } while (st.import_received < 10 && now_ns() < deadline);
+    print_stats("restarted", &st);
+    assert_quiet(sub, 300);
+    rbus_nats_stats_get(b, &st);
+    assert_int_equal(st.import_received, 10);
+    assert_int_equal(st.import_own, 10);
+    assert_int_equal(st.imported, 0);
+    rbus_nats_stop(b);
+    rbus_unsubscribe(sub);
     rbus_destroy(bus);
 }
 
@@ -862,6 +1002,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(no_echo_loop_jetstream),
         cmocka_unit_test(frozen_server_gives_backpressure_and_counted_drops),
         cmocka_unit_test(server_restart_mid_stream),
+        cmocka_unit_test(stop_is_bounded_with_a_frozen_server),
+        cmocka_unit_test(closed_connection_fails_exports_and_frees_the_queue),
+        cmocka_unit_test(restarted_durable_bridge_skips_its_own_exports),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
