@@ -106,6 +106,15 @@ struct rbus_nats {
     pthread_mutex_t closed_lock;
     pthread_cond_t closed_cond;
     bool closed;
+
+    /* Failed exports, to be destroyed by the export thread. cnats 3.4 arms
+     * an export's ack timer before its write ends; against a frozen server
+     * the write can outlast the timer, and the failure callback then gets a
+     * message cnats is still copying (ThreadSanitizer showed it). Only the
+     * export thread, between two publishes, knows cnats is done with it. */
+    pthread_mutex_t grave_lock;
+    natsMsg **grave;
+    uint32_t grave_count, grave_cap;
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -300,11 +309,31 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         if (pa->Duplicate)
             count(&b->server_duplicates);
         count_done(&b->sent);
-    } else {
-        (void)pae;
-        count_done(&b->send_failed);
+        natsMsg_Destroy(msg); /* acknowledged: its write is long over */
+        return;
     }
+    (void)pae;
+    pthread_mutex_lock(&b->grave_lock);
+    /* Buried after every batch: at most max_pending + a batch fail in
+     * between, so it always fits. */
+    if (b->grave_count < b->grave_cap) {
+        b->grave[b->grave_count++] = msg;
+        msg = NULL;
+    }
+    pthread_mutex_unlock(&b->grave_lock);
     natsMsg_Destroy(msg);
+    count_done(&b->send_failed);
+}
+
+/* Destroys the failed exports: called by the export thread outside any
+ * publish (or once it has ended). */
+static void bury_failed(rbus_nats *b)
+{
+    pthread_mutex_lock(&b->grave_lock);
+    for (uint32_t i = 0; i < b->grave_count; i++)
+        natsMsg_Destroy(b->grave[i]);
+    b->grave_count = 0;
+    pthread_mutex_unlock(&b->grave_lock);
 }
 
 static natsStatus set_key_header(natsMsg *nm, const char *name, const void *key, size_t len)
@@ -409,6 +438,8 @@ static void *export_main(void *arg)
          * answer it; otherwise wait for messages, looking up now and then. */
         int n = rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH,
                                 flushing ? 0 : (int64_t)POLL_MS * 1000000);
+        if (b->js)
+            bury_failed(b);
         if (n > 0) {
             export_batch(b, batch, n);
             continue;
@@ -810,6 +841,11 @@ static void teardown(rbus_nats *b)
         natsOptions_Destroy(b->nopts);
     if (b->export_sub)
         rbus_unsubscribe(b->export_sub);
+    if (b->grave) {
+        bury_failed(b);
+        free(b->grave);
+    }
+    pthread_mutex_destroy(&b->grave_lock);
     pthread_cond_destroy(&b->closed_cond);
     pthread_mutex_destroy(&b->closed_lock);
     free(b->topic_cache);
@@ -850,6 +886,7 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
     }
     pthread_mutex_init(&b->closed_lock, NULL);
     pthread_cond_init(&b->closed_cond, NULL);
+    pthread_mutex_init(&b->grave_lock, NULL);
     b->bus = bus;
     b->mode = opts->mode;
     b->origin = opts->origin ? opts->origin : RBUS_NATS_ORIGIN;
@@ -896,6 +933,16 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
     }
     if (rc == 0)
         rc = open_connection(b, opts, err, err_size);
+    if (rc == 0 && b->mode == RBUS_NATS_JETSTREAM && b->export_sub) {
+        /* Room for every export that can fail between two burials. */
+        b->grave_cap = (opts->max_pending ? opts->max_pending : DEFAULT_MAX_PENDING) +
+                       EXPORT_BATCH + 16;
+        b->grave = calloc(b->grave_cap, sizeof *b->grave);
+        if (!b->grave) {
+            set_err(err, err_size, "out of memory");
+            rc = -ENOMEM;
+        }
+    }
     if (rc == 0 && b->mode == RBUS_NATS_JETSTREAM)
         rc = setup_jetstream(b, opts, err, err_size);
     if (rc == 0 && opts->import_pattern) {
