@@ -77,7 +77,7 @@ typedef struct rbus_nats_opts {
                                      < 0 = as long as each subscription's own
                                      block_timeout_ns says */
     uint32_t max_pending;       /**< JetStream: unacknowledged exports at most;
-                                     0 = 1024 */
+                                     0 = 1024; at most 2^20 */
     int64_t ack_timeout_ns;     /**< JetStream: an export not acknowledged this long
                                      counts as failed (at once when the connection
                                      is closed for good); 0 = 5 s. Also bounds how
@@ -94,10 +94,12 @@ typedef struct rbus_nats_opts {
                                      so a restarted process resumes where it
                                      stopped; NULL = an ephemeral consumer that
                                      starts with the messages stored from now on.
-                                     It is also the bridge's identity in the
-                                     Rbus-Bridge header, so a restarted bridge
-                                     still skips its own earlier exports; at most
-                                     255 bytes, no '.', '*', '>' or whitespace */
+                                     Together with `stream` it is also the bridge's
+                                     identity in the Rbus-Bridge header, so a
+                                     restarted bridge still skips its own earlier
+                                     exports (bridges sharing one durable consumer
+                                     count as one bridge); at most 255 bytes, no
+                                     '.', '*', '>' or whitespace */
     int64_t connect_timeout_ns; /**< each (re)connect attempt; 0 = 2 s */
     int64_t reconnect_wait_ns;  /**< between reconnect attempts; 0 = 100 ms */
     int max_reconnect;          /**< reconnect attempts before giving up; 0 = for
@@ -156,8 +158,8 @@ RBUS_API int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *o
  * called has been sent or has failed (JetStream: acknowledged, refused or
  * timed out), and the connection's buffer has reached the server. Returns
  * 0, -ETIMEDOUT, -EIO (the connection is closed for good) or -EINVAL.
- * timeout_ns as in ringbus.h (0 = do not wait: -ETIMEDOUT unless there was
- * nothing to do).
+ * timeout_ns as in ringbus.h (0 = do not wait: 0 if nothing is queued or
+ * in flight, else -ETIMEDOUT). An idle bridge answers within about 10 ms.
  */
 RBUS_API int rbus_nats_flush(rbus_nats *bridge, int64_t timeout_ns);
 

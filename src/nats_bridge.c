@@ -27,6 +27,11 @@
 #define DEFAULT_RECONNECT_WAIT_NS INT64_C(100000000)
 /* How often the worker threads look at the stop flag when idle. */
 #define POLL_MS 100
+/* The export thread looks for flush requests this often when idle: the
+ * latency an idle rbus_nats_flush pays, for ~100 wake-ups a second. */
+#define EXPORT_POLL_MS 10
+/* Largest max_pending accepted: the bridge sizes two arrays by it. */
+#define MAX_PENDING_LIMIT (UINT32_C(1) << 20)
 #define EXPORT_BATCH 64
 #define WRITE_DEADLINE_MS 2000
 #define PING_INTERVAL_MS 2000
@@ -51,7 +56,7 @@ struct rbus_nats {
     /* Tags exports (Rbus-Bridge header) so that imports can spot our own:
      * the durable consumer's name when there is one, so that a restarted
      * bridge still knows its earlier exports, else random per start. */
-    char bridge_id[RBUS_MAX_TOPIC_LEN + 1];
+    char bridge_id[2 * RBUS_MAX_TOPIC_LEN + 2];
 
     natsOptions *nopts;
     natsConnection *nc;
@@ -79,11 +84,30 @@ struct rbus_nats {
     atomic_uint_fast64_t export_deadline_ns;
 
     /* rbus_nats_flush asks (flush_requested, a generation) and the export
-     * thread answers (flush_served) once it has taken and handed to cnats
-     * everything that was queued when it saw the request: only the one
-     * consumer of the queue can say that exactly. Release/acquire, so
-     * that a flush that sees its generation served also sees the counts. */
-    atomic_uint_fast64_t flush_requested, flush_served;
+     * thread answers: flush_mark = how many messages it had taken plus how
+     * many were queued when it saw the request (only the queue's one
+     * consumer can say that), then flush_served = the generation. The
+     * flush then waits until the first flush_mark messages are done.
+     * Release/acquire: a flush that sees its generation sees the mark.
+     * flush_served is UINT64_MAX once the export thread has ended. */
+    atomic_uint_fast64_t flush_requested, flush_served, flush_mark;
+    /* Messages the export thread is finished with: done, or handed to cnats
+     * and recorded in `awaiting` (release, after either). */
+    atomic_uint_fast64_t export_handed;
+
+    /* JetStream: exports awaiting their ack, by natsMsg address, with their
+     * position in export order, so that a flush can tell whether any
+     * message before its mark is still out (acks and timeouts complete them
+     * out of order). Open addressing, linear probing, backward-shift
+     * deletion; at most max_pending + 1 entries in 2^k >= 2 (max_pending
+     * + 2) slots. Guarded by track_lock (export thread, ack callbacks,
+     * flush). */
+    pthread_mutex_t track_lock;
+    struct awaiting_ack {
+        const natsMsg *msg; /* NULL = free */
+        uint64_t pos;
+    } *awaiting;
+    uint32_t awaiting_mask;
 
     /* Kept by the connection callbacks, so stats never call into cnats
      * (which could wait for a connection lock held by a blocked write).
@@ -299,30 +323,93 @@ static const char *subject_to_topic(const rbus_nats *b, const char *subject)
 
 /* ----------------------------------------------------------- export */
 
+static uint32_t awaiting_home(const rbus_nats *b, const natsMsg *msg)
+{
+    uint64_t h = (uint64_t)(uintptr_t)msg * UINT64_C(0x9e3779b97f4a7c15);
+    return (uint32_t)(h >> 40) & b->awaiting_mask;
+}
+
+static void awaiting_add(rbus_nats *b, const natsMsg *msg, uint64_t pos)
+{
+    pthread_mutex_lock(&b->track_lock);
+    uint32_t i = awaiting_home(b, msg);
+    while (b->awaiting[i].msg)
+        i = (i + 1) & b->awaiting_mask;
+    b->awaiting[i] = (struct awaiting_ack){msg, pos};
+    pthread_mutex_unlock(&b->track_lock);
+}
+
+/* Forgets msg if it is recorded (a message is recorded once, and freed only
+ * after this, so its address cannot stand for another one meanwhile).
+ * Called with track_lock held. */
+static void awaiting_remove_locked(rbus_nats *b, const natsMsg *msg)
+{
+    const uint32_t mask = b->awaiting_mask;
+    uint32_t hole = awaiting_home(b, msg);
+    while (b->awaiting[hole].msg && b->awaiting[hole].msg != msg)
+        hole = (hole + 1) & mask;
+    if (b->awaiting[hole].msg) {
+        for (uint32_t i = hole;;) {
+            i = (i + 1) & mask;
+            if (!b->awaiting[i].msg)
+                break;
+            uint32_t home = awaiting_home(b, b->awaiting[i].msg);
+            bool stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
+            if (!stays) {
+                b->awaiting[hole] = b->awaiting[i];
+                hole = i;
+            }
+        }
+        b->awaiting[hole].msg = NULL;
+    }
+}
+
+/* Forgets msg and counts it done in one step under track_lock, so that a
+ * flush never sees it gone from `awaiting` yet not counted. */
+static void awaiting_done(rbus_nats *b, const natsMsg *msg, atomic_uint_fast64_t *counter)
+{
+    pthread_mutex_lock(&b->track_lock);
+    awaiting_remove_locked(b, msg);
+    count_done(counter);
+    pthread_mutex_unlock(&b->track_lock);
+}
+
+/* Whether an export before position `mark` still awaits its ack. */
+static bool awaiting_before(rbus_nats *b, uint64_t mark)
+{
+    bool any = false;
+    pthread_mutex_lock(&b->track_lock);
+    for (uint32_t i = 0; i <= b->awaiting_mask && !any; i++)
+        any = b->awaiting[i].msg && b->awaiting[i].pos < mark;
+    pthread_mutex_unlock(&b->track_lock);
+    return any;
+}
+
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
-    (void)js;
+    (void)js, (void)pae;
     rbus_nats *b = closure;
-    /* The done count must stay this callback's last touch of the bridge:
-     * teardown frees it once every export is done. */
+    /* awaiting_done must stay this callback's last touch of the bridge:
+     * teardown frees it once every export is counted done (and takes
+     * track_lock once, to let a callback here leave it). */
     if (pa) {
         if (pa->Duplicate)
             count(&b->server_duplicates);
-        count_done(&b->sent);
+        awaiting_done(b, msg, &b->sent);
         natsMsg_Destroy(msg); /* acknowledged: its write is long over */
         return;
     }
-    (void)pae;
     pthread_mutex_lock(&b->grave_lock);
     /* Buried after every batch: at most max_pending + a batch fail in
      * between, so it always fits. */
+    natsMsg *unburied = msg;
     if (b->grave_count < b->grave_cap) {
         b->grave[b->grave_count++] = msg;
-        msg = NULL;
+        unburied = NULL;
     }
     pthread_mutex_unlock(&b->grave_lock);
-    natsMsg_Destroy(msg);
-    count_done(&b->send_failed);
+    awaiting_done(b, msg, &b->send_failed);
+    natsMsg_Destroy(unburied);
 }
 
 /* Destroys the failed exports: called by the export thread outside any
@@ -345,7 +432,7 @@ static natsStatus set_key_header(natsMsg *nm, const char *name, const void *key,
 
 /* Hands one message to cnats. Core mode without keys takes cnats' direct
  * path (no natsMsg, which would cost an allocation per message). */
-static void export_one(rbus_nats *b, const rbus_msg *m)
+static void export_one(rbus_nats *b, const rbus_msg *m, uint64_t pos)
 {
     char subject[SUBJECT_MAX];
     size_t key_len = 0, okey_len = 0;
@@ -387,6 +474,9 @@ static void export_one(rbus_nats *b, const rbus_msg *m)
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = ns_to_ms_ceil(b->ack_timeout_ns);
+    /* Recorded first: its ack may come before the call returns. */
+    const natsMsg *sent_msg = nm;
+    awaiting_add(b, sent_msg, pos);
     /* With max_pending acks outstanding cnats stalls the call for StallWait
      * and then gives NATS_TIMEOUT without taking the message: that is the
      * backpressure, so try again until it goes or the bridge stops. */
@@ -394,8 +484,8 @@ static void export_one(rbus_nats *b, const rbus_msg *m)
         s = js_PublishMsgAsync(b->js, &nm, &po);
     } while (s == NATS_TIMEOUT && !export_gives_up(b));
     if (s != NATS_OK) {
+        awaiting_done(b, sent_msg, &b->send_failed);
         natsMsg_Destroy(nm); /* still ours: cnats cleared nm only on success */
-        count_done(&b->send_failed);
     }
     /* On success the ack callback counts it. */
 }
@@ -403,12 +493,13 @@ static void export_one(rbus_nats *b, const rbus_msg *m)
 static void export_batch(rbus_nats *b, rbus_msg **batch, int n)
 {
     for (int i = 0; i < n; i++) {
-        atomic_fetch_add_explicit(&b->export_taken, 1, memory_order_relaxed);
+        uint64_t pos = atomic_fetch_add_explicit(&b->export_taken, 1, memory_order_relaxed);
         if (rbus_msg_origin(batch[i]) == b->origin)
             count_done(&b->export_skipped);
         else
-            export_one(b, batch[i]);
+            export_one(b, batch[i], pos);
         rbus_msg_release(batch[i]);
+        atomic_store_explicit(&b->export_handed, pos + 1, memory_order_release);
     }
 }
 
@@ -420,24 +511,35 @@ static void fail_stranded_acks(rbus_nats *b)
     natsMsgList pending = {0};
     if (js_PublishAsyncGetPendingList(&pending, b->js) == NATS_OK) {
         for (int i = 0; i < pending.Count; i++)
-            count_done(&b->send_failed);
+            awaiting_done(b, pending.Msgs[i], &b->send_failed);
         natsMsgList_Destroy(&pending);
     }
 }
 
 static uint64_t export_in_flight(const rbus_nats *b);
 
+/* Answers a flush request: everything taken so far, plus everything queued
+ * now, is what that flush waits for. */
+static void answer_flush(rbus_nats *b)
+{
+    uint64_t want = atomic_load_explicit(&b->flush_requested, memory_order_acquire);
+    if (want == atomic_load_explicit(&b->flush_served, memory_order_relaxed))
+        return;
+    rbus_sub_stats ss;
+    rbus_sub_stats_get(b->export_sub, &ss);
+    uint64_t mark = atomic_load_explicit(&b->export_taken, memory_order_relaxed) + ss.depth;
+    atomic_store_explicit(&b->flush_mark, mark, memory_order_relaxed);
+    atomic_store_explicit(&b->flush_served, want, memory_order_release);
+}
+
 static void *export_main(void *arg)
 {
     rbus_nats *b = arg;
     rbus_msg *batch[EXPORT_BATCH];
     for (;;) {
-        uint64_t want = atomic_load_explicit(&b->flush_requested, memory_order_acquire);
-        bool flushing = want != atomic_load_explicit(&b->flush_served, memory_order_relaxed);
-        /* While a flush waits, take only what is queued (no wait), then
-         * answer it; otherwise wait for messages, looking up now and then. */
+        answer_flush(b);
         int n = rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH,
-                                flushing ? 0 : (int64_t)POLL_MS * 1000000);
+                                (int64_t)EXPORT_POLL_MS * 1000000);
         if (b->js)
             bury_failed(b);
         if (n > 0) {
@@ -447,11 +549,15 @@ static void *export_main(void *arg)
         if (b->js && atomic_load_explicit(&b->conn_closed, memory_order_relaxed) &&
             export_in_flight(b) > 0)
             fail_stranded_acks(b);
-        if (flushing)
-            atomic_store_explicit(&b->flush_served, want, memory_order_release);
         if (n == -ESHUTDOWN)
             break; /* stopped (or bus closed) and drained */
     }
+    /* Nothing is left to take: every flush from now on needs only the
+     * exports already handed to cnats. */
+    atomic_store_explicit(&b->flush_mark, atomic_load_explicit(&b->export_taken,
+                                                               memory_order_relaxed),
+                          memory_order_relaxed);
+    atomic_store_explicit(&b->flush_served, UINT64_MAX, memory_order_release);
     return NULL;
 }
 
@@ -647,7 +753,8 @@ static bool opt_valid(const rbus_nats_opts *o)
         return false;
     if (o->url && !*o->url)
         return false;
-    if (o->stream && (!*o->stream || strpbrk(o->stream, ". *>\t\r\n")))
+    if (o->stream && (!*o->stream || strpbrk(o->stream, ". *>\t\r\n") ||
+                      strlen(o->stream) > RBUS_MAX_TOPIC_LEN))
         return false;
     if (o->durable && (!*o->durable || strpbrk(o->durable, ". *>\t\r\n") ||
                        strlen(o->durable) > RBUS_MAX_TOPIC_LEN))
@@ -657,7 +764,7 @@ static bool opt_valid(const rbus_nats_opts *o)
     if (o->max_reconnect < 0 || o->connect_timeout_ns < 0 || o->reconnect_wait_ns < 0 ||
         o->ack_timeout_ns < 0 || o->stream_duplicate_window_ns < 0)
         return false;
-    if (o->max_pending > (uint32_t)INT32_MAX)
+    if (o->max_pending > MAX_PENDING_LIMIT)
         return false;
     return true;
 }
@@ -728,9 +835,13 @@ static int setup_jetstream(rbus_nats *b, const rbus_nats_opts *o, char *err, siz
     jsAccountInfo *ai = NULL;
     jsErrCode aerr = 0;
     s = js_GetAccountInfo(&ai, b->js, NULL, &aerr);
-    if (s != NATS_OK)
+    if (s == NATS_OK)
+        jsAccountInfo_Destroy(ai);
+    else if (s == NATS_NO_RESPONDERS || aerr == JSNotEnabledErr ||
+             aerr == JSNotEnabledForAccountErr)
         return js_fail(s, aerr, "nats jetstream account", err, err_size);
-    jsAccountInfo_Destroy(ai);
+    /* Anything else (a user not allowed to ask, a timeout) says nothing
+     * about JetStream: go on, and let the stream answer for itself. */
 
     if (!o->create_stream)
         return 0;
@@ -826,6 +937,10 @@ static void teardown(rbus_nats *b)
         while (export_in_flight(b) > 0)
             sleep_ms(1);
     }
+    /* A callback that counted the last export may still be leaving
+     * awaiting_done: taking the lock waits for it. */
+    pthread_mutex_lock(&b->track_lock);
+    pthread_mutex_unlock(&b->track_lock);
     if (b->nc) {
         natsConnection_Close(b->nc);
         pthread_mutex_lock(&b->closed_lock);
@@ -845,6 +960,8 @@ static void teardown(rbus_nats *b)
         bury_failed(b);
         free(b->grave);
     }
+    free(b->awaiting);
+    pthread_mutex_destroy(&b->track_lock);
     pthread_mutex_destroy(&b->grave_lock);
     pthread_cond_destroy(&b->closed_cond);
     pthread_mutex_destroy(&b->closed_lock);
@@ -887,6 +1004,7 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
     pthread_mutex_init(&b->closed_lock, NULL);
     pthread_cond_init(&b->closed_cond, NULL);
     pthread_mutex_init(&b->grave_lock, NULL);
+    pthread_mutex_init(&b->track_lock, NULL);
     b->bus = bus;
     b->mode = opts->mode;
     b->origin = opts->origin ? opts->origin : RBUS_NATS_ORIGIN;
@@ -897,7 +1015,8 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
                                                      : DEFAULT_IMPORT_TIMEOUT_NS;
     b->ack_timeout_ns = opts->ack_timeout_ns ? opts->ack_timeout_ns : DEFAULT_ACK_TIMEOUT_NS;
     if (opts->durable) {
-        snprintf(b->bridge_id, sizeof b->bridge_id, "%s", opts->durable);
+        snprintf(b->bridge_id, sizeof b->bridge_id, "%s/%s", opts->stream ? opts->stream : "",
+                 opts->durable);
     } else {
         uint64_t id = 0;
         if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
@@ -938,7 +1057,12 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
         b->grave_cap = (opts->max_pending ? opts->max_pending : DEFAULT_MAX_PENDING) +
                        EXPORT_BATCH + 16;
         b->grave = calloc(b->grave_cap, sizeof *b->grave);
-        if (!b->grave) {
+        uint32_t slots = 16;
+        while (slots < 2 * (b->grave_cap + 2))
+            slots <<= 1;
+        b->awaiting = calloc(slots, sizeof *b->awaiting);
+        b->awaiting_mask = slots - 1;
+        if (!b->grave || !b->awaiting) {
             set_err(err, err_size, "out of memory");
             rc = -ENOMEM;
         }
@@ -1024,32 +1148,30 @@ int rbus_nats_flush(rbus_nats *b, int64_t timeout_ns)
 {
     if (!b)
         return -EINVAL;
-    uint64_t deadline = timeout_ns > 0 ? monotonic_ns() + (uint64_t)timeout_ns
-                        : timeout_ns == 0 ? monotonic_ns() : 0;
+    if (timeout_ns == 0) {
+        rbus_nats_stats st;
+        rbus_nats_stats_get(b, &st);
+        return st.export_depth == 0 && st.in_flight == 0 ? 0 : -ETIMEDOUT;
+    }
+    uint64_t deadline = timeout_ns > 0 ? monotonic_ns() + (uint64_t)timeout_ns : 0;
     if (b->export_sub) {
-        /* 1. The export thread hands to cnats all that is queued now. */
-        uint64_t gen = atomic_fetch_add_explicit(&b->flush_requested, 1, memory_order_acq_rel) + 1;
+        /* 1. The export thread says how far this flush reaches. */
+        uint64_t gen = atomic_fetch_add_explicit(&b->flush_requested, 1, memory_order_relaxed) + 1;
         while (atomic_load_explicit(&b->flush_served, memory_order_acquire) < gen) {
             if (deadline && monotonic_ns() >= deadline)
                 return -ETIMEDOUT;
             sleep_ms(1);
         }
-        /* 2. JetStream: every ack cnats awaits comes in (or times out). */
-        if (b->js && export_in_flight(b) > 0) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MaxWait = ms_left(deadline, INT32_MAX);
-            natsStatus s = js_PublishAsyncComplete(b->js, &po);
-            if (s == NATS_TIMEOUT)
+        uint64_t mark = atomic_load_explicit(&b->flush_mark, memory_order_relaxed);
+        /* 2. The export thread is past the mark, and no export before it
+         *    awaits an ack (acks complete out of order). */
+        while (atomic_load_explicit(&b->export_handed, memory_order_acquire) < mark ||
+               (b->js && awaiting_before(b, mark))) {
+            if (atomic_load_explicit(&b->conn_closed, memory_order_relaxed))
+                return -EIO;
+            if (deadline && monotonic_ns() >= deadline)
                 return -ETIMEDOUT;
-            /* An ack off cnats' list may still be on its way into on_ack. */
-            while (export_in_flight(b) > 0) {
-                if (deadline && monotonic_ns() >= deadline)
-                    return -ETIMEDOUT;
-                if (atomic_load_explicit(&b->conn_closed, memory_order_relaxed))
-                    return -EIO;
-                sleep_ms(1);
-            }
+            sleep_ms(1);
         }
     }
     /* 3. The connection's buffer reaches the server (a PING/PONG). */
@@ -1062,10 +1184,11 @@ void rbus_nats_stop(rbus_nats *b)
     if (!b)
         return;
     atomic_store_explicit(&b->stopping, true, memory_order_relaxed);
-    atomic_store_explicit(&b->export_deadline_ns, monotonic_ns() + (uint64_t)b->ack_timeout_ns,
-                          memory_order_relaxed);
     if (b->import_running)
         pthread_join(b->import_thread, NULL);
+    /* The export budget starts once the import is out of the way. */
+    atomic_store_explicit(&b->export_deadline_ns, monotonic_ns() + (uint64_t)b->ack_timeout_ns,
+                          memory_order_relaxed);
     if (b->export_sub) {
         /* The export thread drains what is queued, then sees -ESHUTDOWN. */
         rbus_sub_close(b->export_sub);

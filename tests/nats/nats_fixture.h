@@ -91,8 +91,11 @@ static inline int nats_server_start(nats_server *s, bool jetstream)
      * when its parent dies, so a failed test (or a crash) never leaves a
      * server behind, not even a SIGSTOPped one. */
     int ready[2];
-    if (pipe2(ready, O_CLOEXEC) != 0)
+    if (pipe(ready) != 0)
         return -1;
+    /* Close-on-exec: a successful exec closes it, which the parent reads
+     * as "started"; a failed one writes errno into it. */
+    fcntl(ready[1], F_SETFD, FD_CLOEXEC);
     pid_t parent = getpid();
     s->pid = fork();
     if (s->pid == 0) {

@@ -13,6 +13,7 @@
 
 #include <nats/nats.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <ringbus.h>
 #include <ringbus_nats.h>
 
@@ -972,6 +973,75 @@ static void restarted_durable_bridge_skips_its_own_exports(void **state)
     rbus_destroy(bus);
 }
 
+typedef struct steady_publisher {
+    rbus *bus;
+    atomic_bool stop;
+    atomic_uint_fast64_t published;
+} steady_publisher;
+
+static void *steady_publish(void *arg)
+{
+    steady_publisher *p = arg;
+    rbus_topic *t = NULL;
+    assert_int_equal(rbus_topic_open(p->bus, "fl.x", &t), 0);
+    for (uint32_t i = 0; !atomic_load(&p->stop); i++) {
+        if (rbus_publish(t, &i, sizeof i) != 0)
+            break;
+        atomic_fetch_add(&p->published, 1);
+    }
+    return NULL;
+}
+
+/* A flush returns once everything queued before it is through, even while
+ * publishing goes on; idle it answers at once; after rbus_close it still
+ * answers. */
+static void flush_reaches_its_mark_under_load_and_after_close(void **state)
+{
+    (void)state;
+    rbus *bus = new_bus(0);
+    rbus_nats_opts o;
+    opts_for(&o, g_server.url, RBUS_NATS_JETSTREAM, "fl.>", NULL, "FLUSH");
+    o.export_block_timeout_ns = -1; /* lossless: nothing dropped locally */
+    rbus_nats *b = bridge(bus, &o);
+
+    assert_int_equal(rbus_nats_flush(b, 0), 0); /* idle: nothing to do */
+    uint64_t t0 = now_ns();
+    assert_int_equal(rbus_nats_flush(b, 5 * SEC), 0);
+    printf("idle flush: %.1f ms\n", (now_ns() - t0) / 1e6);
+    assert_true(now_ns() - t0 < 1 * SEC);
+
+    steady_publisher p = {.bus = bus};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, steady_publish, &p), 0);
+    for (int round = 0; round < 3; round++) {
+        fixture_sleep_ms(200);
+        uint64_t before = atomic_load(&p.published);
+        t0 = now_ns();
+        int rc = rbus_nats_flush(b, 20 * SEC);
+        rbus_nats_stats st;
+        rbus_nats_stats_get(b, &st);
+        printf("flush under load: %d in %.1f ms; published before %llu, done %llu\n", rc,
+               (now_ns() - t0) / 1e6, (unsigned long long)before,
+               (unsigned long long)(st.sent + st.send_failed));
+        assert_int_equal(rc, 0);
+        assert_true(st.sent + st.send_failed >= before);
+    }
+    atomic_store(&p.stop, true);
+    pthread_join(th, NULL);
+
+    rbus_close(bus);
+    t0 = now_ns();
+    assert_int_equal(rbus_nats_flush(b, 20 * SEC), 0);
+    printf("flush after rbus_close: %.1f ms\n", (now_ns() - t0) / 1e6);
+    rbus_nats_stats st;
+    rbus_nats_stats_get(b, &st);
+    assert_int_equal(st.sent + st.send_failed, atomic_load(&p.published));
+    assert_int_equal(st.send_failed, 0);
+    assert_int_equal(rbus_nats_flush(b, -1), 0); /* forever, with nothing left */
+    rbus_nats_stop(b);
+    rbus_destroy(bus);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1005,6 +1075,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(stop_is_bounded_with_a_frozen_server),
         cmocka_unit_test(closed_connection_fails_exports_and_frees_the_queue),
         cmocka_unit_test(restarted_durable_bridge_skips_its_own_exports),
+        cmocka_unit_test(flush_reaches_its_mark_under_load_and_after_close),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
