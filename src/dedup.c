@@ -336,14 +336,25 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
     /* A key found here is remembered no longer (stale); one not found stays
      * absent whatever expiry and growth do below. */
     bool present = at != UINT32_MAX;
-    shard_expire(sh, oldest_live);
-    /* Every item left is live now; keep the shard under 3/4 full so probe
-     * chains stay short and the FIFO never overflows. */
-    if ((sh->count + 1) * 4 > sh->cap * 3 && shard_grow(bus, sh) != 0) {
-        rc = -ENOMEM; /* the key is not recorded */
-        goto out;
+    uint64_t ticket;
+    if ((sh->count + 1) * 4 <= sh->cap * 3) {
+        /* Room even before expiry, so nothing below can fail: take the
+         * ticket first. A locked instruction waits for every store before it
+         * to reach the cache, and expiry's stores (a table slot that is
+         * often a cache miss) would make it wait for that miss; here only
+         * the lock's own store precedes it. */
+        ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
+        shard_expire(sh, oldest_live);
+    } else {
+        shard_expire(sh, oldest_live);
+        /* Every item left is live now; keep the shard under 3/4 full so
+         * probe chains stay short and the FIFO never overflows. */
+        if ((sh->count + 1) * 4 > sh->cap * 3 && shard_grow(bus, sh) != 0) {
+            rc = -ENOMEM; /* the key is not recorded, and took no ticket */
+            goto out;
+        }
+        ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
     }
-    uint64_t ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
     uint32_t pos = (sh->fifo_head + sh->count) & (sh->cap - 1);
     sh->fifo[pos] = (struct dedup_item){lo, hi, ticket, now_ns};
     sh->count++;
