@@ -389,9 +389,9 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
 {
     (void)js, (void)pae;
     rbus_nats *b = closure;
-    /* awaiting_done must stay this callback's last touch of the bridge:
-     * teardown frees it once every export is counted done (and takes
-     * track_lock once, to let a callback here leave it). */
+    /* Leaving track_lock must stay this callback's last touch of the
+     * bridge: teardown frees it once every export is counted done (and
+     * takes track_lock once, to let a callback here leave it). */
     if (pa) {
         if (pa->Duplicate)
             count(&b->server_duplicates);
@@ -399,6 +399,11 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         natsMsg_Destroy(msg); /* acknowledged: its write is long over */
         return;
     }
+    /* Forgotten before it goes to the grave, both under track_lock: once
+     * buried, its address may come back as a new export's, which must not
+     * find this one still recorded. (Lock order: track_lock, grave_lock.) */
+    pthread_mutex_lock(&b->track_lock);
+    awaiting_remove_locked(b, msg);
     pthread_mutex_lock(&b->grave_lock);
     /* Buried after every batch: at most max_pending + a batch fail in
      * between, so it always fits. */
@@ -408,7 +413,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         unburied = NULL;
     }
     pthread_mutex_unlock(&b->grave_lock);
-    awaiting_done(b, msg, &b->send_failed);
+    count_done(&b->send_failed);
+    pthread_mutex_unlock(&b->track_lock);
     natsMsg_Destroy(unburied);
 }
 
