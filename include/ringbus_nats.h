@@ -182,6 +182,23 @@ RBUS_API int rbus_nats_stats_get(const rbus_nats *bridge, rbus_nats_stats *out);
  */
 RBUS_API void rbus_nats_stop(rbus_nats *bridge);
 
+/**
+ * rbus_nats_prometheus: the counters of `count` bridges in the Prometheus
+ * text format, one family per field of rbus_nats_stats
+ * (ringbus_nats_sent_total, ringbus_nats_send_failed_total, ...,
+ * ringbus_nats_in_flight, ringbus_nats_export_depth, ringbus_nats_connected),
+ * each with its HELP and TYPE once and a sample per bridge, labelled
+ * bridge="<identity>" (stream/durable, or the random id). Append it to
+ * rbus_stats_prometheus's text for one scrape (bridges that share an
+ * identity give samples with equal labels, which Prometheus refuses: give
+ * each its own durable). Like snprintf: returns the
+ * whole length even when `size` is too small, and NUL-terminates when
+ * size > 0. Errors: -EINVAL (bridges NULL with count > 0, a NULL bridge, buf
+ * NULL with size > 0), -ENOMEM, -EOVERFLOW.
+ */
+RBUS_API int rbus_nats_prometheus(const rbus_nats *const *bridges, size_t count, char *buf,
+                                  size_t size);
+
 #ifdef __cplusplus
 }
 #endif

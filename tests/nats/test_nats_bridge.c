@@ -1042,6 +1042,78 @@ static void flush_reaches_its_mark_under_load_and_after_close(void **state)
     rbus_destroy(bus);
 }
 
+/* The bridges' metrics: every family once, a sample per bridge whose value
+ * is the stats API's, snprintf semantics, and promtool (when installed)
+ * accepts the text. */
+static void metrics_match_the_stats(void **state)
+{
+    (void)state;
+    rbus *a = new_bus(0), *c = new_bus(0);
+    rbus_sub *sc = subscribe(c, "mx.>", 0);
+    rbus_nats_opts o;
+    opts_for(&o, g_server.url, RBUS_NATS_CORE, "mx.>", NULL, NULL);
+    rbus_nats *ba = bridge(a, &o);
+    opts_for(&o, g_server.url, RBUS_NATS_CORE, NULL, "mx.>", NULL);
+    rbus_nats *bc = bridge(c, &o);
+    for (int i = 0; i < 25; i++)
+        publish_index(a, "mx.m", (uint32_t)i, NULL);
+    assert_int_equal(rbus_nats_flush(ba, 10 * SEC), 0);
+    assert_int_equal(receive_indices(sc, 25, 10 * SEC, true), 25);
+
+    const rbus_nats *both[] = {ba, bc};
+    int len = rbus_nats_prometheus(both, 2, NULL, 0);
+    assert_true(len > 0);
+    char *text = malloc((size_t)len + 1);
+    assert_int_equal(rbus_nats_prometheus(both, 2, text, (size_t)len + 1), len);
+    assert_int_equal(strlen(text), (size_t)len);
+    rbus_nats_stats sa, sb;
+    rbus_nats_stats_get(ba, &sa);
+    rbus_nats_stats_get(bc, &sb);
+    char want[256], label[64];
+    const char *sample = "ringbus_nats_sent_total{bridge=\"";
+    snprintf(label, sizeof label, "%s", strstr(text, sample) + strlen(sample));
+    *strchr(label, '"') = '\0';
+    snprintf(want, sizeof want, "ringbus_nats_sent_total{bridge=\"%s\"} %llu\n", label,
+             (unsigned long long)sa.sent);
+    assert_non_null(strstr(text, want));
+    assert_int_equal(sa.sent, 25);
+    assert_int_equal(sb.imported, 25);
+    assert_non_null(strstr(text, "ringbus_nats_imported_total{bridge=\""));
+    assert_non_null(strstr(text, "} 25\n"));
+    /* Each family's HELP once, whatever the number of bridges. */
+    const char *help = "# HELP ringbus_nats_sent_total ";
+    const char *first = strstr(text, help);
+    assert_non_null(first);
+    assert_null(strstr(first + 1, help));
+    /* snprintf semantics: a short buffer gets the length and a NUL. */
+    char small[40];
+    assert_int_equal(rbus_nats_prometheus(both, 2, small, sizeof small), len);
+    assert_int_equal(strlen(small), sizeof small - 1);
+    assert_int_equal(rbus_nats_prometheus(NULL, 1, NULL, 0), -EINVAL);
+    const rbus_nats *with_null[] = {ba, NULL};
+    assert_int_equal(rbus_nats_prometheus(with_null, 2, NULL, 0), -EINVAL);
+    assert_int_equal(rbus_nats_prometheus(both, 2, NULL, 10), -EINVAL);
+    assert_int_equal(rbus_nats_prometheus(NULL, 0, NULL, 0), 0);
+
+    if (system("command -v promtool >/dev/null 2>&1") == 0) {
+        FILE *p = popen("promtool check metrics", "w");
+        assert_non_null(p);
+        fwrite(text, 1, (size_t)len, p);
+        int rc = pclose(p);
+        if (rc != 0)
+            fail_msg("promtool check metrics rejected:\n%s", text);
+        printf("promtool check metrics: ok (%d bytes)\n", len);
+    } else {
+        printf("promtool not installed (Debian package prometheus): text not checked by it\n");
+    }
+    free(text);
+    rbus_nats_stop(ba);
+    rbus_nats_stop(bc);
+    rbus_unsubscribe(sc);
+    rbus_destroy(a);
+    rbus_destroy(c);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1076,6 +1148,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(closed_connection_fails_exports_and_frees_the_queue),
         cmocka_unit_test(restarted_durable_bridge_skips_its_own_exports),
         cmocka_unit_test(flush_reaches_its_mark_under_load_and_after_close),
+        cmocka_unit_test(metrics_match_the_stats),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
