@@ -110,6 +110,7 @@ struct rbus_nats {
         uint64_t pos;
     } *awaiting;
     uint32_t awaiting_mask;
+    uint32_t awaiting_count; /* entries: a flush scans only when there are some */
 
     /* Kept by the connection callbacks, so stats never call into cnats
      * (which could wait for a connection lock held by a blocked write).
@@ -338,6 +339,7 @@ static void awaiting_add(rbus_nats *b, const natsMsg *msg, uint64_t pos)
     while (b->awaiting[i].msg)
         i = (i + 1) & b->awaiting_mask;
     b->awaiting[i] = (struct awaiting_ack){msg, pos};
+    b->awaiting_count++;
     pthread_mutex_unlock(&b->track_lock);
 }
 
@@ -363,6 +365,7 @@ static void awaiting_remove_locked(rbus_nats *b, const natsMsg *msg)
             }
         }
         b->awaiting[hole].msg = NULL;
+        b->awaiting_count--;
     }
 }
 
@@ -381,7 +384,7 @@ static bool awaiting_before(rbus_nats *b, uint64_t mark)
 {
     bool any = false;
     pthread_mutex_lock(&b->track_lock);
-    for (uint32_t i = 0; i <= b->awaiting_mask && !any; i++)
+    for (uint32_t i = 0; b->awaiting_count && i <= b->awaiting_mask && !any; i++)
         any = b->awaiting[i].msg && b->awaiting[i].pos < mark;
     pthread_mutex_unlock(&b->track_lock);
     return any;
@@ -500,8 +503,12 @@ static void export_one(rbus_nats *b, const rbus_msg *m, uint64_t pos)
 
 static void export_batch(rbus_nats *b, rbus_msg **batch, int n)
 {
+    /* The whole batch counts as taken at once: it has left the queue, so a
+     * stats or flush(0) caller that saw its depth fall must see it here
+     * (in_flight) rather than nowhere. */
+    uint64_t base = atomic_fetch_add_explicit(&b->export_taken, (uint64_t)n, memory_order_relaxed);
     for (int i = 0; i < n; i++) {
-        uint64_t pos = atomic_fetch_add_explicit(&b->export_taken, 1, memory_order_relaxed);
+        uint64_t pos = base + (uint64_t)i;
         if (rbus_msg_origin(batch[i]) == b->origin)
             count_done(&b->export_skipped);
         else
@@ -1157,14 +1164,29 @@ int rbus_nats_flush(rbus_nats *b, int64_t timeout_ns)
     if (!b)
         return -EINVAL;
     if (timeout_ns == 0) {
+        /* Done when everything that entered the bridge's queue before now
+         * is counted done (entered is read first; a message between the
+         * queue and export_taken is in neither depth nor in_flight, but it
+         * is in `entered`), and nothing taken is still out (completions
+         * come out of order: a skip can finish before an earlier ack). */
+        uint64_t entered = 0;
+        if (b->export_sub) {
+            rbus_sub_stats ss;
+            rbus_sub_stats_get(b->export_sub, &ss);
+            entered = ss.offered - ss.dropped_timeout - ss.dropped_closed;
+        }
         rbus_nats_stats st;
         rbus_nats_stats_get(b, &st);
-        return st.export_depth == 0 && st.in_flight == 0 ? 0 : -ETIMEDOUT;
+        bool done = st.export_skipped + st.sent + st.send_failed >= entered && st.in_flight == 0;
+        return done ? 0 : -ETIMEDOUT;
     }
     uint64_t deadline = timeout_ns > 0 ? monotonic_ns() + (uint64_t)timeout_ns : 0;
     if (b->export_sub) {
         /* 1. The export thread says how far this flush reaches. */
-        uint64_t gen = atomic_fetch_add_explicit(&b->flush_requested, 1, memory_order_relaxed) + 1;
+        /* Release: our publishes before this call happen before the export
+         * thread's acquire load that sees the request, so the mark it then
+         * reads off the queue counts them. */
+        uint64_t gen = atomic_fetch_add_explicit(&b->flush_requested, 1, memory_order_release) + 1;
         while (atomic_load_explicit(&b->flush_served, memory_order_acquire) < gen) {
             if (deadline && monotonic_ns() >= deadline)
                 return -ETIMEDOUT;
