@@ -914,7 +914,7 @@ static void closed_connection_fails_exports_and_frees_the_queue(void **state)
         rbus_nats_stats_get(b, &st);
     } while (st.connected && now_ns() < deadline);
     assert_false(st.connected);
-    fixture_sleep_ms(300); /* reconnect attempts run out */
+    fixture_sleep_ms(1000); /* its one reconnect attempt (20 ms later, refused) runs out */
     for (int i = 10; i < 110; i++)
         publish_index(bus, "cl.x", (uint32_t)i, NULL);
     deadline = now_ns() + 10 * SEC;
