@@ -18,31 +18,12 @@
 #include <ringbus_nats.h>
 
 #include "nats_fixture.h"
+#include "test_util.h"
 
 #define SEC INT64_C(1000000000)
 #define MS INT64_C(1000000)
 
 static nats_server g_server; /* JetStream-enabled, shared by most tests */
-
-static double stress_scale(void)
-{
-    const char *s = getenv("RBUS_STRESS_SCALE");
-    double v = s ? atof(s) : 1.0;
-    return v > 0 ? v : 1.0;
-}
-
-static int scaled(int n, int min)
-{
-    int v = (int)(n * stress_scale());
-    return v < min ? min : v;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static rbus *new_bus(uint32_t dedup_keys)
 {
@@ -114,9 +95,9 @@ static uint32_t index_of(const rbus_msg *m)
  * in order 0..n-1 when `ordered`. Returns how many arrived. */
 static int receive_indices(rbus_sub *sub, int n, int64_t timeout_ns, bool ordered)
 {
-    uint64_t deadline = now_ns() + (uint64_t)timeout_ns;
+    uint64_t deadline = rbus_test_now_ns() + (uint64_t)timeout_ns;
     int got = 0;
-    while (got < n && now_ns() < deadline) {
+    while (got < n && rbus_test_now_ns() < deadline) {
         rbus_msg *m = NULL;
         int rc = rbus_recv(sub, &m, 100 * MS);
         if (rc == -ETIMEDOUT)
@@ -286,7 +267,7 @@ static int peer_wait(peer *p)
 
 static void both_ways(rbus_nats_mode mode, const char *stream)
 {
-    int n = scaled(2000, 100);
+    int n = (int)rbus_test_scaled(2000, 100);
     printf("two processes, %s, %d messages each way\n", mode ? "JetStream" : "core", n);
     rbus *bus = new_bus(0);
     rbus_sub *sub = subscribe(bus, "pb.>", 0);
@@ -344,7 +325,7 @@ static void two_processes_both_ways_jetstream(void **state)
 static void same_key_from_two_processes_delivered_once(void **state)
 {
     (void)state;
-    int n = scaled(500, 50);
+    int n = (int)rbus_test_scaled(500, 50);
     printf("two processes publish the same %d keys to JetStream\n", n);
     /* Local dedup off: only the server's window can suppress duplicates. */
     rbus *bus = new_bus(RBUS_DEDUP_OFF);
@@ -375,8 +356,8 @@ static void same_key_from_two_processes_delivered_once(void **state)
     /* The receiving bus gets every key exactly once, with its key. */
     char *seen = calloc((size_t)n, 1);
     int got = 0;
-    uint64_t deadline = now_ns() + 30 * SEC;
-    while (got < n && now_ns() < deadline) {
+    uint64_t deadline = rbus_test_now_ns() + 30 * SEC;
+    while (got < n && rbus_test_now_ns() < deadline) {
         rbus_msg *m = NULL;
         if (rbus_recv(sub, &m, 100 * MS) != 0)
             continue;
@@ -431,7 +412,7 @@ static void server_restart_mid_stream(void **state)
     (void)state;
     nats_server srv = {0};
     assert_int_equal(nats_server_start(&srv, true), 0);
-    int n = scaled(20000, 2000);
+    int n = (int)rbus_test_scaled(20000, 2000);
     printf("JetStream export of %d messages over ~2 s; the server is killed (SIGKILL) "
            "after ~0.7 s and restarted 300 ms later\n", n);
 
@@ -486,8 +467,8 @@ static void server_restart_mid_stream(void **state)
     rbus_nats *reader = bridge(bus2, &io);
     int got = 0;
     int64_t last = -1;
-    uint64_t deadline = now_ns() + 30 * SEC;
-    while ((uint64_t)got < stored && now_ns() < deadline) {
+    uint64_t deadline = rbus_test_now_ns() + 30 * SEC;
+    while ((uint64_t)got < stored && rbus_test_now_ns() < deadline) {
         rbus_msg *m = NULL;
         if (rbus_recv(sub, &m, 100 * MS) != 0)
             continue;
@@ -530,11 +511,11 @@ static void no_echo_loop(rbus_nats_mode mode, const char *stream)
     rbus_nats_stats sta, stc;
     /* A's own exports come back from the stream (JetStream) on their own
      * schedule: wait for them rather than guess a time. */
-    uint64_t deadline = now_ns() + 10 * SEC;
+    uint64_t deadline = rbus_test_now_ns() + 10 * SEC;
     do {
         rbus_nats_stats_get(ba, &sta);
     } while (mode == RBUS_NATS_JETSTREAM && sta.import_own < (uint64_t)n &&
-             now_ns() < deadline && (fixture_sleep_ms(10), true));
+             rbus_test_now_ns() < deadline && (fixture_sleep_ms(10), true));
     rbus_nats_stats_get(bc, &stc);
     print_stats("A", &sta);
     print_stats("C", &stc);
@@ -738,9 +719,9 @@ static void frozen_server_gives_backpressure_and_counted_drops(void **state)
     int n = 100;
     uint64_t worst = 0;
     for (int i = 0; i < n; i++) {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = rbus_test_now_ns();
         publish_index(bus, "bp.x", (uint32_t)i, NULL);
-        uint64_t dt = now_ns() - t0;
+        uint64_t dt = rbus_test_now_ns() - t0;
         worst = dt > worst ? dt : worst;
     }
     rbus_nats_stats st;
@@ -801,10 +782,10 @@ static void start_errors_are_clear_and_fast(void **state)
     char url[64];
     snprintf(url, sizeof url, "nats://127.0.0.1:%d", fixture_free_port());
     opts_for(&o, url, RBUS_NATS_CORE, "x.>", NULL, NULL);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = rbus_test_now_ns();
     assert_int_equal(rbus_nats_start(&b, bus, &o, err, sizeof err), -ECONNREFUSED);
-    printf("refused in %.1f ms: %s\n", (now_ns() - t0) / 1e6, err);
-    assert_true(now_ns() - t0 < 5 * SEC);
+    printf("refused in %.1f ms: %s\n", (rbus_test_now_ns() - t0) / 1e6, err);
+    assert_true(rbus_test_now_ns() - t0 < 5 * SEC);
     assert_non_null(strstr(err, url));
     assert_null(b);
 
@@ -870,15 +851,15 @@ static void stop_is_bounded_with_a_frozen_server(void **state)
         assert_int_equal(rbus_topic_open(bus, "fz.big", &t), 0);
         for (int i = 0; i < 1500; i++)
             assert_int_equal(rbus_publish(t, big, sizeof big), 0);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = rbus_test_now_ns();
         rbus_nats_stats st;
         assert_int_equal(rbus_nats_stats_get(b, &st), 0);
-        uint64_t stats_ns = now_ns() - t0;
+        uint64_t stats_ns = rbus_test_now_ns() - t0;
         print_stats(js ? "frozen js" : "frozen core", &st);
         assert_true(stats_ns < 100 * MS);
-        t0 = now_ns();
+        t0 = rbus_test_now_ns();
         rbus_nats_stop(b);
-        double stop_s = (now_ns() - t0) / 1e9;
+        double stop_s = (rbus_test_now_ns() - t0) / 1e9;
         printf("%s: stats took %.3f ms, stop took %.2f s (bound: ack 1 s + write deadline 2 s)\n",
                js ? "JetStream" : "core", stats_ns / 1e6, stop_s);
         assert_true(stop_s < 6.0); /* the bound plus slack for a busy machine */
@@ -908,29 +889,29 @@ static void closed_connection_fails_exports_and_frees_the_queue(void **state)
     assert_int_equal(rbus_nats_flush(b, 10 * SEC), 0);
     nats_server_destroy(&srv);
     rbus_nats_stats st;
-    uint64_t deadline = now_ns() + 10 * SEC;
+    uint64_t deadline = rbus_test_now_ns() + 10 * SEC;
     do {
         fixture_sleep_ms(20);
         rbus_nats_stats_get(b, &st);
-    } while (st.connected && now_ns() < deadline);
+    } while (st.connected && rbus_test_now_ns() < deadline);
     assert_false(st.connected);
     fixture_sleep_ms(1000); /* its one reconnect attempt (20 ms later, refused) runs out */
     for (int i = 10; i < 110; i++)
         publish_index(bus, "cl.x", (uint32_t)i, NULL);
-    deadline = now_ns() + 10 * SEC;
+    deadline = rbus_test_now_ns() + 10 * SEC;
     do {
         fixture_sleep_ms(20);
         rbus_nats_stats_get(b, &st);
-    } while ((st.export_depth > 0 || st.in_flight > 0) && now_ns() < deadline);
+    } while ((st.export_depth > 0 || st.in_flight > 0) && rbus_test_now_ns() < deadline);
     print_stats("closed", &st);
     assert_int_equal(st.sent, 10);
     assert_int_equal(st.export_taken + st.export_dropped, 110);
     assert_int_equal(st.sent + st.send_failed, st.export_taken);
     assert_int_equal(st.in_flight, 0);
     assert_int_equal(rbus_nats_flush(b, 1 * SEC) == 0, false); /* the connection is gone */
-    uint64_t t0 = now_ns();
+    uint64_t t0 = rbus_test_now_ns();
     rbus_nats_stop(b);
-    assert_true(now_ns() - t0 < 2 * SEC);
+    assert_true(rbus_test_now_ns() - t0 < 2 * SEC);
     rbus_destroy(bus);
 }
 
@@ -959,11 +940,11 @@ static void restarted_durable_bridge_skips_its_own_exports(void **state)
     assert_int_equal(receive_indices(sub, 10, 5 * SEC, true), 10); /* the local copies */
     b = bridge(bus, &o); /* restarted: the consumer holds our 10 exports */
     rbus_nats_stats st;
-    uint64_t deadline = now_ns() + 10 * SEC;
+    uint64_t deadline = rbus_test_now_ns() + 10 * SEC;
     do {
         fixture_sleep_ms(20);
         rbus_nats_stats_get(b, &st);
-    } while (st.import_received < 10 && now_ns() < deadline);
+    } while (st.import_received < 10 && rbus_test_now_ns() < deadline);
     print_stats("restarted", &st);
     assert_quiet(sub, 300);
     rbus_nats_stats_get(b, &st);
@@ -1007,10 +988,10 @@ static void flush_reaches_its_mark_under_load_and_after_close(void **state)
     rbus_nats *b = bridge(bus, &o);
 
     assert_int_equal(rbus_nats_flush(b, 0), 0); /* idle: nothing to do */
-    uint64_t t0 = now_ns();
+    uint64_t t0 = rbus_test_now_ns();
     assert_int_equal(rbus_nats_flush(b, 5 * SEC), 0);
-    printf("idle flush: %.1f ms\n", (now_ns() - t0) / 1e6);
-    assert_true(now_ns() - t0 < 1 * SEC);
+    printf("idle flush: %.1f ms\n", (rbus_test_now_ns() - t0) / 1e6);
+    assert_true(rbus_test_now_ns() - t0 < 1 * SEC);
 
     steady_publisher p = {.bus = bus};
     pthread_t th;
@@ -1018,12 +999,12 @@ static void flush_reaches_its_mark_under_load_and_after_close(void **state)
     for (int round = 0; round < 3; round++) {
         fixture_sleep_ms(200);
         uint64_t before = atomic_load(&p.published);
-        t0 = now_ns();
+        t0 = rbus_test_now_ns();
         int rc = rbus_nats_flush(b, 20 * SEC);
         rbus_nats_stats st;
         rbus_nats_stats_get(b, &st);
         printf("flush under load: %d in %.1f ms; published before %llu, done %llu\n", rc,
-               (now_ns() - t0) / 1e6, (unsigned long long)before,
+               (rbus_test_now_ns() - t0) / 1e6, (unsigned long long)before,
                (unsigned long long)(st.sent + st.send_failed));
         assert_int_equal(rc, 0);
         assert_true(st.sent + st.send_failed >= before);
@@ -1066,9 +1047,9 @@ static void flush_reaches_its_mark_under_load_and_after_close(void **state)
     rbus_destroy(cbus);
 
     rbus_close(bus);
-    t0 = now_ns();
+    t0 = rbus_test_now_ns();
     assert_int_equal(rbus_nats_flush(b, 20 * SEC), 0);
-    printf("flush after rbus_close: %.1f ms\n", (now_ns() - t0) / 1e6);
+    printf("flush after rbus_close: %.1f ms\n", (rbus_test_now_ns() - t0) / 1e6);
     rbus_nats_stats st;
     rbus_nats_stats_get(b, &st);
     assert_int_equal(st.sent + st.send_failed, atomic_load(&p.published));
@@ -1168,7 +1149,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "--peer") == 0)
         return peer_main(argc, argv);
     signal(SIGPIPE, SIG_IGN);
-    printf("RBUS_STRESS_SCALE=%g\n", stress_scale());
+    printf("RBUS_STRESS_SCALE=%g\n", rbus_test_stress_scale());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(start_errors_are_clear_and_fast),
         cmocka_unit_test(keys_travel_as_base64url),
