@@ -19,6 +19,7 @@ struct bench_opts {
     const char *mode;
     int publishers;
     int subscribers;
+    bool shape_set; /* --publishers or --subscribers given: throughput runs only that shape */
     uint32_t capacity;
     size_t payload;
     bool payload_set; /* --payload given: sweeps use only that size */

@@ -18,6 +18,7 @@ static void usage(FILE *out)
           "                delivered messages, sequence gaps, peak depth, RSS, allocations\n"
           "                per message, and the accounting check (exit 1 if it fails)\n"
           "  throughput    ringbus lossless: 1->1, 1->4, 2->1, 2->4 x payloads 16 B..4 KiB\n"
+          "                (--publishers/--subscribers: only that shape)\n"
           "  latency       ringbus one-way latency under a paced load (10 us, 100 us),\n"
           "                default wait strategy and sleeping receivers\n"
           "  peers         ringbus side by side with raw ck_ring, ZeroMQ inproc, GLib\n"
@@ -106,9 +107,11 @@ int main(int argc, char **argv)
         i++;
         bool ok = true;
         if (!strcmp(a, "--publishers"))
-            ok = parse_u64(v, &n) && n >= 1 && n <= 64 && (o.publishers = (int)n);
+            ok = parse_u64(v, &n) && n >= 1 && n <= 64 &&
+                 ((o.publishers = (int)n), (o.shape_set = true));
         else if (!strcmp(a, "--subscribers"))
-            ok = parse_u64(v, &n) && n >= 1 && n <= 64 && (o.subscribers = (int)n);
+            ok = parse_u64(v, &n) && n >= 1 && n <= 64 &&
+                 ((o.subscribers = (int)n), (o.shape_set = true));
         else if (!strcmp(a, "--capacity"))
             ok = parse_u64(v, &n) && n >= 1 && n <= RBUS_MAX_CAPACITY && (o.capacity = (uint32_t)n);
         else if (!strcmp(a, "--payload"))

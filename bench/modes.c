@@ -19,8 +19,16 @@ static int cmp_double(const void *a, const void *b)
 
 int bench_mode_throughput(const struct bench_opts *o)
 {
-    static const int shapes[][2] = {{1, 1}, {1, 4}, {2, 1}, {2, 4}};
-    static const size_t payloads[] = {16, 64, 256, 1024, 4096};
+    static const int sweep[][2] = {{1, 1}, {1, 4}, {2, 1}, {2, 4}};
+    static const size_t sweep_payloads[] = {16, 64, 256, 1024, 4096};
+    /* A shape or payload given on the command line replaces its sweep. */
+    const int chosen[][2] = {{o->publishers, o->subscribers}};
+    const int(*shapes)[2] = o->shape_set ? chosen : sweep;
+    const size_t nshapes = o->shape_set ? 1 : sizeof sweep / sizeof sweep[0];
+    const size_t chosen_payload[] = {o->payload};
+    const size_t *payloads = o->payload_set ? chosen_payload : sweep_payloads;
+    const size_t npayloads =
+        o->payload_set ? 1 : sizeof sweep_payloads / sizeof sweep_payloads[0];
     int reps = o->reps > 0 ? o->reps : 3;
     bench_print_machine(stdout, o->format);
     if (o->format == FORMAT_TABLE)
@@ -31,13 +39,9 @@ int bench_mode_throughput(const struct bench_opts *o)
     memset(rows, 0, sizeof rows);
     int n = 0, rc = 0, total = 0, done = 0;
     uint64_t started = bench_now_ns();
-    for (size_t s = 0; s < 4; s++)
-        for (size_t p = 0; p < 5; p++)
-            total += (!o->payload_set || payloads[p] == o->payload);
-    for (size_t s = 0; s < 4; s++) {
-        for (size_t p = 0; p < 5; p++) {
-            if (o->payload_set && payloads[p] != o->payload)
-                continue;
+    total = (int)(nshapes * npayloads);
+    for (size_t s = 0; s < nshapes; s++) {
+        for (size_t p = 0; p < npayloads; p++) {
             struct scenario sc = {.publishers = shapes[s][0], .subscribers = shapes[s][1],
                                   .payload = payloads[p], .messages = o->messages,
                                   .capacity = o->capacity, .spin_ns = o->spin_ns};
