@@ -105,10 +105,15 @@ int64_t rbus__deadline(int64_t timeout_ns);
 /* One step of a bounded spin: a CPU pause, and every so often a yield so a
  * preempted peer on an oversubscribed machine gets to run. */
 void rbus__spin_step(unsigned iteration);
-/* One CPU pause, no yield: for the bounded spin_ns phase of a wait, which
- * ends in a sleep anyway (yielding there hands the core to whoever is
- * runnable and costs a whole time slice under load). */
-void rbus__cpu_relax(void);
+/* The spin_ns phase of a receiver's wait, one step at a time (wait.c).
+ * One per wait: steps 0, pause_only false, and the subscription's
+ * back-off word, which outlives the wait. */
+struct rbus_spin {
+    unsigned steps;
+    bool pause_only; /* a yield found nobody else to run: stop yielding */
+    _Atomic int64_t *no_yield_until; /* CLOCK_MONOTONIC ns */
+};
+void rbus__spin_wait_step(struct rbus_spin *spin);
 
 /* ----------------------------------------------------------- thread.c */
 
@@ -318,6 +323,7 @@ struct rbus_sub {
     /* Written by receivers. */
     RBUS_CACHE_ALIGNED _Atomic uint64_t received;
     _Atomic uint32_t callers; /* threads inside rbus_recv* / rbus_sub_fd */
+    _Atomic int64_t no_yield_until; /* rbus__spin_wait_step's back-off */
 
     pthread_mutex_t fd_lock;
     _Atomic int fd; /* eventfd, -1 until rbus_sub_fd */
