@@ -111,7 +111,7 @@ void rbus__spin_step(unsigned iteration);
 struct rbus_spin {
     unsigned steps;
     bool pause_only; /* a yield found nobody else to run: stop yielding */
-    _Atomic int64_t *no_yield_until; /* CLOCK_MONOTONIC ns */
+    rbus_sub *sub;
 };
 void rbus__spin_wait_step(struct rbus_spin *spin);
 
@@ -323,7 +323,10 @@ struct rbus_sub {
     /* Written by receivers. */
     RBUS_CACHE_ALIGNED _Atomic uint64_t received;
     _Atomic uint32_t callers; /* threads inside rbus_recv* / rbus_sub_fd */
-    _Atomic int64_t no_yield_until; /* rbus__spin_wait_step's back-off */
+    /* rbus__spin_wait_step's back-off: until when receivers do not yield,
+     * and which of the last 8 yields that ran somebody took a slice. */
+    _Atomic int64_t no_yield_until;
+    _Atomic uint32_t yield_history;
 
     pthread_mutex_t fd_lock;
     _Atomic int fd; /* eventfd, -1 until rbus_sub_fd */

@@ -182,7 +182,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
     int64_t deadline = 0, spin_until = 0;
     bool timed = false;
     unsigned iter = 0, reserved_rounds = 0;
-    struct rbus_spin spin = {0, false, &s->no_yield_until};
+    struct rbus_spin spin = {0, false, s};
     for (;;) {
         /* Read the state before trying: if it was CLOSED already, no
          * enqueue can follow, so an empty ring is final. */

@@ -47,8 +47,8 @@ int64_t rbus__deadline(int64_t timeout_ns)
  * right when the receiver has its core to itself, but on an oversubscribed
  * machine (1->4 on 2 cores: five threads) a spinning receiver takes the
  * core from the very publisher and receivers it waits for: lossless 1->4
- * ran at half the rate with pause-only spins (0.9-1.2 against 1.8-2.0 M
- * msg/s, `ringbus-bench throughput --subscribers 4 --payload 64`). A yield
+ * ran at half the rate with pause-only spins (docs/waiting.md#yielding-in-
+ * the-spin has the figures). A yield
  * has two costs, though, and each is avoided where it shows:
  *  - The system call (~1.3 us on the development VM), during which an
  *    arriving message goes unnoticed: a yield every 64 steps raised the
@@ -58,15 +58,22 @@ int64_t rbus__deadline(int64_t timeout_ns)
  *  - A whole time slice when the thread that runs is not ours but a
  *    CPU-bound one (EEVDF pushes the yielder's deadline back one slice):
  *    the 100 us paced p50 went from ~3 us to ~1.7 ms next to a busy loop.
- *    The yields that help fan-out come back within microseconds (measured
- *    in 1->4: ~90% < 2 us, all but 0.01% < 500 us; next to a busy loop,
- *    most took > 2 ms), so a yield that gave the core away for longer than
- *    RBUS_YIELD_SLICE_NS turns yields off for this subscription for
- *    RBUS_YIELD_BACKOFF_NS: one lost slice per second at most.
+ *    There, nearly every yield takes a slice (> 2 ms measured). Fan-out
+ *    yields take long too, but rarely (1->4 on 2 cores: ~7% over 0.5 ms,
+ *    in clusters, the publisher's or another receiver's run; turning
+ *    yields off after 3 long ones in a row undid most of the fan-out
+ *    gain). So yields are turned off for the subscription for
+ *    RBUS_YIELD_BACKOFF_NS when RBUS_YIELD_LONG_OF_8 of its last 8 yields
+ *    that ran somebody took longer than RBUS_YIELD_SLICE_NS. Next to a
+ *    busy loop that costs at most 6 slices per back-off (~10% of a
+ *    receiver's waits): the 100 us paced p50 stayed at ~2.6 us and the
+ *    p99 at 3.5-3.8 ms, as with pauses only (3 runs each). A 1 s back-off
+ *    protected the hog case no better and cost 1->4 more of its gain.
  */
 #define RBUS_YIELD_RAN_NOBODY_NS INT64_C(5000)
 #define RBUS_YIELD_SLICE_NS INT64_C(500000)
-#define RBUS_YIELD_BACKOFF_NS INT64_C(1000000000)
+#define RBUS_YIELD_LONG_OF_8 6
+#define RBUS_YIELD_BACKOFF_NS INT64_C(100000000)
 
 void rbus__spin_wait_step(struct rbus_spin *spin)
 {
@@ -74,10 +81,12 @@ void rbus__spin_wait_step(struct rbus_spin *spin)
         RBUS_CPU_RELAX();
         return;
     }
+    rbus_sub *s = spin->sub;
     int64_t before = rbus__now_ns();
-    /* Relaxed: a hint each receiver reads and writes on its own; a stale
-     * value costs one yield more or fewer, nothing else depends on it. */
-    if (before < atomic_load_explicit(spin->no_yield_until, memory_order_relaxed)) {
+    /* Relaxed loads and stores, not RMWs: hints that a subscription's
+     * receivers share; a lost update costs one yield more or fewer, and
+     * nothing else is ordered by them. */
+    if (before < atomic_load_explicit(&s->no_yield_until, memory_order_relaxed)) {
         spin->pause_only = true;
         return;
     }
@@ -85,11 +94,21 @@ void rbus__spin_wait_step(struct rbus_spin *spin)
     int64_t took = rbus__now_ns() - before;
     if (took < RBUS_YIELD_RAN_NOBODY_NS) {
         spin->pause_only = true;
-    } else if (took > RBUS_YIELD_SLICE_NS) {
-        spin->pause_only = true;
-        atomic_store_explicit(spin->no_yield_until, before + took + RBUS_YIELD_BACKOFF_NS,
-                              memory_order_relaxed);
+        return;
     }
+    /* One bit per yield that ran somebody, newest lowest: 1 = slice-long. */
+    bool slice_long = took >= RBUS_YIELD_SLICE_NS;
+    uint32_t last8 = (atomic_load_explicit(&s->yield_history, memory_order_relaxed) << 1 |
+                      (uint32_t)slice_long) & 0xffu;
+    if (slice_long) {
+        spin->pause_only = true;
+        if (__builtin_popcount(last8) >= RBUS_YIELD_LONG_OF_8) {
+            atomic_store_explicit(&s->no_yield_until, before + took + RBUS_YIELD_BACKOFF_NS,
+                                  memory_order_relaxed);
+            last8 = 0;
+        }
+    }
+    atomic_store_explicit(&s->yield_history, last8, memory_order_relaxed);
 }
 
 void rbus__spin_step(unsigned iteration)
