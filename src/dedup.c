@@ -67,8 +67,9 @@ struct dedup_item {
  * A table slot is 8 bytes: the low 32 bits of the key's hash `lo` above
  * (1 + the FIFO position of the key's latest acceptance); 0 = empty.
  * Small slots are the point: the table of a topic at the default 4096 keys
- * is 64 KiB, so a lookup and the deletion of an aged-out key usually hit
- * cache, where 32-byte entries (hash, ticket, time) made each a miss. The
+ * is 256 KiB (16 shards x 2,048 slots), so a lookup and the deletion of an
+ * aged-out key usually hit L2, where 32-byte entries (hash, ticket, time)
+ * made each a miss. The
  * 32 hash bits give the home slot (cap <= 2^30) and filter candidates; a
  * candidate is confirmed against the full 128-bit hash in its FIFO item.
  */
@@ -76,6 +77,12 @@ typedef uint64_t dedup_slot;
 
 struct dedup_shard {
     _Atomic uint32_t lock; /* shard_lock / shard_unlock */
+    /* Copies of `table` and `slot_mask` for rbus__dedup_hash, which reads
+     * them without the lock only to prefetch: relaxed, since a stale or
+     * mismatched pair merely prefetches a useless line (a prefetch never
+     * faults). Written where the table is (re)allocated, under the lock. */
+    _Atomic uintptr_t hint_table;
+    _Atomic uint32_t hint_mask;
     dedup_slot *table;       /* slots = RBUS_DEDUP_SPREAD * cap, linear probing */
     struct dedup_item *fifo; /* cap items, a ring in ticket order */
     uint32_t cap;            /* power of two */
@@ -111,6 +118,8 @@ static int shard_alloc(rbus *bus, struct dedup_shard *sh, uint32_t cap)
     }
     sh->cap = cap;
     sh->slot_mask = cap * RBUS_DEDUP_SPREAD - 1;
+    atomic_store_explicit(&sh->hint_table, (uintptr_t)sh->table, memory_order_relaxed);
+    atomic_store_explicit(&sh->hint_mask, sh->slot_mask, memory_order_relaxed);
     sh->count = 0;
     sh->fifo_head = 0;
     return 0;
@@ -258,6 +267,8 @@ static int shard_grow(rbus *bus, struct dedup_shard *sh)
     sh->fifo = bigger.fifo;
     sh->cap = bigger.cap;
     sh->slot_mask = bigger.slot_mask;
+    atomic_store_explicit(&sh->hint_table, (uintptr_t)sh->table, memory_order_relaxed);
+    atomic_store_explicit(&sh->hint_mask, sh->slot_mask, memory_order_relaxed);
     sh->fifo_head = 0;
     return 0;
 }
@@ -294,7 +305,36 @@ static void shard_unlock(struct dedup_shard *sh)
 
 /* ------------------------------------------------------------- check */
 
-int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_ns)
+static inline struct dedup_shard *shard_of(struct rbus_dedup *d, uint64_t hi)
+{
+    /* The top bits of hi pick the shard; the home slot uses lo. */
+    return &d->shards[hi >> 60 & (RBUS_DEDUP_SHARDS - 1)];
+}
+
+uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *hi)
+{
+    XXH128_hash_t h128 = XXH3_128bits_withSeed(key, len, t->bus->dedup_seed);
+    *hi = h128.high64;
+    /* Relaxed: only a hint. The acquire load in rbus__dedup_accept is the
+     * one that reads the window's contents. */
+    struct rbus_dedup *d = atomic_load_explicit(&t->dedup, memory_order_relaxed);
+    if (RBUS_LIKELY(d != NULL)) {
+        struct dedup_shard *sh = shard_of(d, h128.high64);
+        uintptr_t table = atomic_load_explicit(&sh->hint_table, memory_order_relaxed);
+        uint32_t mask = atomic_load_explicit(&sh->hint_mask, memory_order_relaxed);
+        /* For writing: the lock is taken and the key's slot filled. A
+         * table slot is a random line of 256 KiB (at 4096 keys), seldom in
+         * L1. Measured (keyed_publish --reps 3, 15 interleaved runs each):
+         * median keyed/unkeyed 1.49 against 1.50 without the prefetch,
+         * lowest 1.46 against 1.49. */
+        __builtin_prefetch(sh, 1, 3);
+        __builtin_prefetch(
+            (const void *)(table + ((uint32_t)h128.low64 & mask) * sizeof(dedup_slot)), 1, 3);
+    }
+    return h128.low64;
+}
+
+int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns)
 {
     rbus *bus = t->bus;
     struct rbus_dedup *d = atomic_load_explicit(&t->dedup, memory_order_acquire);
@@ -312,11 +352,7 @@ int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_n
             rbus__dedup_free(bus, mine);
     }
 
-    XXH128_hash_t h128 = XXH3_128bits_withSeed(key, len, bus->dedup_seed);
-    /* Two scalars, never the struct: spilling it as two 8-byte stores and
-     * reloading it as one 16-byte vector stalls store forwarding. */
-    const uint64_t lo = h128.low64, hi = h128.high64;
-    struct dedup_shard *sh = &d->shards[hi >> 60 & (RBUS_DEDUP_SHARDS - 1)];
+    struct dedup_shard *sh = shard_of(d, hi);
     int rc = 0;
     shard_lock(sh);
     /* Relaxed is enough: tickets are taken inside shard locks; for keys of

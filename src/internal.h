@@ -249,9 +249,17 @@ void rbus__topics_free_all(rbus *bus);
 
 struct rbus_dedup;
 
-/* Check-and-insert of an idempotency key on topic t, in one atomic step:
- * 0 = accepted (recorded), RBUS_DUPLICATE, or -ENOMEM (not recorded). */
-int rbus__dedup_accept(rbus_topic *t, const void *key, size_t len, int64_t now_ns);
+/* Hashes a key for rbus__dedup_accept (128-bit XXH3, seeded per bus:
+ * returns the low half, *hi the high half) and starts loading the table
+ * line that the check will read, so a cache miss there overlaps the
+ * building of the message instead of following it. Two scalars rather than
+ * a struct: a struct spilled as two 8-byte stores is copied as one 16-byte
+ * load, which stalls store forwarding (measured: ~6 ns per keyed publish). */
+uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *hi);
+/* Check-and-insert of an idempotency key (by its hash) on topic t, in one
+ * atomic step: 0 = accepted (recorded), RBUS_DUPLICATE, or -ENOMEM (not
+ * recorded). */
+int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns);
 void rbus__dedup_free(rbus *bus, struct rbus_dedup *d);
 
 /* -------------------------------------------------------------- sub.c */

@@ -482,18 +482,23 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
     return rc;
 }
 
-/* Check-and-insert of the publish's key, if it has one and the bus keeps a
- * window: 0 = go on (accepted or nothing to check), RBUS_DUPLICATE (counted,
- * *result says so) or -ENOMEM (nothing recorded). now_ns < 0: read the
- * clock only if a key is checked. */
-static int accept_key(rbus_topic *topic, const rbus_pub_opts *opts, int64_t now_ns,
+/* Whether a publish's key is checked against the topic's window: a plain
+ * publish with a key, on a bus that keeps a window. */
+static inline bool key_checked(const rbus *bus, const rbus_pub_opts *opts,
+                               const struct rbus_relay *relay)
+{
+    return !relay && opts && opts->key && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
+}
+
+/* Check-and-insert of the publish's key (hashed by rbus__dedup_hash):
+ * 0 = go on (accepted), RBUS_DUPLICATE (counted, *result says so) or
+ * -ENOMEM (nothing recorded). now_ns < 0: read the clock here. */
+static int accept_key(rbus_topic *topic, uint64_t key_lo, uint64_t key_hi, int64_t now_ns,
                       rbus_pub_result *result)
 {
-    if (!opts || !opts->key || topic->bus->cfg.dedup_keys == RBUS_DEDUP_OFF)
-        return 0;
     if (now_ns < 0)
         now_ns = rbus__now_ns();
-    int drc = rbus__dedup_accept(topic, opts->key, opts->key_len, now_ns);
+    int drc = rbus__dedup_accept(topic, key_lo, key_hi, now_ns);
     if (drc == RBUS_DUPLICATE) {
         atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
         if (result)
@@ -524,10 +529,11 @@ static inline bool subs_refuse_newest(const struct rbus_sublist *list)
  * for the bookkeeping; nothing here can fail after the key is recorded.
  */
 static RBUS_NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread *th,
-                                         const struct rbus_sublist *list,
-                                         const rbus_pub_opts *opts, rbus_pub_result *result)
+                                         const struct rbus_sublist *list, bool keyed,
+                                         uint64_t key_lo, uint64_t key_hi,
+                                         rbus_pub_result *result)
 {
-    int drc = accept_key(topic, opts, -1, result);
+    int drc = keyed ? accept_key(topic, key_lo, key_hi, -1, result) : 0;
     if (drc == 0) {
         atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
         /* The tallies of an offer refused by drop-newest, in one relaxed
@@ -565,6 +571,11 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     struct rbus_thread *th = rbus__thread_get(bus);
     if (RBUS_UNLIKELY(!th))
         return -ENOMEM;
+    /* First, so the window's cache lines load while the message is built. */
+    const bool keyed = key_checked(bus, opts, relay);
+    uint64_t key_lo = 0, key_hi = 0;
+    if (keyed)
+        key_lo = rbus__dedup_hash(topic, opts->key, opts->key_len, &key_hi);
 
     rbus__read_begin(th);
     /* The epoch entry above is a full barrier, so this load is ordered
@@ -578,7 +589,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
     uint32_t n = list ? list->count : 0;
     if (n && !relay && RBUS_UNLIKELY(subs_refuse_newest(list)))
-        return publish_refused(topic, th, list, opts, result);
+        return publish_refused(topic, th, list, keyed, key_lo, key_hi, result);
     rbus_msg *m = NULL;
     if (RBUS_UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
         RBUS_UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
@@ -588,7 +599,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     int64_t now_ns = rbus__now_ns();
     /* After the message exists, so a failed publish never records its key;
      * the check and the insert are one step (dedup.c). */
-    int drc = relay ? 0 : accept_key(topic, opts, now_ns, result);
+    int drc = keyed ? accept_key(topic, key_lo, key_hi, now_ns, result) : 0;
     if (RBUS_UNLIKELY(drc != 0)) {
         rbus__read_end(th);
         rbus__msg_unref_by(th, m, 1);
