@@ -181,6 +181,7 @@ const struct bench_impl bench_impl_ringbus = {
     .name = "ringbus",
     .throughput = rb_throughput,
     .latency = rb_latency,
-    .wait_strategy = "block policy; receivers spin spin_ns (default 20 us) then sleep on a "
-                     "futex; latency 'sleeping' = spin_ns < 0",
+    .wait_strategy = "block policy; receivers spin spin_ns (default 20 us: pauses, and "
+                     "yields while other threads need the core) then sleep on a futex; "
+                     "latency 'sleeping' = spin_ns < 0",
 };

@@ -1173,7 +1173,7 @@ struct peer {
 };
 
 static const struct peer peers[] = {
-    {&bench_impl_ringbus, 0, 0, true, true, "spin then futex", "default (spin_ns 0)",
+    {&bench_impl_ringbus, 0, 0, true, true, "spin/yield, futex", "default (spin_ns 0)",
      "spin_ns < 0"},
     {&impl_ck, 0, 0, true, false, "busy-poll", "busy-poll", NULL},
     {&impl_ck_yield, 0, 0, false, false, "sched_yield poll", NULL, NULL},

@@ -106,11 +106,13 @@ int64_t rbus__deadline(int64_t timeout_ns);
  * preempted peer on an oversubscribed machine gets to run. */
 void rbus__spin_step(unsigned iteration);
 /* The spin_ns phase of a receiver's wait, one step at a time (wait.c).
- * One per wait: steps 0, pause_only false, and the subscription's
- * back-off word, which outlives the wait. */
+ * One per wait: steps 0, pause_only false, the wait's deadline, and the
+ * subscription, whose yield back-off outlives the wait. */
 struct rbus_spin {
     unsigned steps;
-    bool pause_only; /* a yield found nobody else to run: stop yielding */
+    bool pause_only; /* no more yields in this wait: one found nobody else
+                        to run, or took a slice, or yields are backed off */
+    int64_t deadline; /* the wait's, or -1: no yield close to it */
     rbus_sub *sub;
 };
 void rbus__spin_wait_step(struct rbus_spin *spin);
@@ -332,7 +334,9 @@ struct rbus_sub {
     RBUS_CACHE_ALIGNED _Atomic uint64_t received;
     _Atomic uint32_t callers; /* threads inside rbus_recv* / rbus_sub_fd */
     /* rbus__spin_wait_step's back-off: until when receivers do not yield,
-     * and which of the last 8 yields that ran somebody took a slice. */
+     * and which of the last 8 yields that ran somebody took a slice. Per
+     * subscription, not per thread: one receiver next to a CPU hog turns
+     * yields off for its subscription's other receivers too. */
     _Atomic int64_t no_yield_until;
     _Atomic uint32_t yield_history;
 

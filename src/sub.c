@@ -182,7 +182,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
     int64_t deadline = 0, spin_until = 0;
     bool timed = false;
     unsigned iter = 0, reserved_rounds = 0;
-    struct rbus_spin spin = {0, false, s};
+    struct rbus_spin spin = {.steps = 0, .pause_only = false, .deadline = -1, .sub = s};
     for (;;) {
         /* Read the state before trying: if it was CLOSED already, no
          * enqueue can follow, so an empty ring is final. */
@@ -208,6 +208,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             timed = true;
             deadline = rbus__deadline(timeout_ns);
             spin_until = now + s->spin_ns;
+            spin.deadline = deadline;
         }
         if (deadline >= 0 && now >= deadline) {
             rc = -ETIMEDOUT;

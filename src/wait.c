@@ -61,14 +61,20 @@ int64_t rbus__deadline(int64_t timeout_ns)
  *    There, nearly every yield takes a slice (> 2 ms measured). Fan-out
  *    yields take long too, but rarely (1->4 on 2 cores: ~7% over 0.5 ms,
  *    in clusters, the publisher's or another receiver's run; turning
- *    yields off after 3 long ones in a row undid most of the fan-out
- *    gain). So yields are turned off for the subscription for
+ *    yields off for 1 s after a single long one, or after 3 in a row,
+ *    undid most of the fan-out gain). A slice-long yield ends the
+ *    yields of its wait, and yields are turned off for the subscription for
  *    RBUS_YIELD_BACKOFF_NS when RBUS_YIELD_LONG_OF_8 of its last 8 yields
  *    that ran somebody took longer than RBUS_YIELD_SLICE_NS. Next to a
  *    busy loop that costs at most 6 slices per back-off (~10% of a
  *    receiver's waits): the 100 us paced p50 stayed at ~2.6 us and the
  *    p99 at 3.5-3.8 ms, as with pauses only (3 runs each). A 1 s back-off
  *    protected the hog case no better and cost 1->4 more of its gain.
+ *
+ * A yield can take a slice, so a timed wait yields only while its
+ * deadline is more than RBUS_YIELD_SLICE_NS * 4 away: a short rbus_recv
+ * timeout is not overrun by a voluntary yield (preemption can still
+ * overrun it, as it can any wait).
  */
 #define RBUS_YIELD_RAN_NOBODY_NS INT64_C(5000)
 #define RBUS_YIELD_SLICE_NS INT64_C(500000)
@@ -86,7 +92,8 @@ void rbus__spin_wait_step(struct rbus_spin *spin)
     /* Relaxed loads and stores, not RMWs: hints that a subscription's
      * receivers share; a lost update costs one yield more or fewer, and
      * nothing else is ordered by them. */
-    if (before < atomic_load_explicit(&s->no_yield_until, memory_order_relaxed)) {
+    if ((spin->deadline >= 0 && spin->deadline - before < RBUS_YIELD_SLICE_NS * 4) ||
+        before < atomic_load_explicit(&s->no_yield_until, memory_order_relaxed)) {
         spin->pause_only = true;
         return;
     }
