@@ -47,6 +47,10 @@ long bench_rss_kib(void);
 
 /* Prints cores, CPU model and kernel (prefixed with "# " in csv). */
 void bench_print_machine(FILE *out, enum bench_format fmt);
+/* Opens `name` for writing in the results folder (--out, default
+ * "results"), creating the folder first; the full path goes to `path`. On
+ * failure says why on stderr and returns NULL. */
+FILE *bench_open_result(const struct bench_opts *o, const char *name, char *path, size_t len);
 
 /* A progress line on stderr for long runs (only when stderr is a tty or
  * the run is longer than 2 s). */

@@ -5,8 +5,10 @@
 #define _GNU_SOURCE
 #include "bench.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -191,4 +193,39 @@ void bench_print_rows(FILE *out, enum bench_format fmt, const struct bench_row *
         for (int c = 0; c < rows[i].ncols; c++)
             fprintf(out, "%s%*s%s", c ? "  " : "", c ? width[c] : -width[c], rows[i].values[c],
                     c + 1 == rows[i].ncols ? "\n" : "");
+}
+
+/* mkdir -p: every missing folder on the way, like the shell's. */
+static int make_dirs(const char *dir)
+{
+    char buf[512];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = buf + 1;; p++) {
+        bool end = *p == '\0';
+        if (*p == '/' || end) {
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return -1;
+            if (end)
+                return 0;
+            *p = '/';
+        }
+    }
+}
+
+FILE *bench_open_result(const struct bench_opts *o, const char *name, char *path, size_t len)
+{
+    const char *dir = o->out_dir ? o->out_dir : "results";
+    snprintf(path, len, "%s/%s", dir, name);
+    if (make_dirs(dir) != 0) {
+        fprintf(stderr, "ringbus-bench: cannot create %s: %s\n", dir, strerror(errno));
+        return NULL;
+    }
+    FILE *f = fopen(path, "w");
+    if (!f)
+        fprintf(stderr, "ringbus-bench: cannot write %s: %s\n", path, strerror(errno));
+    return f;
 }

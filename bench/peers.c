@@ -111,7 +111,6 @@ void __tsan_release(void *addr);
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #ifdef RBUS_BENCH_HAVE_ZMQ
@@ -1273,17 +1272,9 @@ static double median_of(const double *v, int n)
 
 static FILE *open_csv(const struct bench_opts *o, char *path, size_t len)
 {
-    const char *dir = o->out_dir ? o->out_dir : "results";
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "ringbus-bench: cannot create %s: %s\n", dir, strerror(errno));
+    FILE *f = bench_open_result(o, "peers.csv", path, len);
+    if (!f)
         return NULL;
-    }
-    snprintf(path, len, "%s/peers.csv", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "ringbus-bench: cannot write %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
     bench_print_machine(f, FORMAT_CSV);
     fputs("rep,scenario,impl,publishers,subscribers,payload_b,capacity,messages,value,unit,"
           "p99_ns,p999_ns,status\n",

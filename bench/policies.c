@@ -6,11 +6,9 @@
 #define _GNU_SOURCE
 #include "bench.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 struct policy {
     const char *label;
@@ -257,13 +255,8 @@ static void write_plot(const struct bench_opts *o, const struct bench_row *rows,
 {
     if (!o->out_dir)
         return;
-    if (mkdir(o->out_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "ringbus-bench: cannot create %s\n", o->out_dir);
-        return;
-    }
     char path[512];
-    snprintf(path, sizeof path, "%s/policies.csv", o->out_dir);
-    FILE *f = fopen(path, "w");
+    FILE *f = bench_open_result(o, "policies.csv", path, sizeof path);
     if (!f)
         return;
     bench_print_machine(f, FORMAT_CSV);
@@ -275,8 +268,7 @@ static void write_plot(const struct bench_opts *o, const struct bench_row *rows,
                path);
         return;
     }
-    snprintf(path, sizeof path, "%s/policies.gp", o->out_dir);
-    f = fopen(path, "w");
+    f = bench_open_result(o, "policies.gp", path, sizeof path);
     if (!f)
         return;
     /* Columns: 1 policy, 3 delivered/s, 7 drop %, 9 p99 age (us). */
@@ -342,9 +334,9 @@ static int overload_reps(const struct bench_opts *o, const struct policy *oldest
             v[k][r] = strtod(row[k].values[1], NULL);
     }
     bench_progress_done();
+    /* The folder may not exist yet: the table's plot is written after. */
     char path[512];
-    snprintf(path, sizeof path, "%s/overload.csv", o->out_dir);
-    FILE *f = fopen(path, "w");
+    FILE *f = bench_open_result(o, "overload.csv", path, sizeof path);
     if (f)
         fprintf(f, "rep,drop_oldest_attempts_per_s,drop_newest_attempts_per_s,"
                    "zmq_pub_attempts_per_s\n");
@@ -356,7 +348,8 @@ static int overload_reps(const struct bench_opts *o, const struct policy *oldest
     }
     if (f)
         fclose(f);
-    printf("overload, %d interleaved repetitions (every one in %s):\n", reps, path);
+    printf("overload, %d interleaved repetitions (every one in %s):\n", reps,
+           f ? path : "no file: see the error above");
     for (int k = 0; k < 2; k++) {
         double med_v, med_z;
         double tmp[MAXR];
