@@ -47,9 +47,9 @@ int64_t rbus__deadline(int64_t timeout_ns)
  * right when the receiver has its core to itself, but on an oversubscribed
  * machine (1->4 on 2 cores: five threads) a spinning receiver takes the
  * core from the very publisher and receivers it waits for: lossless 1->4
- * ran at half the rate with pause-only spins (docs/waiting.md#yielding-in-
- * the-spin has the figures). A yield
- * has two costs, though, and each is avoided where it shows:
+ * ran at half the rate with pause-only spins (figures in docs/waiting.md,
+ * "Yielding in the spin"). A yield has two costs, though, and each is
+ * avoided where it shows:
  *  - The system call (~1.3 us on the development VM), during which an
  *    arriving message goes unnoticed: a yield every 64 steps raised the
  *    10 us paced p50 from ~0.5 to ~1 us. A yield that comes back that
@@ -62,8 +62,8 @@ int64_t rbus__deadline(int64_t timeout_ns)
  *    yields take long too, but rarely (1->4 on 2 cores: ~7% over 0.5 ms,
  *    in clusters, the publisher's or another receiver's run; turning
  *    yields off for 1 s after a single long one, or after 3 in a row,
- *    undid most of the fan-out gain). A slice-long yield ends the
- *    yields of its wait, and yields are turned off for the subscription for
+ *    undid most of the fan-out gain). A slice-long yield ends the yields
+ *    of its wait, and yields are turned off for the subscription for
  *    RBUS_YIELD_BACKOFF_NS when RBUS_YIELD_LONG_OF_8 of its last 8 yields
  *    that ran somebody took longer than RBUS_YIELD_SLICE_NS. Next to a
  *    busy loop that costs at most 6 slices per back-off (~10% of a
