@@ -72,7 +72,8 @@ int main(int argc, char **argv)
     uint64_t messages = 2000000;
     int reps = 5;
     size_t payload_len = 64;
-    for (int i = 1; i < argc; i++) {
+    /* Options come in pairs: name, value. */
+    for (int i = 1; i < argc; i += 2) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--messages") && v)
             messages = strtoull(v, NULL, 10);
@@ -86,7 +87,6 @@ int main(int argc, char **argv)
                     MAX_REPS);
             return 2;
         }
-        i++;
     }
     if (messages == 0 || reps < 1 || reps > MAX_REPS || payload_len > 65536) {
         fprintf(stderr, "overload_cost: bad arguments\n");
