@@ -37,9 +37,9 @@ int bench_mode_throughput(const struct bench_opts *o)
                (unsigned long long)o->messages, o->capacity, reps);
     struct bench_row rows[40];
     memset(rows, 0, sizeof rows);
-    int n = 0, rc = 0, total = 0, done = 0;
+    int n = 0, rc = 0, done = 0;
+    const int total = (int)(nshapes * npayloads);
     uint64_t started = bench_now_ns();
-    total = (int)(nshapes * npayloads);
     for (size_t s = 0; s < nshapes; s++) {
         for (size_t p = 0; p < npayloads; p++) {
             struct scenario sc = {.publishers = shapes[s][0], .subscribers = shapes[s][1],

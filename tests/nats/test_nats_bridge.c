@@ -559,6 +559,17 @@ static void fill_keys(uint8_t *key, uint8_t *okey, int len)
     }
 }
 
+/* Core bridges on the shared server: bus a exports `pattern`, bus c
+ * imports it. */
+static void core_pair(rbus *a, rbus *c, const char *pattern, rbus_nats **ba, rbus_nats **bc)
+{
+    rbus_nats_opts o;
+    opts_for(&o, g_server.url, RBUS_NATS_CORE, pattern, NULL, NULL);
+    *ba = bridge(a, &o);
+    opts_for(&o, g_server.url, RBUS_NATS_CORE, NULL, pattern, NULL);
+    *bc = bridge(c, &o);
+}
+
 /* Binary keys and order keys of every length and byte value arrive intact,
  * and travel as base64url text. */
 static void keys_travel_as_base64url(void **state)
@@ -566,11 +577,8 @@ static void keys_travel_as_base64url(void **state)
     (void)state;
     rbus *a = new_bus(0), *c = new_bus(RBUS_DEDUP_OFF);
     rbus_sub *sc = subscribe(c, "kr.>", 512);
-    rbus_nats_opts o;
-    opts_for(&o, g_server.url, RBUS_NATS_CORE, "kr.>", NULL, NULL);
-    rbus_nats *ba = bridge(a, &o);
-    opts_for(&o, g_server.url, RBUS_NATS_CORE, NULL, "kr.>", NULL);
-    rbus_nats *bc = bridge(c, &o);
+    rbus_nats *ba, *bc;
+    core_pair(a, c, "kr.>", &ba, &bc);
 
     natsConnection *raw = NULL;
     natsSubscription *rs = NULL;
@@ -1067,11 +1075,8 @@ static void metrics_match_the_stats(void **state)
     (void)state;
     rbus *a = new_bus(0), *c = new_bus(0);
     rbus_sub *sc = subscribe(c, "mx.>", 0);
-    rbus_nats_opts o;
-    opts_for(&o, g_server.url, RBUS_NATS_CORE, "mx.>", NULL, NULL);
-    rbus_nats *ba = bridge(a, &o);
-    opts_for(&o, g_server.url, RBUS_NATS_CORE, NULL, "mx.>", NULL);
-    rbus_nats *bc = bridge(c, &o);
+    rbus_nats *ba, *bc;
+    core_pair(a, c, "mx.>", &ba, &bc);
     for (int i = 0; i < 25; i++)
         publish_index(a, "mx.m", (uint32_t)i, NULL);
     assert_int_equal(rbus_nats_flush(ba, 10 * SEC), 0);
