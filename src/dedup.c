@@ -32,9 +32,10 @@
  * that acceptance, so the rule holds at every instant.
  *
  * Memory. Each shard forgets (deletes) its own keys once their tickets fall
- * out of the window, oldest first from its FIFO, whenever it accepts a new
- * key. A shard holds its live keys plus keys that aged out since its last
- * acceptance. FIFOs start at twice the expected share (dedup_keys / shards),
+ * out of the window, oldest first from its FIFO, in batches (see
+ * expire_slack): a shard holds its live keys plus those that aged out
+ * since its last batch, about cap/16. FIFOs start at twice the expected
+ * share (dedup_keys / shards),
  * tables at RBUS_DEDUP_SPREAD times that, and both double only when a shard
  * is three-quarters full of *live* keys, which a seeded 128-bit hash makes
  * vanishingly unlikely in steady state: no allocation per keyed publish.
@@ -90,6 +91,7 @@ struct dedup_shard {
     uint32_t count;          /* items in the FIFO (>= occupied slots: a key
                                 accepted anew keeps its old item too) */
     uint32_t fifo_head;
+    uint32_t expire_at;      /* count at which aged-out keys are next deleted */
     char pad[RBUS_CACHELINE];
 };
 
@@ -99,6 +101,25 @@ struct rbus_dedup {
     int64_t window_ns;         /* 0 = no time bound */
     struct dedup_shard shards[RBUS_DEDUP_SHARDS];
 };
+
+/*
+ * Keys that aged out are deleted in batches, once a shard's FIFO has grown
+ * by this many items since the last batch, rather than on every
+ * acceptance. Deleting is only reclamation: whether a key is remembered is
+ * decided by its ticket (and age), never by its presence, so a late
+ * deletion changes no answer. Per acceptance, the number of keys to delete
+ * is random (0, 1, 2, ...), and so was the branch that ended the loop;
+ * each deletion's table line was a cache miss waited for alone. A batch
+ * mispredicts once and its misses overlap. Measured (keyed_publish
+ * --reps 5, drain inline, 4 interleaved pairs): keyed/unkeyed 1.40-1.41
+ * against 1.46-1.49 deleting on every acceptance (~4 ns a keyed publish);
+ * cap/8 and cap/32 measured the same within noise. The slack costs about
+ * cap/16 stale items per shard, some 1.5 % of its table's slots.
+ */
+static inline uint32_t expire_slack(const struct dedup_shard *sh)
+{
+    return sh->cap / 16 ? sh->cap / 16 : 1;
+}
 
 static void shard_free(rbus *bus, struct dedup_shard *sh)
 {
@@ -122,6 +143,7 @@ static int shard_alloc(rbus *bus, struct dedup_shard *sh, uint32_t cap)
     atomic_store_explicit(&sh->hint_mask, sh->slot_mask, memory_order_relaxed);
     sh->count = 0;
     sh->fifo_head = 0;
+    sh->expire_at = expire_slack(sh);
     return 0;
 }
 
@@ -245,6 +267,7 @@ static void shard_expire(struct dedup_shard *sh, uint64_t oldest_live)
         sh->fifo_head = (pos + 1) & (sh->cap - 1);
         sh->count--;
     }
+    sh->expire_at = sh->count + expire_slack(sh);
 }
 
 /* Doubles a shard that is three-quarters full of live keys. */
@@ -270,6 +293,7 @@ static int shard_grow(rbus *bus, struct dedup_shard *sh)
     atomic_store_explicit(&sh->hint_table, (uintptr_t)sh->table, memory_order_relaxed);
     atomic_store_explicit(&sh->hint_mask, sh->slot_mask, memory_order_relaxed);
     sh->fifo_head = 0;
+    sh->expire_at = sh->count + expire_slack(sh);
     return 0;
 }
 
@@ -384,7 +408,8 @@ int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns)
          * often a cache miss) would make it wait for that miss; here only
          * the lock's own store precedes it. */
         ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
-        shard_expire(sh, oldest_live);
+        if (sh->count >= sh->expire_at)
+            shard_expire(sh, oldest_live);
     } else {
         shard_expire(sh, oldest_live);
         /* Every item left is live now; keep the shard under 3/4 full so
