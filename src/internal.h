@@ -105,6 +105,9 @@ int64_t rbus__deadline(int64_t timeout_ns);
 /* One step of a bounded spin: a CPU pause, and every so often a yield so a
  * preempted peer on an oversubscribed machine gets to run. */
 void rbus__spin_step(unsigned iteration);
+/* The same, for a wait that ends at deadline_ns (< 0: none): no yield
+ * within a few time slices of it. */
+void rbus__spin_step_before(unsigned iteration, int64_t now_ns, int64_t deadline_ns);
 /* The spin_ns phase of a receiver's wait, one step at a time (wait.c).
  * One per wait: steps 0, pause_only false, the wait's deadline, and the
  * subscription, whose yield back-off outlives the wait. */

@@ -472,7 +472,7 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
         if (n && sleep_next)
             rbus__event_wait(&bus->room_ev, seen, earliest);
         else if (n)
-            rbus__spin_step(iter++);
+            rbus__spin_step_before(iter++, now, earliest);
     }
     /* RMW, full fence, then the flag: the Dekker pair with rbus_close, which
      * announces itself on close_ev before it reads blocked_publishers. */

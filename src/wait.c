@@ -118,15 +118,24 @@ void rbus__spin_wait_step(struct rbus_spin *spin)
     atomic_store_explicit(&s->yield_history, last8, memory_order_relaxed);
 }
 
-void rbus__spin_step(unsigned iteration)
+void rbus__spin_step_before(unsigned iteration, int64_t now_ns, int64_t deadline_ns)
 {
     /* Pause for a while first: a peer on another core is likely mid-way.
      * Past that, yield: on an oversubscribed machine (2 cores, 5 threads)
-     * the thread we wait for may need our core. */
-    if ((iteration & 63) == 63)
+     * the thread we wait for may need our core. But not close to a
+     * deadline, as in rbus__spin_wait_step: next to a CPU-bound thread a
+     * yield takes a whole slice (~2 ms here), which overran a blocked
+     * publisher's 50 us timeout by that much. */
+    if ((iteration & 63) == 63 &&
+        (deadline_ns < 0 || deadline_ns - now_ns >= RBUS_YIELD_SLICE_NS * 4))
         sched_yield();
     else
         RBUS_CPU_RELAX();
+}
+
+void rbus__spin_step(unsigned iteration)
+{
+    rbus__spin_step_before(iteration, 0, -1);
 }
 
 /*
