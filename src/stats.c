@@ -19,14 +19,14 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     /* A call in flight for rbus_unsubscribe to wait for. */
     atomic_fetch_add_explicit(&s->callers, 1, memory_order_relaxed);
     memset(out, 0, sizeof *out);
-    /* One read feeds both fields, so a fast-path refusal is counted in
-     * both `offered` and `dropped_newest` or in neither. */
-    uint64_t refused = atomic_load_explicit(&s->refused_full, memory_order_relaxed);
-    out->offered = atomic_load_explicit(&s->offered, memory_order_relaxed) + refused;
+    /* One read of each `refused` feeds both fields, so a fast-path
+     * refusal is counted in both `offered` and `dropped_newest` or in
+     * neither. */
+    uint64_t offered, dropped_newest, refused;
+    rbus__tally_sum(s, &offered, &dropped_newest, &refused, &out->dropped_oldest);
+    out->offered = offered + refused;
     out->received = atomic_load_explicit(&s->received, memory_order_relaxed);
-    out->dropped_newest =
-        atomic_load_explicit(&s->dropped_newest, memory_order_relaxed) + refused;
-    out->dropped_oldest = atomic_load_explicit(&s->dropped_oldest, memory_order_relaxed);
+    out->dropped_newest = dropped_newest + refused;
     out->dropped_timeout = atomic_load_explicit(&s->dropped_timeout, memory_order_relaxed);
     out->dropped_closed = atomic_load_explicit(&s->dropped_closed, memory_order_relaxed);
     out->publisher_waits = atomic_load_explicit(&s->publisher_waits, memory_order_relaxed);

@@ -94,19 +94,64 @@ static inline void after_dequeue(rbus_sub *s)
         rbus__event_signal(&s->bus->room_ev);
 }
 
+/* ------------------------------------------------------------ tallies */
+
+struct rbus_tally *rbus__tally_find(struct rbus_thread *th, rbus_sub *s,
+                                    struct rbus_tally_slot *slot)
+{
+    /* Acquire: a node's owner field was set before its push. */
+    struct rbus_tally *t = atomic_load_explicit(&s->tallies, memory_order_acquire);
+    while (t && t->owner != th)
+        t = t->next;
+    if (!t) {
+        /* Once per (publisher state, subscription): states are recycled,
+         * so a subscription has at most as many nodes as there were
+         * publishing threads at once. */
+        t = rbus__zalloc(s->bus, sizeof *t);
+        if (!t)
+            return &s->shared; /* not cached: the next offer tries again */
+        t->owner = th;
+        struct rbus_tally *head = atomic_load_explicit(&s->tallies, memory_order_relaxed);
+        do {
+            t->next = head;
+            /* Release: pairs with the acquire loads here and in
+             * rbus__tally_sum. */
+        } while (!atomic_compare_exchange_weak_explicit(&s->tallies, &head, t,
+                                                        memory_order_release,
+                                                        memory_order_relaxed));
+    }
+    slot->sub_id = s->id;
+    slot->tally = t;
+    return t;
+}
+
+void rbus__tally_sum(const rbus_sub *s, uint64_t *offered, uint64_t *dropped_newest,
+                     uint64_t *refused, uint64_t *dropped_oldest)
+{
+    *offered = *dropped_newest = *refused = *dropped_oldest = 0;
+    const struct rbus_tally *t = &s->shared;
+    const struct rbus_tally *nodes = atomic_load_explicit(&s->tallies, memory_order_acquire);
+    for (; t; t = t == &s->shared ? nodes : t->next) {
+        *offered += atomic_load_explicit(&t->offered, memory_order_relaxed);
+        *dropped_newest += atomic_load_explicit(&t->dropped_newest, memory_order_relaxed);
+        *refused += atomic_load_explicit(&t->refused, memory_order_relaxed);
+        *dropped_oldest += atomic_load_explicit(&t->dropped_oldest, memory_order_relaxed);
+    }
+}
+
 /* ------------------------------------------------------ overflow policy */
 
 enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *s, rbus_msg *m,
                                 uint32_t *evicted)
 {
-    /* Relaxed counters: each is a tally read only by stats; they are on the
-     * publisher-side line of the subscription. */
-    atomic_fetch_add_explicit(&s->offered, 1, memory_order_relaxed);
+    /* Tallies are read only by stats: relaxed (rbus_tally). */
+    struct rbus_tally *tally = rbus__tally_of(th, s);
+    rbus__tally_add(s, tally, &tally->offered);
     if (RBUS_LIKELY(ring_put(s, m)))
         return RBUS_OFFER_QUEUED;
     switch (s->overflow) {
     case RBUS_DROP_NEWEST:
-        atomic_fetch_add_explicit(&s->dropped_newest, 1, memory_order_relaxed);
+        rbus__tally_add(s, tally, &tally->dropped_newest);
         return RBUS_OFFER_DROPPED;
     case RBUS_DROP_OLDEST:
         /* Evict until our message fits. Receivers may drain concurrently,
@@ -115,7 +160,7 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *s, rbus_msg *m
         for (unsigned iter = 0;; iter++) {
             rbus_msg *old = rbus__ring_take(&s->ring);
             if (old) {
-                atomic_fetch_add_explicit(&s->dropped_oldest, 1, memory_order_relaxed);
+                rbus__tally_add(s, tally, &tally->dropped_oldest);
                 (*evicted)++;
                 rbus__msg_unref_by(th, old, 1);
             } else {
@@ -323,6 +368,9 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
 
     pthread_mutex_lock(&bus->lock);
+    /* Before the relist makes it visible: publishers key their tally
+     * caches by it. */
+    s->id = bus->next_sub_id++;
     int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
     if (!rc)
         rc = rbus__topics_relist(bus, s, true);
@@ -331,7 +379,6 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
         rbus__sub_free(s);
         return rc;
     }
-    s->id = bus->next_sub_id++;
     s->listed = true;
     s->bus_next = bus->subs;
     if (bus->subs)
@@ -395,6 +442,11 @@ void rbus__sub_free(rbus_sub *s)
     if (fd >= 0)
         close(fd);
     pthread_mutex_destroy(&s->fd_lock);
+    for (struct rbus_tally *t = atomic_load_explicit(&s->tallies, memory_order_acquire), *next;
+         t; t = next) {
+        next = t->next;
+        rbus__free(bus, t);
+    }
     rbus__free(bus, s->ring.slots);
     rbus__free(bus, s->pattern);
     rbus__free(bus, s->name);

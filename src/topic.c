@@ -536,11 +536,14 @@ static RBUS_NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread *
     int drc = keyed ? accept_key(topic, key_lo, key_hi, -1, result) : 0;
     if (drc == 0) {
         atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
-        /* The tallies of an offer refused by drop-newest, in one relaxed
-         * atomic per subscription: the stats add refused_full into both
-         * `offered` and `dropped_newest`. */
-        for (uint32_t i = 0; i < list->count; i++)
-            atomic_fetch_add_explicit(&list->subs[i]->refused_full, 1, memory_order_relaxed);
+        /* The tallies of an offer refused by drop-newest, one field per
+         * subscription: the stats add `refused` into both `offered` and
+         * `dropped_newest`. */
+        for (uint32_t i = 0; i < list->count; i++) {
+            rbus_sub *s = list->subs[i];
+            struct rbus_tally *tally = rbus__tally_of(th, s);
+            rbus__tally_add(s, tally, &tally->refused);
+        }
         if (result)
             result->matched = result->dropped = list->count;
     }

@@ -1,0 +1,141 @@
+/*
+ * test_stress_tallies.c - the offer tallies publishers keep per
+ * subscription (src/sub.c, struct rbus_tally) add up exactly.
+ *
+ * Each publisher state counts its own offers, drops and fast-path
+ * refusals for each subscription, found through a 16-entry cache keyed by
+ * subscription id; stats add the states' counts up. What could go wrong:
+ * two subscriptions sharing a cache entry (ids 16 apart), states recycled
+ * when publisher threads exit and new ones start, subscriptions replaced
+ * between rounds (new ids, old nodes freed), and the overload fast path,
+ * which counts a refusal as one offer and one drop-newest.
+ *
+ * Rounds of NPUB fresh threads each publish N messages to topic "tally.a",
+ * whose subscriptions are all drop-newest and soon full (so nearly every
+ * publish takes the fast path), and N to "tally.b", whose subscriptions mix
+ * drop-newest and drop-oldest (the ordinary offer path). Nobody receives.
+ * After each round every subscription must show exactly
+ *   offered = NPUB * N * (rounds since it subscribed),
+ *   depth = its capacity, and the rest dropped by its policy,
+ * and then a few subscriptions per topic are replaced by new ones.
+ */
+#include <pthread.h>
+#include <string.h>
+
+#include "test_util.h"
+
+#define NSUBS 40 /* per topic: more than the cache's 16 entries */
+#define NPUB 4
+#define ROUNDS 3
+#define REPLACED 10 /* per topic and round */
+
+struct tally_sub {
+    rbus_sub *sub;
+    rbus_overflow policy;
+    uint32_t capacity;
+    int joined; /* the round before which it subscribed */
+};
+
+struct publisher {
+    rbus_topic *a, *b;
+    uint64_t n;
+    int rc; /* the first publish error, checked by the main thread */
+};
+
+static void *publisher_main(void *arg)
+{
+    struct publisher *p = arg;
+    for (uint64_t i = 0; i < p->n && !p->rc; i++) {
+        int rc = rbus_publish(p->a, &i, sizeof i);
+        if (!rc)
+            rc = rbus_publish(p->b, &i, sizeof i);
+        p->rc = rc;
+    }
+    return NULL;
+}
+
+static void subscribe_one(rbus *bus, const char *topic, rbus_overflow policy, int round,
+                          struct tally_sub *ts)
+{
+    ts->policy = policy;
+    ts->sub = rbus_test_subscribe_checked(bus, topic, 4, policy, 0, &ts->capacity);
+    ts->joined = round;
+}
+
+static void expect_exact(const struct tally_sub *ts, int rounds_done, uint64_t per_round)
+{
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(ts->sub, &st));
+    uint64_t offered = per_round * (uint64_t)(rounds_done - ts->joined);
+    uint64_t dropped = offered > ts->capacity ? offered - ts->capacity : 0;
+    if (st.offered != offered || st.received != 0 || st.depth != offered - dropped ||
+        st.dropped_newest != (ts->policy == RBUS_DROP_NEWEST ? dropped : 0) ||
+        st.dropped_oldest != (ts->policy == RBUS_DROP_OLDEST ? dropped : 0))
+        fail_msg("after round %d, a %s subscription (joined before round %d, capacity %u): "
+                 "offered %llu (want %llu), depth %u, dropped newest %llu, oldest %llu "
+                 "(want %llu dropped)",
+                 rounds_done, ts->policy == RBUS_DROP_NEWEST ? "drop-newest" : "drop-oldest",
+                 ts->joined, ts->capacity, (unsigned long long)st.offered,
+                 (unsigned long long)offered, st.depth, (unsigned long long)st.dropped_newest,
+                 (unsigned long long)st.dropped_oldest, (unsigned long long)dropped);
+    rbus_test_check_accounting(&st);
+}
+
+static void tallies_add_up_exactly(void **state)
+{
+    (void)state;
+    const uint64_t n = rbus_test_scaled(20000, 2000);
+    printf("# tallies: %d rounds x %d fresh publisher threads x %llu publishes per topic, "
+           "%d subscriptions per topic, %d replaced per round\n",
+           ROUNDS, NPUB, (unsigned long long)n, NSUBS, REPLACED);
+    rbus *bus;
+    rbus_topic *a = rbus_test_bus_and_topic(&bus, "tally.a");
+    rbus_topic *b;
+    assert_rbus_ok(rbus_topic_open(bus, "tally.b", &b));
+    static struct tally_sub subs_a[NSUBS], subs_b[NSUBS];
+    for (int i = 0; i < NSUBS; i++) {
+        subscribe_one(bus, "tally.a", RBUS_DROP_NEWEST, 0, &subs_a[i]);
+        subscribe_one(bus, "tally.b", i % 2 ? RBUS_DROP_OLDEST : RBUS_DROP_NEWEST, 0,
+                      &subs_b[i]);
+    }
+    for (int round = 0; round < ROUNDS; round++) {
+        struct publisher pubs[NPUB];
+        pthread_t threads[NPUB];
+        for (int p = 0; p < NPUB; p++) {
+            pubs[p] = (struct publisher){.a = a, .b = b, .n = n};
+            assert_int_equal(pthread_create(&threads[p], NULL, publisher_main, &pubs[p]), 0);
+        }
+        for (int p = 0; p < NPUB; p++) {
+            assert_int_equal(pthread_join(threads[p], NULL), 0);
+            assert_rbus_ok(pubs[p].rc);
+        }
+        for (int i = 0; i < NSUBS; i++) {
+            expect_exact(&subs_a[i], round + 1, NPUB * n);
+            expect_exact(&subs_b[i], round + 1, NPUB * n);
+        }
+        /* Replace a different few each round: new ids, and the old
+         * subscriptions' tally nodes are freed. */
+        for (int k = 0; k < REPLACED; k++) {
+            int i = (round * REPLACED + k * 3) % NSUBS;
+            assert_rbus_ok(rbus_unsubscribe(subs_a[i].sub));
+            assert_rbus_ok(rbus_unsubscribe(subs_b[i].sub));
+            subscribe_one(bus, "tally.a", RBUS_DROP_NEWEST, round + 1, &subs_a[i]);
+            subscribe_one(bus, "tally.b", subs_b[i].policy, round + 1, &subs_b[i]);
+        }
+    }
+    rbus_topic_stats st;
+    assert_rbus_ok(rbus_topic_stats_get(a, &st));
+    assert_int_equal(st.published, (uint64_t)ROUNDS * NPUB * n);
+    assert_rbus_ok(rbus_topic_stats_get(b, &st));
+    assert_int_equal(st.published, (uint64_t)ROUNDS * NPUB * n);
+    printf("# tallies: every subscription exact after every round\n");
+    rbus_destroy(bus);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(tallies_add_up_exactly),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
