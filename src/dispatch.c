@@ -397,8 +397,8 @@ static int run_attempt(rbus_dispatcher *d, struct item *it)
 static void *worker_main(void *arg)
 {
     rbus_dispatcher *d = arg;
-    /* This thread's state on the bus, for message copies: looked up once;
-     * NULL (no memory) only means retries run on the original message. */
+    /* This thread's state on the bus, for message copies; NULL (no
+     * memory) only means retries run on the original message. */
     struct rbus_thread *th = rbus__thread_get(d->bus);
     pthread_mutex_lock(&d->lock);
     for (;;) {
@@ -409,6 +409,11 @@ static void *worker_main(void *arg)
         prepare_retry(th, it);
         pthread_mutex_unlock(&d->lock);
         int rc = run_attempt(d, it);
+        /* Again after every handler, outside the lock (attaching takes the
+         * bus lock, which is taken before d->lock elsewhere): a handler
+         * that published on more buses than a thread keeps states for
+         * evicted ours, and another thread may have taken it over. */
+        th = rbus__thread_get(d->bus);
         it->attempts++;
         pthread_mutex_lock(&d->lock);
         if (rc >= 0) {

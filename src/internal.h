@@ -142,33 +142,35 @@ struct rbus_pending {
 /*
  * The tallies a publish keeps for each subscription it offers to. A tally
  * every publisher of a subscription adds to with a locked instruction cost
- * each offer ~5 ns (a drop-newest refusal 24 ns against 18.6 without it,
+ * each offer ~5 ns (a drop-newest refusal 24 ns against 19 without it,
  * bench/overload_cost). So each publisher state keeps its own node per
  * subscription, written only by that state (a relaxed load and store: one
- * writer, nothing to lose), and stats add the nodes up. The nodes hang off
- * the subscription (pushed once, freed with it), and a state finds its
- * node through a small cache keyed by subscription id (ids are never
- * reused on a bus, so a stale entry never matches). `shared` in the
- * subscription is the fallback when a node cannot be allocated; there
- * every add is atomic.
+ * writer, nothing to lose), and stats add the nodes up. A subscription
+ * finds a state's node in its table by the state's index (a bus numbers
+ * its states densely; states are recycled, so the table is as long as the
+ * most threads that ever published at once). `shared` in the subscription
+ * is the fallback when a node cannot be allocated; there every add is
+ * atomic.
  */
 struct rbus_tally {
-    _Atomic uint64_t offered;
+    /* A line of its own: states' nodes are written by different cores. */
+    _Alignas(RBUS_CACHELINE) _Atomic uint64_t offered;
     _Atomic uint64_t dropped_newest;
     /* Offers the overload fast path refused (topic.c): each is one offer
      * and one drop-newest, in one field so that a snapshot counts it in
      * both or in neither. */
     _Atomic uint64_t refused;
     _Atomic uint64_t dropped_oldest;
-    const struct rbus_thread *owner; /* compared, never dereferenced */
-    struct rbus_tally *next;         /* the subscription's list */
 };
 
-#define RBUS_TALLY_CACHE 16 /* power of two */
-
-struct rbus_tally_slot {
-    uint64_t sub_id; /* 0: empty */
-    struct rbus_tally *tally;
+/* A subscription's nodes by state index. Replaced by a longer copy when a
+ * state with a larger index first offers; the one it replaced stays on
+ * `retired` until the subscription is freed, as a publisher or a stats
+ * reader may still be reading it. */
+struct rbus_tally_table {
+    uint32_t len;
+    struct rbus_tally_table *retired;
+    _Atomic(struct rbus_tally *) node[];
 };
 
 struct rbus_thread {
@@ -178,7 +180,7 @@ struct rbus_thread {
     struct rbus_msg_cache *cache;   /* msg.c */
     struct rbus_pending *pending;   /* scratch for a publish that waits */
     uint32_t pending_cap;
-    struct rbus_tally_slot tallies[RBUS_TALLY_CACHE]; /* by subscription id */
+    uint32_t index; /* dense per bus, from 0: its place in tally tables */
 };
 
 /* The calling thread's state on `bus`, registering one at first use.
@@ -354,10 +356,10 @@ struct rbus_sub {
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
 
-    /* Publishers' own tallies (struct rbus_tally): pushed, never removed
-     * until the subscription is freed. Release/acquire: a node's fields are
-     * initialised before stats can reach it. */
-    _Atomic(struct rbus_tally *) tallies;
+    /* Publishers' own tallies (struct rbus_tally), by state index;
+     * NULL until the first offer. Written under tally_lock. */
+    _Atomic(struct rbus_tally_table *) tallies;
+    pthread_mutex_t tally_lock;
 
     /* Written by publishers. */
     RBUS_CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
@@ -382,14 +384,19 @@ struct rbus_sub {
 
 /* This state's tallies for sub (inside a read section): its own node, or
  * sub->shared if none could be allocated. */
-struct rbus_tally *rbus__tally_find(struct rbus_thread *th, rbus_sub *sub,
-                                    struct rbus_tally_slot *slot);
+struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *sub);
 static inline struct rbus_tally *rbus__tally_of(struct rbus_thread *th, rbus_sub *sub)
 {
-    struct rbus_tally_slot *slot = &th->tallies[sub->id & (RBUS_TALLY_CACHE - 1)];
-    if (RBUS_LIKELY(slot->sub_id == sub->id))
-        return slot->tally;
-    return rbus__tally_find(th, sub, slot);
+    /* Acquire: pairs with the release stores of a table or a node in
+     * rbus__tally_add_node, whose initialisation we then see. */
+    const struct rbus_tally_table *tab =
+        atomic_load_explicit(&sub->tallies, memory_order_acquire);
+    if (RBUS_LIKELY(tab != NULL) && RBUS_LIKELY(th->index < tab->len)) {
+        struct rbus_tally *t = atomic_load_explicit(&tab->node[th->index], memory_order_acquire);
+        if (RBUS_LIKELY(t != NULL))
+            return t;
+    }
+    return rbus__tally_add_node(th, sub);
 }
 /* Adds 1 to a field of t: a plain load and store on a state's own node
  * (its only writer), an atomic add on the shared fallback. */
@@ -443,6 +450,7 @@ struct rbus {
     struct rbus_topic *topics;   /* all topics */
     struct rbus_sub *subs;       /* all subscriptions not yet unsubscribed */
     struct rbus_thread *threads; /* all per-thread states */
+    uint32_t nthreads;           /* how many: the next state's index */
     uint64_t next_sub_id;
     bool closed; /* close finished */
 

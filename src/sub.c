@@ -96,32 +96,48 @@ static inline void after_dequeue(rbus_sub *s)
 
 /* ------------------------------------------------------------ tallies */
 
-struct rbus_tally *rbus__tally_find(struct rbus_thread *th, rbus_sub *s,
-                                    struct rbus_tally_slot *slot)
+struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *s)
 {
-    /* Acquire: a node's owner field was set before its push. */
-    struct rbus_tally *t = atomic_load_explicit(&s->tallies, memory_order_acquire);
-    while (t && t->owner != th)
-        t = t->next;
+    /* Once per (publisher state, subscription), or again after an
+     * allocation failed. Under tally_lock, the one writer of the table; a
+     * mutex inside a read section is fine, as nobody holds it while
+     * waiting for a grace period. */
+    struct rbus_tally *t = &s->shared;
+    pthread_mutex_lock(&s->tally_lock);
+    struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_relaxed);
+    if (tab && th->index < tab->len &&
+        (t = atomic_load_explicit(&tab->node[th->index], memory_order_relaxed)) != NULL)
+        goto out;
+    t = rbus__zalloc_aligned(s->bus, sizeof *t);
     if (!t) {
-        /* Once per (publisher state, subscription): states are recycled,
-         * so a subscription has at most as many nodes as there were
-         * publishing threads at once. */
-        t = rbus__zalloc(s->bus, sizeof *t);
-        if (!t)
-            return &s->shared; /* not cached: the next offer tries again */
-        t->owner = th;
-        struct rbus_tally *head = atomic_load_explicit(&s->tallies, memory_order_relaxed);
-        do {
-            t->next = head;
-            /* Release: pairs with the acquire loads here and in
-             * rbus__tally_sum. */
-        } while (!atomic_compare_exchange_weak_explicit(&s->tallies, &head, t,
-                                                        memory_order_release,
-                                                        memory_order_relaxed));
+        t = &s->shared;
+        goto out;
     }
-    slot->sub_id = s->id;
-    slot->tally = t;
+    if (tab && th->index < tab->len) {
+        /* Release: the node's zeroed fields before its pointer. */
+        atomic_store_explicit(&tab->node[th->index], t, memory_order_release);
+        goto out;
+    }
+    uint32_t len = tab ? tab->len : 4;
+    while (len <= th->index)
+        len *= 2;
+    struct rbus_tally_table *longer =
+        rbus__zalloc(s->bus, sizeof *longer + (size_t)len * sizeof longer->node[0]);
+    if (!longer) {
+        rbus__free_aligned(s->bus, t);
+        t = &s->shared;
+        goto out;
+    }
+    longer->len = len;
+    longer->retired = tab;
+    for (uint32_t i = 0; tab && i < tab->len; i++)
+        atomic_init(&longer->node[i],
+                    atomic_load_explicit(&tab->node[i], memory_order_relaxed));
+    atomic_init(&longer->node[th->index], t);
+    /* Release: the table's contents (and our node's) before its pointer. */
+    atomic_store_explicit(&s->tallies, longer, memory_order_release);
+out:
+    pthread_mutex_unlock(&s->tally_lock);
     return t;
 }
 
@@ -129,9 +145,15 @@ void rbus__tally_sum(const rbus_sub *s, uint64_t *offered, uint64_t *dropped_new
                      uint64_t *refused, uint64_t *dropped_oldest)
 {
     *offered = *dropped_newest = *refused = *dropped_oldest = 0;
-    const struct rbus_tally *t = &s->shared;
-    const struct rbus_tally *nodes = atomic_load_explicit(&s->tallies, memory_order_acquire);
-    for (; t; t = t == &s->shared ? nodes : t->next) {
+    /* Acquire, as in rbus__tally_of. The newest table holds every node
+     * (a longer one starts as a copy). */
+    struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_acquire);
+    uint32_t len = tab ? tab->len : 0;
+    for (uint32_t i = 0; i <= len; i++) {
+        const struct rbus_tally *t =
+            i < len ? atomic_load_explicit(&tab->node[i], memory_order_acquire) : &s->shared;
+        if (!t)
+            continue;
         *offered += atomic_load_explicit(&t->offered, memory_order_relaxed);
         *dropped_newest += atomic_load_explicit(&t->dropped_newest, memory_order_relaxed);
         *refused += atomic_load_explicit(&t->refused, memory_order_relaxed);
@@ -273,7 +295,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
              * once. If it stays unwritten its producer was preempted
              * mid-write: nap instead of burning the core. */
             if (++reserved_rounds < 64) {
-                rbus__spin_step(iter++);
+                rbus__spin_step_before(iter++, now, deadline);
                 continue;
             }
             until = now + RBUS_SLOT_NAP_NS;
@@ -354,6 +376,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->bus = bus;
     atomic_init(&s->fd, -1);
     pthread_mutex_init(&s->fd_lock, NULL);
+    pthread_mutex_init(&s->tally_lock, NULL);
     s->ring.slots = rbus__alloc(bus, (size_t)size * sizeof(struct rbus_ring_slot));
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
@@ -442,11 +465,15 @@ void rbus__sub_free(rbus_sub *s)
     if (fd >= 0)
         close(fd);
     pthread_mutex_destroy(&s->fd_lock);
-    for (struct rbus_tally *t = atomic_load_explicit(&s->tallies, memory_order_acquire), *next;
-         t; t = next) {
-        next = t->next;
-        rbus__free(bus, t);
+    struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_acquire);
+    for (uint32_t i = 0; tab && i < tab->len; i++)
+        rbus__free_aligned(bus, atomic_load_explicit(&tab->node[i], memory_order_relaxed));
+    while (tab) {
+        struct rbus_tally_table *older = tab->retired;
+        rbus__free(bus, tab);
+        tab = older;
     }
+    pthread_mutex_destroy(&s->tally_lock);
     rbus__free(bus, s->ring.slots);
     rbus__free(bus, s->pattern);
     rbus__free(bus, s->name);

@@ -120,6 +120,7 @@ static struct rbus_thread *thread_register(rbus *bus)
         return NULL;
     }
     pthread_mutex_lock(&bus->lock);
+    th->index = bus->nthreads++;
     th->bus_next = bus->threads;
     bus->threads = th;
     pthread_mutex_unlock(&bus->lock);

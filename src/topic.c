@@ -427,7 +427,11 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
         int64_t now = rbus__now_ns();
         bool sleep_next = now >= spin_until;
         uint32_t seen = sleep_next ? rbus__event_prepare(&bus->room_ev) : 0;
-        int64_t earliest = -1;
+        /* The earliest wake-up (deadlines and naps) for the sleep, and the
+         * earliest deadline alone for the spin's yields: a nap is no
+         * deadline, and it is set just when a receiver may have been
+         * preempted mid-release, when a yield helps most. */
+        int64_t earliest = -1, earliest_deadline = -1;
 
         rbus__read_begin(th);
         bool closing = atomic_load_explicit(&bus->closing, memory_order_seq_cst);
@@ -447,6 +451,8 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
                 atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
             } else {
                 int64_t wake = p->deadline_ns;
+                if (wake >= 0 && (earliest_deadline < 0 || wake < earliest_deadline))
+                    earliest_deadline = wake;
                 /* The Dekker pair with the receiver is on `head` (its
                  * seq_cst CAS, our seq_cst load here). If head says there is
                  * room but the enqueue failed, the receiver is between its
@@ -472,7 +478,7 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
         if (n && sleep_next)
             rbus__event_wait(&bus->room_ev, seen, earliest);
         else if (n)
-            rbus__spin_step_before(iter++, now, earliest);
+            rbus__spin_step_before(iter++, now, earliest_deadline);
     }
     /* RMW, full fence, then the flag: the Dekker pair with rbus_close, which
      * announces itself on close_ev before it reads blocked_publishers. */

@@ -696,6 +696,100 @@ static void errors_are_reported_and_destroy_stops_dispatchers(void **state)
     rbus_destroy(bus); /* ASan/LSan: the dispatcher and its threads are gone */
 }
 
+/* ------------------------------------- a handler that uses many buses */
+
+/*
+ * A thread keeps states for at most 8 buses; a handler that publishes on 9
+ * other buses makes its worker hand its state on the dispatcher's bus back,
+ * and another thread attaching to that bus then takes that very state over
+ * (with its message cache). The worker's retry copies the message with a
+ * state it must look up again, not the one it had: with the old cached one
+ * two threads used one message cache at once (ThreadSanitizer reports it;
+ * it could also corrupt the cache).
+ */
+#define HOP_BUSES 9
+
+struct hop {
+    rbus_topic *other[HOP_BUSES];
+    rbus_topic *side; /* on the dispatcher's bus, for the intruder */
+    atomic_int go, attached, stop;
+    _Atomic unsigned attempts;
+};
+
+static int hop_handler(const rbus_msg *m, void *arg)
+{
+    struct hop *h = arg;
+    atomic_fetch_add(&h->attempts, 1);
+    if (rbus_msg_attempt(m) > 1)
+        return 0;
+    for (int k = 0; k < HOP_BUSES; k++)
+        if (rbus_publish(h->other[k], "x", 1) != 0)
+            return 0; /* counted as handled: the attempts check fails */
+    atomic_store(&h->go, 1);
+    while (!atomic_load(&h->attached))
+        rbus_test_sleep_us(50);
+    return -1; /* retried: the retry copies the message */
+}
+
+static void *hop_intruder(void *arg)
+{
+    struct hop *h = arg;
+    while (!atomic_load(&h->go) && !atomic_load(&h->stop))
+        rbus_test_sleep_us(50);
+    int rc = rbus_publish(h->side, "y", 1); /* attaches: takes the freed state */
+    atomic_store(&h->attached, 1);
+    for (unsigned i = 0; rc == 0 && i < 20000 && !atomic_load(&h->stop); i++)
+        rc = rbus_publish(h->side, "y", 1);
+    return NULL;
+}
+
+static bool hop_done(void *arg)
+{
+    rbus_dispatch_stats st;
+    rbus_dispatch_stats_get(arg, &st);
+    return st.handled == 1;
+}
+
+static void retry_after_handler_used_many_buses(void **state)
+{
+    (void)state;
+    struct hop h = {0};
+    rbus *others[HOP_BUSES];
+    for (int k = 0; k < HOP_BUSES; k++)
+        h.other[k] = rbus_test_bus_and_topic(&others[k], "hop.other");
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "hop.in");
+    assert_rbus_ok(rbus_topic_open(bus, "hop.side", &h.side));
+    rbus_sub *s = sub_block(bus, "hop.in", 16);
+    /* Drop-oldest: every intruder publish takes a message from the cache. */
+    rbus_sub *side = rbus_test_subscribe(bus, "hop.side", 64, RBUS_DROP_OLDEST, 0);
+    rbus_dispatch_opts opts;
+    rbus_dispatch_opts_init(&opts);
+    opts.max_attempts = 2;
+    opts.backoff_initial_ns = 1000;
+    opts.backoff_max_ns = 1000;
+    pthread_t intruder;
+    assert_int_equal(pthread_create(&intruder, NULL, hop_intruder, &h), 0);
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, hop_handler, &h, &opts));
+    assert_rbus_ok(rbus_publish(t, "job", 3));
+    assert_true(wait_until(hop_done, d, INT64_C(30000000000)));
+    atomic_store(&h.stop, 1);
+    assert_int_equal(pthread_join(intruder, NULL), 0);
+    rbus_dispatch_stats st;
+    assert_rbus_ok(rbus_dispatch_stats_get(d, &st));
+    assert_rbus_ok(rbus_dispatch_stop(d));
+    assert_int_equal(st.handled, 1);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(atomic_load(&h.attempts), 2);
+    assert_int_equal(atomic_load(&h.attached), 1);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    assert_rbus_ok(rbus_unsubscribe(side));
+    rbus_destroy(bus);
+    for (int k = 0; k < HOP_BUSES; k++)
+        rbus_destroy(others[k]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -707,6 +801,7 @@ int main(void)
         cmocka_unit_test(stop_under_load_loses_nothing),
         cmocka_unit_test(keys_stay_exact_when_messages_fail_for_good),
         cmocka_unit_test(errors_are_reported_and_destroy_stops_dispatchers),
+        cmocka_unit_test(retry_after_handler_used_many_buses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

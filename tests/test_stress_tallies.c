@@ -14,12 +14,19 @@
  * whose subscriptions are all drop-newest and soon full (so nearly every
  * publish takes the fast path), and N to "tally.b", whose subscriptions mix
  * drop-newest and drop-oldest (the ordinary offer path). Nobody receives.
+ * Every so often a publisher also publishes once on each of NOTHER other
+ * buses, more than a thread keeps states for, so its state on the main bus
+ * is handed back and it attaches again, often to a state another thread
+ * handed back (with that state's nodes). Meanwhile the main thread
+ * subscribes and unsubscribes short-lived subscriptions on both topics and
+ * checks that a long-lived subscription's counts never go down.
  * After each round every subscription must show exactly
  *   offered = NPUB * N * (rounds since it subscribed),
  *   depth = its capacity, and the rest dropped by its policy,
  * and then a few subscriptions per topic are replaced by new ones.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "test_util.h"
@@ -28,6 +35,8 @@
 #define NPUB 4
 #define ROUNDS 3
 #define REPLACED 10 /* per topic and round */
+#define NOTHER 9    /* other buses: one more than a thread's state slots */
+#define HOP_EVERY 997
 
 struct tally_sub {
     rbus_sub *sub;
@@ -38,7 +47,9 @@ struct tally_sub {
 
 struct publisher {
     rbus_topic *a, *b;
+    rbus_topic **other; /* NOTHER topics, one per other bus */
     uint64_t n;
+    atomic_int *running;
     int rc; /* the first publish error, checked by the main thread */
 };
 
@@ -49,9 +60,38 @@ static void *publisher_main(void *arg)
         int rc = rbus_publish(p->a, &i, sizeof i);
         if (!rc)
             rc = rbus_publish(p->b, &i, sizeof i);
+        for (int k = 0; !rc && i % HOP_EVERY == 0 && k < NOTHER; k++)
+            rc = rbus_publish(p->other[k], &i, sizeof i);
         p->rc = rc;
     }
+    atomic_fetch_sub(p->running, 1);
     return NULL;
+}
+
+/* While publishers run: short-lived subscriptions come and go on both
+ * topics, and the long-lived `watched` one's counts never go down. */
+static void churn_while_publishing(rbus *bus, atomic_int *running, rbus_sub *watched,
+                                   uint64_t *churned)
+{
+    rbus_sub_stats last = {0};
+    while (atomic_load(running) > 0) {
+        rbus_sub *tmp_a = rbus_test_subscribe(bus, "tally.a", 4, RBUS_DROP_NEWEST, 0);
+        rbus_sub *tmp_b = rbus_test_subscribe(bus, "tally.b", 4, RBUS_DROP_OLDEST, 0);
+        rbus_sub_stats st;
+        assert_rbus_ok(rbus_sub_stats_get(watched, &st));
+        if (st.offered < last.offered || st.dropped_newest < last.dropped_newest ||
+            st.dropped_oldest < last.dropped_oldest)
+            fail_msg("counts went down: offered %llu -> %llu, dropped newest %llu -> %llu",
+                     (unsigned long long)last.offered, (unsigned long long)st.offered,
+                     (unsigned long long)last.dropped_newest,
+                     (unsigned long long)st.dropped_newest);
+        last = st;
+        assert_rbus_ok(rbus_sub_stats_get(tmp_a, &st));
+        assert_rbus_ok(rbus_sub_stats_get(tmp_b, &st));
+        assert_rbus_ok(rbus_unsubscribe(tmp_a));
+        assert_rbus_ok(rbus_unsubscribe(tmp_b));
+        (*churned)++;
+    }
 }
 
 static void subscribe_one(rbus *bus, const char *topic, rbus_overflow policy, int round,
@@ -92,6 +132,11 @@ static void tallies_add_up_exactly(void **state)
     rbus_topic *a = rbus_test_bus_and_topic(&bus, "tally.a");
     rbus_topic *b;
     assert_rbus_ok(rbus_topic_open(bus, "tally.b", &b));
+    rbus *others[NOTHER];
+    rbus_topic *other_topics[NOTHER];
+    for (int k = 0; k < NOTHER; k++)
+        other_topics[k] = rbus_test_bus_and_topic(&others[k], "tally.other");
+    uint64_t churned = 0;
     static struct tally_sub subs_a[NSUBS], subs_b[NSUBS];
     for (int i = 0; i < NSUBS; i++) {
         subscribe_one(bus, "tally.a", RBUS_DROP_NEWEST, 0, &subs_a[i]);
@@ -101,10 +146,13 @@ static void tallies_add_up_exactly(void **state)
     for (int round = 0; round < ROUNDS; round++) {
         struct publisher pubs[NPUB];
         pthread_t threads[NPUB];
+        atomic_int running = NPUB;
         for (int p = 0; p < NPUB; p++) {
-            pubs[p] = (struct publisher){.a = a, .b = b, .n = n};
+            pubs[p] = (struct publisher){
+                .a = a, .b = b, .other = other_topics, .n = n, .running = &running};
             assert_int_equal(pthread_create(&threads[p], NULL, publisher_main, &pubs[p]), 0);
         }
+        churn_while_publishing(bus, &running, subs_a[NSUBS - 1].sub, &churned);
         for (int p = 0; p < NPUB; p++) {
             assert_int_equal(pthread_join(threads[p], NULL), 0);
             assert_rbus_ok(pubs[p].rc);
@@ -128,8 +176,12 @@ static void tallies_add_up_exactly(void **state)
     assert_int_equal(st.published, (uint64_t)ROUNDS * NPUB * n);
     assert_rbus_ok(rbus_topic_stats_get(b, &st));
     assert_int_equal(st.published, (uint64_t)ROUNDS * NPUB * n);
-    printf("# tallies: every subscription exact after every round\n");
+    printf("# tallies: every subscription exact after every round (%llu short-lived "
+           "subscription pairs came and went meanwhile)\n",
+           (unsigned long long)churned);
     rbus_destroy(bus);
+    for (int k = 0; k < NOTHER; k++)
+        rbus_destroy(others[k]);
 }
 
 int main(void)
