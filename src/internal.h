@@ -344,6 +344,12 @@ struct rbus_sub {
     _Atomic uint32_t state;
     bool listed; /* on its topics' lists; under bus->lock */
     _Atomic(void *) dispatcher; /* running dispatcher, if any (Handlers) */
+    /* Publishers' own tallies (struct rbus_tally), by state index; NULL
+     * until the first offer. Read by every offer, written rarely: with the
+     * read-mostly fields. Written only by the holder of tally_lock, a
+     * try-lock (a read section must not sleep). */
+    _Atomic(struct rbus_tally_table *) tallies;
+    _Atomic uint32_t tally_lock;
     struct rbus_sub *bus_next;
     struct rbus_sub *bus_prev;
 
@@ -356,10 +362,6 @@ struct rbus_sub {
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
 
-    /* Publishers' own tallies (struct rbus_tally), by state index;
-     * NULL until the first offer. Written under tally_lock. */
-    _Atomic(struct rbus_tally_table *) tallies;
-    pthread_mutex_t tally_lock;
 
     /* Written by publishers. */
     RBUS_CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
@@ -382,9 +384,11 @@ struct rbus_sub {
     _Atomic int fd; /* eventfd, -1 until rbus_sub_fd */
 };
 
-/* This state's tallies for sub (inside a read section): its own node, or
- * sub->shared if none could be allocated. */
+/* The slow path of rbus__tally_of: adds this state's node to the table. */
 struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *sub);
+/* This state's tallies for sub (inside a read section): its own node, or
+ * sub->shared if none could be added (no memory, or another state was
+ * adding its own at that instant: the next offer tries again). */
 static inline struct rbus_tally *rbus__tally_of(struct rbus_thread *th, rbus_sub *sub)
 {
     /* Acquire: pairs with the release stores of a table or a node in

@@ -96,14 +96,22 @@ static inline void after_dequeue(rbus_sub *s)
 
 /* ------------------------------------------------------------ tallies */
 
+/* Indices past this get no node (their counts go to `shared`), so table
+ * lengths cannot overflow. No bus has a billion thread states. */
+#define RBUS_TALLY_MAX_INDEX (UINT32_C(1) << 30)
+
 struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *s)
 {
     /* Once per (publisher state, subscription), or again after an
-     * allocation failed. Under tally_lock, the one writer of the table; a
-     * mutex inside a read section is fine, as nobody holds it while
-     * waiting for a grace period. */
-    struct rbus_tally *t = &s->shared;
-    pthread_mutex_lock(&s->tally_lock);
+     * allocation failed or the lock was busy. A try-lock, not a mutex: we
+     * are inside a read section, which must not sleep (a grace period
+     * would wait for us), so a busy lock sends this one count to `shared`
+     * instead. Acquire/release: the holder's table writes happen before the
+     * next holder's reads. */
+    if (th->index >= RBUS_TALLY_MAX_INDEX ||
+        atomic_exchange_explicit(&s->tally_lock, 1, memory_order_acquire))
+        return &s->shared;
+    struct rbus_tally *t;
     struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_relaxed);
     if (tab && th->index < tab->len &&
         (t = atomic_load_explicit(&tab->node[th->index], memory_order_relaxed)) != NULL)
@@ -137,7 +145,7 @@ struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *s)
     /* Release: the table's contents (and our node's) before its pointer. */
     atomic_store_explicit(&s->tallies, longer, memory_order_release);
 out:
-    pthread_mutex_unlock(&s->tally_lock);
+    atomic_store_explicit(&s->tally_lock, 0, memory_order_release);
     return t;
 }
 
@@ -376,7 +384,6 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->bus = bus;
     atomic_init(&s->fd, -1);
     pthread_mutex_init(&s->fd_lock, NULL);
-    pthread_mutex_init(&s->tally_lock, NULL);
     s->ring.slots = rbus__alloc(bus, (size_t)size * sizeof(struct rbus_ring_slot));
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
@@ -391,8 +398,8 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
 
     pthread_mutex_lock(&bus->lock);
-    /* Before the relist makes it visible: publishers key their tally
-     * caches by it. */
+    /* Before the relist makes it visible to publishers: nothing may read
+     * a subscription's id while it changes. */
     s->id = bus->next_sub_id++;
     int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
     if (!rc)
@@ -473,7 +480,6 @@ void rbus__sub_free(rbus_sub *s)
         rbus__free(bus, tab);
         tab = older;
     }
-    pthread_mutex_destroy(&s->tally_lock);
     rbus__free(bus, s->ring.slots);
     rbus__free(bus, s->pattern);
     rbus__free(bus, s->name);
