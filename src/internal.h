@@ -362,7 +362,6 @@ struct rbus_sub {
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
 
-
     /* Written by publishers. */
     RBUS_CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
     _Atomic uint64_t dropped_timeout;
