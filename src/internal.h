@@ -102,6 +102,11 @@ static inline bool rbus__event_has_waiters(struct rbus_event *ev)
 int64_t rbus__now_ns(void);
 /* now + timeout, saturating; timeout < 0 gives -1 (no deadline). */
 int64_t rbus__deadline(int64_t timeout_ns);
+/* The earlier of two deadlines, where < 0 means none. */
+static inline int64_t rbus__sooner(int64_t a, int64_t b)
+{
+    return a < 0 || (b >= 0 && b < a) ? b : a;
+}
 /* One step of a bounded spin: a CPU pause, and every so often a yield so a
  * preempted peer on an oversubscribed machine gets to run. */
 void rbus__spin_step(unsigned iteration);

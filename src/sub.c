@@ -306,9 +306,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
                 rbus__spin_step_before(iter++, now, deadline);
                 continue;
             }
-            until = now + RBUS_SLOT_NAP_NS;
-            if (deadline >= 0 && deadline < until)
-                until = deadline;
+            until = rbus__sooner(now + RBUS_SLOT_NAP_NS, deadline);
         }
         rbus__event_wait(&s->msg_ev, seen, until);
         reserved_rounds = 0;

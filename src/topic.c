@@ -451,21 +451,16 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
                 atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
             } else {
                 int64_t wake = p->deadline_ns;
-                if (wake >= 0 && (earliest_deadline < 0 || wake < earliest_deadline))
-                    earliest_deadline = wake;
+                earliest_deadline = rbus__sooner(earliest_deadline, wake);
                 /* The Dekker pair with the receiver is on `head` (its
                  * seq_cst CAS, our seq_cst load here). If head says there is
                  * room but the enqueue failed, the receiver is between its
                  * CAS and releasing the slot, and may have checked
                  * room_waiters before we registered: nap, do not trust a
                  * wake-up. */
-                if (!rbus__sub_full(s)) {
-                    int64_t nap = now + RBUS_SLOT_NAP_NS;
-                    if (wake < 0 || nap < wake)
-                        wake = nap;
-                }
-                if (wake >= 0 && (earliest < 0 || wake < earliest))
-                    earliest = wake;
+                if (!rbus__sub_full(s))
+                    wake = rbus__sooner(wake, now + RBUS_SLOT_NAP_NS);
+                earliest = rbus__sooner(earliest, wake);
                 i++;
                 continue;
             }

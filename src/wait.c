@@ -81,6 +81,13 @@ int64_t rbus__deadline(int64_t timeout_ns)
 #define RBUS_YIELD_LONG_OF_8 6
 #define RBUS_YIELD_BACKOFF_NS INT64_C(100000000)
 
+/* Whether a wait ending at deadline_ns (< 0: none) is too close to it for
+ * a yield, which may take a whole slice. */
+static inline bool deadline_near(int64_t now_ns, int64_t deadline_ns)
+{
+    return deadline_ns >= 0 && deadline_ns - now_ns < RBUS_YIELD_SLICE_NS * 4;
+}
+
 void rbus__spin_wait_step(struct rbus_spin *spin)
 {
     if (spin->pause_only || (++spin->steps & 63) != 0) {
@@ -92,7 +99,7 @@ void rbus__spin_wait_step(struct rbus_spin *spin)
     /* Relaxed loads and stores, not RMWs: hints that a subscription's
      * receivers share; a lost update costs one yield more or fewer, and
      * nothing else is ordered by them. */
-    if ((spin->deadline >= 0 && spin->deadline - before < RBUS_YIELD_SLICE_NS * 4) ||
+    if (deadline_near(before, spin->deadline) ||
         before < atomic_load_explicit(&s->no_yield_until, memory_order_relaxed)) {
         spin->pause_only = true;
         return;
@@ -126,8 +133,7 @@ void rbus__spin_step_before(unsigned iteration, int64_t now_ns, int64_t deadline
      * deadline, as in rbus__spin_wait_step: next to a CPU-bound thread a
      * yield takes a whole slice (~2 ms here), which overran a blocked
      * publisher's 50 us timeout by that much. */
-    if ((iteration & 63) == 63 &&
-        (deadline_ns < 0 || deadline_ns - now_ns >= RBUS_YIELD_SLICE_NS * 4))
+    if ((iteration & 63) == 63 && !deadline_near(now_ns, deadline_ns))
         sched_yield();
     else
         RBUS_CPU_RELAX();

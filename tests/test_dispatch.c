@@ -755,8 +755,7 @@ static void retry_after_handler_used_many_buses(void **state)
     (void)state;
     struct hop h = {0};
     rbus *others[HOP_BUSES];
-    for (int k = 0; k < HOP_BUSES; k++)
-        h.other[k] = rbus_test_bus_and_topic(&others[k], "hop.other");
+    rbus_test_buses_open(HOP_BUSES, others, h.other, "hop.other");
     rbus *bus;
     rbus_topic *t = rbus_test_bus_and_topic(&bus, "hop.in");
     assert_rbus_ok(rbus_topic_open(bus, "hop.side", &h.side));
@@ -786,8 +785,7 @@ static void retry_after_handler_used_many_buses(void **state)
     assert_rbus_ok(rbus_unsubscribe(s));
     assert_rbus_ok(rbus_unsubscribe(side));
     rbus_destroy(bus);
-    for (int k = 0; k < HOP_BUSES; k++)
-        rbus_destroy(others[k]);
+    rbus_test_buses_destroy(HOP_BUSES, others);
 }
 
 int main(void)

@@ -159,8 +159,7 @@ static void tallies_add_up_exactly(void **state)
     assert_rbus_ok(rbus_topic_open(bus, "tally.b", &b));
     rbus *others[NOTHER];
     rbus_topic *other_topics[NOTHER];
-    for (int k = 0; k < NOTHER; k++)
-        other_topics[k] = rbus_test_bus_and_topic(&others[k], "tally.other");
+    rbus_test_buses_open(NOTHER, others, other_topics, "tally.other");
     uint64_t churned = 0;
     static struct tally_sub subs_a[NSUBS], subs_b[NSUBS];
     for (int i = 0; i < NSUBS; i++) {
@@ -209,8 +208,7 @@ static void tallies_add_up_exactly(void **state)
            "subscription pairs came and went meanwhile)\n",
            (unsigned long long)churned);
     rbus_destroy(bus);
-    for (int k = 0; k < NOTHER; k++)
-        rbus_destroy(others[k]);
+    rbus_test_buses_destroy(NOTHER, others);
 }
 
 int main(void)

@@ -84,6 +84,21 @@ static inline rbus_topic *rbus_test_bus_and_topic(rbus **bus, const char *topic)
     return t;
 }
 
+/* n more buses with the default configuration, one topic `topic` each:
+ * for tests that make a thread use more buses than it keeps states for. */
+static inline void rbus_test_buses_open(int n, rbus **buses, rbus_topic **topics,
+                                        const char *topic)
+{
+    for (int i = 0; i < n; i++)
+        topics[i] = rbus_test_bus_and_topic(&buses[i], topic);
+}
+
+static inline void rbus_test_buses_destroy(int n, rbus **buses)
+{
+    for (int i = 0; i < n; i++)
+        rbus_destroy(buses[i]);
+}
+
 /* Subscribes with the given capacity, policy and block timeout (every other
  * option at its default). */
 static inline rbus_sub *rbus_test_subscribe(rbus *bus, const char *pattern, uint32_t cap,
