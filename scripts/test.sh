@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, four times: a plain optimised build (gcc, -Werror,
-# plus the Doxygen reference), AddressSanitizer+UBSan (clang),
+# plus the Doxygen reference), AddressSanitizer+UBSan (clang, with the
+# misuse checks of RBUS_CHECKED),
 # ThreadSanitizer (clang) and valgrind memcheck; then both libFuzzer targets
 # for RBUS_FUZZ_SECONDS (default 60) each. Installs what is missing first.
 # Exits non-zero if any build, test or fuzz run fails.
@@ -52,7 +53,9 @@ for v in $only; do
     asan)
       export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
       export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-      CC=clang CXX=clang++ run asan "$asan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=address ;;
+      # With the misuse checks (RBUS_CHECKED): test_misuse expects aborts.
+      CC=clang CXX=clang++ run asan "$asan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=address \
+        -DRBUS_CHECKED=ON ;;
     tsan)
       export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp"
       CC=clang CXX=clang++ run tsan "$tsan_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBUS_SANITIZE=thread ;;

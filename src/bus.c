@@ -3,9 +3,12 @@
  */
 #include "internal.h"
 
+#include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #define RBUS_DEFAULT_CAPACITY 1024u
 #define RBUS_DEFAULT_MAX_PAYLOAD 65536u
@@ -45,6 +48,14 @@ const char *rbus_strerror(int rc)
     default: return "unknown ringbus error";
     }
 }
+
+#if defined(RBUS_CHECKED)
+void rbus__misuse(const char *call, const char *what)
+{
+    fprintf(stderr, "ringbus: %s: %s\n", call, what);
+    abort();
+}
+#endif
 
 /* ----------------------------------------------------------- memory */
 
@@ -199,17 +210,39 @@ int rbus_create(rbus **out, const rbus_config *cfg)
         bus->dedup_seed = (uint64_t)rbus__now_ns() * 0x9E3779B97F4A7C15u ^ bus->id;
     bus->next_sub_id = 1;
     ck_epoch_init(&bus->epoch);
+    pthread_mutex_init(&bus->route_lock, NULL);
     pthread_mutex_init(&bus->lock, NULL);
     rbus__registry_add(bus);
     *out = bus;
     return 0;
 }
 
+/* Called by ck each time a poll finds a reader that has not yet moved on.
+ * Read sections are short, so the first polls only yield; a reader that is
+ * still there was preempted (or parked by a test), and then we sleep,
+ * doubling up to 1 ms, rather than burn the core it may need. */
+static void synchronize_backoff(ck_epoch_t *epoch, ck_epoch_record_t *reader, void *arg)
+{
+    (void)epoch;
+    (void)reader;
+    unsigned *polls = arg;
+    if (*polls < 8) {
+        sched_yield();
+    } else {
+        unsigned shift = *polls - 8 < 10 ? *polls - 8 : 10;
+        struct timespec ts = {0, 1000L << shift}; /* 1 us .. 1.024 ms */
+        nanosleep(&ts, NULL);
+    }
+    (*polls)++;
+}
+
 void rbus__synchronize(rbus *bus)
 {
     /* ck_epoch_synchronize_wait needs no record of our own, so any thread
      * may call it, including one that never published on this bus. */
-    ck_epoch_synchronize_wait(&bus->epoch, NULL, NULL);
+    RBUS__PAUSE(SYNCHRONIZE);
+    unsigned polls = 0;
+    ck_epoch_synchronize_wait(&bus->epoch, synchronize_backoff, &polls);
 #if defined(RBUS_TSAN)
     /* Every read section releases this address when it ends (thread.c);
      * acquiring it here gives TSan the edge the epoch provides. */
@@ -219,11 +252,15 @@ void rbus__synchronize(rbus *bus)
 
 void rbus_close(rbus *bus)
 {
+    RBUS__PAUSE(RBUS_CLOSE);
     if (!bus)
         return;
-    pthread_mutex_lock(&bus->lock);
+    /* The routing lock: no subscribe or sub_close runs meanwhile, and
+     * bus->lock stays free for stats, Prometheus and topic_open while we
+     * wait for the grace period and the blocked publishers. */
+    pthread_mutex_lock(&bus->route_lock);
     if (bus->closed) {
-        pthread_mutex_unlock(&bus->lock);
+        pthread_mutex_unlock(&bus->route_lock);
         return;
     }
     /* 1. New publishes see `closing` inside their read section and fail. */
@@ -240,14 +277,17 @@ void rbus_close(rbus *bus)
         rbus__event_wait(&bus->close_ev, seen, -1);
     }
     /* 4. No enqueue can happen any more: receivers may now end on empty. */
+    pthread_mutex_lock(&bus->lock);
     for (rbus_sub *s = bus->subs; s; s = s->bus_next)
         rbus__sub_finish_close(s);
-    bus->closed = true;
     pthread_mutex_unlock(&bus->lock);
+    bus->closed = true;
+    pthread_mutex_unlock(&bus->route_lock);
 }
 
 void rbus_destroy(rbus *bus)
 {
+    RBUS__PAUSE(RBUS_DESTROY);
     if (!bus)
         return;
     /* Dispatchers first, while the bus is open: what they hold still gets
@@ -260,10 +300,13 @@ void rbus_destroy(rbus *bus)
         bus->subs = s->bus_next;
         rbus__sub_free(s); /* releases its queued messages into the caches */
     }
+    rbus__sub_pool_free(bus);
+    rbus__dispatch_pool_free(bus);
     rbus__topics_free_all(bus);
     rbus__thread_free_all(bus);
     rbus__free(bus, bus->buckets);
     pthread_mutex_destroy(&bus->lock);
+    pthread_mutex_destroy(&bus->route_lock);
     rbus_allocator alloc = bus->alloc;
     rbus boot;
     memset(&boot, 0, sizeof boot);

@@ -383,6 +383,7 @@ int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns)
     struct dedup_shard *sh = shard_of(d, hi);
     int rc = 0;
     shard_lock(sh);
+    RBUS__PAUSE(DEDUP_LOCKED);
     /* Relaxed is enough: tickets are taken inside shard locks; for keys of
      * other shards, any value between our lock and unlock is a valid
      * linearisation point (see the header comment). */

@@ -33,6 +33,7 @@
 #include "internal.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -77,6 +78,13 @@ struct key_state {
 };
 
 struct rbus_dispatcher {
+    /* Kept until rbus_destroy, as subscriptions are (internal.h): a
+     * stats call that began before rbus_dispatch_stop may still lock
+     * `lock`. Everything from `sub` on is cleared on reuse, under it. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* work appeared, a slot came free, or stop */
+    struct rbus_dispatcher *pool_next; /* the bus's pool, under bus->lock */
+
     rbus_sub *sub;
     rbus *bus;
     rbus_handler_fn fn;
@@ -84,8 +92,8 @@ struct rbus_dispatcher {
     rbus_dispatch_opts opts;
     rbus_topic *dead_letters; /* NULL = drop */
 
-    pthread_mutex_t lock;
-    pthread_cond_t cond; /* work appeared, a slot came free, or stop */
+    bool stop_begun; /* rbus_dispatch_stop was called (a second call: -EINVAL) */
+    bool retired;    /* stopped and pooled: stats answer -ESHUTDOWN */
     /* ordered_by_key: a worker is receiving; the next waits, so messages
      * attach to their keys in queue order. */
     bool receiver_busy;
@@ -389,7 +397,9 @@ static void prepare_retry(struct rbus_thread *th, struct item *it)
 static int run_attempt(rbus_dispatcher *d, struct item *it)
 {
     tls_running = d;
+    rbus__msg_handler_enter(it->msg); /* misuse checks: the handler must not release it */
     int rc = d->fn(it->msg, d->arg);
+    rbus__msg_handler_leave();
     tls_running = NULL;
     return rc;
 }
@@ -458,17 +468,82 @@ static void *worker_main(void *arg)
 
 /* ------------------------------------------------------ start/stop */
 
-static void dispatcher_free(rbus_dispatcher *d)
+/* A dispatcher struct: the pool's oldest when more than RBUS__POOL_HOLD
+ * wait there, else a fresh one (lock and cond initialised once). */
+static rbus_dispatcher *dispatcher_get(rbus *bus)
+{
+    rbus_dispatcher *d = NULL;
+    pthread_mutex_lock(&bus->lock);
+    if (bus->dispatcher_pool_len > RBUS__POOL_HOLD) {
+        d = bus->dispatcher_pool;
+        bus->dispatcher_pool = d->pool_next;
+        if (!bus->dispatcher_pool)
+            bus->dispatcher_pool_tail = NULL;
+        bus->dispatcher_pool_len--;
+    }
+    pthread_mutex_unlock(&bus->lock);
+    if (!d) {
+        d = rbus__zalloc(bus, sizeof *d);
+        if (!d)
+            return NULL;
+        pthread_mutex_init(&d->lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&d->cond, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    /* Under the lock: a late stats call may hold it. */
+    pthread_mutex_lock(&d->lock);
+    unsigned char *p = (unsigned char *)d;
+    size_t from = offsetof(rbus_dispatcher, sub);
+    memset(p + from, 0, sizeof *d - from);
+    d->pool_next = NULL;
+    d->bus = bus;
+    pthread_mutex_unlock(&d->lock);
+    return d;
+}
+
+/* Frees what hangs off d (its workers are joined, or never started) and
+ * gives the struct to the pool. */
+static void dispatcher_retire(rbus_dispatcher *d)
 {
     rbus *bus = d->bus;
-    pthread_cond_destroy(&d->cond);
-    pthread_mutex_destroy(&d->lock);
+    pthread_mutex_lock(&d->lock);
+    d->retired = true;
+    pthread_mutex_unlock(&d->lock);
     rbus__free(bus, d->threads);
     rbus__free(bus, d->buckets);
     rbus__free(bus, d->keys);
     rbus__free(bus, d->heap);
     rbus__free(bus, d->items);
-    rbus__free(bus, d);
+    d->threads = NULL;
+    d->buckets = NULL;
+    d->keys = NULL;
+    d->heap = NULL;
+    d->items = NULL;
+    pthread_mutex_lock(&bus->lock);
+    d->pool_next = NULL;
+    if (bus->dispatcher_pool_tail)
+        bus->dispatcher_pool_tail->pool_next = d;
+    else
+        bus->dispatcher_pool = d;
+    bus->dispatcher_pool_tail = d;
+    bus->dispatcher_pool_len++;
+    pthread_mutex_unlock(&bus->lock);
+}
+
+void rbus__dispatch_pool_free(rbus *bus)
+{
+    while (bus->dispatcher_pool) {
+        rbus_dispatcher *d = bus->dispatcher_pool;
+        bus->dispatcher_pool = d->pool_next;
+        pthread_cond_destroy(&d->cond);
+        pthread_mutex_destroy(&d->lock);
+        rbus__free(bus, d);
+    }
+    bus->dispatcher_pool_tail = NULL;
+    bus->dispatcher_pool_len = 0;
 }
 
 static int dispatcher_alloc(rbus_dispatcher *d)
@@ -509,6 +584,7 @@ static void stop_and_join(rbus_dispatcher *d)
 int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn, void *arg,
                         const rbus_dispatch_opts *opts)
 {
+    RBUS__PAUSE(RBUS_DISPATCH_START);
     if (out)
         *out = NULL;
     if (!out || !sub || !fn)
@@ -517,37 +593,48 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     int rc = resolve_opts(opts, &o);
     if (rc)
         return rc;
+    /* A call on the subscription until it is claimed below: an
+     * rbus_unsubscribe that begins meanwhile waits for us. */
+    if (!rbus__sub_enter(sub))
+        return -ESHUTDOWN;
     /* A dead letter the subscription itself receives would come back to
      * this dispatcher, fail again, and loop. */
-    if (o.dead_letter_topic && rbus_pattern_match(sub->pattern, o.dead_letter_topic))
+    if (o.dead_letter_topic && rbus_pattern_match(sub->pattern, o.dead_letter_topic)) {
+        rbus__sub_leave(sub);
         return -EINVAL;
+    }
     rbus *bus = sub->bus;
-    if (atomic_load_explicit(&bus->closing, memory_order_acquire))
+    if (atomic_load_explicit(&bus->closing, memory_order_acquire)) {
+        rbus__sub_leave(sub);
         return -ESHUTDOWN;
-    rbus_dispatcher *d = rbus__zalloc(bus, sizeof *d);
-    if (!d)
+    }
+    rbus_dispatcher *d = dispatcher_get(bus);
+    if (!d) {
+        rbus__sub_leave(sub);
         return -ENOMEM;
-    *d = (rbus_dispatcher){.sub = sub, .bus = bus, .fn = fn, .arg = arg, .opts = o};
+    }
+    d->sub = sub;
+    d->fn = fn;
+    d->arg = arg;
+    d->opts = o;
     d->rng = bus->dedup_seed ^ sub->id ^ (uint64_t)rbus__now_ns();
-    pthread_mutex_init(&d->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->cond, &ca);
-    pthread_condattr_destroy(&ca);
     if ((rc = dispatcher_alloc(d)) != 0)
         goto fail;
     if (o.dead_letter_topic &&
         (rc = rbus_topic_open(bus, o.dead_letter_topic, &d->dead_letters)) != 0)
         goto fail;
     /* Claim the subscription (one dispatcher each); acq_rel pairs with the
-     * acquire in rbus_unsubscribe's check. */
-    void *none = NULL;
-    if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &none, d,
+     * claim in rbus_unsubscribe, so exactly one of two racing calls wins. */
+    void *seen = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &seen, d,
                                                  memory_order_acq_rel, memory_order_acquire)) {
-        rc = -EBUSY;
+        rc = seen == RBUS__UNSUBSCRIBING ? -ESHUTDOWN : -EBUSY;
         goto fail;
     }
+    /* Claimed: rbus_unsubscribe now answers -EBUSY, so our own hold on
+     * the subscription can end (the workers' receives are calls of their
+     * own). */
+    rbus__sub_leave(sub);
     /* Workers inherit a full signal mask: signals are the application's. */
     sigset_t all, old;
     sigfillset(&all);
@@ -571,21 +658,30 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
         pthread_mutex_lock(&bus->lock);
         atomic_store_explicit(&sub->dispatcher, NULL, memory_order_release);
         pthread_mutex_unlock(&bus->lock);
-        goto fail;
+        dispatcher_retire(d);
+        return rc;
     }
     *out = d;
     return 0;
 fail:
-    dispatcher_free(d);
+    rbus__sub_leave(sub);
+    dispatcher_retire(d);
     return rc;
 }
 
 int rbus_dispatch_stop(rbus_dispatcher *d)
 {
+    RBUS__PAUSE(RBUS_DISPATCH_STOP);
     if (!d)
         return -EINVAL;
     if (tls_running == d)
         return -EDEADLK;
+    pthread_mutex_lock(&d->lock);
+    bool again = d->stop_begun || d->retired;
+    d->stop_begun = true;
+    pthread_mutex_unlock(&d->lock);
+    if (again)
+        return -EINVAL;
     stop_and_join(d);
     /* Under the bus lock: rbus_stats_prometheus reads sub->dispatcher under
      * it, so once we clear it there no one can reach d. */
@@ -593,16 +689,22 @@ int rbus_dispatch_stop(rbus_dispatcher *d)
     pthread_mutex_lock(&bus->lock);
     atomic_store_explicit(&d->sub->dispatcher, NULL, memory_order_release);
     pthread_mutex_unlock(&bus->lock);
-    dispatcher_free(d);
+    dispatcher_retire(d);
     return 0;
 }
 
 int rbus_dispatch_stats_get(const rbus_dispatcher *dc, rbus_dispatch_stats *out)
 {
+    RBUS__PAUSE(RBUS_DISPATCH_STATS_GET);
     if (!dc || !out)
         return -EINVAL;
     rbus_dispatcher *d = (rbus_dispatcher *)dc;
     pthread_mutex_lock(&d->lock);
+    if (d->retired) {
+        pthread_mutex_unlock(&d->lock);
+        memset(out, 0, sizeof *out);
+        return -ESHUTDOWN;
+    }
     *out = d->stats;
     out->in_hand = d->in_hand - d->receiving;
     pthread_mutex_unlock(&d->lock);
@@ -615,7 +717,9 @@ void rbus__dispatch_stop_all(rbus *bus)
         rbus_dispatcher *d = NULL;
         pthread_mutex_lock(&bus->lock);
         for (rbus_sub *s = bus->subs; s && !d; s = s->bus_next)
-            d = atomic_load_explicit(&s->dispatcher, memory_order_acquire);
+            if ((d = atomic_load_explicit(&s->dispatcher, memory_order_acquire)) ==
+                RBUS__UNSUBSCRIBING)
+                d = NULL;
         pthread_mutex_unlock(&bus->lock);
         /* Fails only when called from one of d's handlers (rbus_destroy
          * from a handler, which is undefined): stop rather than spin. */

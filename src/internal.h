@@ -12,6 +12,7 @@
 #define RBUS_INTERNAL_H
 
 #include "ringbus.h"
+#include "pause.h"
 
 #include <ck_epoch.h>
 #include <pthread.h>
@@ -59,8 +60,18 @@ void rbus__free(rbus *bus, void *ptr);
 void *rbus__zalloc_aligned(rbus *bus, size_t size);
 void rbus__free_aligned(rbus *bus, void *ptr);
 char *rbus__strdup(rbus *bus, const char *s);
-/* Waits until every epoch read section that began before the call has ended. */
+/* Waits until every epoch read section that began before the call has ended,
+ * yielding and then sleeping between polls. Never call it holding bus->lock
+ * (stats, Prometheus and topic_open take that lock and must not wait for a
+ * grace period); callers that change routing hold bus->route_lock. */
 void rbus__synchronize(rbus *bus);
+
+/* Misuse that memory safety cannot survive (a second release of a
+ * reference, a release after rbus_destroy): RBUS_CHECKED builds abort
+ * with a message naming the call; other builds never call it. */
+#if defined(RBUS_CHECKED)
+_Noreturn void rbus__misuse(const char *call, const char *what);
+#endif
 
 /* ------------------------------------------------------------ wait.c */
 
@@ -200,6 +211,8 @@ int rbus__thread_reserve_pending(struct rbus_thread *th, uint32_t n);
  * a destroyed one. */
 void rbus__registry_add(rbus *bus);
 void rbus__registry_remove(rbus *bus);
+/* Whether the bus with this id is alive (takes the registry lock). */
+bool rbus__registry_alive(uint64_t bus_id);
 
 /* ------------------------------------------------------------- msg.c */
 
@@ -212,6 +225,7 @@ struct rbus_msg {
     uint32_t origin;
     uint32_t attempt;
     struct rbus_thread *home; /* whose cache it returns to */
+    uint64_t bus_id; /* its bus, readable after the bus is gone (misuse checks) */
     struct rbus_msg *next_free;
     rbus_topic *topic;
     const char *origin_topic;
@@ -238,6 +252,10 @@ rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t at
  * th goes straight back to its own list, with no atomic at all. */
 void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *msg, uint32_t n);
 void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache);
+/* RBUS_CHECKED builds: the message a handler is running with on this thread
+ * (NULL outside handlers), so that releasing it there is caught. */
+void rbus__msg_handler_enter(const rbus_msg *m);
+void rbus__msg_handler_leave(void);
 struct rbus_msg_cache *rbus__msg_cache_new(rbus *bus);
 
 /* ------------------------------------------------------------ topic.c */
@@ -283,10 +301,11 @@ struct rbus_relay {
  * Same returns as rbus_publish. */
 int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay,
                         int64_t timeout_ns);
-/* Under bus->lock: swap in new lists for every topic `sub` matches, with the
- * sub added or removed, then wait for a grace period and keep the retired
- * lists as spares. Adding returns 0 or -ENOMEM (nothing changed); removing
- * never fails and never allocates. */
+/* Holding bus->route_lock (not bus->lock, which it takes for the swap):
+ * swaps in new lists for every topic `sub` matches, with the sub added or
+ * removed and sub->listed set to match, then waits for a grace period and
+ * keeps the retired lists as spares. Adding returns 0 or -ENOMEM (nothing
+ * changed); removing never fails and never allocates. */
 int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add);
 void rbus__topics_free_all(rbus *bus);
 
@@ -336,8 +355,26 @@ enum rbus_offer {
     RBUS_OFFER_FULL     /* block policy, no room: the caller waits or gives up */
 };
 
+/*
+ * Handles stay valid memory until rbus_destroy (docs/design.md#lifetimes).
+ * A call on a subscription may begin, at its first instruction, before an
+ * rbus_unsubscribe that then runs to completion while the call's thread is
+ * preempted. So the subscription's own struct is never given back to the
+ * allocator before rbus_destroy: rbus_unsubscribe frees what hangs off it
+ * (ring, names, tallies, fd) and puts the struct on the bus's pool, where
+ * `dying` stays set; a late call finds it set and touches nothing else.
+ * rbus_subscribe reuses pooled structs oldest first, and only while more
+ * than RBUS__POOL_HOLD others wait in the pool.
+ */
+#define RBUS__POOL_HOLD 16
+
 struct rbus_sub {
-    /* Read-mostly: set at subscribe. */
+    /* Kept across reuse (see above), with `callers` and `fd_lock` below. */
+    _Atomic uint32_t dying; /* rbus_unsubscribe has begun: no new call enters */
+    struct rbus_sub *pool_next; /* the bus's pool, under bus->lock */
+
+    /* Read-mostly: set at subscribe. From `bus` on, everything but the
+     * kept fields is cleared when the struct is reused. */
     rbus *bus;
     uint32_t capacity; /* effective: the ring's size */
     rbus_overflow overflow;
@@ -375,8 +412,8 @@ struct rbus_sub {
     _Atomic uint32_t high_water;
 
     /* Written by receivers. */
-    RBUS_CACHE_ALIGNED _Atomic uint64_t received;
-    _Atomic uint32_t callers; /* threads inside rbus_recv* / rbus_sub_fd */
+    RBUS_CACHE_ALIGNED _Atomic uint32_t callers; /* kept: threads inside calls on it */
+    _Atomic uint64_t received;
     /* rbus__spin_wait_step's back-off: until when receivers do not yield,
      * and which of the last 8 yields that ran somebody took a slice. Per
      * subscription, not per thread: one receiver next to a CPU hog turns
@@ -384,9 +421,38 @@ struct rbus_sub {
     _Atomic int64_t no_yield_until;
     _Atomic uint32_t yield_history;
 
-    pthread_mutex_t fd_lock;
     _Atomic int fd; /* eventfd, -1 until rbus_sub_fd */
+
+    pthread_mutex_t fd_lock; /* kept, and last: initialised once */
 };
+
+/* rbus_sub.dispatcher while rbus_unsubscribe runs and after it: neither a
+ * dispatcher nor a second unsubscribe can claim the subscription. */
+extern char rbus__unsubscribing;
+#define RBUS__UNSUBSCRIBING ((void *)&rbus__unsubscribing)
+
+/* Enters a call on s, counted in `callers` so that rbus_unsubscribe waits
+ * for it; false (nothing counted) once rbus_unsubscribe has begun. seq_cst
+ * RMW then seq_cst load, against rbus_unsubscribe's seq_cst store of
+ * `dying` then seq_cst load of `callers` (a Dekker pair): either the call
+ * sees `dying`, or rbus_unsubscribe sees the call and waits for it. */
+static inline bool rbus__sub_enter(rbus_sub *s)
+{
+    atomic_fetch_add_explicit(&s->callers, 1, memory_order_seq_cst);
+    if (RBUS_LIKELY(!atomic_load_explicit(&s->dying, memory_order_seq_cst)))
+        return true;
+    /* Release, as below; nothing was touched. */
+    atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
+    return false;
+}
+
+/* Leaves it. Release: everything the call did to the subscription happens
+ * before rbus_unsubscribe, which acquires callers == 0, frees what hangs
+ * off it. */
+static inline void rbus__sub_leave(rbus_sub *s)
+{
+    atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
+}
 
 /* The slow path of rbus__tally_of: adds this state's node to the table. */
 struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *sub);
@@ -431,12 +497,21 @@ bool rbus__sub_full(rbus_sub *sub);
 /* No enqueue can reach `sub` any more: marks it CLOSED, wakes receivers
  * and makes its fd readable. */
 void rbus__sub_finish_close(rbus_sub *sub);
+/* rbus_destroy: frees a live subscription, struct and all. */
 void rbus__sub_free(rbus_sub *sub);
+/* rbus_destroy: frees the pool of unsubscribed subscriptions' structs. */
+void rbus__sub_pool_free(rbus *bus);
+/* rbus_sub_stats_get's snapshot, for a caller that keeps the subscription
+ * alive otherwise (Prometheus, under bus->lock). */
+void rbus__sub_stats_read(rbus_sub *sub, rbus_sub_stats *out);
 
 /* --------------------------------------------------------- dispatch.c */
 
 /* rbus_destroy: stops every dispatcher still running on the bus. */
 void rbus__dispatch_stop_all(rbus *bus);
+/* rbus_destroy: frees the stopped dispatchers' structs (kept until then, as
+ * subscriptions' are). */
+void rbus__dispatch_pool_free(rbus *bus);
 
 /* -------------------------------------------------------------- bus */
 
@@ -451,7 +526,12 @@ struct rbus {
 
     /* Everything below is touched only at subscribe/unsubscribe/topic_open/
      * close/destroy, or on slow paths. */
-    RBUS_CACHE_ALIGNED pthread_mutex_t lock;
+    /* Serialises changes of routing (subscribe, sub_close, close), which
+     * wait for grace periods holding it. Taken before `lock`. */
+    RBUS_CACHE_ALIGNED pthread_mutex_t route_lock;
+    /* Short sections only, never across a grace period: the registry, the
+     * lists below, and the swap of topics' subscription lists. */
+    pthread_mutex_t lock;
     struct rbus_topic **buckets; /* topic registry, power-of-two buckets */
     uint32_t nbuckets;
     uint32_t ntopics;
@@ -461,6 +541,12 @@ struct rbus {
     uint32_t nthreads;           /* how many: the next state's index */
     uint64_t next_sub_id;
     bool closed; /* close finished */
+    /* Unsubscribed subscriptions' structs, oldest first (rbus_sub), and
+     * stopped dispatchers' (dispatch.c), likewise kept until destroy. */
+    struct rbus_sub *sub_pool, *sub_pool_tail;
+    uint32_t sub_pool_len;
+    struct rbus_dispatcher *dispatcher_pool, *dispatcher_pool_tail;
+    uint32_t dispatcher_pool_len;
 
     /* Publishers blocked for room sleep here; receivers signal it when a
      * subscription they took from has room_waiters. */

@@ -113,6 +113,7 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
             m->next_free = NULL;
             m->size_class = (uint8_t)cls;
             m->home = th;
+            m->bus_id = th->bus->id;
         }
     }
     cache->local[cls] = m->next_free;
@@ -161,6 +162,11 @@ rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t at
 
 static void msg_recycle(struct rbus_thread *th, rbus_msg *m)
 {
+    /* Zero while it is in a cache (the sole-holder path below left it at
+     * n): a second release of the same reference then finds no reference
+     * to drop instead of pushing the message twice. Relaxed: the push
+     * below (or the owner's own list) orders it before any reuse. */
+    atomic_store_explicit(&m->refs, 0, memory_order_relaxed);
     struct rbus_msg_cache *cache = m->home->cache;
     if (th == m->home) {
         /* Back to its owner's own list: only the owner touches it. */
@@ -181,15 +187,31 @@ static void msg_recycle(struct rbus_thread *th, rbus_msg *m)
 
 void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *m, uint32_t n)
 {
+#if defined(RBUS_CHECKED)
+    /* Always the locked decrement, so that two releases of one reference,
+     * even racing, leave one of them finding no reference to drop. */
+    uint32_t had = atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel);
+    if (had < n)
+        rbus__misuse("rbus_msg_release", "released more times than it was referenced "
+                                         "(a second release of one reference?)");
+    if (had == n)
+        msg_recycle(th, m);
+#else
     /* Holding every reference left, the caller is the only one who can
      * change the count, so it needs no atomic write: the common case (one
      * subscription, its receiver releasing) costs no locked instruction.
      * Otherwise acq_rel: the releasing side's reads happen before the last
      * owner recycles it (the classic refcount pattern). The acquire load
-     * pairs with those same release decrements. */
-    if (atomic_load_explicit(&m->refs, memory_order_acquire) == n ||
-        atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n)
+     * pairs with those same release decrements. A message found with no
+     * reference at all is in a cache already: a second release of the
+     * same reference, which is ignored rather than corrupting the cache
+     * (RBUS_CHECKED builds abort instead). */
+    uint32_t refs = atomic_load_explicit(&m->refs, memory_order_acquire);
+    if (refs == n ||
+        (RBUS_LIKELY(refs > n) &&
+         atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n))
         msg_recycle(th, m);
+#endif
 }
 
 void rbus__msg_unref(rbus_msg *m, uint32_t n)
@@ -197,11 +219,43 @@ void rbus__msg_unref(rbus_msg *m, uint32_t n)
     rbus__msg_unref_by(NULL, m, n);
 }
 
+#if defined(RBUS_CHECKED)
+/* The message this thread's handler runs with, and how many references
+ * the handler took on it itself (which it may release). */
+static _Thread_local const rbus_msg *handler_msg;
+static _Thread_local uint64_t handler_refs;
+
+void rbus__msg_handler_enter(const rbus_msg *m)
+{
+    handler_msg = m;
+    handler_refs = 0;
+}
+
+void rbus__msg_handler_leave(void)
+{
+    handler_msg = NULL;
+}
+#else
+void rbus__msg_handler_enter(const rbus_msg *m)
+{
+    (void)m;
+}
+
+void rbus__msg_handler_leave(void)
+{
+}
+#endif
+
 rbus_msg *rbus_msg_ref(const rbus_msg *msg)
 {
+    RBUS__PAUSE(RBUS_MSG_REF);
     if (!msg)
         return NULL;
     rbus_msg *m = (rbus_msg *)msg;
+#if defined(RBUS_CHECKED)
+    if (m == handler_msg)
+        handler_refs++;
+#endif
     /* Relaxed: the caller already holds a reference, so the message cannot
      * be recycled concurrently; the new reference needs no ordering. */
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
@@ -210,14 +264,31 @@ rbus_msg *rbus_msg_ref(const rbus_msg *msg)
 
 void rbus_msg_release(rbus_msg *msg)
 {
-    if (msg)
-        rbus__msg_unref(msg, 1);
+    RBUS__PAUSE(RBUS_MSG_RELEASE);
+    if (!msg)
+        return;
+#if defined(RBUS_CHECKED)
+    /* Its memory outlives the bus (rbus_destroy frees only the messages
+     * it holds), so the id can be read; the bus's state cannot. */
+    if (!rbus__registry_alive(msg->bus_id))
+        rbus__misuse("rbus_msg_release", "the message's bus was destroyed "
+                                         "(release every message before rbus_destroy)");
+    if (msg == handler_msg) {
+        if (handler_refs == 0)
+            rbus__misuse("rbus_msg_release", "a handler released the message it was given "
+                                             "(the dispatcher releases it; rbus_msg_ref it "
+                                             "to keep it past the call)");
+        handler_refs--;
+    }
+#endif
+    rbus__msg_unref(msg, 1);
 }
 
 static const unsigned char empty_payload[1];
 
 const void *rbus_msg_data(const rbus_msg *msg)
 {
+    RBUS__PAUSE(RBUS_MSG_DATA);
     if (!msg)
         return NULL;
     return msg->size ? (const void *)msg->data : (const void *)empty_payload;

@@ -89,6 +89,7 @@ static inline bool rbus__ring_put(struct rbus_ring *r, rbus_msg *m, uint32_t exa
             pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
         }
     }
+    RBUS__PAUSE(RING_PUT_RESERVED);
     slot->msg = m;
     /* Release: the message pointer (and everything the publisher wrote into
      * the message) is visible to the consumer that acquires this seq. */
@@ -128,6 +129,7 @@ static inline rbus_msg *rbus__ring_take(struct rbus_ring *r)
             pos = atomic_load_explicit(&r->head, memory_order_relaxed);
         }
     }
+    RBUS__PAUSE(RING_TAKE_CLAIMED);
     rbus_msg *m = slot->msg;
     /* Release: our read of the slot happens before a producer reuses it. */
     atomic_store_explicit(&slot->seq, pos + r->mask + 1, memory_order_release);

@@ -13,11 +13,23 @@
 
 int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
 {
+    RBUS__PAUSE(RBUS_SUB_STATS_GET);
     if (!sub || !out)
         return -EINVAL;
     rbus_sub *s = (rbus_sub *)sub;
-    /* A call in flight for rbus_unsubscribe to wait for. */
-    atomic_fetch_add_explicit(&s->callers, 1, memory_order_relaxed);
+    /* A call in flight for rbus_unsubscribe to wait for: the tallies it
+     * reads are freed there. */
+    if (!rbus__sub_enter(s)) {
+        memset(out, 0, sizeof *out);
+        return -ESHUTDOWN;
+    }
+    rbus__sub_stats_read(s, out);
+    rbus__sub_leave(s);
+    return 0;
+}
+
+void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
+{
     memset(out, 0, sizeof *out);
     /* One read of each `refused` feeds both fields, so a fast-path
      * refusal is counted in both `offered` and `dropped_newest` or in
@@ -35,8 +47,6 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     out->depth = (uint32_t)rbus__ring_reserved(&s->ring);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
-    atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
-    return 0;
 }
 
 /* Subscriptions on the list that are still open: rbus_close marks them
@@ -51,6 +61,7 @@ static uint32_t open_subs(const struct rbus_sublist *l)
 
 int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
 {
+    RBUS__PAUSE(RBUS_TOPIC_STATS_GET);
     if (!topic || !out)
         return -EINVAL;
     rbus_topic *t = (rbus_topic *)topic;
@@ -184,7 +195,7 @@ static void prom_sub_family(struct prom_out *o, rbus *bus, enum sub_field f, con
     prom_family(o, name, type, help);
     for (rbus_sub *s = bus->subs; s; s = s->bus_next) {
         rbus_sub_stats st;
-        rbus_sub_stats_get(s, &st);
+        rbus__sub_stats_read(s, &st); /* alive: unsubscribe unlinks it under the lock */
         switch (f) {
         case F_OFFERED:
             prom_sub_sample(o, name, s, NULL, st.offered);
@@ -240,15 +251,15 @@ static void prom_dispatch_family(struct prom_out *o, rbus *bus, enum dispatch_fi
     bool header = false;
     for (rbus_sub *s = bus->subs; s; s = s->bus_next) {
         /* Stable under the bus lock: rbus_dispatch_stop clears it under the
-         * lock before freeing the dispatcher. */
+         * lock before retiring the dispatcher. */
         rbus_dispatcher *d = atomic_load_explicit(&s->dispatcher, memory_order_acquire);
-        if (!d)
+        if (!d || d == RBUS__UNSUBSCRIBING)
             continue;
         if (!header) {
             prom_family(o, name, type, help);
             header = true;
         }
-        rbus_dispatch_stats st;
+        rbus_dispatch_stats st = {0};
         rbus_dispatch_stats_get(d, &st);
         uint64_t value = 0;
         switch (f) {
@@ -316,6 +327,7 @@ static const struct {
 
 int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
 {
+    RBUS__PAUSE(RBUS_STATS_PROMETHEUS);
     if (!bus || (!buf && size))
         return -EINVAL;
     struct prom_out o = {buf, size, 0};

@@ -20,6 +20,7 @@
 #include "ring.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -188,6 +189,7 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *s, rbus_msg *m
          * and other publishers may take the freed slot first, so one
          * publish can evict more than one message. */
         for (unsigned iter = 0;; iter++) {
+            RBUS__PAUSE(SUB_EVICT);
             rbus_msg *old = rbus__ring_take(&s->ring);
             if (old) {
                 rbus__tally_add(s, tally, &tally->dropped_oldest);
@@ -250,9 +252,8 @@ static void fd_clear(rbus_sub *s)
 
 static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_ns)
 {
-    /* Relaxed in, release out: rbus_unsubscribe acquires callers == 0, so
-     * everything we did to the subscription happens before it is freed. */
-    atomic_fetch_add_explicit(&s->callers, 1, memory_order_relaxed);
+    if (!rbus__sub_enter(s))
+        return -ESHUTDOWN;
     int rc;
     int64_t deadline = 0, spin_until = 0;
     bool timed = false;
@@ -311,12 +312,13 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
         rbus__event_wait(&s->msg_ev, seen, until);
         reserved_rounds = 0;
     }
-    atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
+    rbus__sub_leave(s);
     return rc;
 }
 
 int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns)
 {
+    RBUS__PAUSE(RBUS_RECV);
     if (out)
         *out = NULL;
     if (!sub || !out)
@@ -327,6 +329,7 @@ int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns)
 
 int rbus_recv_batch(rbus_sub *sub, rbus_msg **out, size_t max, int64_t timeout_ns)
 {
+    RBUS__PAUSE(RBUS_RECV_BATCH);
     if (!sub || !out || max == 0)
         return -EINVAL;
     if (max > INT_MAX)
@@ -358,8 +361,124 @@ static uint32_t ring_size_for(uint32_t capacity)
     return size;
 }
 
+/* ------------------------------------------------ the struct's life */
+
+char rbus__unsubscribing;
+
+/* A struct for a new subscription, `dying` set: the pool's oldest when
+ * more than RBUS__POOL_HOLD wait there (so a late call on an unsubscribed
+ * handle finds it dying for as long as possible), else a fresh one. */
+static rbus_sub *sub_struct_get(rbus *bus)
+{
+    rbus_sub *s = NULL;
+    pthread_mutex_lock(&bus->lock);
+    if (bus->sub_pool_len > RBUS__POOL_HOLD) {
+        s = bus->sub_pool;
+        bus->sub_pool = s->pool_next;
+        if (!bus->sub_pool)
+            bus->sub_pool_tail = NULL;
+        bus->sub_pool_len--;
+    }
+    pthread_mutex_unlock(&bus->lock);
+    if (s) {
+        /* Everything but the kept fields (internal.h): `dying`, which late
+         * calls read, and `callers` and `fd_lock`, which they may be
+         * using; `callers` is balanced by each of them. */
+        unsigned char *p = (unsigned char *)s;
+        size_t from = offsetof(rbus_sub, bus), mid = offsetof(rbus_sub, callers);
+        size_t after = mid + sizeof s->callers, lock_at = offsetof(rbus_sub, fd_lock);
+        memset(p + from, 0, mid - from);
+        memset(p + after, 0, lock_at - after);
+        s->pool_next = NULL;
+        return s;
+    }
+    s = rbus__zalloc_aligned(bus, sizeof *s);
+    if (s) {
+        atomic_init(&s->dying, 1);
+        pthread_mutex_init(&s->fd_lock, NULL);
+    }
+    return s;
+}
+
+/* Frees what hangs off the struct (queued messages, ring, names, tallies,
+ * fd). Nobody may be using them: the subscription was never visible, or
+ * rbus_unsubscribe has waited for every call and publisher. */
+static void sub_release_parts(rbus_sub *s)
+{
+    rbus *bus = s->bus;
+    rbus_msg *m;
+    while (s->capacity && (m = rbus__ring_take(&s->ring))) /* capacity: ring initialised */
+        rbus__msg_unref(m, 1);
+    int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
+    if (fd >= 0)
+        close(fd);
+    atomic_store_explicit(&s->fd, -1, memory_order_relaxed);
+    struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_acquire);
+    for (uint32_t i = 0; tab && i < tab->len; i++)
+        rbus__free_aligned(bus, atomic_load_explicit(&tab->node[i], memory_order_relaxed));
+    while (tab) {
+        struct rbus_tally_table *older = tab->retired;
+        rbus__free(bus, tab);
+        tab = older;
+    }
+    atomic_store_explicit(&s->tallies, NULL, memory_order_relaxed);
+    rbus__free(bus, s->ring.slots);
+    rbus__free(bus, s->pattern);
+    rbus__free(bus, s->name);
+    s->ring.slots = NULL;
+    s->pattern = s->name = NULL;
+    s->capacity = 0;
+}
+
+/* Gives a struct whose parts are released to the pool; `dying` is set. */
+static void sub_struct_put(rbus *bus, rbus_sub *s)
+{
+    pthread_mutex_lock(&bus->lock);
+    s->pool_next = NULL;
+    if (bus->sub_pool_tail)
+        bus->sub_pool_tail->pool_next = s;
+    else
+        bus->sub_pool = s;
+    bus->sub_pool_tail = s;
+    bus->sub_pool_len++;
+    pthread_mutex_unlock(&bus->lock);
+}
+
+void rbus__sub_free(rbus_sub *s)
+{
+    rbus *bus = s->bus;
+    sub_release_parts(s);
+    pthread_mutex_destroy(&s->fd_lock);
+    rbus__free_aligned(bus, s);
+}
+
+void rbus__sub_pool_free(rbus *bus)
+{
+    while (bus->sub_pool) {
+        rbus_sub *s = bus->sub_pool;
+        bus->sub_pool = s->pool_next;
+        pthread_mutex_destroy(&s->fd_lock);
+        rbus__free_aligned(bus, s);
+    }
+    bus->sub_pool_tail = NULL;
+    bus->sub_pool_len = 0;
+}
+
+/* Under bus->lock. */
+static void subs_unlink(rbus *bus, rbus_sub *s)
+{
+    if (s->bus_prev)
+        s->bus_prev->bus_next = s->bus_next;
+    else
+        bus->subs = s->bus_next;
+    if (s->bus_next)
+        s->bus_next->bus_prev = s->bus_prev;
+    s->bus_next = s->bus_prev = NULL;
+}
+
 int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rbus_sub **out)
 {
+    RBUS__PAUSE(RBUS_SUBSCRIBE);
     if (out)
         *out = NULL;
     rbus_sub_opts o;
@@ -376,17 +495,17 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
 
     uint32_t capacity = o.capacity ? o.capacity : bus->cfg.default_capacity;
     uint32_t size = ring_size_for(capacity);
-    rbus_sub *s = rbus__zalloc_aligned(bus, sizeof *s);
+    rbus_sub *s = sub_struct_get(bus);
     if (!s)
         return -ENOMEM;
     s->bus = bus;
     atomic_init(&s->fd, -1);
-    pthread_mutex_init(&s->fd_lock, NULL);
     s->ring.slots = rbus__alloc(bus, (size_t)size * sizeof(struct rbus_ring_slot));
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
     if (!s->ring.slots || !s->pattern || (o.name && !s->name)) {
-        rbus__sub_free(s); /* the ring is empty: this only frees memory */
+        sub_release_parts(s); /* the ring is empty: this only frees memory */
+        sub_struct_put(bus, s);
         return -ENOMEM;
     }
     rbus__ring_init(&s->ring, s->ring.slots, size);
@@ -395,24 +514,34 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->block_timeout_ns = o.block_timeout_ns;
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
 
+    pthread_mutex_lock(&bus->route_lock);
     pthread_mutex_lock(&bus->lock);
     /* Before the relist makes it visible to publishers: nothing may read
-     * a subscription's id while it changes. */
+     * a subscription's id while it changes. On the bus's list, unlisted,
+     * before routing: topic_open lists it the moment relist marks it. */
     s->id = bus->next_sub_id++;
     int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
-    if (!rc)
-        rc = rbus__topics_relist(bus, s, true);
-    if (rc) {
+    if (!rc) {
+        s->bus_next = bus->subs;
+        if (bus->subs)
+            bus->subs->bus_prev = s;
+        bus->subs = s;
+    }
+    pthread_mutex_unlock(&bus->lock);
+    if (!rc && (rc = rbus__topics_relist(bus, s, true)) != 0) {
+        pthread_mutex_lock(&bus->lock);
+        subs_unlink(bus, s);
         pthread_mutex_unlock(&bus->lock);
-        rbus__sub_free(s);
+    }
+    pthread_mutex_unlock(&bus->route_lock);
+    if (rc) {
+        sub_release_parts(s);
+        sub_struct_put(bus, s);
         return rc;
     }
-    s->listed = true;
-    s->bus_next = bus->subs;
-    if (bus->subs)
-        bus->subs->bus_prev = s;
-    bus->subs = s;
-    pthread_mutex_unlock(&bus->lock);
+    /* Release: a call that finds `dying` clear sees the subscription
+     * initialised (acquire in rbus__sub_enter's seq_cst load). */
+    atomic_store_explicit(&s->dying, 0, memory_order_release);
     *out = s;
     return 0;
 }
@@ -428,12 +557,16 @@ void rbus__sub_finish_close(rbus_sub *s)
         fd_make_readable(s);
 }
 
-int rbus_sub_close(rbus_sub *sub)
+/* rbus_sub_close's work, for it and for rbus_unsubscribe. */
+static void sub_close(rbus_sub *sub)
 {
-    if (!sub)
-        return -EINVAL;
     rbus *bus = sub->bus;
-    pthread_mutex_lock(&bus->lock);
+    /* The routing lock, not bus->lock: the grace period below may take as
+     * long as a preempted publisher's read section, and stats, Prometheus
+     * and topic_open must not wait for it. A concurrent rbus_sub_close of
+     * the same handle waits here, so it does not return before the
+     * subscription is CLOSED. */
+    pthread_mutex_lock(&bus->route_lock);
     bool was_open = atomic_load_explicit(&sub->state, memory_order_relaxed) == RBUS_SUB_OPEN;
     /* CLOSING before the grace period that relist waits for: a publisher
      * still walking an old list may enqueue until that period ends, and a
@@ -443,94 +576,92 @@ int rbus_sub_close(rbus_sub *sub)
         atomic_store_explicit(&sub->state, RBUS_SUB_CLOSING, memory_order_seq_cst);
     /* A bus close marks subscriptions CLOSED but leaves them listed, so
      * unlisting may still be due when the state says closed. */
-    if (sub->listed) {
-        rbus__topics_relist(bus, sub, false); /* removal cannot fail */
-        sub->listed = false;
-    } else if (was_open) {
+    if (sub->listed)
+        rbus__topics_relist(bus, sub, false); /* removal cannot fail; unlists it */
+    else if (was_open)
         rbus__synchronize(bus);
-    }
-    /* Still under the lock: a concurrent rbus_sub_close or rbus_unsubscribe
-     * of the same handle waits for it, so it neither returns before the sub
-     * is CLOSED nor frees it while we still write to it. */
     if (was_open) {
         rbus__event_broadcast(&bus->room_ev); /* waiting publishers: give up on it */
         rbus__sub_finish_close(sub);
     }
-    pthread_mutex_unlock(&bus->lock);
-    return 0;
+    pthread_mutex_unlock(&bus->route_lock);
 }
 
-void rbus__sub_free(rbus_sub *s)
+int rbus_sub_close(rbus_sub *sub)
 {
-    rbus *bus = s->bus;
-    rbus_msg *m;
-    while (s->capacity && (m = rbus__ring_take(&s->ring))) /* capacity: ring initialised */
-        rbus__msg_unref(m, 1);
-    int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
-    if (fd >= 0)
-        close(fd);
-    pthread_mutex_destroy(&s->fd_lock);
-    struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_acquire);
-    for (uint32_t i = 0; tab && i < tab->len; i++)
-        rbus__free_aligned(bus, atomic_load_explicit(&tab->node[i], memory_order_relaxed));
-    while (tab) {
-        struct rbus_tally_table *older = tab->retired;
-        rbus__free(bus, tab);
-        tab = older;
-    }
-    rbus__free(bus, s->ring.slots);
-    rbus__free(bus, s->pattern);
-    rbus__free(bus, s->name);
-    rbus__free_aligned(bus, s);
+    RBUS__PAUSE(RBUS_SUB_CLOSE);
+    if (!sub)
+        return -EINVAL;
+    /* Unsubscribe has begun: it closes the subscription itself. */
+    if (!rbus__sub_enter(sub))
+        return 0;
+    sub_close(sub);
+    rbus__sub_leave(sub);
+    return 0;
 }
 
 int rbus_unsubscribe(rbus_sub *sub)
 {
+    RBUS__PAUSE(RBUS_UNSUBSCRIBE);
     if (!sub)
         return -EINVAL;
-    if (atomic_load_explicit(&sub->dispatcher, memory_order_acquire))
-        return -EBUSY;
-    int rc = rbus_sub_close(sub);
-    if (rc)
-        return rc;
+    /* The claim that a dispatcher's start also makes (acq_rel both): of an
+     * rbus_dispatch_start and an rbus_unsubscribe that race, exactly one
+     * wins; a second unsubscribe finds the handle claimed. */
+    void *seen = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &seen, RBUS__UNSUBSCRIBING,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        return seen == RBUS__UNSUBSCRIBING ? -EINVAL : -EBUSY;
+    /* From here no call enters (rbus__sub_enter's Dekker pair). */
+    atomic_store_explicit(&sub->dying, 1, memory_order_seq_cst);
+    sub_close(sub);
     /* Receivers blocked on it were woken by the close and return
-     * -ESHUTDOWN; publishers that pinned it were woken and drop it. Both
-     * leave promptly, so a short sleeping poll is enough here (no core
-     * burnt, no extra word on their fast paths). */
+     * -ESHUTDOWN; publishers that pinned it were woken and drop it; other
+     * calls are short. A sleeping poll: no core burnt, no extra word on
+     * their fast paths. seq_cst loads: our half of the Dekker pair. */
     struct timespec pause = {0, 20000};
-    while (atomic_load_explicit(&sub->pins, memory_order_acquire) ||
-           atomic_load_explicit(&sub->callers, memory_order_acquire)) {
+    while (atomic_load_explicit(&sub->pins, memory_order_seq_cst) ||
+           atomic_load_explicit(&sub->callers, memory_order_seq_cst)) {
         rbus__event_broadcast(&sub->msg_ev);
         nanosleep(&pause, NULL);
     }
+    /* Acquire: pairs with the release decrements (rbus__sub_leave, pins),
+     * so every call's last touch of the parts happens before we free them. */
+    atomic_thread_fence(memory_order_acquire);
     rbus *bus = sub->bus;
     pthread_mutex_lock(&bus->lock);
-    if (sub->bus_prev)
-        sub->bus_prev->bus_next = sub->bus_next;
-    else
-        bus->subs = sub->bus_next;
-    if (sub->bus_next)
-        sub->bus_next->bus_prev = sub->bus_prev;
+    subs_unlink(bus, sub);
     pthread_mutex_unlock(&bus->lock);
-    rbus__sub_free(sub);
+    sub_release_parts(sub);
+    sub_struct_put(bus, sub);
     return 0;
 }
 
 uint64_t rbus_sub_id(const rbus_sub *sub)
 {
-    return sub ? sub->id : 0;
+    RBUS__PAUSE(RBUS_SUB_ID);
+    rbus_sub *s = (rbus_sub *)sub;
+    if (!s || !rbus__sub_enter(s))
+        return 0;
+    uint64_t id = s->id;
+    rbus__sub_leave(s);
+    return id;
 }
 
 int rbus_sub_fd(rbus_sub *sub)
 {
+    RBUS__PAUSE(RBUS_SUB_FD);
     if (!sub)
         return -EINVAL;
+    /* A call in flight, like a receive: rbus_unsubscribe waits for it
+     * before closing the fd. */
+    if (!rbus__sub_enter(sub))
+        return -ESHUTDOWN;
     int fd = atomic_load_explicit(&sub->fd, memory_order_acquire);
-    if (fd >= 0)
+    if (fd >= 0) {
+        rbus__sub_leave(sub);
         return fd;
-    /* Counted as a call in flight, like a receive: rbus_unsubscribe waits
-     * for it before closing the fd and freeing the subscription. */
-    atomic_fetch_add_explicit(&sub->callers, 1, memory_order_relaxed);
+    }
     pthread_mutex_lock(&sub->fd_lock);
     fd = atomic_load_explicit(&sub->fd, memory_order_relaxed);
     if (fd < 0) {
@@ -538,7 +669,7 @@ int rbus_sub_fd(rbus_sub *sub)
         if (fd < 0) {
             int err = -errno;
             pthread_mutex_unlock(&sub->fd_lock);
-            atomic_fetch_sub_explicit(&sub->callers, 1, memory_order_release);
+            rbus__sub_leave(sub);
             return err;
         }
         /* Publish the fd first (release), then arm (seq_cst), then look
@@ -551,6 +682,6 @@ int rbus_sub_fd(rbus_sub *sub)
             fd_make_readable(sub);
     }
     pthread_mutex_unlock(&sub->fd_lock);
-    atomic_fetch_sub_explicit(&sub->callers, 1, memory_order_release);
+    rbus__sub_leave(sub);
     return fd;
 }

@@ -71,6 +71,14 @@ static bool bus_alive(uint64_t id)
     return false;
 }
 
+bool rbus__registry_alive(uint64_t bus_id)
+{
+    pthread_mutex_lock(&registry_lock);
+    bool alive = bus_alive(bus_id);
+    pthread_mutex_unlock(&registry_lock);
+    return alive;
+}
+
 /* Caller holds registry_lock and has checked that the bus is alive. */
 static void slot_release(struct thread_slot *slot)
 {

@@ -97,6 +97,7 @@ bool rbus_pattern_match(const char *pattern, const char *name)
 
 const char *rbus_topic_name(const rbus_topic *topic)
 {
+    RBUS__PAUSE(RBUS_TOPIC_NAME);
     return topic ? topic->name : NULL;
 }
 
@@ -165,6 +166,7 @@ static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
 
 int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
 {
+    RBUS__PAUSE(RBUS_TOPIC_OPEN);
     if (out)
         *out = NULL;
     if (!bus || !out || !rbus_topic_valid(name))
@@ -265,14 +267,20 @@ static bool lists_sub(const struct rbus_sublist *l, const rbus_sub *sub)
     return false;
 }
 
-int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add)
+/* Under bus->lock: swaps in new lists for every topic `sub` matches, and
+ * returns the retired ones in *retired. Adding returns 0 or -ENOMEM
+ * (nothing changed). */
+static int relist_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **retired)
 {
     uint32_t n = 0;
     for (rbus_topic *t = bus->topics; t; t = t->all_next)
         if (rbus__pattern_matches(sub->pattern, t->name))
             n++;
-    if (n == 0)
+    *retired = NULL;
+    if (n == 0) {
+        sub->listed = add;
         return 0;
+    }
 
     /* Adding: get every buffer before swapping any, so -ENOMEM changes
      * nothing. */
@@ -345,9 +353,27 @@ int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add)
         }
     }
     rbus__free(bus, fresh);
-
+    /* With the lists: topic_open (under the same lock) lists the
+     * subscription on a new topic exactly when it is listed on the others. */
+    sub->listed = add;
     /* After the grace period nobody walks the retired lists: they become
-     * their topics' spares. */
+     * their topics' spares (rbus__topics_relist). */
+    *retired = garbage;
+    return 0;
+}
+
+int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add)
+{
+    struct rbus_sublist *garbage;
+    pthread_mutex_lock(&bus->lock);
+    int rc = relist_swap(bus, sub, add, &garbage);
+    pthread_mutex_unlock(&bus->lock);
+    if (rc < 0)
+        return rc;
+    /* Outside bus->lock: stats, Prometheus and topic_open go on while a
+     * preempted publisher holds the grace period up. The spares are ours
+     * alone meanwhile (every relist holds route_lock). */
+    RBUS__PAUSE(RELIST_SWAPPED);
     rbus__synchronize(bus);
     while (garbage) {
         struct rbus_sublist *next = garbage->garbage_next;
@@ -677,6 +703,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
 int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
                     rbus_pub_result *result)
 {
+    RBUS__PAUSE(RBUS_PUBLISH_EX);
     return publish(topic, data, len, opts, result, NULL);
 }
 
@@ -691,5 +718,6 @@ int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rb
 
 int rbus_publish(rbus_topic *topic, const void *data, size_t len)
 {
+    RBUS__PAUSE(RBUS_PUBLISH);
     return rbus_publish_ex(topic, data, len, NULL, NULL);
 }

@@ -179,6 +179,11 @@ struct rbus_test_alloc {
     atomic_llong bad_frees;
     atomic_llong budget;
     atomic_llong fail_at;
+    /* When set, freed blocks are poisoned (0xA5) and kept rather than
+     * freed, until rbus_test_alloc_drain(): a read of freed memory then
+     * finds garbage pointers and crashes, with or without a sanitizer. */
+    bool quarantine;
+    _Atomic(unsigned char *) kept;
     rbus_allocator hooks;
 };
 
@@ -232,7 +237,28 @@ static inline void rbus_test_alloc_free(void *ptr, void *arg)
     atomic_fetch_add(&a->frees, 1);
     atomic_fetch_sub(&a->live_blocks, 1);
     atomic_fetch_sub(&a->live_bytes, (long long)sz);
+    if (a->quarantine) {
+        memset(ptr, 0xA5, (size_t)sz);
+        /* The link takes the size's place in the header. */
+        unsigned char *next = atomic_load(&a->kept);
+        do
+            memcpy(raw, &next, sizeof next);
+        while (!atomic_compare_exchange_weak(&a->kept, &next, raw));
+        return;
+    }
     free(raw);
+}
+
+/* Frees the blocks quarantine kept. */
+static inline void rbus_test_alloc_drain(struct rbus_test_alloc *a)
+{
+    unsigned char *raw = atomic_exchange(&a->kept, NULL);
+    while (raw) {
+        unsigned char *next;
+        memcpy(&next, raw, sizeof next);
+        free(raw);
+        raw = next;
+    }
 }
 
 /* Zero counters, no budget, no fail_at. */
@@ -248,6 +274,8 @@ static inline void rbus_test_alloc_init(struct rbus_test_alloc *a)
     atomic_init(&a->bad_frees, 0);
     atomic_init(&a->budget, -1);
     atomic_init(&a->fail_at, 0);
+    a->quarantine = false;
+    atomic_init(&a->kept, NULL);
     a->hooks.alloc = rbus_test_alloc_alloc;
     a->hooks.free = rbus_test_alloc_free;
     a->hooks.arg = a;

@@ -1,0 +1,95 @@
+/*
+ * pause.h - named pause points, for tests that stall a thread at a chosen
+ * instruction (docs/design.md#pause-points).
+ *
+ * A promise about preemption ("whatever thread is stalled wherever") is
+ * proved by stalling that thread there on purpose. Builds configured with
+ * RBUS_PAUSE_POINTS (the test library ringbus_pause only) turn each
+ * RBUS__PAUSE(point) into a call that a test can make park the thread that
+ * reaches it; every other build compiles the points to nothing, so the
+ * shipped libraries and the bench carry none (tests/check_no_pause.sh).
+ */
+#ifndef RBUS_PAUSE_H
+#define RBUS_PAUSE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* X(NAME, "name"): every point, in one list so that names and ids agree. */
+#define RBUS__PAUSE_POINTS(X)                                                       \
+    /* the slot protocol (ring.h) */                                               \
+    X(RING_PUT_RESERVED, "ring.put.reserved")   /* producer owns its slot, unwritten */ \
+    X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* consumer owns its slot, unreleased */ \
+    X(SUB_EVICT, "sub.evict")                   /* drop-oldest, before taking the oldest */ \
+    /* idempotency keys (dedup.c), inside the shard's critical section */          \
+    X(DEDUP_LOCKED, "dedup.locked")                                                 \
+    /* routing changes, after the new lists are in place and before the grace */  \
+    /* period that retires the old ones (topic.c) */                               \
+    X(RELIST_SWAPPED, "relist.swapped")                                             \
+    /* a grace period begins (bus.c) */                                            \
+    X(SYNCHRONIZE, "epoch.synchronize")                                             \
+    /* the first instruction of every public call that takes a handle */          \
+    X(RBUS_CLOSE, "rbus_close")                                                     \
+    X(RBUS_DESTROY, "rbus_destroy")                                                 \
+    X(RBUS_TOPIC_OPEN, "rbus_topic_open")                                           \
+    X(RBUS_TOPIC_NAME, "rbus_topic_name")                                           \
+    X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                 \
+    X(RBUS_PUBLISH, "rbus_publish")                                                 \
+    X(RBUS_PUBLISH_EX, "rbus_publish_ex")                                           \
+    X(RBUS_SUBSCRIBE, "rbus_subscribe")                                             \
+    X(RBUS_SUB_CLOSE, "rbus_sub_close")                                             \
+    X(RBUS_UNSUBSCRIBE, "rbus_unsubscribe")                                         \
+    X(RBUS_SUB_ID, "rbus_sub_id")                                                   \
+    X(RBUS_SUB_FD, "rbus_sub_fd")                                                   \
+    X(RBUS_SUB_STATS_GET, "rbus_sub_stats_get")                                     \
+    X(RBUS_RECV, "rbus_recv")                                                       \
+    X(RBUS_RECV_BATCH, "rbus_recv_batch")                                           \
+    X(RBUS_MSG_REF, "rbus_msg_ref")                                                 \
+    X(RBUS_MSG_RELEASE, "rbus_msg_release")                                         \
+    X(RBUS_MSG_DATA, "rbus_msg_data")                                               \
+    X(RBUS_DISPATCH_START, "rbus_dispatch_start")                                   \
+    X(RBUS_DISPATCH_STOP, "rbus_dispatch_stop")                                     \
+    X(RBUS_DISPATCH_STATS_GET, "rbus_dispatch_stats_get")                           \
+    X(RBUS_STATS_PROMETHEUS, "rbus_stats_prometheus")
+
+enum rbus__pp {
+#define RBUS__PP_ENUM(id, name) RBUS_PP_##id,
+    RBUS__PAUSE_POINTS(RBUS__PP_ENUM)
+#undef RBUS__PP_ENUM
+    RBUS_PP_COUNT
+};
+
+#if defined(RBUS_PAUSE_POINTS)
+
+/* Counts the pass and, if a trap is set here for this thread, parks it
+ * until the test releases it. */
+void rbus__pause(enum rbus__pp point);
+#define RBUS__PAUSE(id) rbus__pause(RBUS_PP_##id)
+
+/* --- the test side --- */
+
+/* Sets a trap at `point` for the thread `only` (NULL: the first thread to
+ * pass). Returns its id (>= 0), or -1 when every trap is in use. A trap
+ * catches one thread once. */
+int rbus__trap_set(enum rbus__pp point, const pthread_t *only);
+/* Waits until the trap holds its thread; false when timeout_ns ran out. */
+bool rbus__trap_wait(int trap, int64_t timeout_ns);
+/* Lets the parked thread go on (or disarms a trap nobody reached). */
+void rbus__trap_release(int trap);
+/* Whether the trap holds a thread now. */
+bool rbus__trap_holds(int trap);
+/* Releases and disarms every trap. */
+void rbus__trap_reset(void);
+/* How many times any thread has passed `point`. */
+uint64_t rbus__pause_passes(enum rbus__pp point);
+/* The point's name ("ring.put.reserved", "rbus_recv", ...). */
+const char *rbus__pause_name(enum rbus__pp point);
+
+#else
+
+#define RBUS__PAUSE(id) ((void)0)
+
+#endif
+
+#endif /* RBUS_PAUSE_H */
