@@ -225,14 +225,19 @@ RBUS_API int rbus_sub_close(rbus_sub *sub);
 /**
  * rbus_unsubscribe: rbus_sub_close, then wakes receivers blocked on it (they
  * return -ESHUTDOWN), waits until every thread has left calls on it,
- * releases the queued messages, closes its fd and frees the handle.
- * Starting a new call on the handle once it has begun is undefined; so is
- * calling it twice. Returns 0, -EINVAL, or -EBUSY while a dispatcher runs on
- * the subscription.
+ * releases the queued messages, closes its fd and retires the handle.
+ * A call on the handle that began before it, even one whose thread was
+ * preempted at its first instruction, never touches freed memory: it
+ * answers as for a closed subscription (rbus_recv* -ESHUTDOWN, rbus_sub_close
+ * 0, ...; docs/design.md#lifetimes). Starting a new call on the handle
+ * once it has returned is undefined. Returns 0, -EINVAL (NULL, or a second
+ * rbus_unsubscribe of the handle), or -EBUSY while a dispatcher runs on the
+ * subscription.
  */
 RBUS_API int rbus_unsubscribe(rbus_sub *sub);
 
-/** rbus_sub_id: unique in the bus, never reused, >= 1; 0 for NULL. */
+/** rbus_sub_id: unique in the bus, never reused, >= 1; 0 for NULL or once
+ *  rbus_unsubscribe has begun. */
 RBUS_API uint64_t rbus_sub_id(const rbus_sub *sub);
 
 /* ----------------------------------------------------------- publishing */
@@ -308,7 +313,13 @@ RBUS_API int rbus_recv_batch(rbus_sub *sub, rbus_msg **out, size_t max, int64_t 
 
 /** rbus_msg_ref: one more reference; returns msg (NULL for NULL). */
 RBUS_API rbus_msg *rbus_msg_ref(const rbus_msg *msg);
-/** rbus_msg_release: drops one reference; NULL is a no-op. */
+/**
+ * rbus_msg_release: drops one reference; NULL is a no-op. Releasing a
+ * reference twice, releasing a handler's message in the handler, or
+ * releasing after rbus_destroy is a bug: builds with RBUS_CHECKED (Debug
+ * builds) abort with a message naming it; other builds ignore a release
+ * that finds no reference left (docs/design.md#misuse-checks).
+ */
 RBUS_API void rbus_msg_release(rbus_msg *msg);
 
 /**
@@ -344,8 +355,9 @@ RBUS_API const char *rbus_msg_origin_topic(const rbus_msg *msg);
  * call; non-blocking, close-on-exec; never read, write or close it) for
  * poll/epoll loops, level-triggered: it never stays unreadable while a
  * message is queued, and may stay readable until some rbus_recv*(sub, .., 0)
- * returns -EAGAIN. rbus_unsubscribe closes it. Returns the fd, -EINVAL, or
- * a negative errno from eventfd().
+ * returns -EAGAIN. rbus_unsubscribe closes it. Returns the fd, -EINVAL,
+ * -ESHUTDOWN (rbus_unsubscribe has begun), or a negative errno from
+ * eventfd().
  */
 RBUS_API int rbus_sub_fd(rbus_sub *sub);
 
@@ -378,7 +390,9 @@ typedef struct rbus_topic_stats {
  * the subscription they are exact and offered == received + depth +
  * dropped_newest + dropped_oldest + dropped_timeout + dropped_closed; while
  * calls are in flight the fields are not one consistent picture. Never
- * blocks publishers or receivers. Returns 0 or -EINVAL.
+ * blocks publishers or receivers, and never waits for a subscribe or close
+ * in progress. Returns 0, -EINVAL, or -ESHUTDOWN (rbus_unsubscribe has
+ * begun; *out zeroed).
  */
 RBUS_API int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out);
 /**
@@ -449,7 +463,8 @@ RBUS_API void rbus_dispatch_opts_init(rbus_dispatch_opts *opts);
  * dropped_timeout.
  * Returns 0, -EINVAL (NULL argument, opts out of range, invalid dead-letter
  * topic, or one the subscription itself matches), -EBUSY (the subscription
- * has a dispatcher), -ESHUTDOWN, -ENOMEM, or -EAGAIN (threads could not be
+ * has a dispatcher), -ESHUTDOWN (the bus is closed, or rbus_unsubscribe of
+ * the subscription has begun), -ENOMEM, or -EAGAIN (threads could not be
  * created). On failure no dispatcher remains; if thread creation failed
  * half-way, the workers already started finished what they had taken
  * before the call returned.
@@ -463,12 +478,15 @@ RBUS_API int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_hand
  * their backoff ignored) and messages parked behind their order key —
  * until each succeeds or becomes a dead letter (or is dropped), joins the
  * workers and frees the dispatcher. Messages still queued in the
- * subscription stay there. Returns 0, -EINVAL, or -EDEADLK when called
- * from one of its own handlers.
+ * subscription stay there. Returns 0, -EINVAL (NULL, or stop was already
+ * called on it), or -EDEADLK when called from one of its own handlers.
+ * A stats call on the dispatcher that began before stop returned never
+ * touches freed memory; starting one after is undefined.
  */
 RBUS_API int rbus_dispatch_stop(rbus_dispatcher *d);
 
-/** rbus_dispatch_stats_get: the dispatcher's counters. Returns 0 or -EINVAL. */
+/** rbus_dispatch_stats_get: the dispatcher's counters. Returns 0, -EINVAL, or
+ *  -ESHUTDOWN when rbus_dispatch_stop finished meanwhile (*out zeroed). */
 RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_stats *out);
 
 /**
@@ -490,7 +508,8 @@ RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_sta
  * even when `size` is too small, and always NUL-terminates when size > 0;
  * the length can grow between two calls. Errors: -EINVAL (bus NULL, or buf
  * NULL with size > 0), -EOVERFLOW (the text exceeds INT_MAX). Thread-safe;
- * it takes the bus's subscribe lock, never blocking publishes or receives.
+ * it takes the bus's registry lock briefly, never blocking publishes or
+ * receives, and never waits for a subscribe or close in progress.
  */
 RBUS_API int rbus_stats_prometheus(rbus *bus, char *buf, size_t size);
 

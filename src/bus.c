@@ -92,14 +92,14 @@ void rbus__free(rbus *bus, void *ptr)
 
 void *rbus__zalloc_aligned(rbus *bus, size_t size)
 {
-    size_t total = size + RBUS_CACHELINE + sizeof(void *);
+    size_t total = size + RBUS__CACHELINE + sizeof(void *);
     if (total < size)
         return NULL;
     unsigned char *raw = rbus__alloc(bus, total);
     if (!raw)
         return NULL;
-    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + RBUS_CACHELINE - 1) &
-                  ~(uintptr_t)(RBUS_CACHELINE - 1);
+    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + RBUS__CACHELINE - 1) &
+                  ~(uintptr_t)(RBUS__CACHELINE - 1);
     memcpy((void *)(p - sizeof(void *)), &raw, sizeof raw);
     memset((void *)p, 0, size);
     return (void *)p;
@@ -246,7 +246,7 @@ void rbus__synchronize(rbus *bus)
 #if defined(RBUS_TSAN)
     /* Every read section releases this address when it ends (thread.c);
      * acquiring it here gives TSan the edge the epoch provides. */
-    RBUS_TSAN_ACQUIRE(&bus->epoch);
+    RBUS__TSAN_ACQUIRE(&bus->epoch);
 #endif
 }
 

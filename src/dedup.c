@@ -92,7 +92,7 @@ struct dedup_shard {
                                 accepted anew keeps its old item too) */
     uint32_t fifo_head;
     uint32_t expire_at;      /* count at which aged-out keys are next deleted */
-    char pad[RBUS_CACHELINE];
+    char pad[RBUS__CACHELINE];
 };
 
 struct rbus_dedup {
@@ -342,7 +342,7 @@ uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *
     /* Acquire, as in rbus__dedup_accept: the window was initialised
      * (zeroed, hints stored) before it was published, and we read it. */
     struct rbus_dedup *d = atomic_load_explicit(&t->dedup, memory_order_acquire);
-    if (RBUS_LIKELY(d != NULL)) {
+    if (RBUS__LIKELY(d != NULL)) {
         struct dedup_shard *sh = shard_of(d, h128.high64);
         uintptr_t table = atomic_load_explicit(&sh->hint_table, memory_order_relaxed);
         uint32_t mask = atomic_load_explicit(&sh->hint_mask, memory_order_relaxed);
@@ -366,7 +366,7 @@ int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns)
 {
     rbus *bus = t->bus;
     struct rbus_dedup *d = atomic_load_explicit(&t->dedup, memory_order_acquire);
-    if (RBUS_UNLIKELY(!d)) {
+    if (RBUS__UNLIKELY(!d)) {
         /* First keyed publish on this topic. Racing first publishers each
          * build one; the CAS keeps exactly one (acq_rel: the winner's
          * initialisation is visible to every later loader). */

@@ -380,7 +380,7 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
 /* Under the lock, before a retry runs: a private copy of the message that
  * says which attempt this is (the key's bytes move with it). Out of memory,
  * the retry runs on the message as it is. */
-static void prepare_retry(struct rbus_thread *th, struct item *it)
+static void prepare_retry(struct rbus_thread_state *th, struct item *it)
 {
     if (it->attempts == 0 || !th)
         return;
@@ -409,7 +409,7 @@ static void *worker_main(void *arg)
     rbus_dispatcher *d = arg;
     /* This thread's state on the bus, for message copies; NULL (no
      * memory) only means retries run on the original message. */
-    struct rbus_thread *th = rbus__thread_get(d->bus);
+    struct rbus_thread_state *th = rbus__thread_get(d->bus);
     pthread_mutex_lock(&d->lock);
     for (;;) {
         bool quit = false;

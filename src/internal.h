@@ -19,17 +19,17 @@
 #include <stdatomic.h>
 #include <time.h>
 
-#define RBUS_CACHELINE 64
-#define RBUS_CACHE_ALIGNED _Alignas(RBUS_CACHELINE)
+#define RBUS__CACHELINE 64
+#define RBUS__CACHE_ALIGNED _Alignas(RBUS__CACHELINE)
 
 #if defined(__GNUC__)
-#define RBUS_NOINLINE __attribute__((noinline))
-#define RBUS_LIKELY(x) __builtin_expect(!!(x), 1)
-#define RBUS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define RBUS__NOINLINE __attribute__((noinline))
+#define RBUS__LIKELY(x) __builtin_expect(!!(x), 1)
+#define RBUS__UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
-#define RBUS_NOINLINE
-#define RBUS_LIKELY(x) (x)
-#define RBUS_UNLIKELY(x) (x)
+#define RBUS__NOINLINE
+#define RBUS__LIKELY(x) (x)
+#define RBUS__UNLIKELY(x) (x)
 #endif
 
 /*
@@ -41,14 +41,14 @@
 #if defined(RBUS_TSAN)
 void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
-#define RBUS_TSAN_ACQUIRE(p) __tsan_acquire((void *)(p))
-#define RBUS_TSAN_RELEASE(p) __tsan_release((void *)(p))
+#define RBUS__TSAN_ACQUIRE(p) __tsan_acquire((void *)(p))
+#define RBUS__TSAN_RELEASE(p) __tsan_release((void *)(p))
 #else
-#define RBUS_TSAN_ACQUIRE(p) ((void)0)
-#define RBUS_TSAN_RELEASE(p) ((void)0)
+#define RBUS__TSAN_ACQUIRE(p) ((void)0)
+#define RBUS__TSAN_RELEASE(p) ((void)0)
 #endif
 
-struct rbus_thread;
+struct rbus_thread_state;
 
 /* ------------------------------------------------------------- bus.c */
 
@@ -103,11 +103,11 @@ static inline bool rbus__event_has_waiters(struct rbus_event *ev)
     return atomic_load_explicit(&ev->word, memory_order_relaxed) & 1u;
 }
 
-/* How long a waiter naps when the other side is half-way through a slot
+/* How long a waiter sleeps at most when the other side is half-way through a slot
  * (a producer between reserving and writing it, a consumer between taking
  * and releasing it): that thread may have missed our sleep flag, so we do
  * not sleep untimed. It only matters if it was preempted there. */
-#define RBUS_SLOT_NAP_NS INT64_C(200000)
+#define RBUS__SLOT_RETRY_NS INT64_C(200000)
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t rbus__now_ns(void);
@@ -170,7 +170,7 @@ struct rbus_pending {
  */
 struct rbus_tally {
     /* A line of its own: states' nodes are written by different cores. */
-    _Alignas(RBUS_CACHELINE) _Atomic uint64_t offered;
+    _Alignas(RBUS__CACHELINE) _Atomic uint64_t offered;
     _Atomic uint64_t dropped_newest;
     /* Offers the overload fast path refused (topic.c): each is one offer
      * and one drop-newest, in one field so that a snapshot counts it in
@@ -189,10 +189,10 @@ struct rbus_tally_table {
     _Atomic(struct rbus_tally *) node[];
 };
 
-struct rbus_thread {
+struct rbus_thread_state {
     ck_epoch_record_t epoch; /* first: ck_epoch_recycle gives us this pointer */
     rbus *bus;
-    struct rbus_thread *bus_next;   /* every state of this bus, under bus->lock */
+    struct rbus_thread_state *bus_next;   /* every state of this bus, under bus->lock */
     struct rbus_msg_cache *cache;   /* msg.c */
     struct rbus_pending *pending;   /* scratch for a publish that waits */
     uint32_t pending_cap;
@@ -201,11 +201,11 @@ struct rbus_thread {
 
 /* The calling thread's state on `bus`, registering one at first use.
  * NULL only when memory runs out. */
-struct rbus_thread *rbus__thread_get(rbus *bus);
+struct rbus_thread_state *rbus__thread_get(rbus *bus);
 /* Frees every state of the bus (destroy only). */
 void rbus__thread_free_all(rbus *bus);
 /* Makes room for n pending entries before a publish is accepted. */
-int rbus__thread_reserve_pending(struct rbus_thread *th, uint32_t n);
+int rbus__thread_reserve_pending(struct rbus_thread_state *th, uint32_t n);
 
 /* Global registry of live buses, so that thread-exit cleanup never touches
  * a destroyed one. */
@@ -224,7 +224,7 @@ struct rbus_msg {
     uint32_t size;
     uint32_t origin;
     uint32_t attempt;
-    struct rbus_thread *home; /* whose cache it returns to */
+    struct rbus_thread_state *home; /* whose cache it returns to */
     uint64_t bus_id; /* its bus, readable after the bus is gone (misuse checks) */
     struct rbus_msg *next_free;
     rbus_topic *topic;
@@ -237,7 +237,7 @@ struct rbus_msg {
 
 /* Takes a message from the thread's cache (allocating only when the cache
  * and its return stack are empty), copies payload and keys, refs = 1. */
-rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *data,
+rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const void *data,
                         size_t len, const rbus_pub_opts *opts);
 /* Drops n references at once; the last one returns it to its home cache. */
 void rbus__msg_unref(rbus_msg *msg, uint32_t n);
@@ -247,10 +247,10 @@ void rbus__msg_opts(const rbus_msg *m, rbus_pub_opts *o);
 /* A private copy of m (same topic, seq, time, keys, origin) whose attempt
  * count is `attempt`: a retry must not change a message other
  * subscriptions share. NULL when the pool cannot grow. */
-rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t attempt);
+rbus_msg *rbus__msg_clone(struct rbus_thread_state *th, const rbus_msg *m, uint32_t attempt);
 /* The same, by a caller whose state on the bus is `th`: a message born in
  * th goes straight back to its own list, with no atomic at all. */
-void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *msg, uint32_t n);
+void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *msg, uint32_t n);
 void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache);
 /* RBUS_CHECKED builds: the message a handler is running with on this thread
  * (NULL outside handlers), so that releasing it there is caught. */
@@ -281,14 +281,14 @@ struct rbus_topic {
     uint32_t hash;
     struct rbus_topic *hash_next; /* registry chain, under bus->lock */
     struct rbus_topic *all_next;  /* every topic, under bus->lock */
-    struct rbus_sublist *spare;   /* retired list kept for the next relist */
+    struct rbus_sublist *spare;   /* retired list kept for the next list update */
     _Atomic(struct rbus_dedup *) dedup; /* built at the first keyed publish */
     /* Written by every accepted publish. */
-    RBUS_CACHE_ALIGNED _Atomic uint64_t seq;
+    RBUS__CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
 };
 
-bool rbus__pattern_matches(const char *pattern, const char *name);
+bool rbus__match_unchecked(const char *pattern, const char *name);
 
 /* A message re-published on behalf of another (dead letters). */
 struct rbus_relay {
@@ -306,7 +306,7 @@ int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rb
  * removed and sub->listed set to match, then waits for a grace period and
  * keeps the retired lists as spares. Adding returns 0 or -ENOMEM (nothing
  * changed); removing never fails and never allocates. */
-int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add);
+int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add);
 void rbus__topics_free_all(rbus *bus);
 
 /* ------------------------------------------------------------ dedup.c */
@@ -336,10 +336,10 @@ struct rbus_ring_slot {
 
 struct rbus_ring {
     /* Producers' words and consumers' word on their own lines. */
-    RBUS_CACHE_ALIGNED _Atomic uint64_t tail; /* next position to enqueue */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t tail; /* next position to enqueue */
     _Atomic uint64_t head_seen; /* a recent value of head, for the depth */
-    RBUS_CACHE_ALIGNED _Atomic uint64_t head; /* next position to dequeue */
-    RBUS_CACHE_ALIGNED struct rbus_ring_slot *slots;
+    RBUS__CACHE_ALIGNED _Atomic uint64_t head; /* next position to dequeue */
+    RBUS__CACHE_ALIGNED struct rbus_ring_slot *slots;
     uint64_t mask;
 };
 
@@ -399,20 +399,20 @@ struct rbus_sub {
 
     /* Read by every enqueue (receivers waiting, fd armed) and every dequeue
      * (publishers waiting for room); written only on slow paths. */
-    RBUS_CACHE_ALIGNED struct rbus_event msg_ev;
+    RBUS__CACHE_ALIGNED struct rbus_event msg_ev;
     _Atomic uint32_t fd_armed;     /* 1: fd unreadable, next enqueue must write */
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
 
     /* Written by publishers. */
-    RBUS_CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
+    RBUS__CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
     _Atomic uint64_t dropped_timeout;
     _Atomic uint64_t dropped_closed;
     _Atomic uint64_t publisher_waits;
     _Atomic uint32_t high_water;
 
     /* Written by receivers. */
-    RBUS_CACHE_ALIGNED _Atomic uint32_t callers; /* kept: threads inside calls on it */
+    RBUS__CACHE_ALIGNED _Atomic uint32_t callers; /* kept: threads inside calls on it */
     _Atomic uint64_t received;
     /* rbus__spin_wait_step's back-off: until when receivers do not yield,
      * and which of the last 8 yields that ran somebody took a slice. Per
@@ -439,7 +439,7 @@ extern char rbus__unsubscribing;
 static inline bool rbus__sub_enter(rbus_sub *s)
 {
     atomic_fetch_add_explicit(&s->callers, 1, memory_order_seq_cst);
-    if (RBUS_LIKELY(!atomic_load_explicit(&s->dying, memory_order_seq_cst)))
+    if (RBUS__LIKELY(!atomic_load_explicit(&s->dying, memory_order_seq_cst)))
         return true;
     /* Release, as below; nothing was touched. */
     atomic_fetch_sub_explicit(&s->callers, 1, memory_order_release);
@@ -455,19 +455,19 @@ static inline void rbus__sub_leave(rbus_sub *s)
 }
 
 /* The slow path of rbus__tally_of: adds this state's node to the table. */
-struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *sub);
+struct rbus_tally *rbus__tally_add_node(struct rbus_thread_state *th, rbus_sub *sub);
 /* This state's tallies for sub (inside a read section): its own node, or
  * sub->shared if none could be added (no memory, or another state was
  * adding its own at that instant: the next offer tries again). */
-static inline struct rbus_tally *rbus__tally_of(struct rbus_thread *th, rbus_sub *sub)
+static inline struct rbus_tally *rbus__tally_of(struct rbus_thread_state *th, rbus_sub *sub)
 {
     /* Acquire: pairs with the release stores of a table or a node in
      * rbus__tally_add_node, whose initialisation we then see. */
     const struct rbus_tally_table *tab =
         atomic_load_explicit(&sub->tallies, memory_order_acquire);
-    if (RBUS_LIKELY(tab != NULL) && RBUS_LIKELY(th->index < tab->len)) {
+    if (RBUS__LIKELY(tab != NULL) && RBUS__LIKELY(th->index < tab->len)) {
         struct rbus_tally *t = atomic_load_explicit(&tab->node[th->index], memory_order_acquire);
-        if (RBUS_LIKELY(t != NULL))
+        if (RBUS__LIKELY(t != NULL))
             return t;
     }
     return rbus__tally_add_node(th, sub);
@@ -477,7 +477,7 @@ static inline struct rbus_tally *rbus__tally_of(struct rbus_thread *th, rbus_sub
 static inline void rbus__tally_add(const rbus_sub *sub, const struct rbus_tally *t,
                                    _Atomic uint64_t *field)
 {
-    if (RBUS_LIKELY(t != &sub->shared))
+    if (RBUS__LIKELY(t != &sub->shared))
         atomic_store_explicit(field, atomic_load_explicit(field, memory_order_relaxed) + 1,
                               memory_order_relaxed);
     else
@@ -488,7 +488,7 @@ void rbus__tally_sum(const rbus_sub *sub, uint64_t *offered, uint64_t *dropped_n
                      uint64_t *refused, uint64_t *dropped_oldest);
 
 /* Offers msg to sub's ring under its policy (inside a read section). */
-enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *sub, rbus_msg *msg,
+enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *msg,
                                 uint32_t *evicted);
 /* Block policy retry (inside a read section): true if queued. */
 bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
@@ -528,7 +528,7 @@ struct rbus {
      * close/destroy, or on slow paths. */
     /* Serialises changes of routing (subscribe, sub_close, close), which
      * wait for grace periods holding it. Taken before `lock`. */
-    RBUS_CACHE_ALIGNED pthread_mutex_t route_lock;
+    RBUS__CACHE_ALIGNED pthread_mutex_t route_lock;
     /* Short sections only, never across a grace period: the registry, the
      * lists below, and the swap of topics' subscription lists. */
     pthread_mutex_t lock;
@@ -537,7 +537,7 @@ struct rbus {
     uint32_t ntopics;
     struct rbus_topic *topics;   /* all topics */
     struct rbus_sub *subs;       /* all subscriptions not yet unsubscribed */
-    struct rbus_thread *threads; /* all per-thread states */
+    struct rbus_thread_state *threads; /* all per-thread states */
     uint32_t nthreads;           /* how many: the next state's index */
     uint64_t next_sub_id;
     bool closed; /* close finished */
@@ -550,7 +550,7 @@ struct rbus {
 
     /* Publishers blocked for room sleep here; receivers signal it when a
      * subscription they took from has room_waiters. */
-    RBUS_CACHE_ALIGNED struct rbus_event room_ev;
+    RBUS__CACHE_ALIGNED struct rbus_event room_ev;
     _Atomic uint32_t blocked_publishers;
     struct rbus_event close_ev; /* close waits here for blocked publishers */
 
@@ -560,15 +560,15 @@ struct rbus {
 /* A read section: subscription lists loaded inside stay valid until its
  * end. Never sleep inside one (an unsubscribe waiting in rbus__synchronize
  * would wait for the sleeper). */
-static inline void rbus__read_begin(struct rbus_thread *th)
+static inline void rbus__read_begin(struct rbus_thread_state *th)
 {
     ck_epoch_begin(&th->epoch, NULL);
 }
 
-static inline void rbus__read_end(struct rbus_thread *th)
+static inline void rbus__read_end(struct rbus_thread_state *th)
 {
     /* Pairs with the acquire in rbus__synchronize, for TSan only. */
-    RBUS_TSAN_RELEASE(&th->bus->epoch);
+    RBUS__TSAN_RELEASE(&th->bus->epoch);
     ck_epoch_end(&th->epoch, NULL);
 }
 

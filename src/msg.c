@@ -33,7 +33,7 @@ _Static_assert((UINT64_C(64) << (RBUS_NUM_CLASSES - 1)) >=
 struct rbus_msg_cache {
     rbus_msg *local[RBUS_NUM_CLASSES];
     /* Written by releasing threads: kept off the owner's line. */
-    RBUS_CACHE_ALIGNED _Atomic(rbus_msg *) returned[RBUS_NUM_CLASSES];
+    RBUS__CACHE_ALIGNED _Atomic(rbus_msg *) returned[RBUS_NUM_CLASSES];
 };
 
 static unsigned size_class_of(size_t bytes)
@@ -92,7 +92,7 @@ static inline void copy_key(unsigned char *dst, const unsigned char *src, size_t
     }
 }
 
-rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *data,
+rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const void *data,
                         size_t len, const rbus_pub_opts *opts)
 {
     size_t key_len = opts && opts->key ? opts->key_len : 0;
@@ -102,7 +102,7 @@ rbus_msg *rbus__msg_new(struct rbus_thread *th, rbus_topic *topic, const void *d
     struct rbus_msg_cache *cache = th->cache;
 
     rbus_msg *m = cache->local[cls];
-    if (RBUS_UNLIKELY(!m)) {
+    if (RBUS__UNLIKELY(!m)) {
         /* Acquire: pairs with the release push in msg_recycle, so the
          * releaser's last reads of the message happen before we reuse it. */
         m = atomic_exchange_explicit(&cache->returned[cls], NULL, memory_order_acquire);
@@ -146,7 +146,7 @@ void rbus__msg_opts(const rbus_msg *m, rbus_pub_opts *o)
     o->origin = m->origin;
 }
 
-rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t attempt)
+rbus_msg *rbus__msg_clone(struct rbus_thread_state *th, const rbus_msg *m, uint32_t attempt)
 {
     rbus_pub_opts o;
     rbus__msg_opts(m, &o);
@@ -160,7 +160,7 @@ rbus_msg *rbus__msg_clone(struct rbus_thread *th, const rbus_msg *m, uint32_t at
     return c;
 }
 
-static void msg_recycle(struct rbus_thread *th, rbus_msg *m)
+static void msg_recycle(struct rbus_thread_state *th, rbus_msg *m)
 {
     /* Zero while it is in a cache (the sole-holder path below left it at
      * n): a second release of the same reference then finds no reference
@@ -185,7 +185,7 @@ static void msg_recycle(struct rbus_thread *th, rbus_msg *m)
                                                     memory_order_relaxed));
 }
 
-void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *m, uint32_t n)
+void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
 {
 #if defined(RBUS_CHECKED)
     /* Always the locked decrement, so that two releases of one reference,
@@ -208,7 +208,7 @@ void rbus__msg_unref_by(struct rbus_thread *th, rbus_msg *m, uint32_t n)
      * (RBUS_CHECKED builds abort instead). */
     uint32_t refs = atomic_load_explicit(&m->refs, memory_order_acquire);
     if (refs == n ||
-        (RBUS_LIKELY(refs > n) &&
+        (RBUS__LIKELY(refs > n) &&
          atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n))
         msg_recycle(th, m);
 #endif

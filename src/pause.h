@@ -26,7 +26,7 @@
     X(DEDUP_LOCKED, "dedup.locked")                                                 \
     /* routing changes, after the new lists are in place and before the grace */  \
     /* period that retires the old ones (topic.c) */                               \
-    X(RELIST_SWAPPED, "relist.swapped")                                             \
+    X(UPDATE_SWAPPED, "update.swapped")                                             \
     /* a grace period begins (bus.c) */                                            \
     X(SYNCHRONIZE, "epoch.synchronize")                                             \
     /* the first instruction of every public call that takes a handle */          \

@@ -72,7 +72,7 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
      * section (never blocked by a subscribe or close holding the bus lock);
      * only if this thread cannot get a state (out of memory) fall back to
      * the lock, under which the current list is alive too. */
-    struct rbus_thread *th = rbus__thread_get(t->bus);
+    struct rbus_thread_state *th = rbus__thread_get(t->bus);
     if (th) {
         rbus__read_begin(th);
         out->subscriptions = open_subs(atomic_load_explicit(&t->subs, memory_order_acquire));

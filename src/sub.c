@@ -9,7 +9,7 @@
  *    reads the ring's tail (seq_cst load). A publisher reserves its slot
  *    with a seq_cst CAS on tail, then reads the flag (seq_cst load). Either
  *    the publisher sees the flag and wakes the receiver, or the receiver
- *    sees the reservation and does not sleep (it spins, then naps briefly,
+ *    sees the reservation and does not sleep (it spins, then sleeps briefly,
  *    until the slot is written).
  *  - The eventfd's `fd_armed` works the same way.
  *  - A publisher waiting for room registers in room_waiters and sets the
@@ -59,7 +59,7 @@ static void fd_make_readable(rbus_sub *s)
     }
 }
 
-static RBUS_NOINLINE void wake_receivers(rbus_sub *s)
+static RBUS__NOINLINE void wake_receivers(rbus_sub *s)
 {
     if (rbus__event_has_waiters(&s->msg_ev))
         rbus__event_signal(&s->msg_ev);
@@ -77,10 +77,10 @@ static inline bool ring_put(rbus_sub *s, rbus_msg *m)
         return false;
     /* seq_cst loads after the ring's seq_cst CAS on tail: the publisher half
      * of the Dekker pairs above (plain loads on x86). */
-    if (RBUS_UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
+    if (RBUS__UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
                       atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
         wake_receivers(s);
-    while (RBUS_UNLIKELY(depth > hw) &&
+    while (RBUS__UNLIKELY(depth > hw) &&
            !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth,
                                                   memory_order_relaxed, memory_order_relaxed))
         ;
@@ -91,7 +91,7 @@ static inline void after_dequeue(rbus_sub *s)
 {
     /* seq_cst load after the ring's seq_cst CAS on head: the receiver half
      * of the room Dekker pair. */
-    if (RBUS_UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_seq_cst)))
+    if (RBUS__UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_seq_cst)))
         rbus__event_signal(&s->bus->room_ev);
 }
 
@@ -101,7 +101,7 @@ static inline void after_dequeue(rbus_sub *s)
  * lengths cannot overflow. No bus has a billion thread states. */
 #define RBUS_TALLY_MAX_INDEX (UINT32_C(1) << 30)
 
-struct rbus_tally *rbus__tally_add_node(struct rbus_thread *th, rbus_sub *s)
+struct rbus_tally *rbus__tally_add_node(struct rbus_thread_state *th, rbus_sub *s)
 {
     /* Once per (publisher state, subscription), or again after an
      * allocation failed or the lock was busy. A try-lock, not a mutex: we
@@ -172,13 +172,13 @@ void rbus__tally_sum(const rbus_sub *s, uint64_t *offered, uint64_t *dropped_new
 
 /* ------------------------------------------------------ overflow policy */
 
-enum rbus_offer rbus__sub_offer(struct rbus_thread *th, rbus_sub *s, rbus_msg *m,
+enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
                                 uint32_t *evicted)
 {
     /* Tallies are read only by stats: relaxed (rbus_tally). */
     struct rbus_tally *tally = rbus__tally_of(th, s);
     rbus__tally_add(s, tally, &tally->offered);
-    if (RBUS_LIKELY(ring_put(s, m)))
+    if (RBUS__LIKELY(ring_put(s, m)))
         return RBUS_OFFER_QUEUED;
     switch (s->overflow) {
     case RBUS_DROP_NEWEST:
@@ -302,12 +302,12 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             /* Something was reserved before we set our flag, so its producer
              * may not wake us. Usually it is already written: retry at
              * once. If it stays unwritten its producer was preempted
-             * mid-write: nap instead of burning the core. */
+             * mid-write: sleep briefly instead of burning the core. */
             if (++reserved_rounds < 64) {
                 rbus__spin_step_before(iter++, now, deadline);
                 continue;
             }
-            until = rbus__sooner(now + RBUS_SLOT_NAP_NS, deadline);
+            until = rbus__sooner(now + RBUS__SLOT_RETRY_NS, deadline);
         }
         rbus__event_wait(&s->msg_ev, seen, until);
         reserved_rounds = 0;
@@ -516,9 +516,9 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
 
     pthread_mutex_lock(&bus->route_lock);
     pthread_mutex_lock(&bus->lock);
-    /* Before the relist makes it visible to publishers: nothing may read
+    /* Before the list update makes it visible to publishers: nothing may read
      * a subscription's id while it changes. On the bus's list, unlisted,
-     * before routing: topic_open lists it the moment relist marks it. */
+     * before routing: topic_open lists it the moment the update marks it. */
     s->id = bus->next_sub_id++;
     int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
     if (!rc) {
@@ -528,7 +528,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
         bus->subs = s;
     }
     pthread_mutex_unlock(&bus->lock);
-    if (!rc && (rc = rbus__topics_relist(bus, s, true)) != 0) {
+    if (!rc && (rc = rbus__topics_update(bus, s, true)) != 0) {
         pthread_mutex_lock(&bus->lock);
         subs_unlink(bus, s);
         pthread_mutex_unlock(&bus->lock);
@@ -568,7 +568,7 @@ static void sub_close(rbus_sub *sub)
      * subscription is CLOSED. */
     pthread_mutex_lock(&bus->route_lock);
     bool was_open = atomic_load_explicit(&sub->state, memory_order_relaxed) == RBUS_SUB_OPEN;
-    /* CLOSING before the grace period that relist waits for: a publisher
+    /* CLOSING before the grace period that the list update waits for: a publisher
      * still walking an old list may enqueue until that period ends, and a
      * publisher waiting for room re-checks the state inside a read section,
      * so once it has passed no enqueue can reach the sub. */
@@ -577,7 +577,7 @@ static void sub_close(rbus_sub *sub)
     /* A bus close marks subscriptions CLOSED but leaves them listed, so
      * unlisting may still be due when the state says closed. */
     if (sub->listed)
-        rbus__topics_relist(bus, sub, false); /* removal cannot fail; unlists it */
+        rbus__topics_update(bus, sub, false); /* removal cannot fail; unlists it */
     else if (was_open)
         rbus__synchronize(bus);
     if (was_open) {

@@ -20,7 +20,7 @@
 
 struct thread_slot {
     uint64_t bus_id;
-    struct rbus_thread *th;
+    struct rbus_thread_state *th;
 };
 
 /* initial-exec: in the shared library the default model would call
@@ -110,12 +110,12 @@ static void make_key(void)
     pthread_key_create(&exit_key, thread_exit);
 }
 
-static struct rbus_thread *thread_register(rbus *bus)
+static struct rbus_thread_state *thread_register(rbus *bus)
 {
-    struct rbus_thread *th;
+    struct rbus_thread_state *th;
     ck_epoch_record_t *rec = ck_epoch_recycle(&bus->epoch, NULL);
     if (rec) {
-        th = (struct rbus_thread *)rec; /* epoch is the first member */
+        th = (struct rbus_thread_state *)rec; /* epoch is the first member */
         return th;
     }
     th = rbus__zalloc_aligned(bus, sizeof *th);
@@ -137,7 +137,7 @@ static struct rbus_thread *thread_register(rbus *bus)
 }
 
 /* Slow path of rbus__thread_get: first use of this bus by this thread. */
-static struct rbus_thread *thread_attach(rbus *bus)
+static struct rbus_thread_state *thread_attach(rbus *bus)
 {
     pthread_once(&key_once, make_key);
     if (!tls_key_set) {
@@ -167,7 +167,7 @@ static struct rbus_thread *thread_attach(rbus *bus)
      * that unregistered a state we recycle (its last writes to the state's
      * cache and scratch happen before its unlock), which TSan can see;
      * ck's own hand-over inside libck it cannot. */
-    struct rbus_thread *th = thread_register(bus);
+    struct rbus_thread_state *th = thread_register(bus);
     pthread_mutex_unlock(&registry_lock);
     if (!th)
         return NULL;
@@ -178,7 +178,7 @@ static struct rbus_thread *thread_attach(rbus *bus)
     return th;
 }
 
-struct rbus_thread *rbus__thread_get(rbus *bus)
+struct rbus_thread_state *rbus__thread_get(rbus *bus)
 {
     for (int i = 0; i < RBUS_THREAD_SLOTS; i++)
         if (tls_slots[i].bus_id == bus->id)
@@ -186,7 +186,7 @@ struct rbus_thread *rbus__thread_get(rbus *bus)
     return thread_attach(bus);
 }
 
-int rbus__thread_reserve_pending(struct rbus_thread *th, uint32_t n)
+int rbus__thread_reserve_pending(struct rbus_thread_state *th, uint32_t n)
 {
     if (n <= th->pending_cap)
         return 0;
@@ -204,9 +204,9 @@ int rbus__thread_reserve_pending(struct rbus_thread *th, uint32_t n)
 
 void rbus__thread_free_all(rbus *bus)
 {
-    struct rbus_thread *th = bus->threads;
+    struct rbus_thread_state *th = bus->threads;
     while (th) {
-        struct rbus_thread *next = th->bus_next;
+        struct rbus_thread_state *next = th->bus_next;
         rbus__msg_cache_free(bus, th->cache);
         rbus__free(bus, th->pending);
         rbus__free_aligned(bus, th);

@@ -66,7 +66,7 @@ bool rbus_pattern_valid(const char *pattern)
     return subject_valid(pattern, true);
 }
 
-bool rbus__pattern_matches(const char *p, const char *n)
+bool rbus__match_unchecked(const char *p, const char *n)
 {
     for (;;) {
         const char *pe = p, *ne = n;
@@ -92,7 +92,7 @@ bool rbus_pattern_match(const char *pattern, const char *name)
 {
     if (!rbus_pattern_valid(pattern) || !rbus_topic_valid(name))
         return false;
-    return rbus__pattern_matches(pattern, name);
+    return rbus__match_unchecked(pattern, name);
 }
 
 const char *rbus_topic_name(const rbus_topic *topic)
@@ -156,7 +156,7 @@ static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
 {
     uint32_t count = 0;
     for (rbus_sub *s = bus->subs; s; s = s->bus_next)
-        if (s->listed && rbus__pattern_matches(s->pattern, name)) {
+        if (s->listed && rbus__match_unchecked(s->pattern, name)) {
             if (fill)
                 fill[count] = s;
             count++;
@@ -234,7 +234,7 @@ out:
  * -ENOMEM), yet a publisher may be walking the current list, so removal
  * needs a second buffer. Each topic keeps a spare: the list it retired
  * last, recycled once a grace period has passed. Invariant, true after
- * every relist: a topic whose list holds c subscriptions has a spare of
+ * every list update: a topic whose list holds c subscriptions has a spare of
  * capacity >= c - 1 (or c <= 1). It holds because the list being retired
  * always held one more (removal) or one fewer (addition) than the new one,
  * and topic_open allocates the first spare. Adding may still allocate, and
@@ -270,11 +270,11 @@ static bool lists_sub(const struct rbus_sublist *l, const rbus_sub *sub)
 /* Under bus->lock: swaps in new lists for every topic `sub` matches, and
  * returns the retired ones in *retired. Adding returns 0 or -ENOMEM
  * (nothing changed). */
-static int relist_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **retired)
+static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **retired)
 {
     uint32_t n = 0;
     for (rbus_topic *t = bus->topics; t; t = t->all_next)
-        if (rbus__pattern_matches(sub->pattern, t->name))
+        if (rbus__match_unchecked(sub->pattern, t->name))
             n++;
     *retired = NULL;
     if (n == 0) {
@@ -291,7 +291,7 @@ static int relist_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
             return -ENOMEM;
         uint32_t i = 0;
         for (rbus_topic *t = bus->topics; t; t = t->all_next) {
-            if (!rbus__pattern_matches(sub->pattern, t->name))
+            if (!rbus__match_unchecked(sub->pattern, t->name))
                 continue;
             struct rbus_sublist *cur = atomic_load_explicit(&t->subs, memory_order_relaxed);
             uint32_t need = (cur ? cur->count : 0) + 1;
@@ -311,7 +311,7 @@ static int relist_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
     struct rbus_sublist *garbage = NULL;
     uint32_t i = 0;
     for (rbus_topic *t = bus->topics; t; t = t->all_next) {
-        if (!rbus__pattern_matches(sub->pattern, t->name))
+        if (!rbus__match_unchecked(sub->pattern, t->name))
             continue;
         struct rbus_sublist *cur = atomic_load_explicit(&t->subs, memory_order_relaxed);
         uint32_t c = cur ? cur->count : 0;
@@ -357,23 +357,23 @@ static int relist_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
      * subscription on a new topic exactly when it is listed on the others. */
     sub->listed = add;
     /* After the grace period nobody walks the retired lists: they become
-     * their topics' spares (rbus__topics_relist). */
+     * their topics' spares (rbus__topics_update). */
     *retired = garbage;
     return 0;
 }
 
-int rbus__topics_relist(rbus *bus, rbus_sub *sub, bool add)
+int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add)
 {
     struct rbus_sublist *garbage;
     pthread_mutex_lock(&bus->lock);
-    int rc = relist_swap(bus, sub, add, &garbage);
+    int rc = update_swap(bus, sub, add, &garbage);
     pthread_mutex_unlock(&bus->lock);
     if (rc < 0)
         return rc;
     /* Outside bus->lock: stats, Prometheus and topic_open go on while a
      * preempted publisher holds the grace period up. The spares are ours
-     * alone meanwhile (every relist holds route_lock). */
-    RBUS__PAUSE(RELIST_SWAPPED);
+     * alone meanwhile (every update holds route_lock). */
+    RBUS__PAUSE(UPDATE_SWAPPED);
     rbus__synchronize(bus);
     while (garbage) {
         struct rbus_sublist *next = garbage->garbage_next;
@@ -418,7 +418,7 @@ static int64_t wait_deadline(const rbus_sub *s, int64_t pub_timeout_ns, int64_t 
     return t > INT64_MAX - now ? INT64_MAX : now + t;
 }
 
-static void pending_drop(struct rbus_thread *th, uint32_t i, uint32_t *n)
+static void pending_drop(struct rbus_thread_state *th, uint32_t i, uint32_t *n)
 {
     rbus_sub *s = th->pending[i].sub;
     atomic_fetch_sub_explicit(&s->room_waiters, 1, memory_order_relaxed);
@@ -435,7 +435,7 @@ static void pending_drop(struct rbus_thread *th, uint32_t i, uint32_t *n)
  * sub_close and close, which synchronise, never miss an enqueue. Returns
  * -ESHUTDOWN if the bus was closed while we waited, else 0.
  */
-static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t n,
+static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, uint32_t n,
                         rbus_pub_result *res, uint32_t *not_queued)
 {
     int rc = 0;
@@ -453,10 +453,10 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
         int64_t now = rbus__now_ns();
         bool sleep_next = now >= spin_until;
         uint32_t seen = sleep_next ? rbus__event_prepare(&bus->room_ev) : 0;
-        /* The earliest wake-up (deadlines and naps) for the sleep, and the
-         * earliest deadline alone for the spin's yields: a nap is no
-         * deadline, and it is set just when a receiver may have been
-         * preempted mid-release, when a yield helps most. */
+        /* The earliest wake-up (deadlines and short retries) for the sleep,
+         * and the earliest deadline alone for the spin's yields: a short
+         * retry is no deadline, and it is set just when a receiver may have
+         * been preempted mid-release, when a yield helps most. */
         int64_t earliest = -1, earliest_deadline = -1;
 
         rbus__read_begin(th);
@@ -482,10 +482,10 @@ static int publish_wait(rbus *bus, struct rbus_thread *th, rbus_msg *m, uint32_t
                  * seq_cst CAS, our seq_cst load here). If head says there is
                  * room but the enqueue failed, the receiver is between its
                  * CAS and releasing the slot, and may have checked
-                 * room_waiters before we registered: nap, do not trust a
+                 * room_waiters before we registered: retry soon, do not trust a
                  * wake-up. */
                 if (!rbus__sub_full(s))
-                    wake = rbus__sooner(wake, now + RBUS_SLOT_NAP_NS);
+                    wake = rbus__sooner(wake, now + RBUS__SLOT_RETRY_NS);
                 earliest = rbus__sooner(earliest, wake);
                 i++;
                 continue;
@@ -555,7 +555,7 @@ static inline bool subs_refuse_newest(const struct rbus_sublist *list)
  * building a message nobody would queue. An overloaded publisher pays only
  * for the bookkeeping; nothing here can fail after the key is recorded.
  */
-static RBUS_NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread *th,
+static RBUS__NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread_state *th,
                                          const struct rbus_sublist *list, bool keyed,
                                          uint64_t key_lo, uint64_t key_hi,
                                          rbus_pub_result *result)
@@ -598,8 +598,8 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
      * -ENOMEM); the authoritative check is inside the read section. */
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return -ESHUTDOWN;
-    struct rbus_thread *th = rbus__thread_get(bus);
-    if (RBUS_UNLIKELY(!th))
+    struct rbus_thread_state *th = rbus__thread_get(bus);
+    if (RBUS__UNLIKELY(!th))
         return -ENOMEM;
     /* First, so the window's cache lines load while the message is built. */
     const bool keyed = key_checked(bus, opts, relay);
@@ -611,18 +611,18 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     /* The epoch entry above is a full barrier, so this load is ordered
      * after our record went active: rbus_close either sees us in its
      * synchronize or we see `closing`. */
-    if (RBUS_UNLIKELY(atomic_load_explicit(&bus->closing, memory_order_relaxed))) {
+    if (RBUS__UNLIKELY(atomic_load_explicit(&bus->closing, memory_order_relaxed))) {
         rbus__read_end(th);
         return -ESHUTDOWN;
     }
-    /* Acquire: pairs with the release exchange in rbus__topics_relist. */
+    /* Acquire: pairs with the release exchange in rbus__topics_update. */
     struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
     uint32_t n = list ? list->count : 0;
-    if (n && !relay && RBUS_UNLIKELY(subs_refuse_newest(list)))
+    if (n && !relay && RBUS__UNLIKELY(subs_refuse_newest(list)))
         return publish_refused(topic, th, list, keyed, key_lo, key_hi, result);
     rbus_msg *m = NULL;
-    if (RBUS_UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
-        RBUS_UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
+    if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
+        RBUS__UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
         rbus__read_end(th);
         return -ENOMEM;
     }
@@ -630,7 +630,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     /* After the message exists, so a failed publish never records its key;
      * the check and the insert are one step (dedup.c). */
     int drc = keyed ? accept_key(topic, key_lo, key_hi, now_ns, result) : 0;
-    if (RBUS_UNLIKELY(drc != 0)) {
+    if (RBUS__UNLIKELY(drc != 0)) {
         rbus__read_end(th);
         rbus__msg_unref_by(th, m, 1);
         return drc;
@@ -689,7 +689,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     rbus__read_end(th);
 
     int rc = 0;
-    if (RBUS_UNLIKELY(waiting))
+    if (RBUS__UNLIKELY(waiting))
         rc = publish_wait(bus, th, m, waiting, &res, &not_queued);
     /* Not a byte of m may be read after this point unless we still hold a
      * reference: a receiver may already have recycled it. */
