@@ -491,17 +491,8 @@ RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_sta
 
 /**
  * rbus_stats_prometheus: writes every topic's, subscription's and running
- * dispatcher's counters in the Prometheus text exposition format:
- * ringbus_topic_published_total and ringbus_topic_duplicates_total (label
- * topic); ringbus_sub_offered_total, ringbus_sub_received_total,
- * ringbus_sub_dropped_total (label reason = newest|oldest|timeout|closed),
- * ringbus_sub_publisher_waits_total, ringbus_sub_depth,
- * ringbus_sub_high_water and ringbus_sub_capacity (labels pattern, sub =
- * rbus_sub_id, name, policy = block|drop_oldest|drop_newest);
- * ringbus_dispatch_handled_total, ringbus_dispatch_failed_attempts_total,
- * ringbus_dispatch_retried_total, ringbus_dispatch_dead_lettered_total,
- * ringbus_dispatch_dropped_total and ringbus_dispatch_in_hand (label sub;
- * present only while a dispatcher runs). Label values
+ * dispatcher's counters in the Prometheus text exposition format (the
+ * families and their labels are listed in docs/metrics.md). Label values
  * are escaped; each family's HELP and TYPE come once, its samples together.
  *
  * Like snprintf: returns the length of the whole text (without the NUL)

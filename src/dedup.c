@@ -53,8 +53,8 @@
 
 #define RBUS_DEDUP_SHARDS 16u
 /* Table slots per FIFO item: at most 3/16 of the slots are ever taken,
- * which keeps probe chains and backward shifts short (2 per item measured
- * ~7 ns slower per keyed publish, 8 no faster). */
+ * which keeps probe chains and backward shifts short (2 was slower, 8 no
+ * faster: docs/benchmarks.md). */
 #define RBUS_DEDUP_SPREAD 4u
 
 /* What a shard remembers of one acceptance, in its FIFO (ticket order). */
@@ -110,11 +110,8 @@ struct rbus_dedup {
  * deletion changes no answer. Per acceptance, the number of keys to delete
  * is random (0, 1, 2, ...), and so was the branch that ended the loop;
  * each deletion's table line was a cache miss waited for alone. A batch
- * mispredicts once and its misses overlap. Measured (keyed_publish
- * --reps 5, drain inline, 4 interleaved pairs): keyed/unkeyed 1.40-1.41
- * against 1.46-1.49 deleting on every acceptance (~4 ns a keyed publish);
- * cap/8 and cap/32 measured the same within noise. The slack costs about
- * cap/16 stale items per shard, some 1.5 % of its table's slots.
+ * mispredicts once and its misses overlap. The slack costs about cap/16
+ * stale items per shard, some 1.5 % of its table's slots.
  */
 static inline uint32_t expire_slack(const struct dedup_shard *sh)
 {
@@ -302,8 +299,7 @@ static int shard_grow(rbus *bus, struct dedup_shard *sh)
 /*
  * A test-and-test-and-set lock rather than a mutex: a shard is held for a
  * few dozen nanoseconds, and releasing with a plain store saves the locked
- * instruction a futex mutex's unlock needs (measured: about 4 ns of a
- * keyed publish). Waiters spin on a read, pausing, and past a few dozen
+ * instruction a futex mutex's unlock needs. Waiters spin on a read, pausing, and past a few dozen
  * rounds yield (rbus__spin_step), so a holder preempted on an
  * oversubscribed machine gets the core back instead of being starved.
  * Nothing inside blocks except the rare shard_grow, whose allocation is
@@ -348,11 +344,7 @@ uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *
         uint32_t mask = atomic_load_explicit(&sh->hint_mask, memory_order_relaxed);
         /* For writing: the lock is taken and the key's slot filled. A
          * table slot is a random line of 256 KiB (at 4096 keys), seldom in
-         * L1. Measured (keyed_publish --reps 3, 15 interleaved runs each):
-         * median keyed/unkeyed 1.49 against 1.50 without the prefetch,
-         * lowest 1.46 against 1.49; without the shard line's prefetch, 8
-         * runs in a busier machine state read 1.51-1.78 against 1.47-1.75
-         * with it. A publisher on another core that holds this shard's
+         * L1. A publisher on another core that holds this shard's
          * lock loses the line one transfer early; with keys spread over
          * 16 shards that is rare. */
         __builtin_prefetch(sh, 1, 3);

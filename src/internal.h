@@ -2,11 +2,7 @@
  * internal.h - private types shared between the rooms of src/. Nothing here
  * is public; internal non-static names use the rbus__ prefix.
  *
- * Rooms: bus.c (lifecycle, allocator, close), thread.c (per-thread state:
- * epoch record and message cache), topic.c (names, patterns, registry,
- * routing, publish), sub.c (subscriptions, the ring and its overflow
- * policies, receive, fd), msg.c (message pool, refcounts, accessors),
- * wait.c (spin-then-sleep waits, futex, clocks), stats.c (counters).
+ * The files of src/ and what each owns are listed in docs/design.md#rooms.
  */
 #ifndef RBUS_INTERNAL_H
 #define RBUS_INTERNAL_H
@@ -157,16 +153,15 @@ struct rbus_pending {
 
 /*
  * The tallies a publish keeps for each subscription it offers to. A tally
- * every publisher of a subscription adds to with a locked instruction cost
- * each offer ~5 ns (a drop-newest refusal 24 ns against 19 without it,
- * bench/overload_cost). So each publisher state keeps its own node per
- * subscription, written only by that state (a relaxed load and store: one
- * writer, nothing to lose), and stats add the nodes up. A subscription
- * finds a state's node in its table by the state's index (a bus numbers
- * its states densely; states are recycled, so the table is as long as the
- * most threads that ever published at once). `shared` in the subscription
- * is the fallback when a node cannot be allocated; there every add is
- * atomic.
+ * that every publisher adds to with a locked instruction would cost each
+ * offer a contended line (docs/design.md#counters). So each publisher state
+ * keeps its own node per subscription, written only by that state (a
+ * relaxed load and store: one writer, nothing to lose), and stats add the
+ * nodes up. A subscription finds a state's node in its table by the
+ * state's index (a bus numbers its states densely; states are recycled, so
+ * the table is as long as the most threads that ever published at once).
+ * `shared` in the subscription is the fallback when a node cannot be
+ * allocated; there every add is atomic.
  */
 struct rbus_tally {
     /* A line of its own: states' nodes are written by different cores. */
@@ -317,8 +312,8 @@ struct rbus_dedup;
  * returns the low half, *hi the high half) and starts loading the table
  * line that the check will read, so a cache miss there overlaps the
  * building of the message instead of following it. Two scalars rather than
- * a struct: a struct spilled as two 8-byte stores is copied as one 16-byte
- * load, which stalls store forwarding (measured: ~6 ns per keyed publish). */
+ * a struct: a struct spilled as two 8-byte stores and reloaded as one
+ * 16-byte load stalls store forwarding. */
 uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *hi);
 /* Check-and-insert of an idempotency key (by its hash) on topic t, in one
  * atomic step: 0 = accepted (recorded), RBUS_DUPLICATE, or -ENOMEM (not

@@ -5,19 +5,13 @@
  * receive. Included by sub.c, stats.c (depth) and topic.c (the overload
  * fast path's fullness test).
  *
- * Why not ck_ring: ck's MPMC enqueue makes a producer that reserved a slot
- * spin, at commit, until every earlier producer on the ring has committed.
- * With more publishing threads than cores the scheduler routinely preempts
- * a producer between reservation and commit, and then every later producer
- * spins away its whole time slice; the next producer in commit order is
- * often not running either, so commits convoy at about one per scheduler
- * slice. bench/producer_stall (4 publishers, 2 cores) measured it: with
- * ck_ring 3 runs of 6 did not finish 800,000 publishes within 60 s (docs/
- * design.md#progress). Here a producer never waits for another producer:
- * each slot carries its own sequence number, so a producer preempted
- * mid-write holds back only the receivers that reach its slot, not the
- * other producers. A second gain: every access is a C11 atomic, which
- * ThreadSanitizer sees, so no suppressions or annotations are needed.
+ * Why not ck_ring: its MPMC enqueue makes a producer that reserved a slot
+ * wait, at commit, for every earlier producer on the ring to commit, so a
+ * producer preempted between reserving and committing stalls every later
+ * producer (docs/design.md#progress). Here each slot carries its own
+ * sequence number: a producer preempted mid-write holds back only the
+ * receivers that reach its slot, never other producers. Every access is a
+ * C11 atomic, which ThreadSanitizer sees.
  *
  * Guarantees:
  *  - Producers are lock-free toward each other (one CAS on `tail` per

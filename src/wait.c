@@ -43,38 +43,17 @@ int64_t rbus__deadline(int64_t timeout_ns)
 }
 
 /*
- * A receiver spinning for its spin_ns before it sleeps. Pausing alone is
- * right when the receiver has its core to itself, but on an oversubscribed
- * machine (1->4 on 2 cores: five threads) a spinning receiver takes the
- * core from the very publisher and receivers it waits for: lossless 1->4
- * ran at half the rate with pause-only spins (figures in docs/waiting.md,
- * "Yielding in the spin"). A yield has two costs, though, and each is
- * avoided where it shows:
- *  - The system call (~1.3 us on the development VM), during which an
- *    arriving message goes unnoticed: a yield every 64 steps raised the
- *    10 us paced p50 from ~0.5 to ~1 us. A yield that comes back that
- *    fast found nobody else ready on this core; from then on the wait
- *    only pauses.
- *  - A whole time slice when the thread that runs is not ours but a
- *    CPU-bound one (EEVDF pushes the yielder's deadline back one slice):
- *    the 100 us paced p50 went from ~3 us to ~1.7 ms next to a busy loop.
- *    There, nearly every yield takes a slice (> 2 ms measured). Fan-out
- *    yields take long too, but rarely (1->4 on 2 cores: ~7% over 0.5 ms,
- *    in clusters, the publisher's or another receiver's run; turning
- *    yields off for 1 s after a single long one, or after 3 in a row,
- *    undid most of the fan-out gain). A slice-long yield ends the yields
- *    of its wait, and yields are turned off for the subscription for
- *    RBUS_YIELD_BACKOFF_NS when RBUS_YIELD_LONG_OF_8 of its last 8 yields
- *    that ran somebody took longer than RBUS_YIELD_SLICE_NS. Next to a
- *    busy loop that costs at most 6 slices per back-off (~10% of a
- *    receiver's waits): the 100 us paced p50 stayed at ~2.6 us and the
- *    p99 at 3.5-3.8 ms, as with pauses only (3 runs each). A 1 s back-off
- *    protected the hog case no better and cost 1->4 more of its gain.
- *
- * A yield can take a slice, so a timed wait yields only while its
- * deadline is more than RBUS_YIELD_SLICE_NS * 4 away: a short rbus_recv
- * timeout is not overrun by a voluntary yield (preemption can still
- * overrun it, as it can any wait).
+ * A receiver spinning for its spin_ns before it sleeps. On an
+ * oversubscribed machine a receiver that only pauses takes the core from
+ * the publisher and receivers it waits for, so it yields every 64 steps.
+ * A yield costs a system call, during which a message goes unnoticed, so a
+ * yield that comes back at once (nobody else was ready) ends the yields of
+ * that wait. Next to a CPU hog a yield costs a whole time slice, so a
+ * slice-long yield ends them too, and when RBUS_YIELD_LONG_OF_8 of the
+ * subscription's last 8 yields that ran somebody took a slice, its
+ * receivers stop yielding for RBUS_YIELD_BACKOFF_NS. A timed wait never
+ * yields within 4 slices of its deadline. The figures behind each
+ * threshold are in docs/waiting.md#yielding-in-the-spin.
  */
 #define RBUS_YIELD_RAN_NOBODY_NS INT64_C(5000)
 #define RBUS_YIELD_SLICE_NS INT64_C(500000)
@@ -131,8 +110,8 @@ void rbus__spin_step_before(unsigned iteration, int64_t now_ns, int64_t deadline
      * Past that, yield: on an oversubscribed machine (2 cores, 5 threads)
      * the thread we wait for may need our core. But not close to a
      * deadline, as in rbus__spin_wait_step: next to a CPU-bound thread a
-     * yield takes a whole slice (~2 ms here), which overran a blocked
-     * publisher's 50 us timeout by that much. */
+     * yield takes a whole slice, which would overrun a blocked
+     * publisher's short timeout by that much. */
     if ((iteration & 63) == 63 && !deadline_near(now_ns, deadline_ns))
         sched_yield();
     else
