@@ -229,7 +229,7 @@ RBUS_API int rbus_sub_close(rbus_sub *sub);
  * A call on the handle that began before it, even one whose thread was
  * preempted at its first instruction, never touches freed memory: it
  * answers as for a closed subscription (rbus_recv* -ESHUTDOWN, rbus_sub_close
- * 0, ...; docs/design.md#lifetimes). Starting a new call on the handle
+ * 0, ...; docs/design.md, "Lifetimes"). Starting a new call on the handle
  * once it has returned is undefined. Returns 0, -EINVAL (NULL, or a second
  * rbus_unsubscribe of the handle), or -EBUSY while a dispatcher runs on the
  * subscription.
@@ -318,7 +318,7 @@ RBUS_API rbus_msg *rbus_msg_ref(const rbus_msg *msg);
  * reference twice, releasing a handler's message in the handler, or
  * releasing after rbus_destroy is a bug: builds with RBUS_CHECKED (Debug
  * builds) abort with a message naming it; other builds ignore a release
- * that finds no reference left (docs/design.md#misuse-checks).
+ * that finds no reference left (docs/design.md, "Misuse checks").
  */
 RBUS_API void rbus_msg_release(rbus_msg *msg);
 
