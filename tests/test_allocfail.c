@@ -1,6 +1,6 @@
 /*
  * test_allocfail.c - allocation-failure injection through the allocator
- * hooks (issue 7, part 3).
+ * hooks.
  *
  * An allocator that fails exactly the k-th call of its alloc hook, and
  * counts live blocks and bytes. One scenario, single-threaded except for a

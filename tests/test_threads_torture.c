@@ -1,5 +1,5 @@
 /*
- * test_threads_torture.c - concurrency torture (issue 7, part 2).
+ * test_threads_torture.c - concurrency torture.
  *
  * Worker threads pick operations at random for a bounded time: publish
  * (several topics, with and without idempotency keys, order keys, origin
