@@ -162,8 +162,8 @@ static int run_mode(bool inline_drain, uint64_t messages, int reps, int nsubs,
     qsort(ratios, (size_t)reps, sizeof ratios[0], cmp_double);
     printf("median (drain %s): unkeyed %.1f ns, keyed %.1f ns, keyed/unkeyed %.2f (min %.2f, "
            "max %.2f); duplicates %llu (must be 0)\n",
-           inline_drain ? "inline" : "thread", plain[reps / 2], keyed[reps / 2],
-           ratios[reps / 2], ratios[0], ratios[reps - 1], (unsigned long long)ts.duplicates);
+           inline_drain ? "inline" : "thread", plain[reps / 2], keyed[reps / 2], ratios[reps / 2],
+           ratios[0], ratios[reps - 1], (unsigned long long)ts.duplicates);
     rbus_destroy(bus);
     return ts.duplicates == 0 ? 0 : 1;
 }

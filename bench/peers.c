@@ -1395,10 +1395,9 @@ static void print_ratios(struct cell (*cells)[NPEERS])
         {"1->4 ringbus / gasyncqueue", "1->4", "ringbus", "gasyncqueue", NULL},
         {"2->1 ringbus / mutex-ring", "2->1", "ringbus", "mutex-ring", NULL},
         {"2->1 ringbus / zmq-pushpull", "2->1", "ringbus", "zmq-pushpull", NULL},
-        {"10us p50 ringbus default / raw-ck-ring", "lat 10us spin", "ringbus", "raw-ck-ring",
-         NULL},
-        {"10us p50 ringbus default / zmq blocking recv", "lat 10us spin", "ringbus",
-         "zmq-pubsub", "lat 10us sleep"},
+        {"10us p50 ringbus default / raw-ck-ring", "lat 10us spin", "ringbus", "raw-ck-ring", NULL},
+        {"10us p50 ringbus default / zmq blocking recv", "lat 10us spin", "ringbus", "zmq-pubsub",
+         "lat 10us sleep"},
         {"10us p50 ringbus spin_ns<0 / zmq blocking recv", "lat 10us sleep", "ringbus",
          "zmq-pubsub", NULL},
     };
