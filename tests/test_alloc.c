@@ -629,11 +629,10 @@ static void *api_thread_main(void *arg)
     return NULL;
 }
 
-static void test_alloc_every_call_goes_through_the_hooks(void **state)
+/* The measurement itself works: a malloc/free made inside a window (here
+ * by this file) is seen, one made outside is not. */
+static void api_probe_the_wrap_layer(void)
 {
-    (void)state;
-    /* The measurement itself works: a malloc/free made inside a window
-     * (here by this file) is seen, one made outside is not. */
     stray_reset();
     void *volatile probe;
     IN_BUS(probe = malloc(8));
@@ -643,23 +642,21 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     assert_int_equal(atomic_load(&stray[W_MALLOC]), 1);
     assert_int_equal(atomic_load(&stray[W_FREE]), 1);
     stray_reset();
-    static struct rbus_test_alloc ca;
-    alloc_init(&ca, "api");
-    rbus *bus = make_bus(&ca, 0);
-    rbus_topic *t = open_topic(bus, "api.one");
-    rbus_topic *t_again = open_topic(bus, "api.one");
-    assert_ptr_equal(t, t_again);
-    rbus_sub *s1 = make_sub(bus, "api.>", RBUS_BLOCK, 64, "api-block");
-    rbus_sub *s2 = make_sub(bus, "api.*", RBUS_DROP_OLDEST, 2, "api-oldest");
-    rbus_sub *s3 = make_sub(bus, "*.one", RBUS_DROP_NEWEST, 2, NULL);
-    rbus_topic *t_late = open_topic(bus, "api.late.topic");
-    int rc;
-    int fd;
-    IN_BUS(fd = rbus_sub_fd(s1));
-    assert_true(fd >= 0);
-    IN_BUS(rc = rbus_sub_fd(s1));
-    assert_int_equal(rc, fd);
+}
 
+/* The duplicate publish's outcome, checked at the end so that a dedup
+ * failure does not hide what the test is about. */
+struct api_dup {
+    int rc;
+    bool flag;
+    uint64_t published, duplicates;
+};
+
+/* Publishes with every option, sizes up to a 64 KiB payload and one past
+ * max_payload, and the same key twice. */
+static void api_publish(rbus_topic *t, rbus_topic *t_late, struct api_dup *dup)
+{
+    int rc;
     static char data[70000];
     memset(data, 'a', sizeof data);
     rbus_pub_opts po;
@@ -673,11 +670,9 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     IN_BUS(rc = rbus_publish_ex(t, data, 100, &po, &res));
     assert_rbus_ok(rc);
     assert_int_equal(res.matched, 3);
-    /* The duplicate is checked at the end, so that a dedup failure does not
-     * hide what this test is about. */
     IN_BUS(rc = rbus_publish_ex(t, data, 100, &po, &res));
-    const int dup_rc = rc;
-    const bool dup_flag = res.duplicate;
+    dup->rc = rc;
+    dup->flag = res.duplicate;
     IN_BUS(rc = rbus_publish(t, data, 0));
     assert_rbus_ok(rc);
     IN_BUS(rc = rbus_publish(t, NULL, 0));
@@ -686,7 +681,12 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     assert_rbus_ok(rc);
     IN_BUS(rc = rbus_publish(t_late, data, 65537));
     assert_rbus_rc(rc, -EMSGSIZE);
+}
 
+/* Every accessor of a received message. */
+static void api_inspect_one(rbus_sub *s1)
+{
+    int rc;
     rbus_msg *m = NULL;
     IN_BUS(rc = rbus_recv(s1, &m, 0));
     assert_rbus_ok(rc);
@@ -716,7 +716,13 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     IN_BUS(tn = rbus_msg_origin_topic(m));
     assert_null(tn);
     IN_BUS(rbus_msg_release(m));
+}
 
+/* Batches and single receives on every subscription, and the stats. */
+static void api_drain(rbus_topic *t, rbus_sub *s1, rbus_sub *s2, rbus_sub *s3, struct api_dup *dup)
+{
+    int rc;
+    rbus_msg *m = NULL;
     rbus_msg *batch[8];
     IN_BUS(rc = rbus_recv_batch(s1, batch, 8, 0));
     assert_int_equal(rc, 3);
@@ -736,10 +742,13 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     rbus_topic_stats tst;
     IN_BUS(rc = rbus_topic_stats_get(t, &tst));
     assert_rbus_ok(rc);
-    const uint64_t dup_published = tst.published;
-    const uint64_t dup_count = tst.duplicates;
+    dup->published = tst.published;
+    dup->duplicates = tst.duplicates;
+}
 
-    /* A thread that opens a topic, publishes, receives, and exits. */
+/* A thread that opens a topic, publishes, receives, and exits. */
+static void api_from_another_thread(rbus *bus, rbus_topic *t, rbus_sub *s1)
+{
     static struct api_thread at;
     at.bus = bus;
     at.topic = t;
@@ -750,8 +759,14 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     rbus_test_assert_no_thread_errors();
     assert_rbus_ok(at.publish_rc);
     assert_rbus_ok(at.recv_rc);
+}
 
-    /* Subscribe and unsubscribe after topics exist (list rebuilds). */
+/* Subscriptions come and go after topics exist (list rebuilds), then the
+ * bus closes. */
+static void api_churn_and_close(rbus *bus, rbus_topic *t, rbus_sub *s2, rbus_sub *s3)
+{
+    static const char data[10] = "churn";
+    int rc;
     for (int i = 0; i < 20; i++) {
         rbus_sub *tmp = make_sub(bus, i % 2 ? "api.>" : "api.one", RBUS_BLOCK, 4, "tmp");
         IN_BUS(rc = rbus_publish(t, data, 10));
@@ -772,15 +787,44 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     assert_rbus_rc(rc, -ESHUTDOWN);
     IN_BUS(rc = rbus_unsubscribe(s2));
     assert_rbus_ok(rc);
+}
+
+static void test_alloc_every_call_goes_through_the_hooks(void **state)
+{
+    (void)state;
+    api_probe_the_wrap_layer();
+    static struct rbus_test_alloc ca;
+    alloc_init(&ca, "api");
+    rbus *bus = make_bus(&ca, 0);
+    rbus_topic *t = open_topic(bus, "api.one");
+    rbus_topic *t_again = open_topic(bus, "api.one");
+    assert_ptr_equal(t, t_again);
+    rbus_sub *s1 = make_sub(bus, "api.>", RBUS_BLOCK, 64, "api-block");
+    rbus_sub *s2 = make_sub(bus, "api.*", RBUS_DROP_OLDEST, 2, "api-oldest");
+    rbus_sub *s3 = make_sub(bus, "*.one", RBUS_DROP_NEWEST, 2, NULL);
+    rbus_topic *t_late = open_topic(bus, "api.late.topic");
+    int rc;
+    int fd;
+    IN_BUS(fd = rbus_sub_fd(s1));
+    assert_true(fd >= 0);
+    IN_BUS(rc = rbus_sub_fd(s1));
+    assert_int_equal(rc, fd);
+
+    struct api_dup dup;
+    api_publish(t, t_late, &dup);
+    api_inspect_one(s1);
+    api_drain(t, s1, s2, s3, &dup);
+    api_from_another_thread(bus, t, s1);
+    api_churn_and_close(bus, t, s2, s3);
     IN_BUS(rbus_destroy(bus));
     alloc_print(&ca, "after destroy");
     rbus_test_alloc_assert_all_returned(&ca);
     assert_no_stray("every call");
     /* Idempotency: the same key on the same topic was a duplicate. */
-    assert_rbus_rc(dup_rc, RBUS_DUPLICATE);
-    assert_true(dup_flag);
-    assert_int_equal(dup_published, 3);
-    assert_int_equal(dup_count, 1);
+    assert_rbus_rc(dup.rc, RBUS_DUPLICATE);
+    assert_true(dup.flag);
+    assert_int_equal(dup.published, 3);
+    assert_int_equal(dup.duplicates, 1);
 }
 
 /* ------------------------------------------------------- (d) out of memory */

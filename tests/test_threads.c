@@ -179,16 +179,10 @@ static void th_wait_drained(void)
     }
 }
 
-static void test_threads_thousands_of_short_lived_publishers(void **state)
+/* Step 1: NBUS buses, each with a counting allocator, two topics, a BLOCK
+ * and a DROP_OLDEST subscription, and a receiver record for each. */
+static void th_setup(uint32_t nthreads, struct th_recv *recvs)
 {
-    (void)state;
-    const uint32_t nthreads = (uint32_t)rbus_test_scaled(2000, 100) / WAVE * WAVE;
-    const uint32_t waves = nthreads / WAVE;
-    printf("threads: %u short-lived publisher threads in %u waves of %d on %d buses, "
-           "%d messages per (thread, bus)\n",
-           nthreads, waves, WAVE, NBUS, MSGS_PER_BUS);
-
-    static struct th_recv recvs[NBUS * 2];
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
         memset(tb, 0, sizeof *tb);
@@ -212,7 +206,18 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
             assert_non_null(r->last);
         }
     }
+}
 
+/* Live blocks per bus after wave 0 and after the last synchronised wave. */
+struct th_live {
+    long long first[NBUS], sync[NBUS];
+    uint32_t sync_waves;
+};
+
+/* Step 2: the waves of publisher threads (the receivers start after the
+ * first one has published). */
+static void th_run_waves(uint32_t waves, struct th_recv *recvs, struct th_live *live)
+{
     /* Phase 1, synchronised waves: each wave's threads all publish, then
      * wait together until the receivers have released every message, then
      * exit together. So every wave has the same threads alive at once on
@@ -227,7 +232,7 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
     static struct th_pub pubs[WAVE];
     pthread_t th[WAVE];
     const uint32_t sync_waves = (waves + 1) / 2;
-    long long live_first[NBUS] = {0}, live_sync[NBUS] = {0};
+    live->sync_waves = sync_waves;
     bool receivers_started = false;
     pthread_barrier_t bar;
     assert_int_equal(pthread_barrier_init(&bar, NULL, WAVE + 1), 0);
@@ -269,31 +274,41 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
                    (long long)atomic_load(&g_buses[2].alloc.live_blocks));
         for (int b = 0; b < NBUS; b++) {
             if (w == 0)
-                live_first[b] = atomic_load(&g_buses[b].alloc.live_blocks);
+                live->first[b] = atomic_load(&g_buses[b].alloc.live_blocks);
             if (w + 1 == sync_waves)
-                live_sync[b] = atomic_load(&g_buses[b].alloc.live_blocks);
+                live->sync[b] = atomic_load(&g_buses[b].alloc.live_blocks);
         }
     }
     pthread_barrier_destroy(&bar);
+}
 
+/* Step 3: memory did not grow with the number of threads; the buses close
+ * and the receivers finish. */
+static void th_check_memory(uint32_t waves, const struct th_live *live, struct th_recv *recvs)
+{
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
         long long live_last = atomic_load(&tb->alloc.live_blocks);
         printf("threads:   bus %d: live blocks after wave 0: %lld, after %u synchronised "
                "waves: %lld, after %u free-running waves: %lld (%lld B), allocs %lld\n",
-               b, live_first[b], sync_waves, live_sync[b], waves - sync_waves, live_last,
-               (long long)atomic_load(&tb->alloc.live_bytes),
+               b, live->first[b], live->sync_waves, live->sync[b], waves - live->sync_waves,
+               live_last, (long long)atomic_load(&tb->alloc.live_bytes),
                (long long)atomic_load(&tb->alloc.calls));
-        assert_true(live_sync[b] <= live_first[b] + 16);
+        assert_true(live->sync[b] <= live->first[b] + 16);
         /* At most WAVE states per bus, each growing by at most one wave's
          * messages on the bus (drained between waves). */
-        assert_true(live_last <= live_sync[b] + WAVE * (2 * WAVE * MSGS_PER_BUS));
+        assert_true(live_last <= live->sync[b] + WAVE * (2 * WAVE * MSGS_PER_BUS));
         rbus_close(tb->bus);
     }
     for (int i = 0; i < NBUS * 2; i++)
         assert_int_equal(pthread_join(recvs[i].thread, NULL), 0);
     rbus_test_assert_no_thread_errors();
+}
 
+/* Step 4: every message arrived exactly once, the counters add up, and
+ * each bus gives back every block. */
+static void th_check_delivery(uint32_t nthreads)
+{
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
         rbus_topic_stats tsx, tsy;
@@ -331,6 +346,24 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
         rbus_test_alloc_assert_all_returned(&tb->alloc);
         free(tb->seen);
     }
+}
+
+static void test_threads_thousands_of_short_lived_publishers(void **state)
+{
+    (void)state;
+    const uint32_t nthreads = (uint32_t)rbus_test_scaled(2000, 100) / WAVE * WAVE;
+    const uint32_t waves = nthreads / WAVE;
+    printf("threads: %u short-lived publisher threads in %u waves of %d on %d buses, "
+           "%d messages per (thread, bus)\n",
+           nthreads, waves, WAVE, NBUS, MSGS_PER_BUS);
+
+    static struct th_recv recvs[NBUS * 2];
+    struct th_live live;
+    memset(&live, 0, sizeof live);
+    th_setup(nthreads, recvs);
+    th_run_waves(waves, recvs, &live);
+    th_check_memory(waves, &live, recvs);
+    th_check_delivery(nthreads);
     for (int i = 0; i < NBUS * 2; i++)
         free(recvs[i].last);
 }
