@@ -5,7 +5,7 @@
  * This is the only supported public header of the ringbus core. Anything it
  * does not declare is internal and may change at any time.
  *
- * Conventions (see docs/api.md for the full contract):
+ * Conventions (docs/api.md has the rest: ownership, undefined behaviour):
  *  - Functions that can fail return 0 (or a documented positive value) on
  *    success and a negative errno on failure. rbus_strerror() names them.
  *  - Timeouts are int64_t nanoseconds on CLOCK_MONOTONIC: < 0 wait forever,

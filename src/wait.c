@@ -53,7 +53,7 @@ int64_t rbus__deadline(int64_t timeout_ns)
  * subscription's last 8 yields that ran somebody took a slice, its
  * receivers stop yielding for RBUS_YIELD_BACKOFF_NS. A timed wait never
  * yields within 4 slices of its deadline. The figures behind each
- * threshold are in docs/waiting.md#yielding-in-the-spin.
+ * threshold are in docs/benchmarks.md ("Wake latency and spin_ns").
  */
 #define RBUS_YIELD_RAN_NOBODY_NS INT64_C(5000)
 #define RBUS_YIELD_SLICE_NS INT64_C(500000)

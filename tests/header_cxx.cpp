@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 int main()
 {
@@ -14,24 +15,30 @@ int main()
     rbus_nats_stats nats_stats = rbus_nats_stats();
     if (nats_opts.mode != RBUS_NATS_CORE || nats_stats.connected)
         return 1;
-    rbus *bus = nullptr;
-    if (rbus_create(&bus, nullptr) != 0)
+    rbus *raw = nullptr;
+    if (rbus_create(&raw, nullptr) != 0)
         return 1;
-    rbus_topic *topic = nullptr;
-    rbus_sub *sub = nullptr;
+    // The handles are plain pointers, so C++ code can own them: the bus is
+    // destroyed on every return below.
+    std::unique_ptr<rbus, void (*)(rbus *)> bus(raw, rbus_destroy);
     rbus_sub_opts opts;
     rbus_sub_opts_init(&opts);
-    if (rbus_subscribe(bus, "cxx.>", &opts, &sub) != 0 ||
-        rbus_topic_open(bus, "cxx.hello", &topic) != 0)
+    rbus_sub *sub = nullptr;
+    rbus_topic *topic = nullptr;
+    if (rbus_subscribe(bus.get(), "cxx.>", &opts, &sub) != 0 ||
+        rbus_topic_open(bus.get(), "cxx.hello", &topic) != 0)
         return 1;
     const char text[] = "from C++";
     if (rbus_publish(topic, text, sizeof text) != 0)
         return 1;
     rbus_msg *msg = nullptr;
-    if (rbus_recv(sub, &msg, 0) != 0 || std::strcmp(static_cast<const char *>(rbus_msg_data(msg)), text) != 0)
+    if (rbus_recv(sub, &msg, 0) != 0)
         return 1;
-    rbus_msg_release(msg);
-    rbus_destroy(bus);
+    const bool same = std::strcmp(static_cast<const char *>(rbus_msg_data(msg)), text) == 0;
+    rbus_msg_release(msg); // before the bus goes, whatever the outcome
+    if (!same)
+        return 1;
+    bus.reset();
     std::puts("1 passed, 0 failed");
     return 0;
 }

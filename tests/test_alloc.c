@@ -13,11 +13,20 @@
  *      the library's thread-exit cleanup is measured too) and not inside one
  *      of our allocator hooks (tl_in_hook). libc's own internals (pthread,
  *      stdio, eventfd) are not wrapped: they live in libc.so;
- *  (d) out of memory: an allocator that fails every call after K successful
- *      ones, for K = 0, 1, 2, ... until a whole scenario runs without an
- *      injected failure. Each call that fails says -ENOMEM, leaves its out
- *      parameter NULL, takes no sequence number or key, and the bus stays
- *      usable and is destroyed without a leak.
+ *  (d) out of memory: one scenario (topics, every policy, keyed and
+ *      unkeyed publishes in many size classes, receives, unsubscribe with
+ *      messages queued, close, destroy) against a model of every
+ *      subscription, run once for every allocation k it makes, twice: with
+ *      only the k-th allocation failing, and with every allocation from the
+ *      k-th on failing until the call that met it returns (and again all
+ *      through rbus_destroy). Each call that fails says -ENOMEM, leaves its
+ *      out parameter NULL and changes nothing the stats can see, a retry
+ *      succeeds, nothing queued is lost, unsubscribe and close never
+ *      allocate, destroy gives back every block, and no error path
+ *      allocates outside the hooks.
+ *
+ * Every allocator here is the counting one of test_util.h, on top of the
+ * real malloc and free (the wrapped ones would count as bypasses).
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -156,178 +165,43 @@ static void assert_no_stray(const char *where)
 
 /* ------------------------------------------------- the counting allocator */
 
-/* Every block a hook hands out is recorded (pointer -> size, owner) in one
- * open-addressing table, so a free of a pointer the hooks never gave out, or
- * given out for another bus, is caught. */
-#define PTAB_BITS 18
-#define PTAB_SIZE (1u << PTAB_BITS)
-#define PTAB_MASK (PTAB_SIZE - 1)
-
-struct ptab_entry {
-    void *ptr;
-    size_t size;
-    const void *owner;
-};
-
-static struct ptab_entry *ptab;
-static size_t ptab_count;
-static pthread_mutex_t ptab_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static size_t ptab_slot(const void *p)
+/* Underneath the shared counting allocator: the real malloc and free,
+ * marked as "inside a hook" so that the wrap layer does not count them. */
+static void *hook_malloc(size_t size)
 {
-    uint64_t x = (uint64_t)(uintptr_t)p;
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    return (size_t)(x & PTAB_MASK);
-}
-
-static bool ptab_insert(void *p, size_t size, const void *owner)
-{
-    if (ptab_count >= PTAB_SIZE / 4 * 3)
-        return false;
-    size_t i = ptab_slot(p);
-    while (ptab[i].ptr != NULL)
-        i = (i + 1) & PTAB_MASK;
-    ptab[i].ptr = p;
-    ptab[i].size = size;
-    ptab[i].owner = owner;
-    ptab_count++;
-    return true;
-}
-
-/* Removes p; returns false when absent. */
-static bool ptab_remove(void *p, size_t *size, const void **owner)
-{
-    size_t i = ptab_slot(p);
-    while (ptab[i].ptr != NULL && ptab[i].ptr != p)
-        i = (i + 1) & PTAB_MASK;
-    if (ptab[i].ptr == NULL)
-        return false;
-    *size = ptab[i].size;
-    *owner = ptab[i].owner;
-    /* Backward-shift deletion keeps every probe chain intact. */
-    size_t j = i;
-    for (;;) {
-        j = (j + 1) & PTAB_MASK;
-        if (ptab[j].ptr == NULL)
-            break;
-        size_t k = ptab_slot(ptab[j].ptr);
-        bool stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
-        if (stays)
-            continue;
-        ptab[i] = ptab[j];
-        i = j;
-    }
-    ptab[i].ptr = NULL;
-    ptab_count--;
-    return true;
-}
-
-struct counting {
-    const char *label;
-    atomic_llong allocs;      /* alloc hook calls, failed ones included */
-    atomic_llong frees;       /* free hook calls with a non-NULL pointer */
-    atomic_llong null_frees;
-    atomic_llong live_blocks;
-    atomic_llong live_bytes;
-    atomic_llong peak_bytes;
-    atomic_llong fail_after;  /* < 0: never fail; else fail calls after that many */
-    atomic_llong injected;    /* failures handed out */
-    atomic_llong bad_frees;   /* unknown pointer, or another allocator's */
-    atomic_llong table_full;
-    rbus_allocator hooks;
-};
-
-static void *counting_alloc(size_t size, void *arg)
-{
-    struct counting *c = arg;
-    void *p = NULL;
     tl_in_hook++;
-    long long n = atomic_fetch_add(&c->allocs, 1);
-    long long limit = atomic_load(&c->fail_after);
-    if (limit >= 0 && n >= limit) {
-        atomic_fetch_add(&c->injected, 1);
-    } else {
-        p = __real_malloc(size ? size : 1);
-        if (p != NULL) {
-            pthread_mutex_lock(&ptab_lock);
-            bool ok = ptab_insert(p, size, c);
-            pthread_mutex_unlock(&ptab_lock);
-            if (!ok) {
-                atomic_fetch_add(&c->table_full, 1);
-                __real_free(p);
-                p = NULL;
-            } else {
-                atomic_fetch_add(&c->live_blocks, 1);
-                long long now = atomic_fetch_add(&c->live_bytes, (long long)size) + (long long)size;
-                long long peak = atomic_load(&c->peak_bytes);
-                while (now > peak && !atomic_compare_exchange_weak(&c->peak_bytes, &peak, now)) {
-                }
-            }
-        }
-    }
+    void *p = __real_malloc(size);
     tl_in_hook--;
     return p;
 }
 
-static void counting_free(void *ptr, void *arg)
+static void hook_free(void *ptr)
 {
-    struct counting *c = arg;
     tl_in_hook++;
-    if (ptr == NULL) {
-        atomic_fetch_add(&c->null_frees, 1);
-    } else {
-        size_t size = 0;
-        const void *owner = NULL;
-        pthread_mutex_lock(&ptab_lock);
-        bool found = ptab_remove(ptr, &size, &owner);
-        pthread_mutex_unlock(&ptab_lock);
-        if (!found || owner != c) {
-            /* Not ours: leave it (freeing a foreign pointer could crash);
-             * the test fails on bad_frees. */
-            atomic_fetch_add(&c->bad_frees, 1);
-        } else {
-            atomic_fetch_add(&c->frees, 1);
-            atomic_fetch_sub(&c->live_blocks, 1);
-            atomic_fetch_sub(&c->live_bytes, (long long)size);
-            __real_free(ptr);
-        }
-    }
+    __real_free(ptr);
     tl_in_hook--;
 }
 
-static void counting_init(struct counting *c, const char *label)
+static const char *alloc_label; /* for alloc_print: the test that runs */
+
+static void alloc_init(struct rbus_test_alloc *a, const char *label)
 {
-    memset(c, 0, sizeof *c);
-    c->label = label;
-    atomic_store(&c->fail_after, -1);
-    c->hooks.alloc = counting_alloc;
-    c->hooks.free = counting_free;
-    c->hooks.arg = c;
+    rbus_test_alloc_init(a);
+    a->raw_alloc = hook_malloc;
+    a->raw_free = hook_free;
+    alloc_label = label;
 }
 
-static void counting_print(struct counting *c, const char *when)
+static void alloc_print(struct rbus_test_alloc *a, const char *when)
 {
     printf("alloc: [%s] %s: %lld allocs, %lld frees, live %lld blocks / %lld bytes, "
            "peak %lld bytes, injected failures %lld\n",
-           c->label, when, (long long)atomic_load(&c->allocs), (long long)atomic_load(&c->frees),
-           (long long)atomic_load(&c->live_blocks), (long long)atomic_load(&c->live_bytes),
-           (long long)atomic_load(&c->peak_bytes), (long long)atomic_load(&c->injected));
+           alloc_label, when, (long long)atomic_load(&a->calls), (long long)atomic_load(&a->frees),
+           (long long)atomic_load(&a->live_blocks), (long long)atomic_load(&a->live_bytes),
+           (long long)atomic_load(&a->peak_bytes), (long long)atomic_load(&a->injected));
 }
 
-/* After rbus_destroy: nothing live, every free matched an alloc. */
-static void assert_all_returned(struct counting *c)
-{
-    assert_int_equal(atomic_load(&c->bad_frees), 0);
-    assert_int_equal(atomic_load(&c->table_full), 0);
-    assert_int_equal(atomic_load(&c->live_blocks), 0);
-    assert_int_equal(atomic_load(&c->live_bytes), 0);
-    assert_int_equal(atomic_load(&c->allocs) - atomic_load(&c->injected),
-                     atomic_load(&c->frees));
-}
-
-static rbus *make_bus(struct counting *c, uint32_t default_capacity)
+static rbus *make_bus(struct rbus_test_alloc *c, uint32_t default_capacity)
 {
     rbus_config cfg;
     rbus_config_init(&cfg);
@@ -553,8 +427,8 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
 {
     (void)state;
     stray_reset();
-    static struct counting ca;
-    counting_init(&ca, "steady");
+    static struct rbus_test_alloc ca;
+    alloc_init(&ca, "steady");
     const uint64_t warm_msgs = 10000;
     const uint64_t measured_req = rbus_test_scaled(200000, 4000);
     const unsigned warm_rounds = (unsigned)((warm_msgs + SS_PUBS * SS_PER_ROUND - 1) /
@@ -602,16 +476,16 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
         ss_round(&st, r, true);
     rbus_test_assert_no_thread_errors();
 
-    counting_print(&ca, "after warm-up");
-    const long long allocs_warm = atomic_load(&ca.allocs);
+    alloc_print(&ca, "after warm-up");
+    const long long allocs_warm = atomic_load(&ca.calls);
     const long long bytes_warm = atomic_load(&ca.live_bytes);
     unsigned first_alloc_round = 0;
     for (unsigned r = warm_rounds + 1; r <= warm_rounds + measured_rounds; r++) {
         ss_round(&st, r, true);
-        if (first_alloc_round == 0 && atomic_load(&ca.allocs) != allocs_warm)
+        if (first_alloc_round == 0 && atomic_load(&ca.calls) != allocs_warm)
             first_alloc_round = r;
     }
-    counting_print(&ca, "after measured rounds");
+    alloc_print(&ca, "after measured rounds");
     atomic_store(&st.quit, true);
     for (uint32_t i = 0; i < SS_PUBS; i++)
         assert_int_equal(pthread_join(pubs[i].thread, NULL), 0);
@@ -621,8 +495,8 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
 
     if (first_alloc_round != 0)
         print_error("allocation in steady state: first in round %u (%lld -> %lld allocs)\n",
-                    first_alloc_round, allocs_warm, (long long)atomic_load(&ca.allocs));
-    assert_int_equal(atomic_load(&ca.allocs), allocs_warm);
+                    first_alloc_round, allocs_warm, (long long)atomic_load(&ca.calls));
+    assert_int_equal(atomic_load(&ca.calls), allocs_warm);
     assert_int_equal(atomic_load(&ca.live_bytes), bytes_warm);
 
     /* Exact bookkeeping for every subscription. */
@@ -646,8 +520,8 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
             assert_int_equal(ss.received, want);
     }
     IN_BUS(rbus_destroy(st.bus));
-    counting_print(&ca, "after destroy");
-    assert_all_returned(&ca);
+    alloc_print(&ca, "after destroy");
+    rbus_test_alloc_assert_all_returned(&ca);
     assert_no_stray("steady state");
 }
 
@@ -657,8 +531,8 @@ static void test_alloc_destroy_frees_everything_left_behind(void **state)
 {
     (void)state;
     stray_reset();
-    static struct counting ca;
-    counting_init(&ca, "leftovers");
+    static struct rbus_test_alloc ca;
+    alloc_init(&ca, "leftovers");
     rbus *bus = make_bus(&ca, 128);
     rbus_topic *ta = open_topic(bus, "left.a");
     rbus_topic *tb = open_topic(bus, "left.b.c");
@@ -717,12 +591,12 @@ static void test_alloc_destroy_frees_everything_left_behind(void **state)
     assert_true(st.depth > 0);
     (void)s_oldest;
     (void)s_newest;
-    counting_print(&ca, "before destroy (subs open, messages queued)");
+    alloc_print(&ca, "before destroy (subs open, messages queued)");
     assert_true(atomic_load(&ca.live_blocks) > 0);
     /* Destroy without close, with subscriptions open and messages queued. */
     IN_BUS(rbus_destroy(bus));
-    counting_print(&ca, "after destroy");
-    assert_all_returned(&ca);
+    alloc_print(&ca, "after destroy");
+    rbus_test_alloc_assert_all_returned(&ca);
     assert_no_stray("destroy with leftovers");
 }
 
@@ -755,11 +629,10 @@ static void *api_thread_main(void *arg)
     return NULL;
 }
 
-static void test_alloc_every_call_goes_through_the_hooks(void **state)
+/* The measurement itself works: a malloc/free made inside a window (here
+ * by this file) is seen, one made outside is not. */
+static void api_probe_the_wrap_layer(void)
 {
-    (void)state;
-    /* The measurement itself works: a malloc/free made inside a window
-     * (here by this file) is seen, one made outside is not. */
     stray_reset();
     void *volatile probe;
     IN_BUS(probe = malloc(8));
@@ -769,23 +642,21 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     assert_int_equal(atomic_load(&stray[W_MALLOC]), 1);
     assert_int_equal(atomic_load(&stray[W_FREE]), 1);
     stray_reset();
-    static struct counting ca;
-    counting_init(&ca, "api");
-    rbus *bus = make_bus(&ca, 0);
-    rbus_topic *t = open_topic(bus, "api.one");
-    rbus_topic *t_again = open_topic(bus, "api.one");
-    assert_ptr_equal(t, t_again);
-    rbus_sub *s1 = make_sub(bus, "api.>", RBUS_BLOCK, 64, "api-block");
-    rbus_sub *s2 = make_sub(bus, "api.*", RBUS_DROP_OLDEST, 2, "api-oldest");
-    rbus_sub *s3 = make_sub(bus, "*.one", RBUS_DROP_NEWEST, 2, NULL);
-    rbus_topic *t_late = open_topic(bus, "api.late.topic");
-    int rc;
-    int fd;
-    IN_BUS(fd = rbus_sub_fd(s1));
-    assert_true(fd >= 0);
-    IN_BUS(rc = rbus_sub_fd(s1));
-    assert_int_equal(rc, fd);
+}
 
+/* The duplicate publish's outcome, checked at the end so that a dedup
+ * failure does not hide what the test is about. */
+struct api_dup {
+    int rc;
+    bool flag;
+    uint64_t published, duplicates;
+};
+
+/* Publishes with every option, sizes up to a 64 KiB payload and one past
+ * max_payload, and the same key twice. */
+static void api_publish(rbus_topic *t, rbus_topic *t_late, struct api_dup *dup)
+{
+    int rc;
     static char data[70000];
     memset(data, 'a', sizeof data);
     rbus_pub_opts po;
@@ -799,11 +670,9 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     IN_BUS(rc = rbus_publish_ex(t, data, 100, &po, &res));
     assert_rbus_ok(rc);
     assert_int_equal(res.matched, 3);
-    /* The duplicate is checked at the end, so that a dedup failure does not
-     * hide what this test is about. */
     IN_BUS(rc = rbus_publish_ex(t, data, 100, &po, &res));
-    const int dup_rc = rc;
-    const bool dup_flag = res.duplicate;
+    dup->rc = rc;
+    dup->flag = res.duplicate;
     IN_BUS(rc = rbus_publish(t, data, 0));
     assert_rbus_ok(rc);
     IN_BUS(rc = rbus_publish(t, NULL, 0));
@@ -812,7 +681,12 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     assert_rbus_ok(rc);
     IN_BUS(rc = rbus_publish(t_late, data, 65537));
     assert_rbus_rc(rc, -EMSGSIZE);
+}
 
+/* Every accessor of a received message. */
+static void api_inspect_one(rbus_sub *s1)
+{
+    int rc;
     rbus_msg *m = NULL;
     IN_BUS(rc = rbus_recv(s1, &m, 0));
     assert_rbus_ok(rc);
@@ -842,7 +716,13 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     IN_BUS(tn = rbus_msg_origin_topic(m));
     assert_null(tn);
     IN_BUS(rbus_msg_release(m));
+}
 
+/* Batches and single receives on every subscription, and the stats. */
+static void api_drain(rbus_topic *t, rbus_sub *s1, rbus_sub *s2, rbus_sub *s3, struct api_dup *dup)
+{
+    int rc;
+    rbus_msg *m = NULL;
     rbus_msg *batch[8];
     IN_BUS(rc = rbus_recv_batch(s1, batch, 8, 0));
     assert_int_equal(rc, 3);
@@ -862,10 +742,13 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     rbus_topic_stats tst;
     IN_BUS(rc = rbus_topic_stats_get(t, &tst));
     assert_rbus_ok(rc);
-    const uint64_t dup_published = tst.published;
-    const uint64_t dup_count = tst.duplicates;
+    dup->published = tst.published;
+    dup->duplicates = tst.duplicates;
+}
 
-    /* A thread that opens a topic, publishes, receives, and exits. */
+/* A thread that opens a topic, publishes, receives, and exits. */
+static void api_from_another_thread(rbus *bus, rbus_topic *t, rbus_sub *s1)
+{
     static struct api_thread at;
     at.bus = bus;
     at.topic = t;
@@ -876,8 +759,14 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     rbus_test_assert_no_thread_errors();
     assert_rbus_ok(at.publish_rc);
     assert_rbus_ok(at.recv_rc);
+}
 
-    /* Subscribe and unsubscribe after topics exist (list rebuilds). */
+/* Subscriptions come and go after topics exist (list rebuilds), then the
+ * bus closes. */
+static void api_churn_and_close(rbus *bus, rbus_topic *t, rbus_sub *s2, rbus_sub *s3)
+{
+    static const char data[10] = "churn";
+    int rc;
     for (int i = 0; i < 20; i++) {
         rbus_sub *tmp = make_sub(bus, i % 2 ? "api.>" : "api.one", RBUS_BLOCK, 4, "tmp");
         IN_BUS(rc = rbus_publish(t, data, 10));
@@ -898,250 +787,841 @@ static void test_alloc_every_call_goes_through_the_hooks(void **state)
     assert_rbus_rc(rc, -ESHUTDOWN);
     IN_BUS(rc = rbus_unsubscribe(s2));
     assert_rbus_ok(rc);
+}
+
+static void test_alloc_every_call_goes_through_the_hooks(void **state)
+{
+    (void)state;
+    api_probe_the_wrap_layer();
+    static struct rbus_test_alloc ca;
+    alloc_init(&ca, "api");
+    rbus *bus = make_bus(&ca, 0);
+    rbus_topic *t = open_topic(bus, "api.one");
+    rbus_topic *t_again = open_topic(bus, "api.one");
+    assert_ptr_equal(t, t_again);
+    rbus_sub *s1 = make_sub(bus, "api.>", RBUS_BLOCK, 64, "api-block");
+    rbus_sub *s2 = make_sub(bus, "api.*", RBUS_DROP_OLDEST, 2, "api-oldest");
+    rbus_sub *s3 = make_sub(bus, "*.one", RBUS_DROP_NEWEST, 2, NULL);
+    rbus_topic *t_late = open_topic(bus, "api.late.topic");
+    int rc;
+    int fd;
+    IN_BUS(fd = rbus_sub_fd(s1));
+    assert_true(fd >= 0);
+    IN_BUS(rc = rbus_sub_fd(s1));
+    assert_int_equal(rc, fd);
+
+    struct api_dup dup;
+    api_publish(t, t_late, &dup);
+    api_inspect_one(s1);
+    api_drain(t, s1, s2, s3, &dup);
+    api_from_another_thread(bus, t, s1);
+    api_churn_and_close(bus, t, s2, s3);
     IN_BUS(rbus_destroy(bus));
-    counting_print(&ca, "after destroy");
-    assert_all_returned(&ca);
+    alloc_print(&ca, "after destroy");
+    rbus_test_alloc_assert_all_returned(&ca);
     assert_no_stray("every call");
     /* Idempotency: the same key on the same topic was a duplicate. */
-    assert_rbus_rc(dup_rc, RBUS_DUPLICATE);
-    assert_true(dup_flag);
-    assert_int_equal(dup_published, 3);
-    assert_int_equal(dup_count, 1);
+    assert_rbus_rc(dup.rc, RBUS_DUPLICATE);
+    assert_true(dup.flag);
+    assert_int_equal(dup.published, 3);
+    assert_int_equal(dup.duplicates, 1);
 }
 
 /* ------------------------------------------------------- (d) out of memory */
 
-/* Ran `call` and it returned rc; when an injected failure happened during
- * it, -ENOMEM is right (0 is too, when the library could do without);
- * otherwise only 0 is. Returns true when the call failed with -ENOMEM. */
-static bool oom_step(struct counting *ca, long long injected_before, int rc, const char *what,
-                     long long k)
+/* The model */
+
+#define NTOPICS 6
+#define NSUBS 7
+#define MAX_MSGS 1024 /* accepted publishes per scenario, bound */
+#define NSIZES 13
+
+static const char *const topic_names[NTOPICS] = {"af.a", "af.b.c",  "af.d",
+                                                 "ov.x", "af.late", "af.new"};
+/* Payload sizes: with the keys they land in size classes 64 B .. 64 KiB. */
+static const uint32_t sizes[NSIZES] = {0,    1,    16,   60,   100,   200,  500,
+                                       1000, 2000, 5000, 9000, 20000, 40000};
+
+/* One accepted message, identified by (topic, seq). */
+struct mmsg {
+    uint32_t topic;
+    uint64_t seq;
+    uint32_t size;
+    int key; /* key number, -1 = none */
+    bool order_key;
+    uint32_t origin;
+};
+
+struct msub {
+    rbus_sub *sub;
+    const char *label;
+    const char *pattern;
+    rbus_overflow policy;
+    uint32_t cap;         /* effective, from the stats */
+    bool exists;          /* subscribed, not yet unsubscribed */
+    bool open;            /* not closed: publishers deliver */
+    uint32_t q[MAX_MSGS]; /* message indexes, FIFO: q[head..tail) */
+    uint32_t head, tail;
+    uint64_t offered, received, dnew, dold, dtime;
+};
+
+struct scen {
+    struct rbus_test_alloc *fa;
+    long long k;     /* the (first) failing call; 0 = none */
+    bool persistent; /* every call from the k-th on fails, not only the k-th */
+    rbus *bus;
+    rbus_topic *topics[NTOPICS];
+    uint64_t accepted[NTOPICS];
+    uint64_t dups[NTOPICS];
+    int last_key[NTOPICS]; /* an accepted key on the topic, -1 = none yet */
+    int next_key;
+    struct msub subs[NSUBS];
+    struct mmsg msgs[MAX_MSGS];
+    uint32_t nmsgs;
+    uint32_t npub; /* publishes attempted (drives sizes and options) */
+    rbus_msg *held[16];
+    unsigned nheld;
+    /* what happened, for the report */
+    const char *failed_call; /* the call that returned -ENOMEM, if any */
+    const char *absorbed_by; /* the call that met the failure and still succeeded */
+    uint64_t n_received, n_dropped, n_queued_at_unsub, n_queued_at_destroy;
+};
+
+static uint32_t depth_of(const struct msub *m)
 {
-    bool injected = atomic_load(&ca->injected) != injected_before;
-    if (rc == -ENOMEM && injected)
-        return true;
-    if (rc == 0)
+    return m->tail - m->head;
+}
+
+static long long injected(const struct scen *s)
+{
+    return atomic_load(&s->fa->injected);
+}
+
+static void failures_off(struct scen *s)
+{
+    atomic_store(&s->fa->fail_at, 0);
+    atomic_store(&s->fa->budget, -1);
+}
+
+/*
+ * The verdict on one call that returned rc, where `want` is what it returns
+ * without a failure. Returns true when it failed with -ENOMEM because of
+ * the injected failure: then failures are switched off and the caller
+ * checks that nothing changed and retries. Anything else fails the test.
+ */
+static bool failed_here(struct scen *s, long long inj_before, const char *what, int rc, int want)
+{
+    bool inj = injected(s) != inj_before;
+    if (rc == want) {
+        if (inj)
+            s->absorbed_by = what;
         return false;
-    print_error("K=%lld: %s returned %d (%s); injected failure during it: %s\n", k, what, rc,
-                rbus_strerror(rc), injected ? "yes" : "no");
+    }
+    if (rc == -ENOMEM && inj) {
+        if (s->failed_call != NULL) {
+            print_error("k=%lld: a second -ENOMEM (%s after %s)\n", s->k, what, s->failed_call);
+            fail();
+        }
+        s->failed_call = what;
+        failures_off(s);
+        return true;
+    }
+    print_error("k=%lld: %s returned %d (%s), want %d (%s); failure injected during it: %s\n", s->k,
+                what, rc, rbus_strerror(rc), want, rbus_strerror(want), inj ? "yes" : "no");
     fail();
     return false;
+}
+
+static bool sub_matches(const struct msub *m, uint32_t topic)
+{
+    return rbus_pattern_match(m->pattern, topic_names[topic]);
+}
+
+static uint32_t model_subscriptions(const struct scen *s, uint32_t topic)
+{
+    uint32_t n = 0;
+    for (int i = 0; i < NSUBS; i++)
+        if (s->subs[i].exists && s->subs[i].open && sub_matches(&s->subs[i], topic))
+            n++;
+    return n;
+}
+
+/* Every counter the library shows equals the model's. */
+static void compare_sub(struct scen *s, struct msub *m)
+{
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(m->sub, &st));
+    if (st.offered != m->offered || st.received != m->received || st.depth != depth_of(m) ||
+        st.dropped_newest != m->dnew || st.dropped_oldest != m->dold ||
+        st.dropped_timeout != m->dtime || st.dropped_closed != 0 || st.capacity != m->cap) {
+        print_error("k=%lld (failed: %s): sub %s: offered %llu received %llu depth %u newest "
+                    "%llu oldest %llu timeout %llu closed %llu cap %u; model: %llu %llu %u "
+                    "%llu %llu %llu 0 cap %u\n",
+                    s->k, s->failed_call ? s->failed_call : "-", m->label,
+                    (unsigned long long)st.offered, (unsigned long long)st.received, st.depth,
+                    (unsigned long long)st.dropped_newest, (unsigned long long)st.dropped_oldest,
+                    (unsigned long long)st.dropped_timeout, (unsigned long long)st.dropped_closed,
+                    st.capacity, (unsigned long long)m->offered, (unsigned long long)m->received,
+                    depth_of(m), (unsigned long long)m->dnew, (unsigned long long)m->dold,
+                    (unsigned long long)m->dtime, m->cap);
+        fail();
+    }
+    rbus_test_check_accounting(&st);
+}
+
+static void compare_topic(struct scen *s, uint32_t t)
+{
+    rbus_topic_stats ts;
+    long long inj = injected(s);
+    assert_rbus_ok(rbus_topic_stats_get(s->topics[t], &ts));
+    if (injected(s) != inj)
+        s->absorbed_by = "rbus_topic_stats_get"; /* it falls back to the bus lock */
+    uint32_t want_subs = model_subscriptions(s, t);
+    if (ts.published != s->accepted[t] || ts.duplicates != s->dups[t] ||
+        ts.subscriptions != want_subs) {
+        print_error("k=%lld (failed: %s): topic %s: published %llu duplicates %llu "
+                    "subscriptions %u; model %llu %llu %u\n",
+                    s->k, s->failed_call ? s->failed_call : "-", topic_names[t],
+                    (unsigned long long)ts.published, (unsigned long long)ts.duplicates,
+                    ts.subscriptions, (unsigned long long)s->accepted[t],
+                    (unsigned long long)s->dups[t], want_subs);
+        fail();
+    }
+}
+
+static void compare_all(struct scen *s)
+{
+    for (int i = 0; i < NSUBS; i++)
+        if (s->subs[i].exists)
+            compare_sub(s, &s->subs[i]);
+    for (uint32_t t = 0; t < NTOPICS; t++)
+        if (s->topics[t])
+            compare_topic(s, t);
+}
+
+/* --------------------------------------------------------------- steps */
+
+static void step_open_topic(struct scen *s, uint32_t t)
+{
+    rbus_topic *out = (rbus_topic *)&s->bus; /* junk: a failed call must reset it */
+    long long inj = injected(s);
+    int rc = rbus_topic_open(s->bus, topic_names[t], &out);
+    if (failed_here(s, inj, "rbus_topic_open", rc, 0)) {
+        assert_null(out);
+        compare_all(s);
+        assert_rbus_ok(rbus_topic_open(s->bus, topic_names[t], &out));
+    }
+    assert_non_null(out);
+    s->topics[t] = out;
+    /* The same name gives the same handle. */
+    rbus_topic *again = NULL;
+    assert_rbus_ok(rbus_topic_open(s->bus, topic_names[t], &again));
+    assert_ptr_equal(again, out);
+    compare_topic(s, t);
+}
+
+static void step_subscribe(struct scen *s, int i, const char *label, const char *pattern,
+                           rbus_overflow policy, uint32_t capacity, int64_t block_timeout_ns)
+{
+    struct msub *m = &s->subs[i];
+    memset(m, 0, sizeof *m);
+    m->label = label;
+    m->pattern = pattern;
+    m->policy = policy;
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = capacity;
+    o.overflow = policy;
+    o.block_timeout_ns = block_timeout_ns;
+    o.name = (i % 2) ? label : NULL;
+    rbus_sub *out = (rbus_sub *)&s->bus;
+    long long inj = injected(s);
+    int rc = rbus_subscribe(s->bus, pattern, &o, &out);
+    if (failed_here(s, inj, "rbus_subscribe", rc, 0)) {
+        assert_null(out);
+        /* Routing untouched: every topic still lists what the model says. */
+        compare_all(s);
+        assert_rbus_ok(rbus_subscribe(s->bus, pattern, &o, &out));
+    }
+    assert_non_null(out);
+    m->sub = out;
+    m->exists = true;
+    m->open = true;
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(out, &st));
+    assert_true(st.capacity >= capacity);
+    m->cap = st.capacity;
+    assert_true(m->cap <= MAX_MSGS);
+    compare_all(s);
+}
+
+/* The payload of message (topic, seq): byte i is (seq * 31 + topic * 101 +
+ * i * 7) mod 256. With oom_payload[j] = j * 7 mod 256 that is oom_payload[off + i]
+ * for off = (seq * 31 + topic * 101) * 183 mod 256 (183 * 7 = 1 mod 256),
+ * so no payload is ever written or compared byte by byte (which costs a lot
+ * under the sanitizers). */
+static unsigned char oom_payload[40000 + 256];
+
+static void oom_payload_init(void)
+{
+    for (size_t j = 0; j < sizeof oom_payload; j++)
+        oom_payload[j] = (unsigned char)(j * 7u);
+}
+
+static const unsigned char *payload_of(uint32_t topic, uint64_t seq)
+{
+    return oom_payload + (size_t)(((seq * 31u + topic * 101u) * 183u) & 0xffu);
+}
+
+static size_t key_text(char *buf, size_t cap, uint32_t topic, int key)
+{
+    int n = snprintf(buf, cap, "key-%u-%d", (unsigned)topic, key);
+    assert_true(n > 0 && (size_t)n < cap);
+    return (size_t)n;
+}
+
+struct pub_job {
+    rbus_topic *topic;
+    const void *data;
+    size_t len;
+    const rbus_pub_opts *opts;
+    rbus_pub_result *res;
+    int rc;
+};
+
+static void *pub_job_main(void *arg)
+{
+    struct pub_job *j = arg;
+    tl_in_bus++; /* left open: the library's thread-exit cleanup is checked too */
+    j->rc = rbus_publish_ex(j->topic, j->data, j->len, j->opts, j->res);
+    return NULL;
+}
+
+/* A publish: from this thread, or from a new thread joined at once. */
+static int do_publish(rbus_topic *t, const void *data, size_t len, const rbus_pub_opts *opts,
+                      rbus_pub_result *res, bool plain, bool in_thread)
+{
+    if (in_thread) {
+        struct pub_job j = {t, data, len, opts, res, 12345};
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, pub_job_main, &j), 0);
+        assert_int_equal(pthread_join(th, NULL), 0);
+        return j.rc;
+    }
+    if (plain)
+        return rbus_publish(t, data, len);
+    return rbus_publish_ex(t, data, len, opts, res);
+}
+
+/*
+ * One publish on topic t. key_mode: 0 none, 1 a new key, 2 a key already
+ * accepted on t (a duplicate). Applies the outcome to the model and checks
+ * the result against it.
+ */
+static void step_publish(struct scen *s, uint32_t t, int key_mode, bool in_thread)
+{
+    uint32_t n = s->npub++;
+    uint32_t size = sizes[(n * 7u + t) % NSIZES];
+    bool dup = key_mode == 2 && s->last_key[t] >= 0;
+    int key = -1;
+    if (dup)
+        key = s->last_key[t];
+    else if (key_mode != 0)
+        key = s->next_key++;
+    char kbuf[32];
+    rbus_pub_opts po;
+    memset(&po, 0, sizeof po);
+    if (key >= 0) {
+        po.key = kbuf;
+        po.key_len = key_text(kbuf, sizeof kbuf, t, key);
+    }
+    bool okey = n % 4 == 1;
+    if (okey) {
+        po.order_key = "ord";
+        po.order_key_len = 3;
+    }
+    po.origin = n + 1;
+    /* A full BLOCK subscription would make a plain publish wait for good
+     * (nobody receives meanwhile): such publishes do not wait. */
+    bool would_wait = false;
+    for (int i = 0; i < NSUBS; i++) {
+        struct msub *m = &s->subs[i];
+        if (m->exists && m->open && m->policy == RBUS_BLOCK && sub_matches(m, t) &&
+            depth_of(m) >= m->cap)
+            would_wait = true;
+    }
+    if (would_wait)
+        po.timeout_ns = -1;
+    /* Plain rbus_publish now and then, when there are no options to pass. */
+    bool plain = !in_thread && key < 0 && !okey && !would_wait && n % 6 == 2;
+    if (plain)
+        po.origin = 0;
+
+    uint64_t seq = s->accepted[t] + 1;
+    const unsigned char *data = payload_of(t, seq);
+    rbus_pub_result res;
+    memset(&res, 0x5a, sizeof res);
+    int want = dup ? RBUS_DUPLICATE : 0;
+    long long inj = injected(s);
+    int rc = do_publish(s->topics[t], data, size, &po, &res, plain, in_thread);
+    const char *what =
+        in_thread ? "rbus_publish_ex (other thread)" : (plain ? "rbus_publish" : "rbus_publish_ex");
+    if (failed_here(s, inj, what, rc, want)) {
+        if (!plain) {
+            assert_int_equal(res.matched, 0);
+            assert_int_equal(res.queued, 0);
+            assert_int_equal(res.dropped, 0);
+            assert_int_equal(res.evicted, 0);
+            assert_false(res.duplicate);
+        }
+        /* No sequence number, no key, nothing offered. */
+        compare_all(s);
+        memset(&res, 0x5a, sizeof res);
+        rc = do_publish(s->topics[t], data, size, &po, &res, plain, in_thread);
+        assert_rbus_rc(rc, want);
+    }
+    if (dup) {
+        s->dups[t]++;
+        if (!plain) {
+            assert_true(res.duplicate);
+            assert_int_equal(res.matched, 0);
+            assert_int_equal(res.queued, 0);
+        }
+        return;
+    }
+    /* Accepted: the model offers it to every open matching subscription. */
+    assert_true(s->nmsgs < MAX_MSGS);
+    uint32_t idx = s->nmsgs++;
+    s->msgs[idx] = (struct mmsg){t, seq, size, key, okey, po.origin};
+    s->accepted[t] = seq;
+    if (key >= 0)
+        s->last_key[t] = key;
+    uint32_t matched = 0, queued = 0, dropped = 0, evicted = 0;
+    for (int i = 0; i < NSUBS; i++) {
+        struct msub *m = &s->subs[i];
+        if (!m->exists || !m->open || !sub_matches(m, t))
+            continue;
+        matched++;
+        m->offered++;
+        if (depth_of(m) < m->cap) {
+            m->q[m->tail++] = idx;
+            queued++;
+            continue;
+        }
+        switch (m->policy) {
+        case RBUS_DROP_NEWEST:
+            m->dnew++;
+            dropped++;
+            s->n_dropped++;
+            break;
+        case RBUS_DROP_OLDEST:
+            m->head++;
+            m->dold++;
+            evicted++;
+            s->n_dropped++;
+            m->q[m->tail++] = idx;
+            queued++;
+            break;
+        case RBUS_BLOCK:
+        default:
+            assert_true(po.timeout_ns < 0);
+            m->dtime++;
+            dropped++;
+            s->n_dropped++;
+            break;
+        }
+    }
+    if (!plain) {
+        if (res.matched != matched || res.queued != queued || res.dropped != dropped ||
+            res.evicted != evicted || res.duplicate) {
+            print_error("k=%lld: publish #%u on %s: result matched %u queued %u dropped %u "
+                        "evicted %u dup %d; model %u %u %u %u\n",
+                        s->k, n, topic_names[t], res.matched, res.queued, res.dropped, res.evicted,
+                        (int)res.duplicate, matched, queued, dropped, evicted);
+            fail();
+        }
+    }
+}
+
+/* Checks that m is the model's message idx. */
+static void check_msg(struct scen *s, const struct msub *sub, const rbus_msg *m, uint32_t idx)
+{
+    const struct mmsg *want = &s->msgs[idx];
+    const char *tn = rbus_msg_topic(m);
+    bool ok = tn != NULL && strcmp(tn, topic_names[want->topic]) == 0 &&
+              rbus_msg_seq(m) == want->seq && rbus_msg_size(m) == want->size &&
+              rbus_msg_origin(m) == want->origin;
+    if (ok && want->size)
+        ok = memcmp(rbus_msg_data(m), payload_of(want->topic, want->seq), want->size) == 0;
+    size_t klen = 999;
+    const void *k = rbus_msg_key(m, &klen);
+    if (ok && want->key >= 0) {
+        char kbuf[32];
+        size_t n = key_text(kbuf, sizeof kbuf, want->topic, want->key);
+        ok = k != NULL && klen == n && memcmp(k, kbuf, n) == 0;
+    } else if (ok) {
+        ok = k == NULL && klen == 0;
+    }
+    size_t olen = 999;
+    const void *ok_ptr = rbus_msg_order_key(m, &olen);
+    if (ok)
+        ok = want->order_key ? (ok_ptr != NULL && olen == 3 && memcmp(ok_ptr, "ord", 3) == 0)
+                             : (ok_ptr == NULL && olen == 0);
+    if (!ok) {
+        print_error("k=%lld (failed: %s): sub %s received %s seq %llu size %zu origin %u; "
+                    "want %s seq %llu size %u origin %u (or its payload/keys differ)\n",
+                    s->k, s->failed_call ? s->failed_call : "-", sub->label, tn ? tn : "(null)",
+                    (unsigned long long)rbus_msg_seq(m), rbus_msg_size(m), rbus_msg_origin(m),
+                    topic_names[want->topic], (unsigned long long)want->seq, want->size,
+                    want->origin);
+        fail();
+    }
+}
+
+/* Takes up to `count` messages from sub i (batch or one by one), each the
+ * model's next; holds on to some of them (released later). */
+static void step_receive(struct scen *s, int i, unsigned count, bool batch)
+{
+    struct msub *m = &s->subs[i];
+    unsigned got = 0;
+    while (got < count) {
+        rbus_msg *msgs[8];
+        size_t max = batch ? (count - got < 8 ? count - got : 8) : 1;
+        int rc;
+        if (batch) {
+            rc = rbus_recv_batch(m->sub, msgs, max, 0);
+        } else {
+            rc = rbus_recv(m->sub, &msgs[0], 0);
+            if (rc == 0)
+                rc = 1;
+        }
+        if (depth_of(m) == 0) {
+            int want = m->open ? -EAGAIN : -ESHUTDOWN;
+            if (rc != want) {
+                print_error("k=%lld: receive on %s (model empty) returned %d (%s), want %d\n", s->k,
+                            m->label, rc, rbus_strerror(rc), want);
+                fail();
+            }
+            return;
+        }
+        uint32_t expect = depth_of(m) < max ? depth_of(m) : (uint32_t)max;
+        if (rc != (int)expect) {
+            print_error("k=%lld (failed: %s): receive on %s returned %d (%s), want %u\n", s->k,
+                        s->failed_call ? s->failed_call : "-", m->label, rc, rbus_strerror(rc),
+                        expect);
+            fail();
+        }
+        for (int j = 0; j < rc; j++) {
+            check_msg(s, m, msgs[j], m->q[m->head++]);
+            m->received++;
+            s->n_received++;
+            if (s->nheld < 16 && (s->n_received % 17) == 0) {
+                /* Keep it, with one extra reference dropped at once. */
+                rbus_msg *again = rbus_msg_ref(msgs[j]);
+                assert_ptr_equal(again, msgs[j]);
+                rbus_msg_release(again);
+                s->held[s->nheld++] = msgs[j];
+            } else {
+                rbus_msg_release(msgs[j]);
+            }
+        }
+        got += (unsigned)rc;
+    }
+}
+
+static void release_held(struct scen *s)
+{
+    for (unsigned i = 0; i < s->nheld; i++)
+        rbus_msg_release(s->held[i]);
+    s->nheld = 0;
+}
+
+/* rbus_sub_close: never allocates, never fails. */
+static void step_sub_close(struct scen *s, int i)
+{
+    struct msub *m = &s->subs[i];
+    long long calls = atomic_load(&s->fa->calls);
+    assert_rbus_ok(rbus_sub_close(m->sub));
+    assert_int_equal(atomic_load(&s->fa->calls), calls);
+    m->open = false;
+    compare_all(s);
+}
+
+/* rbus_unsubscribe with messages possibly still queued: the stats right
+ * before it equal the model, and it never allocates. */
+static void step_unsubscribe(struct scen *s, int i)
+{
+    struct msub *m = &s->subs[i];
+    compare_sub(s, m);
+    s->n_queued_at_unsub += depth_of(m);
+    long long calls = atomic_load(&s->fa->calls);
+    assert_rbus_ok(rbus_unsubscribe(m->sub));
+    assert_int_equal(atomic_load(&s->fa->calls), calls);
+    m->exists = false;
+    m->sub = NULL;
+    compare_all(s);
+}
+
+static void publish_round(struct scen *s, unsigned count, uint32_t ntopics)
+{
+    for (unsigned i = 0; i < count; i++) {
+        uint32_t n = s->npub;
+        uint32_t t = (n * 5u + n / 7u) % ntopics;
+        int key_mode = n % 3 == 0 ? 1 : (n % 10 == 5 ? 2 : 0);
+        bool in_thread = n % 53 == 11;
+        step_publish(s, t, key_mode, in_thread);
+    }
+}
+
+/*
+ * The scenario. Returns false when rbus_create failed (nothing else ran).
+ */
+static bool run_scenario(struct scen *s)
+{
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.allocator = &s->fa->hooks;
+    /* 1024 keys: each shard's window (64 keys expected) stays far below the
+     * size at which it grows, so the count of allocations is the same on
+     * every run whatever the bus's random hash seed. */
+    cfg.dedup_keys = 1024;
+    rbus *bus = (rbus *)&cfg; /* junk: a failed create must reset it */
+    long long inj = injected(s);
+    int rc = rbus_create(&bus, &cfg);
+    bool inj_create = injected(s) != inj;
+    if (rc == -ENOMEM && inj_create) {
+        s->failed_call = "rbus_create";
+        assert_null(bus);
+        return false;
+    }
+    if (rc != 0) {
+        print_error("k=%lld: rbus_create returned %d (%s)\n", s->k, rc, rbus_strerror(rc));
+        fail();
+    }
+    if (inj_create)
+        s->absorbed_by = "rbus_create";
+    assert_non_null(bus);
+    s->bus = bus;
+
+    for (uint32_t t = 0; t < 4; t++)
+        step_open_topic(s, t);
+    step_subscribe(s, 0, "all-block", "af.>", RBUS_BLOCK, 512, 0);
+    step_subscribe(s, 1, "a-oldest", "af.a", RBUS_DROP_OLDEST, 8, 0);
+    step_subscribe(s, 2, "one-newest", "af.*", RBUS_DROP_NEWEST, 16, 0);
+    step_subscribe(s, 3, "bc-block", "*.b.c", RBUS_BLOCK, 32, 0);
+    step_subscribe(s, 4, "overload", "ov.*", RBUS_DROP_NEWEST, 4, 0);
+    step_subscribe(s, 6, "d-oldest", "*.d", RBUS_DROP_OLDEST, 2, 0);
+    /* A topic opened after the subscriptions: its list (and spare) are
+     * built by topic_open. */
+    step_open_topic(s, 4);
+    int fd = rbus_sub_fd(s->subs[0].sub);
+    assert_true(fd >= 0);
+
+    /* Phase 1: 5 topics, receiving now and then. */
+    for (int round = 0; round < 6; round++) {
+        publish_round(s, 40, 5);
+        step_receive(s, 0, 15, round % 2 == 0);
+        step_receive(s, 1, 3, false);
+        step_receive(s, 2, 5, true);
+        step_receive(s, 3, round % 3 == 0 ? 40 : 2, true);
+        step_receive(s, 4, 1, false);
+        step_receive(s, 6, 1, true);
+    }
+    compare_all(s);
+
+    /* Unsubscribe one that has messages queued. */
+    assert_true(depth_of(&s->subs[1]) > 0);
+    step_unsubscribe(s, 1);
+    /* A new subscription over existing topics (lists and spares rebuilt). */
+    step_subscribe(s, 5, "a-block-timed", "af.a", RBUS_BLOCK, 64, 1000000);
+    step_open_topic(s, 5);
+
+    /* Phase 2: every topic, bigger sizes included. */
+    for (int round = 0; round < 4; round++) {
+        publish_round(s, 40, NTOPICS);
+        step_receive(s, 0, 30, round % 2 == 1);
+        step_receive(s, 5, 4, false);
+        step_receive(s, 2, 3, false);
+        step_receive(s, 3, 10, true);
+    }
+    /* Close one and drain it to -ESHUTDOWN. */
+    step_sub_close(s, 2);
+    step_receive(s, 2, MAX_MSGS, true);
+    step_receive(s, 2, 1, false);
+    /* A few more after the close: the closed one is not offered them. */
+    publish_round(s, 12, NTOPICS);
+    compare_all(s);
+
+    /* Destroy with messages queued in several subscriptions. */
+    for (int i = 0; i < NSUBS; i++)
+        if (s->subs[i].exists)
+            s->n_queued_at_destroy += depth_of(&s->subs[i]);
+    release_held(s);
+    /* Persistent runs destroy with every allocation failing: destroy has
+     * to give everything back without one. */
+    if (s->persistent)
+        atomic_store(&s->fa->budget, 0);
+    rbus_destroy(s->bus);
+    failures_off(s);
+    s->bus = NULL;
+    return true;
+}
+
+static void scen_init(struct scen *s, struct rbus_test_alloc *fa, long long k, bool persistent)
+{
+    memset(s, 0, sizeof *s);
+    s->fa = fa;
+    s->k = k;
+    s->persistent = persistent;
+    for (int t = 0; t < NTOPICS; t++)
+        s->last_key[t] = -1;
+}
+
+static void scen_assert_all_returned(const struct scen *s)
+{
+    struct rbus_test_alloc *fa = s->fa;
+    if (atomic_load(&fa->live_blocks) != 0 || atomic_load(&fa->live_bytes) != 0 ||
+        atomic_load(&fa->bad_frees) != 0) {
+        print_error(
+            "k=%lld (failed: %s): after rbus_destroy %lld blocks / %lld bytes live, "
+            "%lld bad frees\n",
+            s->k, s->failed_call ? s->failed_call : "-", (long long)atomic_load(&fa->live_blocks),
+            (long long)atomic_load(&fa->live_bytes), (long long)atomic_load(&fa->bad_frees));
+        fail();
+    }
+}
+
+/* ------------------------------------------------------------ the sweep */
+
+struct call_tally {
+    const char *name;
+    unsigned count;
+};
+
+static void tally(struct call_tally *t, unsigned *n, const char *name)
+{
+    for (unsigned i = 0; i < *n; i++) {
+        if (strcmp(t[i].name, name) == 0) {
+            t[i].count++;
+            return;
+        }
+    }
+    t[*n].name = name;
+    t[*n].count = 1;
+    (*n)++;
+}
+
+/* What the failing runs did, for the report. */
+struct oom_report {
+    struct call_tally calls[16], absorbers[16];
+    unsigned ncalls, nabsorbers;
+    unsigned create_failed, absorbed;
+};
+
+/* The scenario inside the measured window (no allocation may bypass the
+ * hooks, error paths included). */
+static bool run_in_bus(struct scen *s)
+{
+    tl_in_bus++;
+    atomic_signal_fence(memory_order_seq_cst);
+    bool ran = run_scenario(s);
+    atomic_signal_fence(memory_order_seq_cst);
+    tl_in_bus--;
+    return ran;
+}
+
+/* The scenario with no failure: returns how many allocations it makes. */
+static long long oom_clean_run(struct rbus_test_alloc *fa, struct scen *s)
+{
+    alloc_init(fa, "oom");
+    scen_init(s, fa, 0, false);
+    assert_true(run_in_bus(s));
+    scen_assert_all_returned(s);
+    const long long total = atomic_load(&fa->calls);
+    uint64_t accepted = 0, dups = 0;
+    for (int t = 0; t < NTOPICS; t++) {
+        accepted += s->accepted[t];
+        dups += s->dups[t];
+    }
+    printf("alloc: the out-of-memory scenario makes %lld allocations; %u publishes: %llu "
+           "accepted, %llu duplicates; %llu received, %llu dropped, %llu queued at "
+           "unsubscribe, %llu queued at destroy\n",
+           total, s->npub, (unsigned long long)accepted, (unsigned long long)dups,
+           (unsigned long long)s->n_received, (unsigned long long)s->n_dropped,
+           (unsigned long long)s->n_queued_at_unsub, (unsigned long long)s->n_queued_at_destroy);
+    assert_true(total > 100);
+    assert_true(s->n_queued_at_unsub > 0);
+    assert_true(s->n_queued_at_destroy > 0);
+    return total;
+}
+
+/* One run in which allocation k fails (and, when persistent, every one
+ * after it until the call that met it returns). */
+static void oom_failing_run(struct rbus_test_alloc *fa, struct scen *s, long long k,
+                            bool persistent, struct oom_report *rep)
+{
+    alloc_init(fa, "oom");
+    if (persistent)
+        atomic_store(&fa->budget, k - 1);
+    else
+        atomic_store(&fa->fail_at, k);
+    scen_init(s, fa, k, persistent);
+    bool ran = run_in_bus(s);
+    /* The first k-1 allocations are the same as in the clean run, so the
+     * k-th exists and failed. */
+    long long inj = atomic_load(&fa->injected);
+    if (persistent ? inj < 1 : inj != 1) {
+        print_error("k=%lld%s: %lld failures injected (the scenario is not deterministic?)\n", k,
+                    persistent ? " on" : "", inj);
+        fail();
+    }
+    scen_assert_all_returned(s);
+    rbus_test_alloc_assert_all_returned(fa);
+    if (!ran)
+        rep->create_failed++;
+    if (s->failed_call) {
+        tally(rep->calls, &rep->ncalls, s->failed_call);
+    } else if (s->absorbed_by) {
+        rep->absorbed++;
+        tally(rep->absorbers, &rep->nabsorbers, s->absorbed_by);
+    } else if (!persistent) {
+        /* Persistent runs may meet their failure only in rbus_destroy. */
+        fail_msg("k=%lld: the failure was injected but no checked call saw it", k);
+    }
+}
+
+static void oom_print_report(const struct oom_report *rep, long long total)
+{
+    printf("alloc: out-of-memory sweep: %lld allocations, each failed alone and from there "
+           "on: %u runs failed at rbus_create, %u absorbed by a call that still succeeded;",
+           total, rep->create_failed, rep->absorbed);
+    printf(" -ENOMEM from:");
+    for (unsigned i = 0; i < rep->ncalls; i++)
+        printf(" %s %u;", rep->calls[i].name, rep->calls[i].count);
+    printf(" absorbed by:");
+    for (unsigned i = 0; i < rep->nabsorbers; i++)
+        printf(" %s %u;", rep->absorbers[i].name, rep->absorbers[i].count);
+    printf("\n");
 }
 
 static void test_alloc_out_of_memory_sweep(void **state)
 {
     (void)state;
+    static struct rbus_test_alloc fa;
+    static struct scen s;
+    static struct oom_report rep;
+    oom_payload_init();
     stray_reset();
-    static struct counting ca;
-    const long long k_max = 5000;
-    long long k;
-    long long failures_seen = 0;
-    char data[3000];
-    memset(data, 'z', sizeof data);
-    for (k = 0; k < k_max; k++) {
-        counting_init(&ca, "oom");
-        atomic_store(&ca.fail_after, k);
-        rbus_config cfg;
-        rbus_config_init(&cfg);
-        cfg.allocator = &ca.hooks;
-        long long inj;
-        int rc;
-
-        /* 1. create */
-        rbus *bus = (rbus *)&cfg; /* not NULL: create must reset it */
-        inj = atomic_load(&ca.injected);
-        IN_BUS(rc = rbus_create(&bus, &cfg));
-        if (oom_step(&ca, inj, rc, "rbus_create", k)) {
-            assert_null(bus);
-            assert_all_returned(&ca);
-            failures_seen++;
-            continue;
-        }
-        assert_non_null(bus);
-
-        rbus_sub *s1 = NULL, *s2 = NULL;
-        rbus_topic *t1 = NULL, *t2 = NULL;
-        rbus_msg *held[4] = {NULL, NULL, NULL, NULL};
-        bool failed = false;
-        rbus_sub_opts o;
-        rbus_sub_opts_init(&o);
-
-        /* 2. subscribe (BLOCK, wildcard) */
-        o.capacity = 64;
-        o.overflow = RBUS_BLOCK;
-        o.name = "oom-block";
-        inj = atomic_load(&ca.injected);
-        IN_BUS(rc = rbus_subscribe(bus, "oom.>", &o, &s1));
-        if (oom_step(&ca, inj, rc, "rbus_subscribe #1", k)) {
-            assert_null(s1);
-            failed = true;
-            atomic_store(&ca.fail_after, -1);
-            IN_BUS(rc = rbus_subscribe(bus, "oom.>", &o, &s1));
-            assert_rbus_ok(rc);
-        }
-        /* 3. subscribe (DROP_OLDEST, exact) */
-        if (!failed) {
-            o.capacity = 16;
-            o.overflow = RBUS_DROP_OLDEST;
-            o.name = "oom-exact";
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_subscribe(bus, "oom.a", &o, &s2));
-            if (oom_step(&ca, inj, rc, "rbus_subscribe #2", k)) {
-                assert_null(s2);
-                failed = true;
-                atomic_store(&ca.fail_after, -1);
-                IN_BUS(rc = rbus_subscribe(bus, "oom.a", &o, &s2));
-                assert_rbus_ok(rc);
-            }
-        }
-        /* 4. topic_open of a topic both subscriptions match */
-        if (!failed) {
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_topic_open(bus, "oom.a", &t1));
-            if (oom_step(&ca, inj, rc, "rbus_topic_open oom.a", k)) {
-                assert_null(t1);
-                failed = true;
-                atomic_store(&ca.fail_after, -1);
-                IN_BUS(rc = rbus_topic_open(bus, "oom.a", &t1));
-                assert_rbus_ok(rc);
-                rbus_topic_stats ts;
-                IN_BUS(rc = rbus_topic_stats_get(t1, &ts));
-                assert_rbus_ok(rc);
-                assert_int_equal(ts.subscriptions, s2 ? 2 : 1);
-            }
-        }
-        /* 5. a second topic (only the wildcard matches) */
-        if (!failed) {
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_topic_open(bus, "oom.b", &t2));
-            if (oom_step(&ca, inj, rc, "rbus_topic_open oom.b", k)) {
-                assert_null(t2);
-                failed = true;
-            }
-        }
-        /* 6. first publish: on -ENOMEM nothing is accepted (no sequence
-         * number taken, nothing offered) and a retry gets seq 1. */
-        if (!failed) {
-            rbus_pub_result res;
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_publish_ex(t1, data, 100, NULL, &res));
-            if (oom_step(&ca, inj, rc, "first rbus_publish", k)) {
-                failed = true;
-                assert_int_equal(res.matched, 0);
-                assert_int_equal(res.queued, 0);
-                atomic_store(&ca.fail_after, -1);
-                rbus_topic_stats ts;
-                IN_BUS(rc = rbus_topic_stats_get(t1, &ts));
-                assert_rbus_ok(rc);
-                assert_int_equal(ts.published, 0);
-                rbus_sub_stats ss;
-                IN_BUS(rc = rbus_sub_stats_get(s1, &ss));
-                assert_rbus_ok(rc);
-                assert_int_equal(ss.offered, 0);
-                IN_BUS(rc = rbus_publish(t1, data, 100));
-                assert_rbus_ok(rc);
-                IN_BUS(rc = rbus_recv(s1, &held[0], 0));
-                assert_rbus_ok(rc);
-                uint64_t seq;
-                IN_BUS(seq = rbus_msg_seq(held[0]));
-                assert_int_equal(seq, 1);
-            } else {
-                assert_int_equal(res.matched, 2);
-                assert_int_equal(res.queued, 2);
-            }
-        }
-        /* 7. first keyed publish (dedup memory): -ENOMEM does not record
-         * the key, so the retry is accepted, not a duplicate. */
-        if (!failed) {
-            rbus_pub_opts po;
-            memset(&po, 0, sizeof po);
-            po.key = "key-1";
-            po.key_len = 5;
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_publish_ex(t2, data, 10, &po, NULL));
-            if (oom_step(&ca, inj, rc, "first keyed rbus_publish_ex", k)) {
-                failed = true;
-                atomic_store(&ca.fail_after, -1);
-                IN_BUS(rc = rbus_publish_ex(t2, data, 10, &po, NULL));
-                assert_rbus_ok(rc);
-                rbus_topic_stats ts;
-                IN_BUS(rc = rbus_topic_stats_get(t2, &ts));
-                assert_rbus_ok(rc);
-                assert_int_equal(ts.published, 1);
-                assert_int_equal(ts.duplicates, 0);
-            }
-        }
-        /* 8. a big message (another size class) */
-        if (!failed) {
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_publish(t1, data, sizeof data));
-            if (oom_step(&ca, inj, rc, "big rbus_publish", k))
-                failed = true;
-        }
-        /* 9. receive what is there and hold it */
-        if (!failed) {
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_recv_batch(s1, held, 4, 0));
-            if (rc != 3) {
-                print_error("K=%lld: rbus_recv_batch gave %d, want 3\n", k, rc);
-                fail();
-            }
-        }
-        /* 10. unsubscribe cannot report -ENOMEM: it must work whatever the
-         * allocator says. */
-        if (!failed) {
-            inj = atomic_load(&ca.injected);
-            IN_BUS(rc = rbus_unsubscribe(s2));
-            assert_rbus_ok(rc);
-            s2 = NULL;
-            bool inj_here = atomic_load(&ca.injected) != inj;
-            atomic_store(&ca.fail_after, -1);
-            rbus_topic_stats ts;
-            IN_BUS(rc = rbus_topic_stats_get(t1, &ts));
-            assert_rbus_ok(rc);
-            assert_int_equal(ts.subscriptions, 1);
-            rbus_pub_result res;
-            IN_BUS(rc = rbus_publish_ex(t1, data, 1, NULL, &res));
-            assert_rbus_ok(rc);
-            assert_int_equal(res.matched, 1);
-            if (inj_here)
-                failed = true;
-        }
-
-        for (int i = 0; i < 4; i++)
-            IN_BUS(rbus_msg_release(held[i]));
-        /* 11. destroy, with the allocator possibly still failing. */
-        bool all_done = !failed && atomic_load(&ca.injected) == 0;
-        IN_BUS(rbus_destroy(bus));
-        assert_all_returned(&ca);
-        if (all_done)
-            break;
-        failures_seen++;
+    const long long total = oom_clean_run(&fa, &s);
+    for (long long k = 1; k <= total; k++) {
+        oom_failing_run(&fa, &s, k, false, &rep);
+        oom_failing_run(&fa, &s, k, true, &rep);
     }
-    printf("alloc: out-of-memory sweep: the scenario needs %lld allocations; %lld runs hit "
-           "an injected failure\n",
-           k, failures_seen);
-    assert_true(k < k_max);
-    assert_true(k > 0);
+    oom_print_report(&rep, total);
     assert_no_stray("out of memory sweep");
 }
 
 /* ------------------------------------------------------------------ main */
-
-static int group_setup(void **state)
-{
-    (void)state;
-    ptab = __real_calloc(PTAB_SIZE, sizeof *ptab);
-    return ptab == NULL ? -1 : 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    __real_free(ptab);
-    ptab = NULL;
-    return 0;
-}
 
 int main(void)
 {
@@ -1152,5 +1632,5 @@ int main(void)
         cmocka_unit_test(test_alloc_out_of_memory_sweep),
         cmocka_unit_test(test_alloc_steady_state_no_allocation_per_message),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -76,28 +76,6 @@ static void assert_result_zero(const rbus_pub_result *r)
     assert_false(r->duplicate);
 }
 
-/* ---- counting allocator ---- */
-
-struct counting {
-    atomic_long allocs;
-    atomic_long frees;
-};
-
-static void *count_alloc(size_t size, void *arg)
-{
-    struct counting *c = arg;
-    atomic_fetch_add(&c->allocs, 1);
-    return malloc(size);
-}
-
-static void count_free(void *p, void *arg)
-{
-    struct counting *c = arg;
-    if (p)
-        atomic_fetch_add(&c->frees, 1);
-    free(p);
-}
-
 /* ---- tests ---- */
 
 static void version_and_strerror(void **state)
@@ -214,28 +192,27 @@ static void create_rejects_bad_arguments(void **state)
     rbus_destroy(bus);
 
     /* allocator with a NULL function */
-    struct counting cnt;
-    atomic_init(&cnt.allocs, 0);
-    atomic_init(&cnt.frees, 0);
-    rbus_allocator a = {.alloc = count_alloc, .free = NULL, .arg = &cnt};
+    struct rbus_test_alloc cnt;
+    rbus_test_alloc_init(&cnt);
+    rbus_allocator a = {.alloc = cnt.hooks.alloc, .free = NULL, .arg = &cnt};
     rbus_config_init(&cfg);
     cfg.allocator = &a;
     bus = (rbus *)(void *)&dummy;
     assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
     assert_null(bus);
     a.alloc = NULL;
-    a.free = count_free;
+    a.free = cnt.hooks.free;
     assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
     a.free = NULL;
     assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
-    assert_int_equal(atomic_load(&cnt.allocs), 0);
+    assert_int_equal(atomic_load(&cnt.calls), 0);
 
     /* a good allocator with a bad field: nothing is allocated */
-    a.alloc = count_alloc;
-    a.free = count_free;
+    a.alloc = cnt.hooks.alloc;
+    a.free = cnt.hooks.free;
     cfg.max_payload = RBUS_MAX_PAYLOAD_LIMIT + 1;
     assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
-    assert_int_equal(atomic_load(&cnt.allocs), 0);
+    assert_int_equal(atomic_load(&cnt.calls), 0);
 
     /* the limits themselves are accepted */
     rbus_config_init(&cfg);
@@ -246,7 +223,7 @@ static void create_rejects_bad_arguments(void **state)
     bus = NULL;
     assert_rbus_ok(rbus_create(&bus, &cfg));
     assert_non_null(bus);
-    assert_true(atomic_load(&cnt.allocs) > 0);
+    assert_true(atomic_load(&cnt.calls) > 0);
     rbus_topic *t = NULL;
     assert_rbus_ok(rbus_topic_open(bus, "alloc", &t));
     rbus_sub_opts o;
@@ -260,7 +237,7 @@ static void create_rejects_bad_arguments(void **state)
     rbus_msg_release(m);
     rbus_destroy(bus);
     /* everything the bus allocated through the hooks went back */
-    assert_int_equal(atomic_load(&cnt.allocs), atomic_load(&cnt.frees));
+    rbus_test_alloc_assert_all_returned(&cnt);
 }
 
 static void topic_open_rejects_bad_arguments(void **state)

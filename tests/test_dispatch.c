@@ -1,5 +1,5 @@
 /*
- * Dispatchers (docs/api.md "Handlers"): worker counts, per-order-key order
+ * Dispatchers (rbus_dispatch_start in include/ringbus.h): worker counts, per-order-key order
  * without overlap, retries with backoff (checked as ordering, not timing),
  * dead letters with origin and attempts, max_in_hand backpressure, stop
  * under load loses nothing, and the error cases.

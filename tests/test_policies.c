@@ -1,21 +1,33 @@
 /* Overflow policies, message by message, with exact counters. */
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "test_util.h"
 
+/* Most tests run on one bus, one topic and one subscription to it, made
+ * by the group's setup from these parameters (the test's prestate) and
+ * taken down by its teardown. */
+struct fixture_params {
+    uint32_t cap;
+    rbus_overflow policy;
+    int64_t block_timeout_ns;
+};
+
 struct fixture {
     rbus *bus;
     rbus_topic *topic;
     rbus_sub *sub;
-    uint32_t cap;       /* effective capacity */
-    uint64_t published; /* what this test published */
+    uint32_t cap;             /* effective capacity */
+    uint64_t published;       /* what this test published */
+    int64_t block_timeout_ns; /* the subscription's */
 };
 
 static void fixture_open(struct fixture *f, uint32_t cap, rbus_overflow policy,
                          int64_t block_timeout_ns)
 {
     memset(f, 0, sizeof *f);
+    f->block_timeout_ns = block_timeout_ns;
     f->topic = rbus_test_bus_and_topic(&f->bus, "pol.t");
     f->sub = rbus_test_subscribe_checked(f->bus, "pol.t", cap, policy, block_timeout_ns, &f->cap);
     rbus_sub_stats st;
@@ -30,6 +42,30 @@ static void fixture_close(struct fixture *f)
     assert_rbus_ok(rbus_unsubscribe(f->sub));
     rbus_destroy(f->bus);
 }
+
+static int fixture_setup(void **state)
+{
+    const struct fixture_params *params = *state;
+    struct fixture *f = malloc(sizeof *f);
+    if (!f)
+        return -1;
+    fixture_open(f, params->cap, params->policy, params->block_timeout_ns);
+    *state = f;
+    return 0;
+}
+
+static int fixture_teardown(void **state)
+{
+    fixture_close(*state);
+    free(*state);
+    return 0;
+}
+
+static const struct fixture_params newest4 = {4, RBUS_DROP_NEWEST, 0};
+static const struct fixture_params newest8 = {8, RBUS_DROP_NEWEST, 0};
+static const struct fixture_params oldest4 = {4, RBUS_DROP_OLDEST, 0};
+static const struct fixture_params block4 = {4, RBUS_BLOCK, 0};
+static const struct fixture_params block4_timed = {4, RBUS_BLOCK, INT64_C(20000000)}; /* 20 ms */
 
 /* Publishes one message whose payload is its expected sequence number. */
 static int publish_seq(struct fixture *f, const rbus_pub_opts *po, rbus_pub_result *r)
@@ -69,6 +105,18 @@ static void expect_empty(rbus_sub *sub)
 {
     rbus_msg *m = NULL;
     assert_rbus_rc(rbus_recv(sub, &m, 0), -EAGAIN);
+}
+
+/* Every publish took a sequence number, refused ones too, and the queue
+ * holds exactly the first cap messages, in order. */
+static void expect_first_cap_queued(struct fixture *f)
+{
+    rbus_topic_stats ts;
+    assert_rbus_ok(rbus_topic_stats_get(f->topic, &ts));
+    assert_int_equal(ts.published, f->published);
+    for (uint64_t seq = 1; seq <= f->cap; seq++)
+        expect_recv_seq(f->sub, seq);
+    expect_empty(f->sub);
 }
 
 /* Publishes cap + extra messages into the empty subscription of a
@@ -164,139 +212,114 @@ static void capacity_is_at_least_requested(void **state)
 
 static void drop_newest_keeps_first_messages(void **state)
 {
-    (void)state;
-    struct fixture f;
-    fixture_open(&f, 4, RBUS_DROP_NEWEST, 0);
+    struct fixture *f = *state;
     const uint32_t extra = 5;
 
     rbus_pub_result r;
-    overflow_one_by_one(&f, RBUS_DROP_NEWEST, extra);
-    assert_int_equal(f.published, f.cap + extra);
-
-    rbus_topic_stats ts;
-    assert_rbus_ok(rbus_topic_stats_get(f.topic, &ts));
-    assert_int_equal(ts.published, f.published);
-
-    /* the first cap messages, in order */
-    for (uint64_t seq = 1; seq <= f.cap; seq++)
-        expect_recv_seq(f.sub, seq);
-    expect_empty(f.sub);
+    overflow_one_by_one(f, RBUS_DROP_NEWEST, extra);
+    assert_int_equal(f->published, f->cap + extra);
+    expect_first_cap_queued(f);
 
     /* room again: the next publish is queued */
-    assert_rbus_ok(publish_seq(&f, NULL, &r));
+    assert_rbus_ok(publish_seq(f, NULL, &r));
     expect_result(&r, 1, 1, 0, 0);
-    expect_recv_seq(f.sub, f.published);
+    expect_recv_seq(f->sub, f->published);
 
-    expect_drained(&f, RBUS_DROP_NEWEST, f.cap + 1, extra);
-    fixture_close(&f);
+    expect_drained(f, RBUS_DROP_NEWEST, f->cap + 1, extra);
 }
 
 static void drop_oldest_keeps_newest_messages(void **state)
 {
-    (void)state;
-    struct fixture f;
-    fixture_open(&f, 4, RBUS_DROP_OLDEST, 0);
+    struct fixture *f = *state;
     const uint32_t extra = 6;
 
     rbus_pub_result r;
-    overflow_one_by_one(&f, RBUS_DROP_OLDEST, extra);
+    overflow_one_by_one(f, RBUS_DROP_OLDEST, extra);
 
     /* the newest cap messages, in order */
-    for (uint64_t seq = extra + 1; seq <= f.published; seq++)
-        expect_recv_seq(f.sub, seq);
-    expect_empty(f.sub);
+    for (uint64_t seq = extra + 1; seq <= f->published; seq++)
+        expect_recv_seq(f->sub, seq);
+    expect_empty(f->sub);
 
     /* after a partial drain only the missing room is refilled without
      * evicting */
-    for (uint32_t i = 0; i < f.cap; i++) {
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
+    for (uint32_t i = 0; i < f->cap; i++) {
+        assert_rbus_ok(publish_seq(f, NULL, &r));
         expect_result(&r, 1, 1, 0, 0);
     }
-    expect_recv_seq(f.sub, f.published - f.cap + 1);
-    assert_rbus_ok(publish_seq(&f, NULL, &r));
+    expect_recv_seq(f->sub, f->published - f->cap + 1);
+    assert_rbus_ok(publish_seq(f, NULL, &r));
     expect_result(&r, 1, 1, 0, 0);
-    assert_rbus_ok(publish_seq(&f, NULL, &r));
+    assert_rbus_ok(publish_seq(f, NULL, &r));
     expect_result(&r, 1, 1, 0, 1);
     /* queue now holds the last cap messages */
-    for (uint64_t seq = f.published - f.cap + 1; seq <= f.published; seq++)
-        expect_recv_seq(f.sub, seq);
-    expect_empty(f.sub);
+    for (uint64_t seq = f->published - f->cap + 1; seq <= f->published; seq++)
+        expect_recv_seq(f->sub, seq);
+    expect_empty(f->sub);
 
-    expect_drained(&f, RBUS_DROP_OLDEST, f.published - extra - 1, extra + 1);
-    fixture_close(&f);
+    expect_drained(f, RBUS_DROP_OLDEST, f->published - extra - 1, extra + 1);
 }
 
 static void block_with_negative_publish_timeout_does_not_wait(void **state)
 {
-    (void)state;
-    struct fixture f;
+    struct fixture *f = *state;
     /* the subscription itself would wait forever */
-    fixture_open(&f, 4, RBUS_BLOCK, 0);
     rbus_pub_opts po;
     memset(&po, 0, sizeof po);
     po.timeout_ns = -1;
     rbus_pub_result r;
 
     /* with room, a no-wait publish is queued as usual */
-    for (uint32_t i = 1; i <= f.cap; i++) {
-        assert_rbus_ok(publish_seq(&f, &po, &r));
+    for (uint32_t i = 1; i <= f->cap; i++) {
+        assert_rbus_ok(publish_seq(f, &po, &r));
         expect_result(&r, 1, 1, 0, 0);
     }
     const uint32_t extra = 3;
     for (uint32_t i = 1; i <= extra; i++) {
-        assert_rbus_ok(publish_seq(&f, &po, &r));
+        assert_rbus_ok(publish_seq(f, &po, &r));
         expect_result(&r, 1, 0, 1, 0);
         rbus_sub_stats st;
-        assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+        assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
         assert_int_equal(st.dropped_timeout, i);
         assert_int_equal(st.publisher_waits, 0);
-        assert_int_equal(st.depth, f.cap);
+        assert_int_equal(st.depth, f->cap);
         rbus_test_check_accounting(&st);
     }
     /* INT64_MIN is "do not wait" too */
     po.timeout_ns = INT64_MIN;
-    assert_rbus_ok(publish_seq(&f, &po, &r));
+    assert_rbus_ok(publish_seq(f, &po, &r));
     expect_result(&r, 1, 0, 1, 0);
 
     rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
-    assert_int_equal(st.offered, f.published);
-    assert_int_equal(st.offered, f.cap + extra + 1);
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
+    assert_int_equal(st.offered, f->published);
+    assert_int_equal(st.offered, f->cap + extra + 1);
     assert_int_equal(st.dropped_timeout, extra + 1);
     assert_int_equal(st.publisher_waits, 0);
     assert_int_equal(st.dropped_newest + st.dropped_oldest + st.dropped_closed, 0);
-    assert_int_equal(st.high_water, f.cap);
+    assert_int_equal(st.high_water, f->cap);
     rbus_test_check_accounting(&st);
 
-    /* sequence numbers were taken by the dropped ones too */
-    rbus_topic_stats ts;
-    assert_rbus_ok(rbus_topic_stats_get(f.topic, &ts));
-    assert_int_equal(ts.published, f.published);
-    for (uint64_t seq = 1; seq <= f.cap; seq++)
-        expect_recv_seq(f.sub, seq);
-    expect_empty(f.sub);
-    fixture_close(&f);
+    expect_first_cap_queued(f);
 }
 
 static void block_with_sub_timeout_waits_then_drops(void **state)
 {
-    (void)state;
-    struct fixture f;
-    const int64_t timeout = INT64_C(20000000); /* 20 ms */
-    fixture_open(&f, 4, RBUS_BLOCK, timeout);
+    struct fixture *f = *state;
+    const int64_t timeout = f->block_timeout_ns;
     rbus_pub_result r;
 
-    for (uint32_t i = 1; i <= f.cap; i++) {
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
+    for (uint32_t i = 1; i <= f->cap; i++) {
+        assert_rbus_ok(publish_seq(f, NULL, &r));
         expect_result(&r, 1, 1, 0, 0);
     }
     rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
     assert_int_equal(st.publisher_waits, 0);
 
     for (uint32_t i = 1; i <= 2; i++) {
         uint64_t t0 = rbus_test_now_ns();
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
+        assert_rbus_ok(publish_seq(f, NULL, &r));
         uint64_t waited = rbus_test_now_ns() - t0;
         expect_result(&r, 1, 0, 1, 0);
         /* it did wait for its timeout (lower bound only) */
@@ -304,56 +327,52 @@ static void block_with_sub_timeout_waits_then_drops(void **state)
             print_error("publisher waited only %llu ns\n", (unsigned long long)waited);
             fail();
         }
-        assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+        assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
         assert_int_equal(st.dropped_timeout, i);
         assert_int_equal(st.publisher_waits, i);
-        assert_int_equal(st.depth, f.cap);
+        assert_int_equal(st.depth, f->cap);
         rbus_test_check_accounting(&st);
     }
 
     /* once there is room the publish is queued without waiting */
-    expect_recv_seq(f.sub, 1);
-    assert_rbus_ok(publish_seq(&f, NULL, &r));
+    expect_recv_seq(f->sub, 1);
+    assert_rbus_ok(publish_seq(f, NULL, &r));
     expect_result(&r, 1, 1, 0, 0);
 
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
-    assert_int_equal(st.offered, f.published);
-    assert_int_equal(st.offered, f.cap + 3);
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
+    assert_int_equal(st.offered, f->published);
+    assert_int_equal(st.offered, f->cap + 3);
     assert_int_equal(st.received, 1);
     assert_int_equal(st.dropped_timeout, 2);
     assert_int_equal(st.publisher_waits, 2);
-    assert_int_equal(st.depth, f.cap);
-    assert_int_equal(st.high_water, f.cap);
+    assert_int_equal(st.depth, f->cap);
+    assert_int_equal(st.high_water, f->cap);
     rbus_test_check_accounting(&st);
 
-    for (uint64_t seq = 2; seq <= f.cap; seq++)
-        expect_recv_seq(f.sub, seq);
-    expect_recv_seq(f.sub, f.published);
-    expect_empty(f.sub);
-    fixture_close(&f);
+    for (uint64_t seq = 2; seq <= f->cap; seq++)
+        expect_recv_seq(f->sub, seq);
+    expect_recv_seq(f->sub, f->published);
+    expect_empty(f->sub);
 }
 
 static void block_with_room_never_waits(void **state)
 {
-    (void)state;
-    struct fixture f;
-    fixture_open(&f, 4, RBUS_BLOCK, 0);
+    struct fixture *f = *state;
     rbus_pub_result r;
     /* publish and receive alternately many times: never full */
     for (int i = 0; i < 100; i++) {
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
+        assert_rbus_ok(publish_seq(f, NULL, &r));
         expect_result(&r, 1, 1, 0, 0);
-        expect_recv_seq(f.sub, f.published);
+        expect_recv_seq(f->sub, f->published);
     }
     rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
     assert_int_equal(st.offered, 100);
     assert_int_equal(st.received, 100);
     assert_int_equal(st.publisher_waits, 0);
     assert_int_equal(st.high_water, 1);
     assert_int_equal(st.depth, 0);
     rbus_test_check_accounting(&st);
-    fixture_close(&f);
 }
 
 /*
@@ -495,50 +514,54 @@ static void mixed_policies_on_one_topic(void **state)
 
 static void high_water_tracks_largest_depth(void **state)
 {
-    (void)state;
-    struct fixture f;
-    fixture_open(&f, 8, RBUS_DROP_NEWEST, 0);
+    struct fixture *f = *state;
     rbus_pub_result r;
     for (int i = 0; i < 3; i++)
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
+        assert_rbus_ok(publish_seq(f, NULL, &r));
     rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
     assert_int_equal(st.high_water, 3);
     assert_int_equal(st.depth, 3);
-    expect_recv_seq(f.sub, 1);
-    expect_recv_seq(f.sub, 2);
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+    expect_recv_seq(f->sub, 1);
+    expect_recv_seq(f->sub, 2);
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
     assert_int_equal(st.high_water, 3);
     assert_int_equal(st.depth, 1);
-    assert_rbus_ok(publish_seq(&f, NULL, &r));
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+    assert_rbus_ok(publish_seq(f, NULL, &r));
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
     assert_int_equal(st.high_water, 3);
     assert_int_equal(st.depth, 2);
     for (int i = 0; i < 3; i++)
-        assert_rbus_ok(publish_seq(&f, NULL, &r));
-    assert_rbus_ok(rbus_sub_stats_get(f.sub, &st));
+        assert_rbus_ok(publish_seq(f, NULL, &r));
+    assert_rbus_ok(rbus_sub_stats_get(f->sub, &st));
     assert_int_equal(st.high_water, 5);
     assert_int_equal(st.depth, 5);
     assert_int_equal(st.offered, 7);
     assert_int_equal(st.received, 2);
     rbus_test_check_accounting(&st);
     for (uint64_t seq = 3; seq <= 7; seq++)
-        expect_recv_seq(f.sub, seq);
-    fixture_close(&f);
+        expect_recv_seq(f->sub, seq);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(capacity_is_at_least_requested),
-        cmocka_unit_test(drop_newest_keeps_first_messages),
-        cmocka_unit_test(drop_oldest_keeps_newest_messages),
-        cmocka_unit_test(block_with_negative_publish_timeout_does_not_wait),
-        cmocka_unit_test(block_with_sub_timeout_waits_then_drops),
-        cmocka_unit_test(block_with_room_never_waits),
+        cmocka_unit_test_prestate_setup_teardown(drop_newest_keeps_first_messages, fixture_setup,
+                                                 fixture_teardown, (void *)&newest4),
+        cmocka_unit_test_prestate_setup_teardown(drop_oldest_keeps_newest_messages, fixture_setup,
+                                                 fixture_teardown, (void *)&oldest4),
+        cmocka_unit_test_prestate_setup_teardown(block_with_negative_publish_timeout_does_not_wait,
+                                                 fixture_setup, fixture_teardown, (void *)&block4),
+        cmocka_unit_test_prestate_setup_teardown(block_with_sub_timeout_waits_then_drops,
+                                                 fixture_setup, fixture_teardown,
+                                                 (void *)&block4_timed),
+        cmocka_unit_test_prestate_setup_teardown(block_with_room_never_waits, fixture_setup,
+                                                 fixture_teardown, (void *)&block4),
         cmocka_unit_test(refused_everywhere_is_still_accepted),
         cmocka_unit_test(mixed_policies_on_one_topic),
-        cmocka_unit_test(high_water_tracks_largest_depth),
+        cmocka_unit_test_prestate_setup_teardown(high_water_tracks_largest_depth, fixture_setup,
+                                                 fixture_teardown, (void *)&newest8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,67 +25,7 @@
 
 #include "test_util.h"
 
-/* ------------------------------------------------- the counting allocator */
-
-/* Each block carries its size in a 16-byte header (keeps malloc's
- * alignment), so live bytes can be counted without a table. */
-struct counting {
-    atomic_llong allocs;
-    atomic_llong frees;
-    atomic_llong live_blocks;
-    atomic_llong live_bytes;
-    atomic_llong max_live_blocks;
-    rbus_allocator hooks;
-};
-
-#define HDR 16
-
-static void *counting_alloc(size_t size, void *arg)
-{
-    struct counting *c = arg;
-    unsigned char *p = malloc(size + HDR);
-    if (p == NULL)
-        return NULL;
-    memcpy(p, &size, sizeof size);
-    atomic_fetch_add(&c->allocs, 1);
-    long long live = atomic_fetch_add(&c->live_blocks, 1) + 1;
-    atomic_fetch_add(&c->live_bytes, (long long)size);
-    long long mx = atomic_load(&c->max_live_blocks);
-    while (live > mx && !atomic_compare_exchange_weak(&c->max_live_blocks, &mx, live)) {
-    }
-    return p + HDR;
-}
-
-static void counting_free(void *ptr, void *arg)
-{
-    struct counting *c = arg;
-    if (ptr == NULL)
-        return;
-    unsigned char *p = (unsigned char *)ptr - HDR;
-    size_t size;
-    memcpy(&size, p, sizeof size);
-    atomic_fetch_add(&c->frees, 1);
-    atomic_fetch_sub(&c->live_blocks, 1);
-    atomic_fetch_sub(&c->live_bytes, (long long)size);
-    free(p);
-}
-
-static void counting_init(struct counting *c)
-{
-    memset(c, 0, sizeof *c);
-    c->hooks.alloc = counting_alloc;
-    c->hooks.free = counting_free;
-    c->hooks.arg = c;
-}
-
-static void assert_all_returned(struct counting *c)
-{
-    assert_int_equal(atomic_load(&c->live_blocks), 0);
-    assert_int_equal(atomic_load(&c->live_bytes), 0);
-    assert_int_equal(atomic_load(&c->allocs), atomic_load(&c->frees));
-}
-
-static rbus *make_bus(struct counting *c)
+static rbus *make_bus(struct rbus_test_alloc *c)
 {
     rbus_config cfg;
     rbus_config_init(&cfg);
@@ -116,7 +56,7 @@ struct th_payload {
 };
 
 struct th_bus {
-    struct counting alloc;
+    struct rbus_test_alloc alloc;
     rbus *bus;
     rbus_topic *tx, *ty;
     rbus_sub *block;  /* thr.>, every message */
@@ -239,20 +179,14 @@ static void th_wait_drained(void)
     }
 }
 
-static void test_threads_thousands_of_short_lived_publishers(void **state)
+/* Step 1: NBUS buses, each with a counting allocator, two topics, a BLOCK
+ * and a DROP_OLDEST subscription, and a receiver record for each. */
+static void th_setup(uint32_t nthreads, struct th_recv *recvs)
 {
-    (void)state;
-    const uint32_t nthreads = (uint32_t)rbus_test_scaled(2000, 100) / WAVE * WAVE;
-    const uint32_t waves = nthreads / WAVE;
-    printf("threads: %u short-lived publisher threads in %u waves of %d on %d buses, "
-           "%d messages per (thread, bus)\n",
-           nthreads, waves, WAVE, NBUS, MSGS_PER_BUS);
-
-    static struct th_recv recvs[NBUS * 2];
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
         memset(tb, 0, sizeof *tb);
-        counting_init(&tb->alloc);
+        rbus_test_alloc_init(&tb->alloc);
         tb->bus = make_bus(&tb->alloc);
         assert_rbus_ok(rbus_topic_open(tb->bus, "thr.x", &tb->tx));
         assert_rbus_ok(rbus_topic_open(tb->bus, "thr.y", &tb->ty));
@@ -272,7 +206,18 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
             assert_non_null(r->last);
         }
     }
+}
 
+/* Live blocks per bus after wave 0 and after the last synchronised wave. */
+struct th_live {
+    long long first[NBUS], sync[NBUS];
+    uint32_t sync_waves;
+};
+
+/* Step 2: the waves of publisher threads (the receivers start after the
+ * first one has published). */
+static void th_run_waves(uint32_t waves, struct th_recv *recvs, struct th_live *live)
+{
     /* Phase 1, synchronised waves: each wave's threads all publish, then
      * wait together until the receivers have released every message, then
      * exit together. So every wave has the same threads alive at once on
@@ -287,7 +232,7 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
     static struct th_pub pubs[WAVE];
     pthread_t th[WAVE];
     const uint32_t sync_waves = (waves + 1) / 2;
-    long long live_first[NBUS] = {0}, live_sync[NBUS] = {0};
+    live->sync_waves = sync_waves;
     bool receivers_started = false;
     pthread_barrier_t bar;
     assert_int_equal(pthread_barrier_init(&bar, NULL, WAVE + 1), 0);
@@ -329,31 +274,41 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
                    (long long)atomic_load(&g_buses[2].alloc.live_blocks));
         for (int b = 0; b < NBUS; b++) {
             if (w == 0)
-                live_first[b] = atomic_load(&g_buses[b].alloc.live_blocks);
+                live->first[b] = atomic_load(&g_buses[b].alloc.live_blocks);
             if (w + 1 == sync_waves)
-                live_sync[b] = atomic_load(&g_buses[b].alloc.live_blocks);
+                live->sync[b] = atomic_load(&g_buses[b].alloc.live_blocks);
         }
     }
     pthread_barrier_destroy(&bar);
+}
 
+/* Step 3: memory did not grow with the number of threads; the buses close
+ * and the receivers finish. */
+static void th_check_memory(uint32_t waves, const struct th_live *live, struct th_recv *recvs)
+{
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
         long long live_last = atomic_load(&tb->alloc.live_blocks);
         printf("threads:   bus %d: live blocks after wave 0: %lld, after %u synchronised "
                "waves: %lld, after %u free-running waves: %lld (%lld B), allocs %lld\n",
-               b, live_first[b], sync_waves, live_sync[b], waves - sync_waves, live_last,
-               (long long)atomic_load(&tb->alloc.live_bytes),
-               (long long)atomic_load(&tb->alloc.allocs));
-        assert_true(live_sync[b] <= live_first[b] + 16);
+               b, live->first[b], live->sync_waves, live->sync[b], waves - live->sync_waves,
+               live_last, (long long)atomic_load(&tb->alloc.live_bytes),
+               (long long)atomic_load(&tb->alloc.calls));
+        assert_true(live->sync[b] <= live->first[b] + 16);
         /* At most WAVE states per bus, each growing by at most one wave's
          * messages on the bus (drained between waves). */
-        assert_true(live_last <= live_sync[b] + WAVE * (2 * WAVE * MSGS_PER_BUS));
+        assert_true(live_last <= live->sync[b] + WAVE * (2 * WAVE * MSGS_PER_BUS));
         rbus_close(tb->bus);
     }
     for (int i = 0; i < NBUS * 2; i++)
         assert_int_equal(pthread_join(recvs[i].thread, NULL), 0);
     rbus_test_assert_no_thread_errors();
+}
 
+/* Step 4: every message arrived exactly once, the counters add up, and
+ * each bus gives back every block. */
+static void th_check_delivery(uint32_t nthreads)
+{
     for (int b = 0; b < NBUS; b++) {
         struct th_bus *tb = &g_buses[b];
         rbus_topic_stats tsx, tsy;
@@ -388,9 +343,27 @@ static void test_threads_thousands_of_short_lived_publishers(void **state)
         assert_rbus_ok(rbus_unsubscribe(tb->block));
         assert_rbus_ok(rbus_unsubscribe(tb->oldest));
         rbus_destroy(tb->bus);
-        assert_all_returned(&tb->alloc);
+        rbus_test_alloc_assert_all_returned(&tb->alloc);
         free(tb->seen);
     }
+}
+
+static void test_threads_thousands_of_short_lived_publishers(void **state)
+{
+    (void)state;
+    const uint32_t nthreads = (uint32_t)rbus_test_scaled(2000, 100) / WAVE * WAVE;
+    const uint32_t waves = nthreads / WAVE;
+    printf("threads: %u short-lived publisher threads in %u waves of %d on %d buses, "
+           "%d messages per (thread, bus)\n",
+           nthreads, waves, WAVE, NBUS, MSGS_PER_BUS);
+
+    static struct th_recv recvs[NBUS * 2];
+    struct th_live live;
+    memset(&live, 0, sizeof live);
+    th_setup(nthreads, recvs);
+    th_run_waves(waves, recvs, &live);
+    th_check_memory(waves, &live, recvs);
+    th_check_delivery(nthreads);
     for (int i = 0; i < NBUS * 2; i++)
         free(recvs[i].last);
 }
@@ -452,11 +425,11 @@ static void *outlive_main(void *arg)
 static void test_threads_exit_after_their_bus_was_destroyed(void **state)
 {
     (void)state;
-    static struct counting c1, c2, c3;
+    static struct rbus_test_alloc c1, c2, c3;
 
     /* Variant A: the thread used one bus; the bus dies; the thread exits. */
     {
-        counting_init(&c1);
+        rbus_test_alloc_init(&c1);
         rbus *b1 = make_bus(&c1);
         static struct outlive o;
         memset(&o, 0, sizeof o);
@@ -468,10 +441,10 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         while (atomic_load(&o.stage) < 1)
             rbus_test_sleep_us(50);
         rbus_destroy(b1); /* the thread is alive, done with the bus */
-        assert_all_returned(&c1);
+        rbus_test_alloc_assert_all_returned(&c1);
         atomic_store(&o.g.step, 1);
         assert_int_equal(pthread_join(th, NULL), 0);
-        assert_all_returned(&c1);
+        rbus_test_alloc_assert_all_returned(&c1);
         rbus_test_assert_no_thread_errors();
         printf("threads: variant A (thread exits after its only bus died): ok\n");
     }
@@ -479,8 +452,8 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
     /* Variant B: the thread used two buses; one dies; the thread exits; the
      * other is destroyed after. */
     {
-        counting_init(&c1);
-        counting_init(&c2);
+        rbus_test_alloc_init(&c1);
+        rbus_test_alloc_init(&c2);
         rbus *b1 = make_bus(&c1);
         rbus *b2 = make_bus(&c2);
         static struct outlive o;
@@ -494,7 +467,7 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         while (atomic_load(&o.stage) < 1)
             rbus_test_sleep_us(50);
         rbus_destroy(b1);
-        assert_all_returned(&c1);
+        rbus_test_alloc_assert_all_returned(&c1);
         atomic_store(&o.g.step, 1);
         assert_int_equal(pthread_join(th, NULL), 0);
         rbus_test_assert_no_thread_errors();
@@ -508,8 +481,8 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         uint32_t v = 9;
         assert_rbus_ok(rbus_publish(t, &v, sizeof v));
         rbus_destroy(b2);
-        assert_all_returned(&c1);
-        assert_all_returned(&c2);
+        rbus_test_alloc_assert_all_returned(&c1);
+        rbus_test_alloc_assert_all_returned(&c2);
         printf("threads: variant B (two buses, one dies first): ok\n");
     }
 
@@ -517,8 +490,8 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
      * allocator may well hand out the same addresses); the same thread uses
      * the new bus, then exits; then the new bus dies. */
     {
-        counting_init(&c1);
-        counting_init(&c3);
+        rbus_test_alloc_init(&c1);
+        rbus_test_alloc_init(&c3);
         rbus *b1 = make_bus(&c1);
         static struct outlive o;
         memset(&o, 0, sizeof o);
@@ -530,7 +503,7 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
             rbus_test_sleep_us(50);
         void *old_addr = (void *)b1;
         rbus_destroy(b1);
-        assert_all_returned(&c1);
+        rbus_test_alloc_assert_all_returned(&c1);
         rbus *b3 = make_bus(&c3);
         o.s3 = make_sub(b3, "first", RBUS_BLOCK, 4);
         assert_rbus_ok(rbus_topic_open(b3, "first", &o.t3));
@@ -543,7 +516,7 @@ static void test_threads_exit_after_their_bus_was_destroyed(void **state)
         assert_rbus_ok(rbus_topic_stats_get(o.t3, &ts));
         assert_int_equal(ts.published, 100);
         rbus_destroy(b3);
-        assert_all_returned(&c3);
+        rbus_test_alloc_assert_all_returned(&c3);
         printf("threads: variant C (a new bus after the old one died): ok\n");
     }
 }
@@ -555,8 +528,8 @@ static void *serial_buses_main(void *arg)
 {
     unsigned n = *(unsigned *)arg;
     for (unsigned i = 0; i < n; i++) {
-        struct counting c;
-        counting_init(&c);
+        struct rbus_test_alloc c;
+        rbus_test_alloc_init(&c);
         rbus_config cfg;
         rbus_config_init(&cfg);
         cfg.allocator = &c.hooks;
@@ -631,10 +604,10 @@ static void test_threads_exit_while_bus_is_destroyed(void **state)
     const unsigned rounds = (unsigned)rbus_test_scaled(100, 5);
     printf("threads: %u rounds of %d threads exiting while their bus is destroyed\n", rounds,
            WAVE);
-    static struct counting c;
+    static struct rbus_test_alloc c;
     static struct racer rs[WAVE];
     for (unsigned round = 0; round < rounds; round++) {
-        counting_init(&c);
+        rbus_test_alloc_init(&c);
         rbus *bus = make_bus(&c);
         rbus_topic *t = NULL;
         assert_rbus_ok(rbus_topic_open(bus, "race.exit", &t));
@@ -652,11 +625,11 @@ static void test_threads_exit_while_bus_is_destroyed(void **state)
         pthread_barrier_wait(&bar);
         /* Every thread is done with the bus; they are exiting right now. */
         rbus_destroy(bus);
-        assert_all_returned(&c);
+        rbus_test_alloc_assert_all_returned(&c);
         for (uint32_t i = 0; i < WAVE; i++)
             assert_int_equal(pthread_join(th[i], NULL), 0);
         pthread_barrier_destroy(&bar);
-        assert_all_returned(&c);
+        rbus_test_alloc_assert_all_returned(&c);
         rbus_test_assert_no_thread_errors();
     }
 }

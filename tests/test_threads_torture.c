@@ -1,5 +1,5 @@
 /*
- * test_threads_torture.c - concurrency torture (issue 7, part 2).
+ * test_threads_torture.c - concurrency torture.
  *
  * Worker threads pick operations at random for a bounded time: publish
  * (several topics, with and without idempotency keys, order keys, origin
@@ -372,158 +372,205 @@ static void note_shared_accept(struct worker *w, uint32_t t, uint64_t key, uint6
     pthread_mutex_unlock(&g.shared_lock[t]);
 }
 
-static void op_publish(struct worker *w)
-{
-    /* Sinks own untimed subscriptions: they never publish where those are. */
-    uint32_t t = w->sink ? N_UNTIMED_TOPICS + rnd_below(w, NTOPICS - N_UNTIMED_TOPICS)
-                         : rnd_below(w, NTOPICS);
-    rbus_topic *topic = worker_topic(w, t);
-    if (!topic)
-        return;
-    uint32_t r = rnd_below(w, 20);
-    unsigned keykind = 0;
-    bool repeat = false;
-    uint64_t keynum = 0;
-    if (r < 3) {
-        keykind = 1;
-        keynum = ++w->uniq_next;
-    } else if (r < 6) {
-        keykind = 2;
-        keynum = rnd_below(w, NSHARED);
-    } else if (r < 7 && w->last_unique[t].valid) {
-        keykind = 1;
-        repeat = true;
-        keynum = w->last_unique[t].n;
-    }
-    bool plain = keykind == 0 && rnd_below(w, 4) == 0;
+/* What one publish will be: topic, key kind, options. The options point
+ * into the plan's own buffers. */
+struct pub_plan {
+    uint32_t t;
+    unsigned keykind; /* 0 none, 1 the worker's own unique key, 2 a shared key */
+    bool repeat;      /* the worker's last unique key on t, again */
+    uint64_t keynum;
+    bool plain, okey, origin;
     rbus_pub_opts po;
-    memset(&po, 0, sizeof po);
-    char kbuf[40];
-    if (keykind) {
-        po.key = kbuf;
-        po.key_len = key_text(kbuf, sizeof kbuf, keykind, (unsigned)w->id, keynum);
+    char kbuf[40], obuf[16];
+};
+
+/* Step 1: picks the publish; false when its topic is not open yet. */
+static bool plan_publish(struct worker *w, struct pub_plan *pl, rbus_topic **topic)
+{
+    memset(pl, 0, sizeof *pl);
+    /* Sinks own untimed subscriptions: they never publish where those are. */
+    pl->t = w->sink ? N_UNTIMED_TOPICS + rnd_below(w, NTOPICS - N_UNTIMED_TOPICS)
+                    : rnd_below(w, NTOPICS);
+    *topic = worker_topic(w, pl->t);
+    if (!*topic)
+        return false;
+    uint32_t r = rnd_below(w, 20);
+    if (r < 3) {
+        pl->keykind = 1;
+        pl->keynum = ++w->uniq_next;
+    } else if (r < 6) {
+        pl->keykind = 2;
+        pl->keynum = rnd_below(w, NSHARED);
+    } else if (r < 7 && w->last_unique[pl->t].valid) {
+        pl->keykind = 1;
+        pl->repeat = true;
+        pl->keynum = w->last_unique[pl->t].n;
     }
-    bool okey = !plain && rnd_below(w, 5) == 0;
-    char obuf[16];
-    if (okey) {
-        int n = snprintf(obuf, sizeof obuf, "o%d", w->id);
-        po.order_key = obuf;
-        po.order_key_len = (size_t)n;
+    pl->plain = pl->keykind == 0 && rnd_below(w, 4) == 0;
+    if (pl->keykind) {
+        pl->po.key = pl->kbuf;
+        pl->po.key_len =
+            key_text(pl->kbuf, sizeof pl->kbuf, pl->keykind, (unsigned)w->id, pl->keynum);
     }
-    bool origin = !plain && rnd_below(w, 2) == 0;
-    if (origin)
-        po.origin = (uint32_t)w->id + 1;
+    pl->okey = !pl->plain && rnd_below(w, 5) == 0;
+    if (pl->okey) {
+        int n = snprintf(pl->obuf, sizeof pl->obuf, "o%d", w->id);
+        pl->po.order_key = pl->obuf;
+        pl->po.order_key_len = (size_t)n;
+    }
+    pl->origin = !pl->plain && rnd_below(w, 2) == 0;
+    if (pl->origin)
+        pl->po.origin = (uint32_t)w->id + 1;
     /* Wait bounds only where no untimed subscription can be. */
-    if (!plain && !topic_is_untimed(t)) {
+    if (!pl->plain && !topic_is_untimed(pl->t)) {
         switch (rnd_below(w, 4)) {
-        case 0: po.timeout_ns = -1; break;
-        case 1: po.timeout_ns = 20000 + (int64_t)rnd_below(w, 1000000); break;
-        default: po.timeout_ns = 0; break;
+        case 0:
+            pl->po.timeout_ns = -1;
+            break;
+        case 1:
+            pl->po.timeout_ns = 20000 + (int64_t)rnd_below(w, 1000000);
+            break;
+        default:
+            pl->po.timeout_ns = 0;
+            break;
         }
     }
+    return true;
+}
 
+/* Step 2: the payload, which tells receivers who published it, where,
+ * with what key and options, and how to check every byte. */
+static struct tpay fill_payload(struct worker *w, const struct pub_plan *pl)
+{
     struct tpay p;
     memset(&p, 0, sizeof p);
     p.magic = PAY_MAGIC;
     p.pub = (uint16_t)w->id;
-    p.topic = (uint16_t)t;
+    p.topic = (uint16_t)pl->t;
     p.gidx = ++w->gidx;
-    p.idx = w->accepted_idx[t] + 1;
-    p.keynum = keynum;
+    p.idx = w->accepted_idx[pl->t] + 1;
+    p.keynum = pl->keynum;
     p.len = (uint32_t)(sizeof p + extra_sizes[rnd_below(w, N_EXTRA)]);
     p.fill = (uint32_t)rnd(w);
-    p.keykind = (uint8_t)keykind;
-    p.okey = okey;
-    p.origin = origin;
+    p.keykind = (uint8_t)pl->keykind;
+    p.okey = pl->okey;
+    p.origin = pl->origin;
     memcpy(w->buf, &p, sizeof p);
     for (size_t i = sizeof p; i < p.len; i++)
         w->buf[i] = fill_byte(p.fill, i);
+    return p;
+}
 
-    uint64_t c0 = keykind ? atomic_load(&g.keyed_done[t]) : 0;
-    bool closed_before = atomic_load(&g.closed);
-    rbus_pub_result res;
-    memset(&res, 0x77, sizeof res);
-    act_begin(&w->act, OP_PUBLISH, 0, (int)t);
-    int rc = plain ? rbus_publish(topic, w->buf, p.len)
-                   : rbus_publish_ex(topic, w->buf, p.len, &po, &res);
-    act_end(&w->act);
-    w->ops[OP_PUBLISH]++;
-    bool close_started = atomic_load(&g.close_started);
-
+/* Step 3: whether the publish's return and result fit what the worker
+ * knows (the key's history, the close); true when it was accepted. */
+static bool check_publish_outcome(struct worker *w, const struct pub_plan *pl, int rc,
+                                  const rbus_pub_result *res, bool closed_before,
+                                  bool close_started)
+{
     bool accepted = false;
     if (rc == 0) {
         accepted = true;
         if (closed_before)
             rbus_test_report("worker %d: publish on %s accepted after rbus_close", w->id,
-                             topic_names[t]);
-        if (!plain && (res.duplicate || res.matched != res.queued + res.dropped))
+                             topic_names[pl->t]);
+        if (!pl->plain && (res->duplicate || res->matched != res->queued + res->dropped))
             rbus_test_report("worker %d: publish result matched %u queued %u dropped %u dup %d",
-                             w->id, res.matched, res.queued, res.dropped, (int)res.duplicate);
+                             w->id, res->matched, res->queued, res->dropped, (int)res->duplicate);
     } else if (rc == RBUS_DUPLICATE) {
-        if (keykind == 0 || (keykind == 1 && !repeat))
-            rbus_test_report("worker %d: a never-used key (kind %u) on %s was a duplicate",
-                             w->id, keykind, topic_names[t]);
+        if (pl->keykind == 0 || (pl->keykind == 1 && !pl->repeat))
+            rbus_test_report("worker %d: a never-used key (kind %u) on %s was a duplicate", w->id,
+                             pl->keykind, topic_names[pl->t]);
         if (closed_before)
             rbus_test_report("worker %d: RBUS_DUPLICATE after rbus_close (want -ESHUTDOWN)",
                              w->id);
-        if (res.matched || res.queued || res.dropped || res.evicted || !res.duplicate)
+        if (res->matched || res->queued || res->dropped || res->evicted || !res->duplicate)
             rbus_test_report("worker %d: duplicate's result not zero + duplicate", w->id);
-        atomic_fetch_add(&g.dups[t], 1);
+        atomic_fetch_add(&g.dups[pl->t], 1);
         w->pub_dup++;
-        if (repeat)
+        if (pl->repeat)
             atomic_fetch_add(&g.repeat_dup, 1);
     } else if (rc == -ESHUTDOWN) {
         if (!close_started)
             rbus_test_report("worker %d: publish on %s: -ESHUTDOWN before rbus_close", w->id,
-                             topic_names[t]);
-        if (plain) {
+                             topic_names[pl->t]);
+        if (pl->plain) {
             /* Accepted and then interrupted, or refused: cannot tell. */
-            atomic_fetch_add(&g.ambiguous[t], 1);
+            atomic_fetch_add(&g.ambiguous[pl->t], 1);
             w->pub_ambiguous++;
-        } else if (res.matched > 0) {
+        } else if (res->matched > 0) {
             /* Accepted, interrupted by the close while it waited. */
             accepted = true;
             if (closed_before)
                 rbus_test_report("worker %d: accepted after rbus_close returned", w->id);
-            if (res.matched != res.queued + res.dropped || res.duplicate)
+            if (res->matched != res->queued + res->dropped || res->duplicate)
                 rbus_test_report("worker %d: interrupted publish's result inconsistent", w->id);
         } else {
-            if (res.queued || res.dropped || res.evicted || res.duplicate)
+            if (res->queued || res->dropped || res->evicted || res->duplicate)
                 rbus_test_report("worker %d: refused publish's result not zero", w->id);
             w->pub_refused_closed++;
         }
     } else {
-        rbus_test_report("worker %d: publish on %s returned %d (%s)", w->id, topic_names[t], rc,
+        rbus_test_report("worker %d: publish on %s returned %d (%s)", w->id, topic_names[pl->t], rc,
                          rbus_strerror(rc));
     }
-    if (!accepted)
-        return;
-    w->accepted_idx[t]++;
-    atomic_fetch_add(&g.accepted[t], 1);
+    return accepted;
+}
+
+/* Step 4: an accepted publish: the tallies, and what its key says about
+ * the dedup window. */
+static void note_accepted(struct worker *w, const struct pub_plan *pl, const rbus_pub_result *res,
+                          uint64_t c0)
+{
+    w->accepted_idx[pl->t]++;
+    atomic_fetch_add(&g.accepted[pl->t], 1);
     w->pub_accepted++;
-    if (!plain && res.dropped > 0)
+    if (!pl->plain && res->dropped > 0)
         w->pub_some_dropped++;
-    if (keykind) {
+    if (pl->keykind) {
         w->pub_keyed++;
-        uint64_t c2 = count_keyed(t);
-        if (keykind == 2) {
-            note_shared_accept(w, t, keynum, c0, c2);
-        } else if (repeat) {
+        uint64_t c2 = count_keyed(pl->t);
+        if (pl->keykind == 2) {
+            note_shared_accept(w, pl->t, pl->keynum, c0, c2);
+        } else if (pl->repeat) {
             atomic_fetch_add(&g.repeat_accepted, 1);
-            if (surely_remembered(w->last_unique[t].c0, c2))
-                rbus_test_report("worker %d: topic %s: key u%d-%llu accepted again with at most "
-                                 "%llu keys accepted in between (dedup_keys %d)",
-                                 w->id, topic_names[t], w->id, (unsigned long long)keynum,
-                                 (unsigned long long)(c2 - w->last_unique[t].c0 +
-                                                      (uint64_t)g.nworkers),
-                                 DEDUP_KEYS);
-            w->last_unique[t].c0 = c0;
+            if (surely_remembered(w->last_unique[pl->t].c0, c2))
+                rbus_test_report(
+                    "worker %d: topic %s: key u%d-%llu accepted again with at most "
+                    "%llu keys accepted in between (dedup_keys %d)",
+                    w->id, topic_names[pl->t], w->id, (unsigned long long)pl->keynum,
+                    (unsigned long long)(c2 - w->last_unique[pl->t].c0 + (uint64_t)g.nworkers),
+                    DEDUP_KEYS);
+            w->last_unique[pl->t].c0 = c0;
         } else {
-            w->last_unique[t].valid = true;
-            w->last_unique[t].n = keynum;
-            w->last_unique[t].c0 = c0;
+            w->last_unique[pl->t].valid = true;
+            w->last_unique[pl->t].n = pl->keynum;
+            w->last_unique[pl->t].c0 = c0;
         }
     }
+}
+
+static void op_publish(struct worker *w)
+{
+    struct pub_plan plan;
+    rbus_topic *topic;
+    if (!plan_publish(w, &plan, &topic))
+        return;
+    const uint32_t t = plan.t;
+    const struct tpay p = fill_payload(w, &plan);
+
+    uint64_t c0 = plan.keykind ? atomic_load(&g.keyed_done[t]) : 0;
+    bool closed_before = atomic_load(&g.closed);
+    rbus_pub_result res;
+    memset(&res, 0x77, sizeof res);
+    act_begin(&w->act, OP_PUBLISH, 0, (int)t);
+    int rc = plan.plain ? rbus_publish(topic, w->buf, p.len)
+                        : rbus_publish_ex(topic, w->buf, p.len, &plan.po, &res);
+    act_end(&w->act);
+    w->ops[OP_PUBLISH]++;
+    bool close_started = atomic_load(&g.close_started);
+
+    if (check_publish_outcome(w, &plan, rc, &res, closed_before, close_started))
+        note_accepted(w, &plan, &res, c0);
 }
 
 /* -------------------------------------------------------------- receiving */
@@ -1230,7 +1277,9 @@ static void *watchdog_main(void *arg)
 
 /* ---------------------------------------------------------------- the run */
 
-static void run_torture(const struct run_cfg *cfg)
+/* Step 1: the bus (on the counting allocator), its first topics, and the
+ * workers' state; returns how long the workers run, in ms. */
+static uint64_t torture_setup(const struct run_cfg *cfg, struct rbus_test_alloc *ca)
 {
     rbus_test_errors_reset();
     memset(&g, 0, sizeof g);
@@ -1243,11 +1292,10 @@ static void run_torture(const struct run_cfg *cfg)
     atomic_store(&g.main_act.topic, -1);
 
     const uint64_t run_ms = rbus_test_scaled(cfg->base_ms, 1000);
-    static struct rbus_test_alloc ca;
-    rbus_test_alloc_init(&ca);
+    rbus_test_alloc_init(ca);
     rbus_config bc;
     rbus_config_init(&bc);
-    bc.allocator = &ca.hooks;
+    bc.allocator = &ca->hooks;
     bc.dedup_keys = DEDUP_KEYS;
     bc.default_capacity = DEFAULT_CAP;
     assert_rbus_ok(rbus_create(&g.bus, &bc));
@@ -1274,8 +1322,14 @@ static void run_torture(const struct run_cfg *cfg)
         snprintf(w->act.name, sizeof w->act.name, "%s %d", w->sink ? "sink" : "source", i);
         atomic_store(&w->act.topic, -1);
     }
-    pthread_t wd;
-    assert_int_equal(pthread_create(&wd, NULL, watchdog_main, NULL), 0);
+    return run_ms;
+}
+
+/* Step 2: the watchdog and the workers run for run_ms, then the bus is
+ * closed under them and they are joined. Returns when they started. */
+static uint64_t torture_run_and_close(uint64_t run_ms, pthread_t *wd, uint64_t *close_ns)
+{
+    assert_int_equal(pthread_create(wd, NULL, watchdog_main, NULL), 0);
     uint64_t t0 = rbus_test_now_ns();
     for (int i = 0; i < g.nworkers; i++)
         assert_int_equal(pthread_create(&g.workers[i].thread, NULL, worker_main, &g.workers[i]),
@@ -1292,7 +1346,7 @@ static void run_torture(const struct run_cfg *cfg)
     act_begin(&g.main_act, OP_CLOSE, 0, -1);
     rbus_close(g.bus);
     act_end(&g.main_act);
-    uint64_t close_ns = rbus_test_now_ns() - tc;
+    *close_ns = rbus_test_now_ns() - tc;
     atomic_store(&g.closed, true);
 
     act_begin(&g.main_act, OP_JOIN, 0, -1);
@@ -1300,10 +1354,15 @@ static void run_torture(const struct run_cfg *cfg)
         assert_int_equal(pthread_join(g.workers[i].thread, NULL), 0);
     act_end(&g.main_act);
 
-    /* Every surviving subscription: closed by the bus, drained by its
-     * owner, nobody receiving: exact. */
+    return t0;
+}
+
+/* Step 3: every surviving subscription (closed by the bus, drained by its
+ * owner, nobody receiving) is exact. Returns how many there are. */
+static unsigned torture_check_survivors(void)
+{
     act_begin(&g.main_act, OP_CHECK, 0, -1);
-    unsigned survivors = 0, left_to_destroy = 0;
+    unsigned survivors = 0;
     for (int i = 0; i < g.nworkers; i++) {
         struct worker *w = &g.workers[i];
         for (int j = 0; j < w->nsubs; j++) {
@@ -1319,9 +1378,19 @@ static void run_torture(const struct run_cfg *cfg)
     act_end(&g.main_act);
     rbus_test_assert_no_thread_errors();
 
-    /* Per topic: what the workers saw accepted, and the duplicates. */
-    uint64_t total_pub = 0, total_dup = 0, total_amb = 0;
-    unsigned subs_after_close = 0;
+    return survivors;
+}
+
+/* What the topics counted, summed over topics. */
+struct topic_totals {
+    uint64_t pub, dup, amb;
+    unsigned subs_after_close;
+};
+
+/* Step 4: per topic, what the workers saw accepted, and the duplicates. */
+static struct topic_totals torture_check_topics(const struct run_cfg *cfg)
+{
+    struct topic_totals tt = {0, 0, 0, 0};
     for (uint32_t t = 0; t < NTOPICS; t++) {
         rbus_topic *h = atomic_load(&g.topics[t]);
         uint64_t acc = atomic_load(&g.accepted[t]), amb = atomic_load(&g.ambiguous[t]);
@@ -1358,12 +1427,19 @@ static void run_torture(const struct run_cfg *cfg)
             fail();
         }
         if (ts.subscriptions != 0)
-            subs_after_close += ts.subscriptions;
-        total_pub += ts.published;
-        total_dup += ts.duplicates;
-        total_amb += amb;
+            tt.subs_after_close += ts.subscriptions;
+        tt.pub += ts.published;
+        tt.dup += ts.duplicates;
+        tt.amb += amb;
     }
 
+    return tt;
+}
+
+/* Step 5: the workers' own tallies, printed, and what must add up. */
+static void torture_check_workers(const struct run_cfg *cfg, uint64_t t0, uint64_t close_ns,
+                                  unsigned survivors, const struct topic_totals *tt)
+{
     uint64_t ops = 0, recv_msgs = 0, recv_empty = 0, made = 0, unsub = 0, closed = 0;
     uint64_t acc = 0, dup = 0, refused = 0, keyed = 0, some_dropped = 0, pubs = 0, recvs = 0;
     uint64_t direct = 0;
@@ -1387,14 +1463,13 @@ static void run_torture(const struct run_cfg *cfg)
     printf("torture[%s]: %llu operations in %.2f s; rbus_close took %.3f ms; after it the "
            "topics still count %u subscriptions\n",
            cfg->label, (unsigned long long)ops, (double)(rbus_test_now_ns() - t0) / 1e9,
-           (double)close_ns / 1e6, subs_after_close);
+           (double)close_ns / 1e6, tt->subs_after_close);
     printf("torture[%s]: publishes %llu: accepted %llu (keyed %llu, dropped somewhere %llu), "
            "duplicates %llu, refused by close %llu, unknown at close %llu; topics published "
            "%llu, duplicates %llu\n",
-           cfg->label, (unsigned long long)pubs, (unsigned long long)acc,
-           (unsigned long long)keyed, (unsigned long long)some_dropped, (unsigned long long)dup,
-           (unsigned long long)refused, (unsigned long long)total_amb,
-           (unsigned long long)total_pub, (unsigned long long)total_dup);
+           cfg->label, (unsigned long long)pubs, (unsigned long long)acc, (unsigned long long)keyed,
+           (unsigned long long)some_dropped, (unsigned long long)dup, (unsigned long long)refused,
+           (unsigned long long)tt->amb, (unsigned long long)tt->pub, (unsigned long long)tt->dup);
     printf("torture[%s]: receive calls %llu: %llu messages, %llu empty/timed out\n", cfg->label,
            (unsigned long long)recvs, (unsigned long long)recv_msgs,
            (unsigned long long)recv_empty);
@@ -1430,9 +1505,13 @@ static void run_torture(const struct run_cfg *cfg)
     assert_int_equal(atomic_load(&g.chk_subs), unsub - direct + survivors);
     assert_true(acc > 0);
     assert_true(recv_msgs > 0);
+}
 
-    /* Unsubscribe half of the survivors; rbus_destroy frees the rest with
-     * whatever they hold. */
+/* Step 6: half of the survivors are unsubscribed, rbus_destroy frees the
+ * rest with whatever they hold, and every byte comes back. */
+static void torture_teardown(const struct run_cfg *cfg, struct rbus_test_alloc *ca, pthread_t wd)
+{
+    unsigned left_to_destroy = 0;
     for (int i = 0; i < g.nworkers; i++) {
         struct worker *w = &g.workers[i];
         for (int j = 0; j < w->nsubs; j++) {
@@ -1445,7 +1524,7 @@ static void run_torture(const struct run_cfg *cfg)
         }
         w->nsubs = 0;
     }
-    long long live_before = atomic_load(&ca.live_bytes);
+    long long live_before = atomic_load(&ca->live_bytes);
     act_begin(&g.main_act, OP_DESTROY, 0, -1);
     rbus_destroy(g.bus);
     act_end(&g.main_act);
@@ -1455,15 +1534,29 @@ static void run_torture(const struct run_cfg *cfg)
     printf("torture[%s]: allocator: %lld allocations, peak %lld bytes, %lld bytes live before "
            "rbus_destroy (%u subscriptions left to it), after: %lld blocks / %lld bytes, %lld "
            "bad frees\n",
-           cfg->label, (long long)atomic_load(&ca.allocs), (long long)atomic_load(&ca.peak_bytes),
-           live_before, left_to_destroy, (long long)atomic_load(&ca.live_blocks),
-           (long long)atomic_load(&ca.live_bytes), (long long)atomic_load(&ca.bad_frees));
-    rbus_test_alloc_assert_all_returned(&ca);
+           cfg->label, (long long)atomic_load(&ca->allocs), (long long)atomic_load(&ca->peak_bytes),
+           live_before, left_to_destroy, (long long)atomic_load(&ca->live_blocks),
+           (long long)atomic_load(&ca->live_bytes), (long long)atomic_load(&ca->bad_frees));
+    rbus_test_alloc_assert_all_returned(ca);
     for (int t = 0; t < NTOPICS; t++)
         pthread_mutex_destroy(&g.shared_lock[t]);
     free(g.workers);
     g.workers = NULL;
     rbus_test_assert_no_thread_errors();
+}
+
+static void run_torture(const struct run_cfg *cfg)
+{
+    static struct rbus_test_alloc ca;
+    pthread_t wd;
+    uint64_t close_ns;
+    const uint64_t run_ms = torture_setup(cfg, &ca);
+    const uint64_t t0 = torture_run_and_close(run_ms, &wd, &close_ns);
+    const unsigned survivors = torture_check_survivors();
+    rbus_test_assert_no_thread_errors();
+    const struct topic_totals tt = torture_check_topics(cfg);
+    torture_check_workers(cfg, t0, close_ns, survivors, &tt);
+    torture_teardown(cfg, &ca, wd);
 }
 
 static void test_torture_mixed(void **state)

@@ -158,13 +158,16 @@ static inline void rbus_test_assert_no_keys(const rbus_msg *m, size_t poison)
 
 /* ------------------------------------------------- a counting allocator */
 
-/* Hooks for rbus_config.allocator. Each block carries a 16-byte header (its
- * size and a tag): live bytes are exact, and a free of a pointer these hooks
- * did not hand out, or a second free, counts in bad_frees instead of
- * corrupting the heap. Failures can be injected two ways: `budget` >= 0
- * lets that many more allocations succeed, then fails every one until it is
- * reset (-1 = unlimited); `fail_at` > 0 fails exactly that call (1-based,
- * counted in `calls`). Only injected failures count in `injected`. */
+/* Hooks for rbus_config.allocator, the one every test uses. Each block
+ * carries a 16-byte header (its size and a tag naming this allocator): live
+ * bytes are exact, and a free of a pointer these hooks did not hand out,
+ * one another allocator handed out, or a second free, counts in bad_frees
+ * instead of corrupting the heap. Failures can be injected two ways:
+ * `budget` >= 0 lets that many more allocations succeed, then fails every
+ * one until it is reset (-1 = unlimited); `fail_at` > 0 fails exactly that
+ * call (1-based, counted in `calls`). Only injected failures count in
+ * `injected`. `raw_alloc`/`raw_free` replace malloc/free underneath (a test
+ * that wraps malloc itself sets them); NULL = malloc/free. */
 #define RBUS_TEST_ALLOC_HDR 16
 #define RBUS_TEST_ALLOC_TAG UINT64_C(0x5ded0bee70b7c0de)
 
@@ -179,6 +182,8 @@ struct rbus_test_alloc {
     atomic_llong bad_frees;
     atomic_llong budget;
     atomic_llong fail_at;
+    void *(*raw_alloc)(size_t size);
+    void (*raw_free)(void *ptr);
     /* When set, freed blocks are poisoned (0xA5) and kept rather than
      * freed, until rbus_test_alloc_drain(): a read of freed memory then
      * finds garbage pointers and crashes, with or without a sanitizer. */
@@ -186,6 +191,11 @@ struct rbus_test_alloc {
     _Atomic(unsigned char *) kept;
     rbus_allocator hooks;
 };
+
+static inline uint64_t rbus_test_alloc_tag(const struct rbus_test_alloc *a)
+{
+    return RBUS_TEST_ALLOC_TAG ^ (uint64_t)(uintptr_t)a;
+}
 
 static inline void *rbus_test_alloc_alloc(size_t size, void *arg)
 {
@@ -204,10 +214,11 @@ static inline void *rbus_test_alloc_alloc(size_t size, void *arg)
     }
     if (size > SIZE_MAX - RBUS_TEST_ALLOC_HDR)
         return NULL;
-    unsigned char *raw = malloc(size + RBUS_TEST_ALLOC_HDR);
+    size_t total = size + RBUS_TEST_ALLOC_HDR;
+    unsigned char *raw = a->raw_alloc ? a->raw_alloc(total) : malloc(total);
     if (!raw)
         return NULL;
-    uint64_t sz = (uint64_t)size, tag = RBUS_TEST_ALLOC_TAG;
+    uint64_t sz = (uint64_t)size, tag = rbus_test_alloc_tag(a);
     memcpy(raw, &sz, sizeof sz);
     memcpy(raw + 8, &tag, sizeof tag);
     atomic_fetch_add(&a->allocs, 1);
@@ -228,7 +239,7 @@ static inline void rbus_test_alloc_free(void *ptr, void *arg)
     uint64_t sz, tag;
     memcpy(&sz, raw, sizeof sz);
     memcpy(&tag, raw + 8, sizeof tag);
-    if (tag != RBUS_TEST_ALLOC_TAG) {
+    if (tag != rbus_test_alloc_tag(a)) {
         atomic_fetch_add(&a->bad_frees, 1);
         return;
     }
@@ -246,7 +257,10 @@ static inline void rbus_test_alloc_free(void *ptr, void *arg)
         while (!atomic_compare_exchange_weak(&a->kept, &next, raw));
         return;
     }
-    free(raw);
+    if (a->raw_free)
+        a->raw_free(raw);
+    else
+        free(raw);
 }
 
 /* Frees the blocks quarantine kept. */
@@ -256,7 +270,10 @@ static inline void rbus_test_alloc_drain(struct rbus_test_alloc *a)
     while (raw) {
         unsigned char *next;
         memcpy(&next, raw, sizeof next);
-        free(raw);
+        if (a->raw_free)
+            a->raw_free(raw);
+        else
+            free(raw);
         raw = next;
     }
 }
@@ -274,6 +291,8 @@ static inline void rbus_test_alloc_init(struct rbus_test_alloc *a)
     atomic_init(&a->bad_frees, 0);
     atomic_init(&a->budget, -1);
     atomic_init(&a->fail_at, 0);
+    a->raw_alloc = NULL;
+    a->raw_free = NULL;
     a->quarantine = false;
     atomic_init(&a->kept, NULL);
     a->hooks.alloc = rbus_test_alloc_alloc;

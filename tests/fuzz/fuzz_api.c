@@ -10,7 +10,7 @@
  * rbus_topic_stats counter. Any difference aborts, printing the step, the
  * operation and both values.
  *
- * The semantics modelled, all from docs/api.md and include/ringbus.h:
+ * The semantics modelled, all from include/ringbus.h and docs/api.md:
  *  - effective capacity: the smallest power of two >= the one asked for
  *    (the bus default when 0), at least 2 (src/sub.c ring_size_for);
  *  - a publish offers the message to every open subscription whose pattern

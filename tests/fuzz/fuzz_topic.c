@@ -5,7 +5,7 @@
  * name (after, up to the next NUL); without a NUL both are the whole input.
  * rbus_topic_valid, rbus_pattern_valid and rbus_pattern_match are checked
  * against a deliberately simple reference written from docs/api.md
- * ("Topics"):
+ * ("Topic names"):
  *  - a subject is 1..RBUS_MAX_TOPIC_LEN (255) bytes of dot-separated,
  *    non-empty tokens;
  *  - a token is made of printable ASCII other than space, '.', '*' and '>'

@@ -1,7 +1,7 @@
 /*
- * epoll_client.c - smoke test for example_epoll_server:
+ * pubsub_client.c - the end-to-end test of pubsub_server.c (ctest e2e_pubsub):
  *
- *   example_epoll_client PATH_TO_example_epoll_server
+ *   e2e_pubsub_client PATH_TO_e2e_pubsub_server
  *
  * Starts the server on free loopback ports, subscribes with one client,
  * publishes with another, checks what arrives (and what does not), reads
@@ -57,7 +57,7 @@ __attribute__((format(printf, 1, 2)))
 static void fail(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "epoll_client: FAIL: ");
+    fprintf(stderr, "pubsub_client: FAIL: ");
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -83,7 +83,7 @@ static void sleep_ms(long ms)
 static void start_server(const char *exe, const char *exit_after_ms, bool metrics)
 {
     const char *tmp = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/epoll_server.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    snprintf(tmpdir, sizeof tmpdir, "%s/pubsub_server.XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(tmpdir)) {
         tmpdir[0] = '\0';
         fail("mkdtemp: %s", strerror(errno));
@@ -108,7 +108,7 @@ static void start_server(const char *exe, const char *exit_after_ms, bool metric
         fail("fork: %s", strerror(errno));
     if (server == 0) {
         execv(exe, argv);
-        fprintf(stderr, "epoll_client: exec %s: %s\n", exe, strerror(errno));
+        fprintf(stderr, "pubsub_client: exec %s: %s\n", exe, strerror(errno));
         _exit(127);
     }
 }
@@ -353,7 +353,7 @@ static void run_sigterm(const char *exe)
     close(c1.fd);
     close(c2.fd);
     wait_exit("SIGTERM");
-    printf("epoll_client: SIGTERM run passed\n");
+    printf("pubsub_client: SIGTERM run passed\n");
 }
 
 static void run_deadline(const char *exe)
@@ -374,17 +374,17 @@ static void run_deadline(const char *exe)
     wait_exit("--exit-after-ms");
     expect_eof(&c, "client at shutdown");
     close(c.fd);
-    printf("epoll_client: --exit-after-ms run passed\n");
+    printf("pubsub_client: --exit-after-ms run passed\n");
 }
 
 int main(int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: example_epoll_client PATH_TO_example_epoll_server\n");
+        fprintf(stderr, "usage: e2e_pubsub_client PATH_TO_e2e_pubsub_server\n");
         return 2;
     }
     run_sigterm(argv[1]);
     run_deadline(argv[1]);
-    printf("epoll_client: all passed\n");
+    printf("pubsub_client: all passed\n");
     return 0;
 }
