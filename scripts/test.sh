@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, four times: a plain optimised build (gcc, -Werror,
-# plus the Doxygen reference), AddressSanitizer+UBSan (clang, with the
-# misuse checks of RBUS_CHECKED),
-# ThreadSanitizer (clang) and valgrind memcheck; then both libFuzzer targets
+# The formatting of the last commit's C lines (scripts/check-format.sh),
+# then the whole test suite, four times: a plain optimised build (gcc,
+# -Werror, plus the Doxygen reference), AddressSanitizer+UBSan (clang, with
+# the misuse checks of RBUS_CHECKED), ThreadSanitizer (clang) and valgrind
+# memcheck; then both libFuzzer targets
 # for RBUS_FUZZ_SECONDS (default 60) each. Installs what is missing first.
 # Exits non-zero if any build, test or fuzz run fails.
 #
@@ -24,7 +25,7 @@ asan_scale=${RBUS_ASAN_SCALE:-0.2}
 tsan_scale=${RBUS_TSAN_SCALE:-0.05}
 valgrind_scale=${RBUS_VALGRIND_SCALE:-0.02}
 fuzz_seconds=${RBUS_FUZZ_SECONDS:-60}
-only=${RBUS_TEST_ONLY:-plain asan tsan valgrind fuzz}
+only=${RBUS_TEST_ONLY:-format plain asan tsan valgrind fuzz}
 status=0
 
 run() { # name scale cmake-args...
@@ -49,6 +50,13 @@ run() { # name scale cmake-args...
 
 for v in $only; do
   case $v in
+    format)
+      # The lines HEAD's last commit changed, as .clang-format says.
+      if scripts/check-format.sh; then
+        echo "=== format: the last commit's C lines are formatted ==="
+      else
+        echo "=== format: FAILED ==="; status=1
+      fi ;;
     plain) CC=gcc CXX=g++ run plain "$plain_scale" -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
     asan)
       export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1

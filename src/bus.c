@@ -98,8 +98,8 @@ void *rbus__zalloc_aligned(rbus *bus, size_t size)
     unsigned char *raw = rbus__alloc(bus, total);
     if (!raw)
         return NULL;
-    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + RBUS__CACHELINE - 1) &
-                  ~(uintptr_t)(RBUS__CACHELINE - 1);
+    uintptr_t p =
+        ((uintptr_t)raw + sizeof(void *) + RBUS__CACHELINE - 1) & ~(uintptr_t)(RBUS__CACHELINE - 1);
     memcpy((void *)(p - sizeof(void *)), &raw, sizeof raw);
     memset((void *)p, 0, size);
     return (void *)p;

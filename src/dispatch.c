@@ -82,7 +82,7 @@ struct rbus_dispatcher {
      * stats call that began before rbus_dispatch_stop may still lock
      * `lock`. Everything from `sub` on is cleared on reuse, under it. */
     pthread_mutex_t lock;
-    pthread_cond_t cond; /* work appeared, a slot came free, or stop */
+    pthread_cond_t cond;               /* work appeared, a slot came free, or stop */
     struct rbus_dispatcher *pool_next; /* the bus's pool, under bus->lock */
 
     rbus_sub *sub;
@@ -626,8 +626,8 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     /* Claim the subscription (one dispatcher each); acq_rel pairs with the
      * claim in rbus_unsubscribe, so exactly one of two racing calls wins. */
     void *seen = NULL;
-    if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &seen, d,
-                                                 memory_order_acq_rel, memory_order_acquire)) {
+    if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &seen, d, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
         rc = seen == RBUS__UNSUBSCRIBING ? -ESHUTDOWN : -EBUSY;
         goto fail;
     }

@@ -187,7 +187,7 @@ struct rbus_tally_table {
 struct rbus_thread_state {
     ck_epoch_record_t epoch; /* first: ck_epoch_recycle gives us this pointer */
     rbus *bus;
-    struct rbus_thread_state *bus_next;   /* every state of this bus, under bus->lock */
+    struct rbus_thread_state *bus_next; /* every state of this bus, under bus->lock */
     struct rbus_msg_cache *cache;   /* msg.c */
     struct rbus_pending *pending;   /* scratch for a publish that waits */
     uint32_t pending_cap;
@@ -220,7 +220,7 @@ struct rbus_msg {
     uint32_t origin;
     uint32_t attempt;
     struct rbus_thread_state *home; /* whose cache it returns to */
-    uint64_t bus_id; /* its bus, readable after the bus is gone (misuse checks) */
+    uint64_t bus_id;                /* its bus, readable after the bus is gone (misuse checks) */
     struct rbus_msg *next_free;
     rbus_topic *topic;
     const char *origin_topic;
@@ -365,7 +365,7 @@ enum rbus_offer {
 
 struct rbus_sub {
     /* Kept across reuse (see above), with `callers` and `fd_lock` below. */
-    _Atomic uint32_t dying; /* rbus_unsubscribe has begun: no new call enters */
+    _Atomic uint32_t dying;     /* rbus_unsubscribe has begun: no new call enters */
     struct rbus_sub *pool_next; /* the bus's pool, under bus->lock */
 
     /* Read-mostly: set at subscribe. From `bus` on, everything but the

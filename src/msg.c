@@ -207,9 +207,8 @@ void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
      * same reference, which is ignored rather than corrupting the cache
      * (RBUS_CHECKED builds abort instead). */
     uint32_t refs = atomic_load_explicit(&m->refs, memory_order_acquire);
-    if (refs == n ||
-        (RBUS__LIKELY(refs > n) &&
-         atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n))
+    if (refs == n || (RBUS__LIKELY(refs > n) &&
+                      atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n))
         msg_recycle(th, m);
 #endif
 }

@@ -94,8 +94,7 @@ bool rbus__trap_wait(int trap, int64_t timeout_ns)
     until.tv_sec += (time_t)(timeout_ns / 1000000000 + ns / 1000000000);
     until.tv_nsec = (long)(ns % 1000000000);
     pthread_mutex_lock(&lock);
-    while (traps[trap].state == TRAP_ARMED &&
-           pthread_cond_timedwait(&cond, &lock, &until) == 0) {
+    while (traps[trap].state == TRAP_ARMED && pthread_cond_timedwait(&cond, &lock, &until) == 0) {
     }
     bool holding = traps[trap].state == TRAP_HOLDING;
     pthread_mutex_unlock(&lock);

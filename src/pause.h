@@ -17,47 +17,47 @@
 #include <stdint.h>
 
 /* X(NAME, "name"): every point, in one list so that names and ids agree. */
-#define RBUS__PAUSE_POINTS(X)                                                       \
-    /* the slot protocol (ring.h) */                                               \
-    X(RING_PUT_RESERVED, "ring.put.reserved")   /* producer owns its slot, unwritten */ \
-    X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* consumer owns its slot, unreleased */ \
-    X(SUB_EVICT, "sub.evict")                   /* drop-oldest, before taking the oldest */ \
-    /* idempotency keys (dedup.c), inside the shard's critical section */          \
-    X(DEDUP_LOCKED, "dedup.locked")                                                 \
-    /* routing changes, after the new lists are in place and before the grace */  \
-    /* period that retires the old ones (topic.c) */                               \
-    X(UPDATE_SWAPPED, "update.swapped")                                             \
-    /* a grace period begins (bus.c) */                                            \
-    X(SYNCHRONIZE, "epoch.synchronize")                                             \
-    /* the first instruction of every public call that takes a handle */          \
-    X(RBUS_CLOSE, "rbus_close")                                                     \
-    X(RBUS_DESTROY, "rbus_destroy")                                                 \
-    X(RBUS_TOPIC_OPEN, "rbus_topic_open")                                           \
-    X(RBUS_TOPIC_NAME, "rbus_topic_name")                                           \
-    X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                 \
-    X(RBUS_PUBLISH, "rbus_publish")                                                 \
-    X(RBUS_PUBLISH_EX, "rbus_publish_ex")                                           \
-    X(RBUS_SUBSCRIBE, "rbus_subscribe")                                             \
-    X(RBUS_SUB_CLOSE, "rbus_sub_close")                                             \
-    X(RBUS_UNSUBSCRIBE, "rbus_unsubscribe")                                         \
-    X(RBUS_SUB_ID, "rbus_sub_id")                                                   \
-    X(RBUS_SUB_FD, "rbus_sub_fd")                                                   \
-    X(RBUS_SUB_STATS_GET, "rbus_sub_stats_get")                                     \
-    X(RBUS_RECV, "rbus_recv")                                                       \
-    X(RBUS_RECV_BATCH, "rbus_recv_batch")                                           \
-    X(RBUS_MSG_REF, "rbus_msg_ref")                                                 \
-    X(RBUS_MSG_RELEASE, "rbus_msg_release")                                         \
-    X(RBUS_MSG_DATA, "rbus_msg_data")                                               \
-    X(RBUS_DISPATCH_START, "rbus_dispatch_start")                                   \
-    X(RBUS_DISPATCH_STOP, "rbus_dispatch_stop")                                     \
-    X(RBUS_DISPATCH_STATS_GET, "rbus_dispatch_stats_get")                           \
+#define RBUS__PAUSE_POINTS(X)                                                             \
+    /* the slot protocol (ring.h) */                                                      \
+    X(RING_PUT_RESERVED, "ring.put.reserved") /* producer owns its slot, unwritten */     \
+    X(RING_TAKE_CLAIMED, "ring.take.claimed") /* consumer owns its slot, unreleased */    \
+    X(SUB_EVICT, "sub.evict")                 /* drop-oldest, before taking the oldest */ \
+    /* idempotency keys (dedup.c), inside the shard's critical section */                 \
+    X(DEDUP_LOCKED, "dedup.locked")                                                       \
+    /* routing changes, after the new lists are in place and before the grace */          \
+    /* period that retires the old ones (topic.c) */                                      \
+    X(UPDATE_SWAPPED, "update.swapped")                                                   \
+    /* a grace period begins (bus.c) */                                                   \
+    X(SYNCHRONIZE, "epoch.synchronize")                                                   \
+    /* the first instruction of every public call that takes a handle */                  \
+    X(RBUS_CLOSE, "rbus_close")                                                           \
+    X(RBUS_DESTROY, "rbus_destroy")                                                       \
+    X(RBUS_TOPIC_OPEN, "rbus_topic_open")                                                 \
+    X(RBUS_TOPIC_NAME, "rbus_topic_name")                                                 \
+    X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                       \
+    X(RBUS_PUBLISH, "rbus_publish")                                                       \
+    X(RBUS_PUBLISH_EX, "rbus_publish_ex")                                                 \
+    X(RBUS_SUBSCRIBE, "rbus_subscribe")                                                   \
+    X(RBUS_SUB_CLOSE, "rbus_sub_close")                                                   \
+    X(RBUS_UNSUBSCRIBE, "rbus_unsubscribe")                                               \
+    X(RBUS_SUB_ID, "rbus_sub_id")                                                         \
+    X(RBUS_SUB_FD, "rbus_sub_fd")                                                         \
+    X(RBUS_SUB_STATS_GET, "rbus_sub_stats_get")                                           \
+    X(RBUS_RECV, "rbus_recv")                                                             \
+    X(RBUS_RECV_BATCH, "rbus_recv_batch")                                                 \
+    X(RBUS_MSG_REF, "rbus_msg_ref")                                                       \
+    X(RBUS_MSG_RELEASE, "rbus_msg_release")                                               \
+    X(RBUS_MSG_DATA, "rbus_msg_data")                                                     \
+    X(RBUS_DISPATCH_START, "rbus_dispatch_start")                                         \
+    X(RBUS_DISPATCH_STOP, "rbus_dispatch_stop")                                           \
+    X(RBUS_DISPATCH_STATS_GET, "rbus_dispatch_stats_get")                                 \
     X(RBUS_STATS_PROMETHEUS, "rbus_stats_prometheus")
 
 enum rbus__pp {
 #define RBUS__PP_ENUM(id, name) RBUS_PP_##id,
     RBUS__PAUSE_POINTS(RBUS__PP_ENUM)
 #undef RBUS__PP_ENUM
-    RBUS_PP_COUNT
+        RBUS_PP_COUNT
 };
 
 #if defined(RBUS_PAUSE_POINTS)

@@ -78,11 +78,11 @@ static inline bool ring_put(rbus_sub *s, rbus_msg *m)
     /* seq_cst loads after the ring's seq_cst CAS on tail: the publisher half
      * of the Dekker pairs above (plain loads on x86). */
     if (RBUS__UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
-                      atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
+                       atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
         wake_receivers(s);
     while (RBUS__UNLIKELY(depth > hw) &&
-           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth,
-                                                  memory_order_relaxed, memory_order_relaxed))
+           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
+                                                  memory_order_relaxed))
         ;
     return true;
 }

@@ -556,9 +556,8 @@ static inline bool subs_refuse_newest(const struct rbus_sublist *list)
  * for the bookkeeping; nothing here can fail after the key is recorded.
  */
 static RBUS__NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread_state *th,
-                                         const struct rbus_sublist *list, bool keyed,
-                                         uint64_t key_lo, uint64_t key_hi,
-                                         rbus_pub_result *result)
+                                          const struct rbus_sublist *list, bool keyed,
+                                          uint64_t key_lo, uint64_t key_hi, rbus_pub_result *result)
 {
     int drc = keyed ? accept_key(topic, key_lo, key_hi, -1, result) : 0;
     if (drc == 0) {

@@ -93,7 +93,7 @@ static void second_release_of_one_reference(void **state)
     static const char *const words[] = {"rbus_msg_release", "released more times", NULL};
     assert_true(child_aborts_saying(double_release, words));
 #else
-    double_release(); /* ignored: the cache stays sound */
+    double_release();  /* ignored: the cache stays sound */
 #endif
 }
 
@@ -186,7 +186,7 @@ static void release_after_destroy_aborts(void **state)
     static const char *const words[] = {"rbus_msg_release", "bus was destroyed", NULL};
     assert_true(child_aborts_saying(release_after_destroy, words));
 #else
-    skip(); /* undefined without the checks: memory the bus freed is read */
+    skip();            /* undefined without the checks: memory the bus freed is read */
 #endif
 }
 

@@ -215,8 +215,10 @@ static void run_case(const struct lifetime_case *c)
     world_close(&w);
 }
 
-#define CASE(kind, point, ending, want)                                                   \
-    {#kind " parked at " #point, CALL_##kind, RBUS_PP_##point, END_##ending, (want)}
+#define CASE(kind, point, ending, want)                                                \
+    {                                                                                  \
+#kind " parked at " #point, CALL_##kind, RBUS_PP_##point, END_##ending, (want) \
+    }
 
 static const struct lifetime_case subscription_cases[] = {
     CASE(RECV, RBUS_RECV, UNSUBSCRIBE, -ESHUTDOWN),

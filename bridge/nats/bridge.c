@@ -30,8 +30,8 @@ static bool opt_valid(const rbus_nats_opts *o)
         return false;
     if (o->url && !*o->url)
         return false;
-    if (o->stream && (!*o->stream || strpbrk(o->stream, ". *>\t\r\n") ||
-                      strlen(o->stream) > RBUS_MAX_TOPIC_LEN))
+    if (o->stream &&
+        (!*o->stream || strpbrk(o->stream, ". *>\t\r\n") || strlen(o->stream) > RBUS_MAX_TOPIC_LEN))
         return false;
     if (o->durable && (!*o->durable || strpbrk(o->durable, ". *>\t\r\n") ||
                        strlen(o->durable) > RBUS_MAX_TOPIC_LEN))
@@ -85,8 +85,8 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
     /* rbus_pub_opts.timeout_ns 0 means "each subscription's own block
      * timeout", which is what "wait as long as the subscriptions say" is. */
     b->import_timeout_ns = opts->import_timeout_ns < 0 ? 0
-                           : opts->import_timeout_ns ? opts->import_timeout_ns
-                                                     : DEFAULT_IMPORT_TIMEOUT_NS;
+                           : opts->import_timeout_ns   ? opts->import_timeout_ns
+                                                       : DEFAULT_IMPORT_TIMEOUT_NS;
     b->ack_timeout_ns = opts->ack_timeout_ns ? opts->ack_timeout_ns : DEFAULT_ACK_TIMEOUT_NS;
     if (opts->durable) {
         snprintf(b->bridge_id, sizeof b->bridge_id, "%s/%s", opts->stream ? opts->stream : "",
@@ -117,8 +117,8 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
         so.capacity = opts->export_capacity;
         so.overflow = RBUS_BLOCK;
         so.block_timeout_ns = opts->export_block_timeout_ns < 0 ? -1
-                              : opts->export_block_timeout_ns ? opts->export_block_timeout_ns
-                                                              : DEFAULT_BLOCK_TIMEOUT_NS;
+                              : opts->export_block_timeout_ns   ? opts->export_block_timeout_ns
+                                                                : DEFAULT_BLOCK_TIMEOUT_NS;
         so.name = "nats-export";
         rc = rbus_subscribe(bus, opts->export_pattern, &so, &b->export_sub);
         if (rc < 0)
@@ -129,8 +129,8 @@ int rbus_nats_start(rbus_nats **out, rbus *bus, const rbus_nats_opts *opts, char
     if (rc == 0 && b->mode == RBUS_NATS_JETSTREAM && b->export_sub) {
         /* Room for every export that can fail before the export thread
          * next destroys the failed ones. */
-        b->failed_cap = (opts->max_pending ? opts->max_pending : DEFAULT_MAX_PENDING) +
-                        EXPORT_BATCH + 16;
+        b->failed_cap =
+            (opts->max_pending ? opts->max_pending : DEFAULT_MAX_PENDING) + EXPORT_BATCH + 16;
         b->failed = calloc(b->failed_cap, sizeof *b->failed);
         uint32_t slots = 16;
         while (slots < 2 * (b->failed_cap + 2))
@@ -294,7 +294,8 @@ void rbus_nats_stop(rbus_nats *b)
         jsPubOptions_Init(&po);
         po.MaxWait = ms_left(deadline, 1);
         js_PublishAsyncComplete(b->js, &po);
-    } else if (!b->js && b->export_sub && !atomic_load_explicit(&b->conn_closed, memory_order_relaxed)) {
+    } else if (!b->js && b->export_sub &&
+               !atomic_load_explicit(&b->conn_closed, memory_order_relaxed)) {
         natsConnection_FlushTimeout(b->nc, ms_left(deadline, 1));
     }
     rbus_nats__teardown(b);

@@ -93,10 +93,10 @@ int rbus_nats__open_connection(rbus_nats *b, const rbus_nats_opts *o, char *err,
 {
     natsStatus s = natsOptions_Create(&b->nopts);
     const char *url = o->url ? o->url : DEFAULT_URL;
-    int64_t connect_ms = ns_to_ms_ceil(o->connect_timeout_ns ? o->connect_timeout_ns
-                                                             : DEFAULT_CONNECT_TIMEOUT_NS);
-    int64_t wait_ms = ns_to_ms_ceil(o->reconnect_wait_ns ? o->reconnect_wait_ns
-                                                         : DEFAULT_RECONNECT_WAIT_NS);
+    int64_t connect_ms =
+        ns_to_ms_ceil(o->connect_timeout_ns ? o->connect_timeout_ns : DEFAULT_CONNECT_TIMEOUT_NS);
+    int64_t wait_ms =
+        ns_to_ms_ceil(o->reconnect_wait_ns ? o->reconnect_wait_ns : DEFAULT_RECONNECT_WAIT_NS);
     /* Several servers are one comma-separated string for the user; cnats
      * takes them as one too (natsOptions_SetURL splits on commas). */
     if (s == NATS_OK)

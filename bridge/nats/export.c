@@ -251,8 +251,8 @@ void *rbus_nats__export_main(void *arg)
     rbus_msg *batch[EXPORT_BATCH];
     for (;;) {
         answer_flush(b);
-        int n = rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH,
-                                (int64_t)EXPORT_POLL_MS * 1000000);
+        int n =
+            rbus_recv_batch(b->export_sub, batch, EXPORT_BATCH, (int64_t)EXPORT_POLL_MS * 1000000);
         if (b->js)
             rbus_nats__destroy_failed(b);
         if (n > 0) {
@@ -267,8 +267,8 @@ void *rbus_nats__export_main(void *arg)
     }
     /* Nothing is left to take: every flush from now on needs only the
      * exports already handed to cnats. */
-    atomic_store_explicit(&b->flush_mark, atomic_load_explicit(&b->export_taken,
-                                                               memory_order_relaxed),
+    atomic_store_explicit(&b->flush_mark,
+                          atomic_load_explicit(&b->export_taken, memory_order_relaxed),
                           memory_order_relaxed);
     atomic_store_explicit(&b->flush_served, UINT64_MAX, memory_order_release);
     return NULL;

@@ -60,7 +60,7 @@ struct rbus_nats {
     struct topic_cache_entry {
         rbus_topic *topic;
         char name[RBUS_MAX_TOPIC_LEN + 1];
-    } *topic_cache;
+    } * topic_cache;
 
     pthread_t export_thread, import_thread;
     bool export_running, import_running;
@@ -96,7 +96,7 @@ struct rbus_nats {
     struct awaiting_ack {
         const natsMsg *msg; /* NULL = free */
         uint64_t pos;
-    } *awaiting;
+    } * awaiting;
     uint32_t awaiting_mask;
     uint32_t awaiting_count; /* entries: a flush scans only when there are some */
 

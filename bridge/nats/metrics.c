@@ -14,23 +14,35 @@ static const struct {
     size_t offset;
     enum field_kind kind;
 } nats_families[] = {
-#define NATS_FAMILY(field, type, kind, help)                                                       \
-    {"ringbus_nats_" #field "_total", type, help, offsetof(rbus_nats_stats, field), kind}
-#define NATS_GAUGE(field, kind, help)                                                              \
-    {"ringbus_nats_" #field, "gauge", help, offsetof(rbus_nats_stats, field), kind}
-    NATS_FAMILY(export_taken, "counter", FIELD_U64, "Messages the bridge took from its subscription."),
+#define NATS_FAMILY(field, type, kind, help)                                                \
+    {                                                                                       \
+        "ringbus_nats_" #field "_total", type, help, offsetof(rbus_nats_stats, field), kind \
+    }
+#define NATS_GAUGE(field, kind, help)                                                 \
+    {                                                                                 \
+        "ringbus_nats_" #field, "gauge", help, offsetof(rbus_nats_stats, field), kind \
+    }
+    NATS_FAMILY(export_taken, "counter", FIELD_U64,
+                "Messages the bridge took from its subscription."),
     NATS_FAMILY(export_skipped, "counter", FIELD_U64, "Imported messages not exported again."),
     NATS_FAMILY(sent, "counter", FIELD_U64, "Exports accepted by NATS (JetStream: acknowledged)."),
-    NATS_FAMILY(send_failed, "counter", FIELD_U64, "Exports refused, negatively acknowledged or timed out."),
-    NATS_FAMILY(server_duplicates, "counter", FIELD_U64, "JetStream acks that reported a duplicate."),
-    NATS_FAMILY(export_dropped, "counter", FIELD_U64, "Local publishes that found the bridge's queue full."),
+    NATS_FAMILY(send_failed, "counter", FIELD_U64,
+                "Exports refused, negatively acknowledged or timed out."),
+    NATS_FAMILY(server_duplicates, "counter", FIELD_U64,
+                "JetStream acks that reported a duplicate."),
+    NATS_FAMILY(export_dropped, "counter", FIELD_U64,
+                "Local publishes that found the bridge's queue full."),
     NATS_FAMILY(import_received, "counter", FIELD_U64, "Messages received from NATS."),
     NATS_FAMILY(imported, "counter", FIELD_U64, "Messages published into the local bus."),
-    NATS_FAMILY(import_duplicates, "counter", FIELD_U64, "Imports suppressed by the local dedup window."),
-    NATS_FAMILY(import_own, "counter", FIELD_U64, "This bridge's own exports read back, not imported."),
-    NATS_FAMILY(import_invalid, "counter", FIELD_U64, "Imports with an invalid topic or key, skipped."),
+    NATS_FAMILY(import_duplicates, "counter", FIELD_U64,
+                "Imports suppressed by the local dedup window."),
+    NATS_FAMILY(import_own, "counter", FIELD_U64,
+                "This bridge's own exports read back, not imported."),
+    NATS_FAMILY(import_invalid, "counter", FIELD_U64,
+                "Imports with an invalid topic or key, skipped."),
     NATS_FAMILY(import_failed, "counter", FIELD_U64, "Imports the local bus refused."),
-    NATS_FAMILY(import_dropped, "counter", FIELD_U64, "Core imports the client dropped as a slow consumer."),
+    NATS_FAMILY(import_dropped, "counter", FIELD_U64,
+                "Core imports the client dropped as a slow consumer."),
     NATS_FAMILY(disconnects, "counter", FIELD_U64, "Connection losses."),
     NATS_FAMILY(reconnects, "counter", FIELD_U64, "Successful reconnects."),
     NATS_GAUGE(in_flight, FIELD_U32, "Exports taken but neither sent nor failed yet."),
@@ -98,8 +110,8 @@ int rbus_nats_prometheus(const rbus_nats *const *bridges, size_t count, char *bu
             else
                 v = *(const bool *)(const void *)field;
             prom_label(label, sizeof label, bridges[i]->bridge_id);
-            prom_append(buf, size, &len, "%s{bridge=\"%s\"} %llu\n", nats_families[f].name,
-                        label, v);
+            prom_append(buf, size, &len, "%s{bridge=\"%s\"} %llu\n", nats_families[f].name, label,
+                        v);
         }
     }
     free(stats);

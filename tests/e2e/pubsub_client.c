@@ -54,7 +54,8 @@ static void cleanup(void)
 #if defined(__GNUC__)
 __attribute__((format(printf, 1, 2)))
 #endif
-static void fail(const char *fmt, ...)
+static void
+fail(const char *fmt, ...)
 {
     va_list ap;
     fprintf(stderr, "pubsub_client: FAIL: ");

@@ -232,8 +232,8 @@ static void close_client(struct worker *w, struct client *c)
     epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     if (c->dropped)
-        fprintf(stderr, "pubsub_server: client %llu: %llu messages dropped (slow reader)\n",
-                c->id, (unsigned long long)c->dropped);
+        fprintf(stderr, "pubsub_server: client %llu: %llu messages dropped (slow reader)\n", c->id,
+                (unsigned long long)c->dropped);
     w->dropped += c->dropped;
 
     if (c->prev)
@@ -264,7 +264,8 @@ static void free_zombies(struct worker *w)
 
 static void update_events(struct worker *w, struct client *c)
 {
-    uint32_t want = (c->in_blocked ? 0u : (uint32_t)EPOLLIN) | (c->out_len ? (uint32_t)EPOLLOUT : 0u);
+    uint32_t want =
+        (c->in_blocked ? 0u : (uint32_t)EPOLLIN) | (c->out_len ? (uint32_t)EPOLLOUT : 0u);
     if (want == c->events)
         return;
     struct epoll_event ev = {.events = want, .data.ptr = &c->tag};
@@ -664,8 +665,7 @@ static void http_event(int ep, rbus *bus, struct http_conn *h, uint32_t events)
         /* Answer once the headers are in (closing earlier can reset the
          * connection before the client reads the answer); a request too
          * big for the buffer is not /metrics anyway. */
-        if (!strstr(h->req, "\r\n\r\n") && !strstr(h->req, "\n\n") &&
-            h->req_len < HTTP_REQ_CAP - 1)
+        if (!strstr(h->req, "\r\n\r\n") && !strstr(h->req, "\n\n") && h->req_len < HTTP_REQ_CAP - 1)
             return;
         if (h->req_len == HTTP_REQ_CAP - 1)
             h->req[0] = '\0';
@@ -916,7 +916,8 @@ int main(int argc, char **argv)
         perror("pubsub_server: setup");
         goto out;
     }
-    if (add_watch(ep, lfd, &listen_tag) != 0 || (mfd >= 0 && add_watch(ep, mfd, &metrics_tag) != 0) ||
+    if (add_watch(ep, lfd, &listen_tag) != 0 ||
+        (mfd >= 0 && add_watch(ep, mfd, &metrics_tag) != 0) ||
         add_watch(ep, sfd, &signal_tag) != 0) {
         perror("pubsub_server: epoll_ctl");
         goto out;
