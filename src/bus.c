@@ -114,6 +114,47 @@ void rbus__free_aligned(rbus *bus, void *ptr)
     rbus__free(bus, raw);
 }
 
+static void **pool_link(void *item, size_t link)
+{
+    return (void **)((unsigned char *)item + link);
+}
+
+void *rbus__pool_take(rbus *bus, struct rbus_pool *pool, size_t link)
+{
+    void *item = NULL;
+    pthread_mutex_lock(&bus->lock);
+    if (pool->len > RBUS__POOL_HOLD)
+        item = rbus__pool_drain(pool, link);
+    pthread_mutex_unlock(&bus->lock);
+    return item;
+}
+
+void rbus__pool_put(rbus *bus, struct rbus_pool *pool, void *item, size_t link)
+{
+    pthread_mutex_lock(&bus->lock);
+    *pool_link(item, link) = NULL;
+    if (pool->tail)
+        *pool_link(pool->tail, link) = item;
+    else
+        pool->head = item;
+    pool->tail = item;
+    pool->len++;
+    pthread_mutex_unlock(&bus->lock);
+}
+
+void *rbus__pool_drain(struct rbus_pool *pool, size_t link)
+{
+    void *item = pool->head;
+    if (!item)
+        return NULL;
+    pool->head = *pool_link(item, link);
+    if (!pool->head)
+        pool->tail = NULL;
+    pool->len--;
+    *pool_link(item, link) = NULL;
+    return item;
+}
+
 char *rbus__strdup(rbus *bus, const char *s)
 {
     size_t n = strlen(s) + 1;

@@ -472,16 +472,8 @@ static void *worker_main(void *arg)
  * wait there, else a fresh one (lock and cond initialised once). */
 static rbus_dispatcher *dispatcher_get(rbus *bus)
 {
-    rbus_dispatcher *d = NULL;
-    pthread_mutex_lock(&bus->lock);
-    if (bus->dispatcher_pool_len > RBUS__POOL_HOLD) {
-        d = bus->dispatcher_pool;
-        bus->dispatcher_pool = d->pool_next;
-        if (!bus->dispatcher_pool)
-            bus->dispatcher_pool_tail = NULL;
-        bus->dispatcher_pool_len--;
-    }
-    pthread_mutex_unlock(&bus->lock);
+    rbus_dispatcher *d =
+        rbus__pool_take(bus, &bus->dispatcher_pool, offsetof(rbus_dispatcher, pool_next));
     if (!d) {
         d = rbus__zalloc(bus, sizeof *d);
         if (!d)
@@ -498,7 +490,6 @@ static rbus_dispatcher *dispatcher_get(rbus *bus)
     unsigned char *p = (unsigned char *)d;
     size_t from = offsetof(rbus_dispatcher, sub);
     memset(p + from, 0, sizeof *d - from);
-    d->pool_next = NULL;
     d->bus = bus;
     pthread_mutex_unlock(&d->lock);
     return d;
@@ -522,28 +513,17 @@ static void dispatcher_retire(rbus_dispatcher *d)
     d->keys = NULL;
     d->heap = NULL;
     d->items = NULL;
-    pthread_mutex_lock(&bus->lock);
-    d->pool_next = NULL;
-    if (bus->dispatcher_pool_tail)
-        bus->dispatcher_pool_tail->pool_next = d;
-    else
-        bus->dispatcher_pool = d;
-    bus->dispatcher_pool_tail = d;
-    bus->dispatcher_pool_len++;
-    pthread_mutex_unlock(&bus->lock);
+    rbus__pool_put(bus, &bus->dispatcher_pool, d, offsetof(rbus_dispatcher, pool_next));
 }
 
 void rbus__dispatch_pool_free(rbus *bus)
 {
-    while (bus->dispatcher_pool) {
-        rbus_dispatcher *d = bus->dispatcher_pool;
-        bus->dispatcher_pool = d->pool_next;
+    rbus_dispatcher *d;
+    while ((d = rbus__pool_drain(&bus->dispatcher_pool, offsetof(rbus_dispatcher, pool_next)))) {
         pthread_cond_destroy(&d->cond);
         pthread_mutex_destroy(&d->lock);
         rbus__free(bus, d);
     }
-    bus->dispatcher_pool_tail = NULL;
-    bus->dispatcher_pool_len = 0;
 }
 
 static int dispatcher_alloc(rbus_dispatcher *d)

@@ -62,6 +62,21 @@ char *rbus__strdup(rbus *bus, const char *s);
  * grace period); callers that change routing hold bus->route_lock. */
 void rbus__synchronize(rbus *bus);
 
+/* Retired handle structs (subscriptions, dispatchers), oldest first, kept
+ * until rbus_destroy (the lifetimes comment at struct rbus_sub). Each is
+ * linked through its own `pool_next` pointer, at byte offset `link`. */
+struct rbus_pool {
+    void *head, *tail;
+    uint32_t len;
+};
+/* The oldest struct once more than RBUS__POOL_HOLD wait, else NULL. Takes
+ * bus->lock. */
+void *rbus__pool_take(rbus *bus, struct rbus_pool *pool, size_t link);
+/* Appends one. Takes bus->lock. */
+void rbus__pool_put(rbus *bus, struct rbus_pool *pool, void *item, size_t link);
+/* Removes and returns the oldest, or NULL: for rbus_destroy, no lock. */
+void *rbus__pool_drain(struct rbus_pool *pool, size_t link);
+
 /* Misuse that memory safety cannot survive (a second release of a
  * reference, a release after rbus_destroy): RBUS_CHECKED builds abort
  * with a message naming the call; other builds never call it. */
@@ -538,10 +553,8 @@ struct rbus {
     bool closed; /* close finished */
     /* Unsubscribed subscriptions' structs, oldest first (rbus_sub), and
      * stopped dispatchers' (dispatch.c), likewise kept until destroy. */
-    struct rbus_sub *sub_pool, *sub_pool_tail;
-    uint32_t sub_pool_len;
-    struct rbus_dispatcher *dispatcher_pool, *dispatcher_pool_tail;
-    uint32_t dispatcher_pool_len;
+    struct rbus_pool sub_pool;
+    struct rbus_pool dispatcher_pool;
 
     /* Publishers blocked for room sleep here; receivers signal it when a
      * subscription they took from has room_waiters. */

@@ -370,16 +370,7 @@ char rbus__unsubscribing;
  * handle finds it dying for as long as possible), else a fresh one. */
 static rbus_sub *sub_struct_get(rbus *bus)
 {
-    rbus_sub *s = NULL;
-    pthread_mutex_lock(&bus->lock);
-    if (bus->sub_pool_len > RBUS__POOL_HOLD) {
-        s = bus->sub_pool;
-        bus->sub_pool = s->pool_next;
-        if (!bus->sub_pool)
-            bus->sub_pool_tail = NULL;
-        bus->sub_pool_len--;
-    }
-    pthread_mutex_unlock(&bus->lock);
+    rbus_sub *s = rbus__pool_take(bus, &bus->sub_pool, offsetof(rbus_sub, pool_next));
     if (s) {
         /* Everything but the kept fields (internal.h): `dying`, which late
          * calls read, and `callers` and `fd_lock`, which they may be
@@ -389,7 +380,6 @@ static rbus_sub *sub_struct_get(rbus *bus)
         size_t after = mid + sizeof s->callers, lock_at = offsetof(rbus_sub, fd_lock);
         memset(p + from, 0, mid - from);
         memset(p + after, 0, lock_at - after);
-        s->pool_next = NULL;
         return s;
     }
     s = rbus__zalloc_aligned(bus, sizeof *s);
@@ -433,15 +423,7 @@ static void sub_release_parts(rbus_sub *s)
 /* Gives a struct whose parts are released to the pool; `dying` is set. */
 static void sub_struct_put(rbus *bus, rbus_sub *s)
 {
-    pthread_mutex_lock(&bus->lock);
-    s->pool_next = NULL;
-    if (bus->sub_pool_tail)
-        bus->sub_pool_tail->pool_next = s;
-    else
-        bus->sub_pool = s;
-    bus->sub_pool_tail = s;
-    bus->sub_pool_len++;
-    pthread_mutex_unlock(&bus->lock);
+    rbus__pool_put(bus, &bus->sub_pool, s, offsetof(rbus_sub, pool_next));
 }
 
 void rbus__sub_free(rbus_sub *s)
@@ -454,14 +436,11 @@ void rbus__sub_free(rbus_sub *s)
 
 void rbus__sub_pool_free(rbus *bus)
 {
-    while (bus->sub_pool) {
-        rbus_sub *s = bus->sub_pool;
-        bus->sub_pool = s->pool_next;
+    rbus_sub *s;
+    while ((s = rbus__pool_drain(&bus->sub_pool, offsetof(rbus_sub, pool_next)))) {
         pthread_mutex_destroy(&s->fd_lock);
         rbus__free_aligned(bus, s);
     }
-    bus->sub_pool_tail = NULL;
-    bus->sub_pool_len = 0;
 }
 
 /* Under bus->lock. */
