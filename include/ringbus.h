@@ -372,9 +372,16 @@ typedef struct rbus_sub_stats {
     uint64_t dropped_timeout; /**< block wait ran out, or the publish would not wait */
     uint64_t dropped_closed;  /**< a waiting publisher was woken by close */
     uint64_t publisher_waits; /**< (publish, sub) pairs that began to wait for room */
-    uint32_t depth;           /**< queued now, read from the queue itself */
+    uint32_t depth;           /**< messages queued now, read from the queue itself */
     uint32_t high_water;      /**< largest depth seen right after an enqueue */
     uint32_t capacity;        /**< effective capacity */
+    /* What threads stalled inside calls cost (docs/design.md, "Progress"): */
+    uint64_t skipped;  /**< slots passed over because their publisher, preempted
+                            between reserving and writing, had not written them */
+    uint64_t holes;    /**< positions passed because such a publisher still held
+                            the slot */
+    uint64_t reoffers; /**< messages offered again by a publisher whose slot was
+                            skipped (each still counts once in offered) */
 } rbus_sub_stats;
 
 /** A topic's counters, from rbus_topic_stats_get(). */

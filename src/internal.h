@@ -18,6 +18,16 @@
 #define RBUS__CACHELINE 64
 #define RBUS__CACHE_ALIGNED _Alignas(RBUS__CACHELINE)
 
+/* A CPU pause for a bounded spin. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RBUS__CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define RBUS__CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define RBUS__CPU_RELAX() ((void)0)
+#endif
+
 #if defined(__GNUC__)
 #define RBUS__NOINLINE __attribute__((noinline))
 #define RBUS__LIKELY(x) __builtin_expect(!!(x), 1)
@@ -340,17 +350,22 @@ void rbus__dedup_free(rbus *bus, struct rbus_dedup *d);
 
 /* The subscription's ring: see ring.h for the protocol and guarantees. */
 struct rbus_ring_slot {
-    _Atomic uint64_t seq;
-    rbus_msg *msg; /* plain: ordered by seq (release/acquire) */
+    _Atomic uint64_t seq;    /* position << 2 | state (ring.h) */
+    _Atomic(rbus_msg *) msg; /* relaxed: ordered by seq (ring.h) */
 };
 
 struct rbus_ring {
     /* Producers' words and consumers' word on their own lines. */
-    RBUS__CACHE_ALIGNED _Atomic uint64_t tail; /* next position to enqueue */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t tail; /* next position to reserve */
     _Atomic uint64_t head_seen; /* a recent value of head, for the depth */
-    RBUS__CACHE_ALIGNED _Atomic uint64_t head; /* next position to dequeue */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t head; /* every position below it is done with */
     RBUS__CACHE_ALIGNED struct rbus_ring_slot *slots;
     uint64_t mask;
+    /* What stalled threads cost, written only when one is met (ring.h). */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t skipped; /* unwritten slots passed over */
+    _Atomic uint64_t holes;    /* positions left without a message: passed (a stalled
+                                  writer held the slot) or given up by an evictor */
+    _Atomic uint64_t reoffers; /* messages whose slot was skipped, offered again */
 };
 
 enum rbus_sub_state {

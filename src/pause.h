@@ -19,9 +19,11 @@
 /* X(NAME, "name"): every point, in one list so that names and ids agree. */
 #define RBUS__PAUSE_POINTS(X)                                                             \
     /* the slot protocol (ring.h) */                                                      \
-    X(RING_PUT_RESERVED, "ring.put.reserved") /* producer owns its slot, unwritten */     \
-    X(RING_TAKE_CLAIMED, "ring.take.claimed") /* consumer owns its slot, unreleased */    \
-    X(SUB_EVICT, "sub.evict")                 /* drop-oldest, before taking the oldest */ \
+    X(RING_PUT_RESERVED, "ring.put.reserved")   /* writer owns a position, uncommitted */ \
+    X(RING_PUT_PASS, "ring.put.pass")           /* about to pass a held slot as a hole */ \
+    X(RING_TAKE_CLAIMING, "ring.take.claiming") /* read the message, not yet claimed */   \
+    X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* claimed, head not yet moved on */      \
+    X(RING_TAKE_SKIP, "ring.take.skip")         /* about to skip an unwritten slot */     \
     /* idempotency keys (dedup.c), inside the shard's critical section */                 \
     X(DEDUP_LOCKED, "dedup.locked")                                                       \
     /* routing changes, after the new lists are in place and before the grace */          \

@@ -1,40 +1,67 @@
 /*
  * ring.h - the bounded MPMC ring of message pointers that each subscription
- * owns (a bounded queue with a sequence number per slot, after Dmitry
- * Vyukov's design). Inline: it is the hot path of every publish and
- * receive. Included by sub.c, stats.c (depth) and topic.c (the overload
- * fast path's fullness test).
+ * owns. Inline: it is the hot path of every publish and receive. Included
+ * by sub.c, stats.c (depth) and topic.c (the overload fast path's test).
  *
- * Why not ck_ring: its MPMC enqueue makes a producer that reserved a slot
- * wait, at commit, for every earlier producer on the ring to commit, so a
- * producer preempted between reserving and committing stalls every later
- * producer (docs/design.md#progress). Here each slot carries its own
- * sequence number: a producer preempted mid-write holds back only the
- * receivers that reach its slot, never other producers. Every access is a
- * C11 atomic, which ThreadSanitizer sees.
+ * What it promises, whatever other threads do and wherever they are
+ * stalled (docs/design.md#progress):
+ *  - A put never waits: it retries only because another operation on the
+ *    ring completed, and passes at most `size` slots held by stalled
+ *    writers. An evicting put (drop-oldest) takes the oldest message out
+ *    with the same CAS that makes the slot its own, so it evicts at most one.
+ *  - A take never waits for another receiver: a claim is one CAS that also
+ *    frees the slot, so a receiver stalled anywhere holds nothing. It waits
+ *    for a writer that has reserved a slot and not committed it only for
+ *    RBUS__SKIP_POLLS polls, then skips the slot; the writer learns it when
+ *    its commit fails, and offers its message again (RBUS__PUT_SKIPPED).
+ *  - A thread stalled inside a call costs the ring at most one slot.
+ *  - FIFO by position: a writer's successive puts are taken in order.
  *
- * Guarantees:
- *  - Producers are lock-free toward each other (one CAS on `tail` per
- *    enqueue, retried only when another producer won it).
- *  - Consumers are lock-free toward each other (one CAS on `head`).
- *  - FIFO in reservation order: a thread's successive enqueues are dequeued
- *    in that order.
- *  - Not wait-free toward consumers: a consumer cannot take past a slot
- *    whose producer reserved it and has not yet written it; the ring looks
- *    empty at that slot until the producer resumes.
- *  - Holds exactly `size` entries (a power of two).
- *
- * Slot protocol, for position p (head/tail count up forever, 64-bit):
- *   slot.seq == p          free for the producer of position p
- *   slot.seq == p + 1      holds the message of position p
- *   slot.seq == p + size   released by the consumer of p, free for p + size
+ * Positions count up forever (64-bit); position p lives in slot p & mask.
+ * A slot's word `seq` is p << 2 | state, for the position it serves now:
+ *   EMPTY(p)  free for position p; once `tail` > p, reserved by a writer
+ *             that has not committed
+ *   BUSY(p)   reserved by an evicting writer that has not committed
+ *   FULL(p)   holds the message of p
+ *   HOLE(p)   no message at p, and the slot is held: its writer was
+ *             skipped and has not yet acknowledged; positions that meet the
+ *             held slot meanwhile are passed as holes too
+ * Every change of a slot is a CAS on `seq`:
+ *   writer     EMPTY(p)/BUSY(p) -> FULL(p)   commit
+ *   receiver   FULL(p) -> EMPTY(p + size)    claim, freeing the slot
+ *   evictor    FULL(p) -> BUSY(p + size)     claim of the oldest, reserving
+ *   skipper    EMPTY(p)/BUSY(p) -> HOLE(p)   a receiver after its polls; an
+ *                                            evictor at once (full ring)
+ *   passer     HOLE(q) -> HOLE(p)            position p passed as a hole
+ *   writer     HOLE(q) -> EMPTY(q + size)    acknowledging its skip
+ * A plain writer reserves a position with a CAS on `tail`, only when its
+ * slot is EMPTY for it; an evictor's reservation is its claim, after which
+ * it moves `tail` on. `head` is a hint that only grows: every position
+ * below it is done with (claimed, evicted or a hole).
  */
 #ifndef RBUS_RING_H
 #define RBUS_RING_H
 
 #include "internal.h"
 
-/* struct rbus_ring and its slots are declared in internal.h. */
+#define RBUS__SLOT_EMPTY 0u
+#define RBUS__SLOT_BUSY 1u
+#define RBUS__SLOT_FULL 2u
+#define RBUS__SLOT_HOLE 3u
+#define RBUS__SEQ(pos, state) (((pos) << 2) | (state))
+#define RBUS__SEQ_POS(v) ((v) >> 2)
+#define RBUS__SEQ_STATE(v) ((unsigned)((v)&3u))
+
+/* How often a receiver re-reads a reserved, uncommitted slot before it
+ * skips it: a writer that runs commits within nanoseconds; one that has
+ * not after this many polls (microseconds) was preempted there. */
+#define RBUS__SKIP_POLLS 1024u
+
+enum rbus_put {
+    RBUS__PUT_QUEUED,
+    RBUS__PUT_FULL,   /* no room (or, evicting, every slot held by a stalled writer) */
+    RBUS__PUT_SKIPPED /* reserved, then skipped before the commit: offer again */
+};
 
 static inline void rbus__ring_init(struct rbus_ring *r, struct rbus_ring_slot *slots,
                                    uint64_t size)
@@ -42,122 +69,301 @@ static inline void rbus__ring_init(struct rbus_ring *r, struct rbus_ring_slot *s
     r->slots = slots;
     r->mask = size - 1;
     for (uint64_t i = 0; i < size; i++) {
-        atomic_init(&slots[i].seq, i);
-        slots[i].msg = NULL;
+        atomic_init(&slots[i].seq, RBUS__SEQ(i, RBUS__SLOT_EMPTY));
+        atomic_init(&slots[i].msg, NULL);
     }
     atomic_init(&r->tail, 0);
     atomic_init(&r->head_seen, 0);
     atomic_init(&r->head, 0);
+    atomic_init(&r->skipped, 0);
+    atomic_init(&r->holes, 0);
+    atomic_init(&r->reoffers, 0);
 }
 
-/*
- * Enqueue. On success *depth is an upper bound of the queue depth right
- * after it, exact whenever it is above `exact_above` (the caller's
- * high-water mark): reading `head` costs a cache miss on the consumer's
- * line, so we estimate from a recent value of it and read it only when the
- * estimate could raise the mark. The CAS on `tail` is seq_cst on purpose: it is the
- * producer half of the Dekker pairs described in sub.c (the producer then
- * reads the receivers' sleep flag with a seq_cst load, which costs a plain
- * load on x86 while still ordering after the locked CAS).
- */
-static inline bool rbus__ring_put(struct rbus_ring *r, rbus_msg *m, uint32_t exact_above,
-                                  uint32_t *depth)
+static inline uint64_t rbus__ring_size(const struct rbus_ring *r)
 {
-    uint64_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    struct rbus_ring_slot *slot;
-    for (;;) {
-        slot = &r->slots[pos & r->mask];
-        /* Acquire: pairs with the consumer's release of this slot, so its
-         * read of the old message happens before we overwrite it. */
-        uint64_t seq = atomic_load_explicit(&slot->seq, memory_order_acquire);
-        int64_t dif = (int64_t)(seq - pos);
-        if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + 1,
-                                                      memory_order_seq_cst,
-                                                      memory_order_relaxed))
-                break;
-        } else if (dif < 0) {
-            return false; /* the slot still holds the message of pos - size: full */
-        } else {
-            /* Another producer took pos; catch up. */
-            pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
-        }
-    }
-    RBUS__PAUSE(RING_PUT_RESERVED);
-    slot->msg = m;
-    /* Release: the message pointer (and everything the publisher wrote into
-     * the message) is visible to the consumer that acquires this seq. */
-    atomic_store_explicit(&slot->seq, pos + 1, memory_order_release);
-    /* Relaxed: a statistic. head only grows, so an old value over-estimates
-     * the depth; refresh it when that could matter. */
+    return r->mask + 1;
+}
+
+/* Moves `tail` from `from` to from + 1 unless someone already did; returns
+ * its value now. seq_cst: moving tail is the writer half of the receivers'
+ * sleep Dekker pair (sub.c). */
+static inline uint64_t rbus__ring_tail_on(struct rbus_ring *r, uint64_t from)
+{
+    uint64_t seen = from;
+    if (atomic_compare_exchange_strong_explicit(&r->tail, &seen, from + 1, memory_order_seq_cst,
+                                                memory_order_seq_cst))
+        return from + 1;
+    return seen;
+}
+
+/* Raises head to at least `to`. Relaxed: head is a hint; the slot words
+ * carry every ordering, and a stale head only makes a reader look again. */
+static inline void rbus__ring_head_to(struct rbus_ring *r, uint64_t to)
+{
+    uint64_t cur = atomic_load_explicit(&r->head, memory_order_relaxed);
+    while (cur < to && !atomic_compare_exchange_weak_explicit(
+                           &r->head, &cur, to, memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+/* A writer whose commit failed: its slot was skipped, and is HOLE(q) for its
+ * position or a later one that met the held slot. It frees the slot for the
+ * lap after q. Retried only when a passer moved q on meanwhile. */
+static inline void rbus__ring_acknowledge(struct rbus_ring *r, struct rbus_ring_slot *s)
+{
+    uint64_t v = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    /* Release: our store of the message word happens before the next
+     * writer of this slot stores its own (its acquire load of seq). */
+    while (!atomic_compare_exchange_weak_explicit(
+        &s->seq, &v, RBUS__SEQ(RBUS__SEQ_POS(v) + rbus__ring_size(r), RBUS__SLOT_EMPTY),
+        memory_order_release, memory_order_relaxed))
+        ;
+    atomic_fetch_add_explicit(&r->reoffers, 1, memory_order_relaxed);
+}
+
+/* The depth estimate for the high-water mark: an upper bound, exact
+ * whenever it is above `exact_above`. Reading `head` costs a miss on the
+ * receivers' line, so a recent value of it is used unless the estimate
+ * could raise the mark. Relaxed: a statistic. */
+static inline uint32_t rbus__ring_depth_after(struct rbus_ring *r, uint64_t pos,
+                                              uint32_t exact_above)
+{
     uint64_t head = atomic_load_explicit(&r->head_seen, memory_order_relaxed);
     if (pos + 1 - head > exact_above) {
         head = atomic_load_explicit(&r->head, memory_order_relaxed);
         atomic_store_explicit(&r->head_seen, head, memory_order_relaxed);
     }
     uint64_t d = pos + 1 > head ? pos + 1 - head : 0;
-    *depth = d > r->mask + 1 ? (uint32_t)(r->mask + 1) : (uint32_t)d;
-    return true;
+    return d > r->mask + 1 ? (uint32_t)(r->mask + 1) : (uint32_t)d;
 }
 
-/* Dequeue; NULL when empty (or when the oldest slot's producer has not
- * finished writing it). The CAS on `head` is seq_cst: the consumer half of
+/* A position of our own, in slot s: t, with its slot word when we took it
+ * (*vp). Returns FULL when there is no room, or when evicting and every
+ * slot is held by a stalled writer. */
+static inline enum rbus_put rbus__ring_reserve(struct rbus_ring *r, rbus_msg **evicted,
+                                               struct rbus_ring_slot **sp, uint64_t *tp)
+{
+    const uint64_t size = rbus__ring_size(r);
+    uint64_t passed = 0;
+    uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    for (;;) {
+        struct rbus_ring_slot *s = &r->slots[t & r->mask];
+        /* Acquire: pairs with the release CAS that last changed the slot (a
+         * claim: the receiver's read of the old message word happens before
+         * we store ours; an acknowledgement: the skipped writer's store
+         * does). */
+        uint64_t v = atomic_load_explicit(&s->seq, memory_order_acquire);
+        uint64_t p = RBUS__SEQ_POS(v);
+        unsigned state = RBUS__SEQ_STATE(v);
+        if (p == t && state == RBUS__SLOT_EMPTY) {
+            /* seq_cst: the writer half of the receivers' sleep pair. */
+            if (atomic_compare_exchange_weak_explicit(&r->tail, &t, t + 1, memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+                *sp = s;
+                *tp = t;
+                return RBUS__PUT_QUEUED;
+            }
+            continue;
+        }
+        if (p < t && state == RBUS__SLOT_FULL) {
+            /* Full: the oldest message, of position t - size, is unclaimed. */
+            if (!evicted)
+                return RBUS__PUT_FULL;
+            rbus_msg *old = atomic_load_explicit(&s->msg, memory_order_relaxed);
+            /* The claim a receiver would make, but reserving t for us. acq_rel:
+             * acquire as a claim (we read the old message word above, after
+             * the acquire load of v); release publishes nothing yet. */
+            if (atomic_compare_exchange_strong_explicit(&s->seq, &v, RBUS__SEQ(t, RBUS__SLOT_BUSY),
+                                                        memory_order_acq_rel,
+                                                        memory_order_relaxed)) {
+                *evicted = old;
+                rbus__ring_head_to(r, p + 1); /* every position up to p is done with */
+                rbus__ring_tail_on(r, t);
+                *sp = s;
+                *tp = t;
+                return RBUS__PUT_QUEUED;
+            }
+            continue;
+        }
+        if (p < t && state != RBUS__SLOT_HOLE) {
+            /* Full, and the oldest position is reserved and not committed.
+             * An evictor does not wait: it skips that writer (which offers
+             * again) and passes the held slot below. */
+            if (!evicted)
+                return RBUS__PUT_FULL;
+            if (atomic_compare_exchange_strong_explicit(&s->seq, &v, RBUS__SEQ(p, RBUS__SLOT_HOLE),
+                                                        memory_order_relaxed, memory_order_relaxed))
+                atomic_fetch_add_explicit(&r->skipped, 1, memory_order_relaxed);
+            continue;
+        }
+        if (p < t) {
+            /* HOLE: held by a skipped writer that has not come back. Pass
+             * position t as a hole (marked before tail moves on, so that a
+             * receiver at t sees it), unless every slot is held. */
+            if (++passed > size)
+                return RBUS__PUT_FULL;
+            RBUS__PAUSE(RING_PUT_PASS);
+            if (!atomic_compare_exchange_strong_explicit(&s->seq, &v, RBUS__SEQ(t, RBUS__SLOT_HOLE),
+                                                         memory_order_relaxed,
+                                                         memory_order_relaxed))
+                continue;
+            atomic_fetch_add_explicit(&r->holes, 1, memory_order_relaxed);
+        }
+        /* Position t is taken (reserved, committed or a hole) and tail has
+         * not moved past it yet: move it on and look at the next. */
+        t = rbus__ring_tail_on(r, t);
+    }
+}
+
+/*
+ * Put. Without `evicted`, FULL when the oldest position still holds a
+ * message or its writer has not committed. With `evicted` (drop-oldest), a
+ * full ring gives up its oldest message (stored in *evicted) in the CAS
+ * that reserves our slot, and an oldest writer that has not committed is
+ * skipped at once. SKIPPED: we were skipped before our commit; nothing of
+ * ours is queued (*evicted may still be set), the caller offers again.
+ */
+static inline enum rbus_put rbus__ring_put(struct rbus_ring *r, rbus_msg *m, rbus_msg **evicted,
+                                           uint32_t exact_above, uint32_t *depth)
+{
+    struct rbus_ring_slot *s;
+    uint64_t t;
+    enum rbus_put rc = rbus__ring_reserve(r, evicted, &s, &t);
+    if (rc != RBUS__PUT_QUEUED)
+        return rc;
+    RBUS__PAUSE(RING_PUT_RESERVED);
+    /* Relaxed: the commit's release publishes it. Nobody else stores this
+     * word until the slot is claimed, or acknowledged if we are skipped. */
+    atomic_store_explicit(&s->msg, m, memory_order_relaxed);
+    uint64_t v = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    for (;;) {
+        if (RBUS__SEQ_POS(v) == t && RBUS__SEQ_STATE(v) != RBUS__SLOT_HOLE &&
+            RBUS__SEQ_STATE(v) != RBUS__SLOT_FULL) {
+            /* Release: the message word (and the message) before FULL. */
+            if (atomic_compare_exchange_weak_explicit(&s->seq, &v, RBUS__SEQ(t, RBUS__SLOT_FULL),
+                                                      memory_order_release, memory_order_relaxed))
+                break;
+            continue;
+        }
+        /* HOLE(t or later): a skipper got there first; the slot is held
+         * for us until we acknowledge. */
+        rbus__ring_acknowledge(r, s);
+        return RBUS__PUT_SKIPPED;
+    }
+    *depth = rbus__ring_depth_after(r, t, exact_above);
+    return RBUS__PUT_QUEUED;
+}
+
+/* Take; NULL when empty. Skips a slot whose writer has not committed after
+ * RBUS__SKIP_POLLS polls. The claim CAS is seq_cst: the receiver half of
  * the room-waiter Dekker pair (sub.c). */
 static inline rbus_msg *rbus__ring_take(struct rbus_ring *r)
 {
-    uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
-    struct rbus_ring_slot *slot;
+    const uint64_t size = rbus__ring_size(r);
+    unsigned polls = 0;
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
     for (;;) {
-        slot = &r->slots[pos & r->mask];
-        /* Acquire: pairs with the producer's release of seq = pos + 1. */
-        uint64_t seq = atomic_load_explicit(&slot->seq, memory_order_acquire);
-        int64_t dif = (int64_t)(seq - (pos + 1));
-        if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
-                                                      memory_order_seq_cst,
-                                                      memory_order_relaxed))
-                break;
-        } else if (dif < 0) {
-            return NULL; /* empty, or its producer is mid-write */
-        } else {
-            pos = atomic_load_explicit(&r->head, memory_order_relaxed);
+        struct rbus_ring_slot *s = &r->slots[h & r->mask];
+        /* Acquire: pairs with the writer's release commit, so its message
+         * word and message are visible. */
+        uint64_t v = atomic_load_explicit(&s->seq, memory_order_acquire);
+        uint64_t p = RBUS__SEQ_POS(v);
+        unsigned state = RBUS__SEQ_STATE(v);
+        if (p == h && state == RBUS__SLOT_FULL) {
+            rbus_msg *m = atomic_load_explicit(&s->msg, memory_order_relaxed);
+            RBUS__PAUSE(RING_TAKE_CLAIMING);
+            /* The claim frees the slot for the next lap at once. seq_cst:
+             * see above; it also releases our read of the message word
+             * before the next writer stores its own. */
+            if (atomic_compare_exchange_strong_explicit(
+                    &s->seq, &v, RBUS__SEQ(h + size, RBUS__SLOT_EMPTY), memory_order_seq_cst,
+                    memory_order_relaxed)) {
+                RBUS__PAUSE(RING_TAKE_CLAIMED);
+                rbus__ring_head_to(r, h + 1);
+                return m;
+            }
+            continue;
         }
+        if (p > h || (p == h && state == RBUS__SLOT_HOLE)) {
+            /* Position h is done with (claimed, evicted or a hole) and head
+             * lags behind: move it on. */
+            uint64_t seen = h;
+            if (atomic_compare_exchange_strong_explicit(&r->head, &seen, h + 1,
+                                                        memory_order_relaxed, memory_order_relaxed))
+                seen = h + 1;
+            h = seen;
+            polls = 0;
+            continue;
+        }
+        if (p == h && state == RBUS__SLOT_EMPTY) {
+            /* Empty, unless a writer reserved h (tail moved past it).
+             * seq_cst: the receiver half of the sleep pair reads tail. */
+            if (atomic_load_explicit(&r->tail, memory_order_seq_cst) <= h)
+                return NULL;
+        } else if (p < h) {
+            /* Held for an older position: h is free for nobody until a
+             * passer marks it, which it does before moving tail past it. */
+            if (atomic_load_explicit(&r->tail, memory_order_seq_cst) <= h)
+                return NULL;
+            RBUS__CPU_RELAX();
+            continue;
+        }
+        /* Reserved, not committed (EMPTY with tail past it, or BUSY). */
+        if (++polls < RBUS__SKIP_POLLS) {
+            RBUS__CPU_RELAX();
+            continue;
+        }
+        RBUS__PAUSE(RING_TAKE_SKIP);
+        if (atomic_compare_exchange_strong_explicit(&s->seq, &v, RBUS__SEQ(h, RBUS__SLOT_HOLE),
+                                                    memory_order_relaxed, memory_order_relaxed))
+            atomic_fetch_add_explicit(&r->skipped, 1, memory_order_relaxed);
+        polls = 0;
     }
-    RBUS__PAUSE(RING_TAKE_CLAIMED);
-    rbus_msg *m = slot->msg;
-    /* Release: our read of the slot happens before a producer reuses it. */
-    atomic_store_explicit(&slot->seq, pos + r->mask + 1, memory_order_release);
-    return m;
 }
 
-/* Whether an enqueue now would fail for want of room, by the very test
- * rbus__ring_put makes: the slot at `tail` still holds the message of
- * tail - size. False when tail moves meanwhile (then we do not know).
- * Relaxed loads: the answer only decides whether to try, and the slot is
- * not touched, so nothing it guards needs ordering. */
+/* Whether a put without eviction would find no room now, by the test it
+ * makes: the slot at `tail` still serves the position a lap before, which
+ * holds a message or is reserved. False when it cannot tell. seq_cst
+ * loads: a publisher waiting for room reads this after registering (the
+ * room Dekker pair in sub.c); the overload fast path only decides whether
+ * to try. */
 static inline bool rbus__ring_full_at_tail(struct rbus_ring *r)
 {
-    uint64_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    uint64_t seq = atomic_load_explicit(&r->slots[pos & r->mask].seq, memory_order_relaxed);
-    return (int64_t)(seq - pos) < 0;
+    uint64_t t = atomic_load_explicit(&r->tail, memory_order_seq_cst);
+    uint64_t v = atomic_load_explicit(&r->slots[t & r->mask].seq, memory_order_seq_cst);
+    return RBUS__SEQ_POS(v) < t && RBUS__SEQ_STATE(v) != RBUS__SLOT_HOLE;
 }
 
-/* Positions reserved by producers and not yet taken: counts a slot whose
- * producer is mid-write. seq_cst loads: the receiving halves of the Dekker
- * pairs in sub.c. */
+/* Positions reserved and not yet passed by head: counts slots being
+ * written, and holes head has not passed. seq_cst loads: the receiving
+ * halves of the sleep Dekker pairs in sub.c. */
 static inline uint64_t rbus__ring_reserved(struct rbus_ring *r)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_seq_cst);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_seq_cst);
-    /* head is read first, so producers may have moved on meanwhile: clamp
-     * to what the ring can hold. */
+    /* head is read first, so writers may have moved on meanwhile: clamp to
+     * what the ring can hold. */
     uint64_t n = tail > head ? tail - head : 0;
     return n > r->mask + 1 ? r->mask + 1 : n;
 }
 
-static inline uint64_t rbus__ring_size(const struct rbus_ring *r)
+/* Messages in the ring (stats): the committed slots among the positions
+ * between head and tail, which may also hold reserved, uncommitted slots
+ * and holes. It reads each of those slots once: O(depth). */
+static inline uint32_t rbus__ring_depth(struct rbus_ring *r)
 {
-    return r->mask + 1;
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    uint64_t n = tail > head ? tail - head : 0;
+    if (n > r->mask + 1)
+        n = r->mask + 1;
+    uint32_t full = 0;
+    for (uint64_t pos = tail - n; pos != tail; pos++) {
+        uint64_t v = atomic_load_explicit(&r->slots[pos & r->mask].seq, memory_order_relaxed);
+        full += v == RBUS__SEQ(pos, RBUS__SLOT_FULL);
+    }
+    return full;
 }
 
 #endif /* RBUS_RING_H */

@@ -44,7 +44,10 @@ void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
     out->publisher_waits = atomic_load_explicit(&s->publisher_waits, memory_order_relaxed);
     /* From the ring itself, never derived from the counters, so the
      * accounting equation is a real check. */
-    out->depth = (uint32_t)rbus__ring_reserved(&s->ring);
+    out->depth = rbus__ring_depth(&s->ring);
+    out->skipped = atomic_load_explicit(&s->ring.skipped, memory_order_relaxed);
+    out->holes = atomic_load_explicit(&s->ring.holes, memory_order_relaxed);
+    out->reoffers = atomic_load_explicit(&s->ring.reoffers, memory_order_relaxed);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
 }
@@ -187,6 +190,9 @@ enum sub_field {
     F_DEPTH,
     F_HIGH_WATER,
     F_CAPACITY,
+    F_SKIPPED,
+    F_HOLES,
+    F_REOFFERS,
 };
 
 static void prom_sub_family(struct prom_out *o, rbus *bus, enum sub_field f, const char *name,
@@ -220,6 +226,15 @@ static void prom_sub_family(struct prom_out *o, rbus *bus, enum sub_field f, con
             break;
         case F_CAPACITY:
             prom_sub_sample(o, name, s, NULL, st.capacity);
+            break;
+        case F_SKIPPED:
+            prom_sub_sample(o, name, s, NULL, st.skipped);
+            break;
+        case F_HOLES:
+            prom_sub_sample(o, name, s, NULL, st.holes);
+            break;
+        case F_REOFFERS:
+            prom_sub_sample(o, name, s, NULL, st.reoffers);
             break;
         }
     }
@@ -302,10 +317,15 @@ static const struct {
     {F_WAITS, "ringbus_sub_publisher_waits_total", "counter",
      "Publishes that found the subscription full and waited."},
     {F_DEPTH, "ringbus_sub_depth", "gauge", "Messages queued now."},
-    {F_HIGH_WATER, "ringbus_sub_high_water", "gauge",
-     "Largest depth seen right after an enqueue."},
+    {F_HIGH_WATER, "ringbus_sub_high_water", "gauge", "Largest depth seen right after an enqueue."},
     {F_CAPACITY, "ringbus_sub_capacity", "gauge",
      "Effective capacity of the subscription's queue."},
+    {F_SKIPPED, "ringbus_sub_skipped_total", "counter",
+     "Slots passed over because their publisher, preempted mid-write, had not written them."},
+    {F_HOLES, "ringbus_sub_holes_total", "counter",
+     "Positions passed because such a publisher still held the slot."},
+    {F_REOFFERS, "ringbus_sub_reoffers_total", "counter",
+     "Messages offered again by a publisher whose slot was skipped."},
 };
 
 static const struct {

@@ -31,11 +31,11 @@ static inline bool ring_reserved(rbus_sub *s)
     return rbus__ring_reserved(&s->ring) != 0;
 }
 
-/* Full by the positions (seq_cst loads): the publisher's half of the room
- * Dekker pair reads this after registering. */
+/* Whether a put would find no room (seq_cst loads): the publisher's half
+ * of the room Dekker pair reads this after registering. */
 bool rbus__sub_full(rbus_sub *s)
 {
-    return rbus__ring_reserved(&s->ring) >= rbus__ring_size(&s->ring);
+    return rbus__ring_full_at_tail(&s->ring);
 }
 
 /* ------------------------------------------------------------ wake-ups */
@@ -67,14 +67,17 @@ static RBUS__NOINLINE void wake_receivers(rbus_sub *s)
         fd_make_readable(s);
 }
 
-static inline bool ring_put(rbus_sub *s, rbus_msg *m)
+/* One put (ring.h) and, when it queued, the wake-up and the high-water
+ * mark. `evicted` non-NULL: drop-oldest. */
+static inline enum rbus_put ring_put(rbus_sub *s, rbus_msg *m, rbus_msg **evicted)
 {
     /* Relaxed: high_water is a statistic; only its monotonicity matters,
      * which the CAS loop below keeps. */
     uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     uint32_t depth;
-    if (!rbus__ring_put(&s->ring, m, hw, &depth))
-        return false;
+    enum rbus_put rc = rbus__ring_put(&s->ring, m, evicted, hw, &depth);
+    if (rc != RBUS__PUT_QUEUED)
+        return rc;
     /* seq_cst loads after the ring's seq_cst CAS on tail: the publisher half
      * of the Dekker pairs above (plain loads on x86). */
     if (RBUS__UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
@@ -84,7 +87,7 @@ static inline bool ring_put(rbus_sub *s, rbus_msg *m)
            !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
                                                   memory_order_relaxed))
         ;
-    return true;
+    return rc;
 }
 
 static inline void after_dequeue(rbus_sub *s)
@@ -178,39 +181,44 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
     /* Tallies are read only by stats: relaxed (rbus_tally). */
     struct rbus_tally *tally = rbus__tally_of(th, s);
     rbus__tally_add(s, tally, &tally->offered);
-    if (RBUS__LIKELY(ring_put(s, m)))
-        return RBUS_OFFER_QUEUED;
-    switch (s->overflow) {
-    case RBUS_DROP_NEWEST:
+    /* Drop-oldest evicts at most once per publish: after an eviction, a
+     * publish offered again (its slot was skipped while it was stalled)
+     * only takes free room. */
+    bool may_evict = s->overflow == RBUS_DROP_OLDEST;
+    for (;;) {
+        rbus_msg *old = NULL;
+        enum rbus_put rc = ring_put(s, m, may_evict ? &old : NULL);
+        if (old) {
+            rbus__tally_add(s, tally, &tally->dropped_oldest);
+            (*evicted)++;
+            rbus__msg_unref_by(th, old, 1);
+            may_evict = false;
+        }
+        if (RBUS__LIKELY(rc == RBUS__PUT_QUEUED))
+            return RBUS_OFFER_QUEUED;
+        if (rc == RBUS__PUT_SKIPPED)
+            continue; /* we stalled mid-write and were skipped: offer again */
+        if (s->overflow == RBUS_BLOCK)
+            return RBUS_OFFER_FULL;
+        /* Drop-oldest that evicted once and was then skipped: every message
+         * queued now came after ours, so ours is the oldest, and goes. */
+        if (s->overflow == RBUS_DROP_OLDEST && !may_evict) {
+            rbus__tally_add(s, tally, &tally->dropped_oldest);
+            return RBUS_OFFER_DROPPED;
+        }
+        /* Drop-newest; or drop-oldest with every slot held by a stalled
+         * writer, so that there is nothing to evict. */
         rbus__tally_add(s, tally, &tally->dropped_newest);
         return RBUS_OFFER_DROPPED;
-    case RBUS_DROP_OLDEST:
-        /* Evict until our message fits. Receivers may drain concurrently,
-         * and other publishers may take the freed slot first, so one
-         * publish can evict more than one message. */
-        for (unsigned iter = 0;; iter++) {
-            RBUS__PAUSE(SUB_EVICT);
-            rbus_msg *old = rbus__ring_take(&s->ring);
-            if (old) {
-                rbus__tally_add(s, tally, &tally->dropped_oldest);
-                (*evicted)++;
-                rbus__msg_unref_by(th, old, 1);
-            } else {
-                /* The oldest slot's producer or consumer is mid-way. */
-                rbus__spin_step(iter);
-            }
-            if (ring_put(s, m))
-                return RBUS_OFFER_QUEUED;
-        }
-    case RBUS_BLOCK:
-    default:
-        return RBUS_OFFER_FULL;
     }
 }
 
 bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 {
-    return ring_put(s, m);
+    enum rbus_put rc;
+    while ((rc = ring_put(s, m, NULL)) == RBUS__PUT_SKIPPED) {
+    }
+    return rc == RBUS__PUT_QUEUED;
 }
 
 /* -------------------------------------------------------------- receive */

@@ -16,15 +16,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define RBUS_CPU_RELAX() _mm_pause()
-#elif defined(__aarch64__)
-#define RBUS_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
-#else
-#define RBUS_CPU_RELAX() ((void)0)
-#endif
-
 int64_t rbus__now_ns(void)
 {
     struct timespec ts;
@@ -70,7 +61,7 @@ static inline bool deadline_near(int64_t now_ns, int64_t deadline_ns)
 void rbus__spin_wait_step(struct rbus_spin *spin)
 {
     if (spin->pause_only || (++spin->steps & 63) != 0) {
-        RBUS_CPU_RELAX();
+        RBUS__CPU_RELAX();
         return;
     }
     rbus_sub *s = spin->sub;
@@ -115,7 +106,7 @@ void rbus__spin_step_before(unsigned iteration, int64_t now_ns, int64_t deadline
     if ((iteration & 63) == 63 && !deadline_near(now_ns, deadline_ns))
         sched_yield();
     else
-        RBUS_CPU_RELAX();
+        RBUS__CPU_RELAX();
 }
 
 void rbus__spin_step(unsigned iteration)

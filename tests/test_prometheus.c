@@ -143,6 +143,9 @@ static void numbers_equal_the_stats_api(void **state)
             {"ringbus_sub_depth", NULL, st.depth},
             {"ringbus_sub_high_water", NULL, st.high_water},
             {"ringbus_sub_capacity", NULL, st.capacity},
+            {"ringbus_sub_skipped_total", NULL, st.skipped},
+            {"ringbus_sub_holes_total", NULL, st.holes},
+            {"ringbus_sub_reoffers_total", NULL, st.reoffers},
         };
         for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
             sub_prefix(p, sizeof p, rows[r].family, pat[i], id, escaped[i], pol[i],
@@ -161,11 +164,18 @@ static void numbers_equal_the_stats_api(void **state)
 
     /* Each family's HELP and TYPE exactly once, its samples contiguous. */
     static const char *const families[] = {
-        "ringbus_topic_published_total", "ringbus_topic_duplicates_total",
-        "ringbus_sub_offered_total",     "ringbus_sub_received_total",
-        "ringbus_sub_dropped_total",     "ringbus_sub_publisher_waits_total",
-        "ringbus_sub_depth",             "ringbus_sub_high_water",
+        "ringbus_topic_published_total",
+        "ringbus_topic_duplicates_total",
+        "ringbus_sub_offered_total",
+        "ringbus_sub_received_total",
+        "ringbus_sub_dropped_total",
+        "ringbus_sub_publisher_waits_total",
+        "ringbus_sub_depth",
+        "ringbus_sub_high_water",
         "ringbus_sub_capacity",
+        "ringbus_sub_skipped_total",
+        "ringbus_sub_holes_total",
+        "ringbus_sub_reoffers_total",
     };
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
         char help[128], type[128];

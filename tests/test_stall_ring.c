@@ -1,0 +1,334 @@
+/*
+ * The ring's progress with a thread stalled at each step of the slot
+ * protocol (src/ring.h): a receiver stalled mid-claim holds nothing back; a
+ * publisher stalled between reserving and committing its slot holds back
+ * no other publisher and no receiver (the slot is skipped, the publisher
+ * offers its message again); a drop-oldest publish never waits and evicts
+ * exactly one message; a stalled thread costs at most one slot. Every
+ * scene ends with exact accounting and every message received once, in
+ * order.
+ */
+#include "test_util.h"
+
+#include "pause.h"
+
+#define PARK_TIMEOUT_NS INT64_C(30000000000)
+#define CAP 8
+
+struct scene {
+    rbus *bus;
+    rbus_topic *topic;
+    rbus_sub *sub;
+    uint64_t next_seq_seen; /* receivers check FIFO against it */
+};
+
+static void scene_open(struct scene *sc, rbus_overflow policy)
+{
+    memset(sc, 0, sizeof *sc);
+    sc->topic = rbus_test_bus_and_topic(&sc->bus, "stall.ring");
+    uint32_t cap;
+    sc->sub = rbus_test_subscribe_checked(sc->bus, "stall.ring", CAP, policy, 0, &cap);
+    assert_int_equal(cap, CAP);
+}
+
+/* Everything left; returns how many. The main thread's messages ("m")
+ * must come in the order it published them; a parked publisher's ("p") is
+ * its only one, and comes after the others if its slot was skipped. */
+static unsigned drain_in_order(struct scene *sc)
+{
+    unsigned n = 0;
+    rbus_msg *m;
+    while (rbus_recv(sc->sub, &m, 0) == 0) {
+        if (*(const char *)rbus_msg_data(m) == 'm') {
+            assert_true(rbus_msg_seq(m) > sc->next_seq_seen);
+            sc->next_seq_seen = rbus_msg_seq(m);
+        }
+        rbus_msg_release(m);
+        n++;
+    }
+    return n;
+}
+
+static void scene_close(struct scene *sc)
+{
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc->sub, &st));
+    rbus_test_check_accounting(&st);
+    assert_rbus_ok(rbus_unsubscribe(sc->sub));
+    rbus_destroy(sc->bus);
+}
+
+static rbus_pub_result publish(struct scene *sc)
+{
+    rbus_pub_result res;
+    rbus_pub_opts o = {.timeout_ns = -1}; /* a full block sub: do not wait */
+    assert_rbus_ok(rbus_publish_ex(sc->topic, "m", 1, &o, &res));
+    return res;
+}
+
+/* ------------------------------------------------------ a parked thread */
+
+enum job { JOB_RECV, JOB_PUBLISH };
+
+struct parked {
+    struct scene *sc;
+    enum job job;
+    pthread_t thr;
+    atomic_int go;
+    int trap;
+    int rc;
+    rbus_msg *msg;
+    rbus_pub_result res;
+};
+
+static void *parked_main(void *arg)
+{
+    struct parked *p = arg;
+    while (!atomic_load(&p->go))
+        rbus_test_sleep_us(100);
+    if (p->job == JOB_RECV) {
+        p->rc = rbus_recv(p->sc->sub, &p->msg, 0);
+    } else {
+        rbus_pub_opts o = {.timeout_ns = -1};
+        p->rc = rbus_publish_ex(p->sc->topic, "p", 1, &o, &p->res);
+    }
+    return NULL;
+}
+
+/* Starts the job on its own thread and returns once it is parked at
+ * `point`. */
+static void park(struct parked *p, struct scene *sc, enum job job, enum rbus__pp point)
+{
+    memset(p, 0, sizeof *p);
+    p->sc = sc;
+    p->job = job;
+    atomic_init(&p->go, 0);
+    assert_int_equal(pthread_create(&p->thr, NULL, parked_main, p), 0);
+    p->trap = rbus__trap_set(point, &p->thr);
+    assert_true(p->trap >= 0);
+    atomic_store(&p->go, 1);
+    if (!rbus__trap_wait(p->trap, PARK_TIMEOUT_NS)) {
+        print_error("never reached %s\n", rbus__pause_name(point));
+        fail();
+    }
+}
+
+static void unpark(struct parked *p)
+{
+    rbus__trap_release(p->trap);
+    assert_int_equal(pthread_join(p->thr, NULL), 0);
+}
+
+/* ------------------------------------------------------------- receivers */
+
+/* A receiver stalled before or after its claim: drop-oldest publishes into
+ * the full ring evict exactly one message each and never wait (it used to
+ * evict the whole queue and then spin until the receiver ran). */
+static void evictor_meets_stalled_receiver(enum rbus__pp point)
+{
+    struct scene sc;
+    scene_open(&sc, RBUS_DROP_OLDEST);
+    for (int i = 0; i < CAP; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    struct parked r;
+    park(&r, &sc, JOB_RECV, point);
+    for (int i = 0; i < 3 * CAP; i++) {
+        rbus_pub_result res = publish(&sc);
+        assert_int_equal(res.queued, 1);
+        /* A claim made before the stall freed its slot: the first publish
+         * finds room there. */
+        assert_int_equal(res.evicted, i == 0 && point == RBUS_PP_RING_TAKE_CLAIMED ? 0 : 1);
+    }
+    unpark(&r);
+    assert_rbus_ok(r.rc);
+    sc.next_seq_seen = rbus_msg_seq(r.msg);
+    rbus_msg_release(r.msg);
+    /* The ring held the newest CAP messages: the parked receiver's claim,
+     * if it had made it, freed its slot at once; if not, it lost the first
+     * message to an eviction and took the oldest one left. */
+    assert_int_equal(drain_in_order(&sc), point == RBUS_PP_RING_TAKE_CLAIMED ? CAP : CAP - 1);
+    assert_int_equal(sc.next_seq_seen, 4 * CAP);
+    scene_close(&sc);
+}
+
+static void drop_oldest_evicts_one_past_a_receiver_stalled_mid_claim(void **state)
+{
+    (void)state;
+    evictor_meets_stalled_receiver(RBUS_PP_RING_TAKE_CLAIMING);
+    evictor_meets_stalled_receiver(RBUS_PP_RING_TAKE_CLAIMED);
+}
+
+/* Two receivers; one stalls mid-claim and the other drains the rest: the
+ * queue is empty, and must accept a full capacity again (it used to look
+ * full: drop-newest refused and block timed out at depth 0). */
+static void stalled_receiver_costs_no_room(enum rbus__pp point, rbus_overflow policy)
+{
+    struct scene sc;
+    scene_open(&sc, policy);
+    for (int i = 0; i < CAP; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    struct parked a;
+    park(&a, &sc, JOB_RECV, point);
+    unsigned drained = drain_in_order(&sc);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.depth, 0);
+    for (int i = 0; i < CAP; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.dropped_newest + st.dropped_timeout + st.dropped_oldest, 0);
+    assert_int_equal(st.depth, CAP);
+    unpark(&a);
+    /* Stalled before its claim, it lost the race for every old message and
+     * takes the first new one; stalled after, it had claimed the first. */
+    assert_rbus_ok(a.rc);
+    rbus_msg_release(a.msg);
+    assert_int_equal(drained + 1 + drain_in_order(&sc), 2 * CAP);
+    scene_close(&sc);
+}
+
+static void stalled_receiver_leaves_the_room_to_publishers(void **state)
+{
+    (void)state;
+    static const rbus_overflow policies[] = {RBUS_DROP_NEWEST, RBUS_BLOCK, RBUS_DROP_OLDEST};
+    for (size_t i = 0; i < 3; i++) {
+        stalled_receiver_costs_no_room(RBUS_PP_RING_TAKE_CLAIMED, policies[i]);
+        stalled_receiver_costs_no_room(RBUS_PP_RING_TAKE_CLAIMING, policies[i]);
+    }
+}
+
+/* ------------------------------------------------------------ publishers */
+
+/* A publisher stalled between reserving and committing: other publishers
+ * go on, receivers skip its slot and take what follows, and on resuming it
+ * offers its message again, counted once. */
+static void stalled_writer_is_skipped(rbus_overflow policy)
+{
+    struct scene sc;
+    scene_open(&sc, policy);
+    struct parked p;
+    park(&p, &sc, JOB_PUBLISH, RBUS_PP_RING_PUT_RESERVED);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_int_equal(drain_in_order(&sc), 5);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.skipped, 1);
+    assert_int_equal(st.depth, 0);
+    unpark(&p);
+    assert_rbus_ok(p.rc);
+    assert_int_equal(p.res.queued, 1);
+    assert_int_equal(drain_in_order(&sc), 1);
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.reoffers, 1);
+    assert_int_equal(st.offered, 6);
+    assert_int_equal(st.received, 6);
+    scene_close(&sc);
+}
+
+static void stalled_writer_holds_back_nothing(void **state)
+{
+    (void)state;
+    stalled_writer_is_skipped(RBUS_BLOCK);
+    stalled_writer_is_skipped(RBUS_DROP_NEWEST);
+    stalled_writer_is_skipped(RBUS_DROP_OLDEST);
+}
+
+/* A stalled writer costs one slot: with it parked on an empty ring, a
+ * drop-newest subscription takes CAP - 1 messages before refusing. */
+static void stalled_writer_costs_one_slot(void **state)
+{
+    (void)state;
+    struct scene sc;
+    scene_open(&sc, RBUS_DROP_NEWEST);
+    struct parked p;
+    park(&p, &sc, JOB_PUBLISH, RBUS_PP_RING_PUT_RESERVED);
+    for (int i = 0; i < CAP - 1; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_int_equal(publish(&sc).dropped, 1);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.depth, CAP - 1);
+    unpark(&p); /* nobody skipped it: it commits */
+    assert_int_equal(p.res.queued, 1);
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.depth, CAP);
+    assert_int_equal(drain_in_order(&sc), CAP);
+    scene_close(&sc);
+}
+
+/* Drop-oldest with the oldest position's writer stalled: the publish skips
+ * that writer, passes its held slot and evicts exactly one message; the
+ * stalled writer, resuming, evicts exactly one for its own. */
+static void evictor_never_waits_for_a_stalled_writer(void **state)
+{
+    (void)state;
+    struct scene sc;
+    scene_open(&sc, RBUS_DROP_OLDEST);
+    struct parked p;
+    park(&p, &sc, JOB_PUBLISH, RBUS_PP_RING_PUT_RESERVED);
+    for (int i = 0; i < CAP - 1; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    for (int i = 0; i < 3 * CAP; i++) {
+        rbus_pub_result res = publish(&sc);
+        assert_int_equal(res.queued, 1);
+        assert_int_equal(res.evicted, 1);
+    }
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.skipped, 1);
+    assert_true(st.holes >= 1);
+    /* The held slot: CAP - 1 messages, the newest. */
+    assert_int_equal(st.depth, CAP - 1);
+    unpark(&p);
+    assert_int_equal(p.res.queued, 1);
+    assert_int_equal(p.res.evicted, 1);
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.reoffers, 1);
+    /* Still CAP - 1: the slot it held is free again, but for a position the
+     * ring reaches only after the oldest one now. */
+    assert_int_equal(drain_in_order(&sc), CAP - 1);
+    scene_close(&sc);
+}
+
+/* A skipped writer's slot stays held until it acknowledges; publishers
+ * pass it as a hole, and the ring keeps working at one slot less. */
+static void publishers_pass_a_held_slot(void **state)
+{
+    (void)state;
+    struct scene sc;
+    scene_open(&sc, RBUS_DROP_NEWEST);
+    struct parked p;
+    park(&p, &sc, JOB_PUBLISH, RBUS_PP_RING_PUT_RESERVED);
+    for (int round = 0; round < 4; round++) {
+        /* CAP - 1 fit around the held slot, then it is full. */
+        for (int i = 0; i < CAP - 1; i++)
+            assert_int_equal(publish(&sc).queued, 1);
+        assert_int_equal(publish(&sc).dropped, 1);
+        assert_int_equal(drain_in_order(&sc), CAP - 1);
+    }
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.skipped, 1);
+    assert_true(st.holes >= 3);
+    unpark(&p);
+    assert_int_equal(p.res.queued, 1);
+    assert_int_equal(drain_in_order(&sc), 1);
+    for (int i = 0; i < CAP; i++) /* the slot is back */
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_int_equal(drain_in_order(&sc), CAP);
+    scene_close(&sc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(drop_oldest_evicts_one_past_a_receiver_stalled_mid_claim),
+        cmocka_unit_test(stalled_receiver_leaves_the_room_to_publishers),
+        cmocka_unit_test(stalled_writer_holds_back_nothing),
+        cmocka_unit_test(stalled_writer_costs_one_slot),
+        cmocka_unit_test(evictor_never_waits_for_a_stalled_writer),
+        cmocka_unit_test(publishers_pass_a_held_slot),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
