@@ -1,0 +1,213 @@
+/*
+ * Randomized stalls: publishers and competing receivers run on one small
+ * subscription per policy while a chaos thread parks a random one of them
+ * at a random step of the slot protocol (src/ring.h) for a random time,
+ * over and over. Checked: every publish's outcome (a drop-oldest publish
+ * evicts at most one message), every message received at most once and,
+ * per receiver, in each publisher's order, and at the end the exact
+ * accounting and, under block, nothing lost.
+ *
+ * The run lasts RBUS_TORTURE_SECONDS (default 2) times RBUS_STRESS_SCALE.
+ */
+#include "test_util.h"
+
+#include "pause.h"
+
+#define NPUB 3
+#define NRECV 2
+#define CAP 8
+#define PAYLOAD_WORDS 2 /* publisher id, counter */
+
+static const enum rbus__pp chaos_points[] = {
+    RBUS_PP_RING_PUT_RESERVED, RBUS_PP_RING_PUT_PASS,  RBUS_PP_RING_TAKE_CLAIMING,
+    RBUS_PP_RING_TAKE_CLAIMED, RBUS_PP_RING_TAKE_SKIP,
+};
+
+struct torture {
+    rbus_overflow policy;
+    rbus *bus;
+    rbus_topic *topic;
+    rbus_sub *sub;
+    uint64_t per_pub_cap;       /* messages below this counter are checked for repeats */
+    atomic_uint_least8_t *seen; /* [publisher][counter] */
+    atomic_int stop;            /* publishers: stop publishing */
+    atomic_int publishers_done;
+    atomic_uint_fast64_t published, evicted_total, parks;
+    pthread_t threads[NPUB + NRECV];
+};
+
+struct worker {
+    struct torture *t;
+    unsigned id;
+    uint64_t count; /* publishers: how many published */
+};
+
+static void *publisher_main(void *arg)
+{
+    struct worker *w = arg;
+    struct torture *t = w->t;
+    uint64_t payload[PAYLOAD_WORDS] = {w->id, 0};
+    rbus_pub_opts o = {.timeout_ns = 0}; /* block: wait as long as it takes */
+    while (!atomic_load(&t->stop)) {
+        rbus_pub_result res;
+        int rc = rbus_publish_ex(t->topic, payload, sizeof payload, &o, &res);
+        if (rc != 0)
+            rbus_test_report("publish returned %d", rc);
+        if (res.evicted > 1)
+            rbus_test_report("a drop-oldest publish evicted %u messages", res.evicted);
+        if (res.matched != res.queued + res.dropped)
+            rbus_test_report("result: matched %u, queued %u, dropped %u", res.matched, res.queued,
+                             res.dropped);
+        atomic_fetch_add(&t->evicted_total, res.evicted);
+        payload[1]++;
+    }
+    w->count = payload[1];
+    atomic_fetch_add(&t->published, payload[1]);
+    atomic_fetch_add(&t->publishers_done, 1);
+    return NULL;
+}
+
+static void *receiver_main(void *arg)
+{
+    struct worker *w = arg;
+    struct torture *t = w->t;
+    uint64_t last[NPUB];
+    for (int i = 0; i < NPUB; i++)
+        last[i] = UINT64_MAX;
+    for (;;) {
+        rbus_msg *m;
+        int rc = rbus_recv(t->sub, &m, 2000000);
+        if (rc == -ETIMEDOUT || rc == -EAGAIN) {
+            if (atomic_load(&t->publishers_done) == NPUB)
+                break;
+            continue;
+        }
+        if (rc != 0) {
+            rbus_test_report("receive returned %d", rc);
+            break;
+        }
+        uint64_t p[PAYLOAD_WORDS];
+        memcpy(p, rbus_msg_data(m), sizeof p);
+        rbus_msg_release(m);
+        if (p[0] >= NPUB) {
+            rbus_test_report("a message no publisher sent: %llu/%llu", (unsigned long long)p[0],
+                             (unsigned long long)p[1]);
+            continue;
+        }
+        if (p[1] < t->per_pub_cap && atomic_exchange(&t->seen[p[0] * t->per_pub_cap + p[1]], 1))
+            rbus_test_report("publisher %llu's message %llu received twice",
+                             (unsigned long long)p[0], (unsigned long long)p[1]);
+        if (last[p[0]] != UINT64_MAX && p[1] <= last[p[0]])
+            rbus_test_report("publisher %llu: message %llu after %llu", (unsigned long long)p[0],
+                             (unsigned long long)p[1], (unsigned long long)last[p[0]]);
+        last[p[0]] = p[1];
+    }
+    return NULL;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Parks a random worker at a random point for a random time, until the
+ * deadline. */
+static void chaos(struct torture *t, uint64_t until_ns, uint64_t seed)
+{
+    while (rbus_test_now_ns() < until_ns) {
+        enum rbus__pp point =
+            chaos_points[rng_next(&seed) % (sizeof chaos_points / sizeof chaos_points[0])];
+        pthread_t who = t->threads[rng_next(&seed) % (NPUB + NRECV)];
+        int trap = rbus__trap_set(point, &who);
+        if (trap < 0)
+            continue;
+        if (rbus__trap_wait(trap, 2000000)) {
+            atomic_fetch_add(&t->parks, 1);
+            rbus_test_sleep_us((unsigned)(rng_next(&seed) % 3000));
+        }
+        rbus__trap_release(trap);
+    }
+    rbus__trap_reset();
+}
+
+static void torture_policy(rbus_overflow policy, double seconds)
+{
+    struct torture t;
+    memset(&t, 0, sizeof t);
+    t.policy = policy;
+    t.per_pub_cap = UINT64_C(1) << 24;
+    t.seen = calloc((size_t)(NPUB * t.per_pub_cap), 1);
+    assert_non_null(t.seen);
+    t.topic = rbus_test_bus_and_topic(&t.bus, "torture.ring");
+    t.sub = rbus_test_subscribe_checked(t.bus, "torture.ring", CAP, policy, 0, NULL);
+
+    struct worker w[NPUB + NRECV];
+    for (unsigned i = 0; i < NPUB + NRECV; i++) {
+        w[i] = (struct worker){.t = &t, .id = i < NPUB ? i : i - NPUB};
+        assert_int_equal(
+            pthread_create(&t.threads[i], NULL, i < NPUB ? publisher_main : receiver_main, &w[i]),
+            0);
+    }
+    chaos(&t, rbus_test_now_ns() + (uint64_t)(seconds * 1e9), 0x9E3779B97F4A7C15u ^ policy);
+    atomic_store(&t.stop, 1);
+    for (unsigned i = 0; i < NPUB + NRECV; i++)
+        assert_int_equal(pthread_join(t.threads[i], NULL), 0);
+    rbus_test_assert_no_thread_errors();
+
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(t.sub, &st));
+    rbus_test_check_accounting(&st);
+    assert_int_equal(st.offered, atomic_load(&t.published));
+    assert_int_equal(st.depth, 0); /* the receivers drained it */
+    if (policy != RBUS_DROP_OLDEST)
+        assert_int_equal(st.dropped_oldest, 0);
+    if (policy != RBUS_DROP_NEWEST)
+        assert_int_equal(st.dropped_newest, 0);
+    if (policy == RBUS_BLOCK)
+        assert_int_equal(st.received, st.offered); /* nothing lost */
+    uint64_t got = 0, checked = 0;
+    for (uint64_t i = 0; i < NPUB * t.per_pub_cap; i++)
+        got += t.seen[i];
+    for (unsigned i = 0; i < NPUB; i++)
+        checked += w[i].count < t.per_pub_cap ? w[i].count : t.per_pub_cap;
+    if (checked == st.offered) /* no counter past the bitmap: every receipt is in it */
+        assert_int_equal(got, st.received);
+    print_message("  %s: %.1f s, %llu published, %llu received, %llu evicted, %llu parks; "
+                  "skipped %llu, holes %llu, reoffers %llu\n",
+                  policy == RBUS_BLOCK         ? "block"
+                  : policy == RBUS_DROP_OLDEST ? "drop-oldest"
+                                               : "drop-newest",
+                  seconds, (unsigned long long)st.offered, (unsigned long long)st.received,
+                  (unsigned long long)atomic_load(&t.evicted_total),
+                  (unsigned long long)atomic_load(&t.parks), (unsigned long long)st.skipped,
+                  (unsigned long long)st.holes, (unsigned long long)st.reoffers);
+    assert_rbus_ok(rbus_unsubscribe(t.sub));
+    rbus_destroy(t.bus);
+    free(t.seen);
+}
+
+static void random_stalls_keep_every_promise(void **state)
+{
+    (void)state;
+    const char *env = getenv("RBUS_TORTURE_SECONDS");
+    double seconds = (env ? strtod(env, NULL) : 2.0) * rbus_test_stress_scale();
+    if (seconds < 0.2)
+        seconds = 0.2;
+    print_message("torture: %.1f s per policy (RBUS_TORTURE_SECONDS x RBUS_STRESS_SCALE), "
+                  "%d publishers, %d receivers, capacity %d\n",
+                  seconds, NPUB, NRECV, CAP);
+    torture_policy(RBUS_DROP_OLDEST, seconds);
+    torture_policy(RBUS_DROP_NEWEST, seconds);
+    torture_policy(RBUS_BLOCK, seconds);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(random_stalls_keep_every_promise),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
