@@ -16,8 +16,9 @@ cd "$(dirname "$0")/.."
 # zmq and glib: the bench's peers (smoke-tested); prometheus: promtool, which
 # checks rbus_stats_prometheus's output (test_prometheus); doxygen: the API
 # reference, which must document every public declaration; libnats-dev and
-# nats-server: the NATS bridge and the server its tests run against.
-scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus doxygen libnats-dev nats-server
+# nats-server: the NATS bridge and the server its tests run against;
+# relacy-dev: the ring's model check (tests/model).
+scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus doxygen libnats-dev nats-server relacy-dev
 
 jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}
