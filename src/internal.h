@@ -361,6 +361,8 @@ struct rbus_ring {
     RBUS__CACHE_ALIGNED _Atomic uint64_t head; /* every position below it is done with */
     RBUS__CACHE_ALIGNED struct rbus_ring_slot *slots;
     uint64_t mask;
+    uint64_t line_mask;  /* lines of slots - 1 (ring.h's rbus__ring_slot) */
+    unsigned line_shift; /* log2(lines) */
     /* What stalled threads cost, written only when one is met (ring.h). */
     RBUS__CACHE_ALIGNED _Atomic uint64_t skipped; /* unwritten slots passed over */
     _Atomic uint64_t holes;    /* positions left without a message: passed (a stalled

@@ -65,14 +65,36 @@ enum rbus_put {
     RBUS__PUT_SKIPPED /* reserved, then skipped before the commit: offer again */
 };
 
+/* Slots per cache line. Consecutive positions go to different lines, so
+ * that a writer committing one and a receiver claiming the one before, both
+ * with locked instructions, do not fight over a line; positions a lap apart
+ * still share their slot. */
+#ifndef RBUS__SLOTS_PER_LINE /* the model check sets its own */
+#define RBUS__SLOTS_PER_LINE (RBUS__CACHELINE / sizeof(struct rbus_ring_slot))
+#endif
+
+static inline struct rbus_ring_slot *rbus__ring_slot(const struct rbus_ring *r, uint64_t pos)
+{
+    uint64_t i = ((pos & r->line_mask) * RBUS__SLOTS_PER_LINE) |
+                 ((pos >> r->line_shift) & (RBUS__SLOTS_PER_LINE - 1));
+    return &r->slots[i & r->mask];
+}
+
 static inline void rbus__ring_init(struct rbus_ring *r, struct rbus_ring_slot *slots,
                                    uint64_t size)
 {
     r->slots = slots;
     r->mask = size - 1;
+    /* Fewer slots than a line: one line, in position order. */
+    uint64_t lines = size >= RBUS__SLOTS_PER_LINE ? size / RBUS__SLOTS_PER_LINE : 1;
+    r->line_mask = lines - 1;
+    r->line_shift = 0;
+    while ((UINT64_C(1) << r->line_shift) < lines)
+        r->line_shift++;
     for (uint64_t i = 0; i < size; i++) {
-        atomic_init(&slots[i].seq, RBUS__SEQ(i, RBUS__SLOT_EMPTY));
-        atomic_init(&slots[i].msg, NULL);
+        struct rbus_ring_slot *s = rbus__ring_slot(r, i);
+        atomic_init(&s->seq, RBUS__SEQ(i, RBUS__SLOT_EMPTY));
+        atomic_init(&s->msg, NULL);
     }
     atomic_init(&r->tail, 0);
     atomic_init(&r->head_seen, 0);
@@ -99,14 +121,16 @@ static inline uint64_t rbus__ring_tail_on(struct rbus_ring *r, uint64_t from)
     return seen;
 }
 
-/* Raises head to at least `to`. Relaxed: head is a hint; the slot words
- * carry every ordering, and a stale head only makes a reader look again. */
+/* Moves head on to `to` after the position before it was claimed or
+ * evicted. A plain store, no locked instruction: two racing stores may
+ * move head back a little, which is harmless, since every position below
+ * any value head takes is done with, and a reader that finds head's slot
+ * already serving a later position moves it on. Relaxed: head is a hint;
+ * the slot words carry every ordering. */
 static inline void rbus__ring_head_to(struct rbus_ring *r, uint64_t to)
 {
-    uint64_t cur = atomic_load_explicit(&r->head, memory_order_relaxed);
-    while (cur < to && !atomic_compare_exchange_weak_explicit(
-                           &r->head, &cur, to, memory_order_relaxed, memory_order_relaxed))
-        ;
+    if (atomic_load_explicit(&r->head, memory_order_relaxed) < to)
+        atomic_store_explicit(&r->head, to, memory_order_relaxed);
 }
 
 /* A writer whose commit failed: its slot was skipped, and is HOLE(q) for its
@@ -150,7 +174,7 @@ static inline enum rbus_put rbus__ring_reserve(struct rbus_ring *r, rbus_msg **e
     uint64_t passed = 0;
     uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
     for (;;) {
-        struct rbus_ring_slot *s = &r->slots[t & r->mask];
+        struct rbus_ring_slot *s = rbus__ring_slot(r, t);
         /* Acquire: pairs with the release CAS that last changed the slot (a
          * claim: the receiver's read of the old message word happens before
          * we store ours; an acknowledgement: the skipped writer's store
@@ -257,16 +281,18 @@ static inline enum rbus_put rbus__ring_put(struct rbus_ring *r, rbus_msg *m, rbu
     return RBUS__PUT_QUEUED;
 }
 
-/* Take; NULL when empty. Skips a slot whose writer has not committed after
- * RBUS__SKIP_POLLS polls. The claim CAS is seq_cst: the receiver half of
- * the room-waiter Dekker pair (sub.c). */
-static inline rbus_msg *rbus__ring_take(struct rbus_ring *r)
+/* Take; NULL when empty. With `skip`, a slot reserved and not committed is
+ * polled RBUS__SKIP_POLLS times and then skipped; without it, such a slot
+ * ends the take at once, as an empty one does, and the take reads only the
+ * slot (no line of the writers'). The claim CAS is seq_cst: the receiver
+ * half of the room-waiter Dekker pair (sub.c). */
+static inline rbus_msg *rbus__ring_take(struct rbus_ring *r, bool skip)
 {
     const uint64_t size = rbus__ring_size(r);
     unsigned polls = 0;
     uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
     for (;;) {
-        struct rbus_ring_slot *s = &r->slots[h & r->mask];
+        struct rbus_ring_slot *s = rbus__ring_slot(r, h);
         /* Acquire: pairs with the writer's release commit, so its message
          * word and message are visible. */
         uint64_t v = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -298,6 +324,8 @@ static inline rbus_msg *rbus__ring_take(struct rbus_ring *r)
             polls = 0;
             continue;
         }
+        if (!skip && p == h)
+            return NULL; /* empty, or being written */
         if (p == h && state == RBUS__SLOT_EMPTY) {
             /* Empty, unless a writer reserved h (tail moved past it).
              * seq_cst: the receiver half of the sleep pair reads tail. */
@@ -333,7 +361,7 @@ static inline rbus_msg *rbus__ring_take(struct rbus_ring *r)
 static inline bool rbus__ring_full_at_tail(struct rbus_ring *r)
 {
     uint64_t t = atomic_load_explicit(&r->tail, memory_order_seq_cst);
-    uint64_t v = atomic_load_explicit(&r->slots[t & r->mask].seq, memory_order_seq_cst);
+    uint64_t v = atomic_load_explicit(&rbus__ring_slot(r, t)->seq, memory_order_seq_cst);
     return RBUS__SEQ_POS(v) < t && RBUS__SEQ_STATE(v) != RBUS__SLOT_HOLE;
 }
 
@@ -362,7 +390,7 @@ static inline uint32_t rbus__ring_depth(struct rbus_ring *r)
         n = r->mask + 1;
     uint32_t full = 0;
     for (uint64_t pos = tail - n; pos != tail; pos++) {
-        uint64_t v = atomic_load_explicit(&r->slots[pos & r->mask].seq, memory_order_relaxed);
+        uint64_t v = atomic_load_explicit(&rbus__ring_slot(r, pos)->seq, memory_order_relaxed);
         full += v == RBUS__SEQ(pos, RBUS__SLOT_FULL);
     }
     return full;

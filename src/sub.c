@@ -223,11 +223,14 @@ bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 
 /* -------------------------------------------------------------- receive */
 
-static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max)
+/* Up to max messages. With `skip`, a slot whose writer has not committed
+ * is skipped after a bounded number of polls (ring.h): for a caller that
+ * found the queue empty while something was reserved. */
+static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
 {
     size_t got = 0;
     while (got < max) {
-        rbus_msg *m = rbus__ring_take(&s->ring);
+        rbus_msg *m = rbus__ring_take(&s->ring, skip);
         if (!m)
             break;
         out[got++] = m;
@@ -271,7 +274,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
         /* Read the state before trying: if it was CLOSED already, no
          * enqueue can follow, so an empty ring is final. */
         uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
-        size_t got = take_batch(s, out, max);
+        size_t got = take_batch(s, out, max, false);
         if (got) {
             rc = (int)got;
             break;
@@ -283,7 +286,7 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
         if (timeout_ns == 0) {
             fd_clear(s);
             /* A message may have landed while we cleared the fd. */
-            got = take_batch(s, out, max);
+            got = take_batch(s, out, max, true);
             rc = got ? (int)got : -EAGAIN;
             break;
         }
@@ -307,13 +310,18 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             continue; /* the next round drains, then ends */
         int64_t until = deadline;
         if (ring_reserved(s)) {
-            /* Something was reserved before we set our flag, so its producer
-             * may not wake us. Usually it is already written: retry at
-             * once. If it stays unwritten its producer was preempted
-             * mid-write: sleep briefly instead of burning the core. */
+            /* Something was reserved before we set our flag, so its writer
+             * may not wake us. Usually it is committed by now: retry at
+             * once. If not, its writer may have been preempted mid-write:
+             * wait for it a bounded time, then skip it (ring.h), so that a
+             * stalled writer holds back no receiver. */
             if (++reserved_rounds < 64) {
                 rbus__spin_step_before(iter++, now, deadline);
                 continue;
+            }
+            if ((got = take_batch(s, out, max, true)) != 0) {
+                rc = (int)got;
+                break;
             }
             until = rbus__sooner(now + RBUS__SLOT_RETRY_NS, deadline);
         }
@@ -405,7 +413,7 @@ static void sub_release_parts(rbus_sub *s)
 {
     rbus *bus = s->bus;
     rbus_msg *m;
-    while (s->capacity && (m = rbus__ring_take(&s->ring))) /* capacity: ring initialised */
+    while (s->capacity && (m = rbus__ring_take(&s->ring, true))) /* capacity: ring initialised */
         rbus__msg_unref(m, 1);
     int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
     if (fd >= 0)
@@ -420,7 +428,7 @@ static void sub_release_parts(rbus_sub *s)
         tab = older;
     }
     atomic_store_explicit(&s->tallies, NULL, memory_order_relaxed);
-    rbus__free(bus, s->ring.slots);
+    rbus__free_aligned(bus, s->ring.slots);
     rbus__free(bus, s->pattern);
     rbus__free(bus, s->name);
     s->ring.slots = NULL;
@@ -487,7 +495,8 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
         return -ENOMEM;
     s->bus = bus;
     atomic_init(&s->fd, -1);
-    s->ring.slots = rbus__alloc(bus, (size_t)size * sizeof(struct rbus_ring_slot));
+    /* Line-aligned: ring.h spreads consecutive positions over lines. */
+    s->ring.slots = rbus__zalloc_aligned(bus, (size_t)size * sizeof(struct rbus_ring_slot));
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
     if (!s->ring.slots || !s->pattern || (o.name && !s->name)) {

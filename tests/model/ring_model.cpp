@@ -25,12 +25,14 @@ struct rbus_ring_slot {
 struct rbus_ring {
     rl::atomic<uint64_t> tail, head_seen, head;
     rbus_ring_slot *slots;
-    uint64_t mask;
+    uint64_t mask, line_mask;
+    unsigned line_shift;
     rl::atomic<uint64_t> skipped, holes, reoffers;
 };
 #define RBUS__PAUSE(point) ((void)0)
 #define RBUS__CPU_RELAX() rl::yield(1, $)
 #define RBUS__SKIP_POLLS 2u // skip soon, so that skips, holes and re-offers happen
+#define RBUS__SLOTS_PER_LINE 2u // a ring of 4 slots spreads over 2 lines
 #define memory_order_relaxed rl::mo_relaxed
 #define memory_order_acquire rl::mo_acquire
 #define memory_order_release rl::mo_release
@@ -48,7 +50,7 @@ struct rbus_ring {
 
 // --- scenes ---
 
-enum { RING = 2, PUTS = 2 }; // a ring of 2 slots; each producer puts 2 messages
+enum { RING = 4, PUTS = 3 }; // a ring of 4 slots; each producer puts 3 messages
 
 template <int PRODUCERS, int CONSUMERS, bool EVICT>
 struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT>, PRODUCERS + CONSUMERS> {
@@ -108,7 +110,7 @@ struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT>, PRODUCERS + CO
     void consume(int c)
     {
         for (int tries = 0; tries < PRODUCERS * PUTS; tries++) {
-            rbus_msg *m = rbus__ring_take(&ring);
+            rbus_msg *m = rbus__ring_take(&ring, true);
             if (m)
                 note(c, m);
         }
@@ -125,7 +127,7 @@ struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT>, PRODUCERS + CO
     void after()
     {
         // What is left, taken by consumer 0.
-        while (rbus_msg *m = rbus__ring_take(&ring))
+        while (rbus_msg *m = rbus__ring_take(&ring, true))
             note(0, m);
         int seen[PRODUCERS * PUTS] = {0};
         int total = 0;
