@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 #define NPUB 3
 #define SUB_CAP 256
@@ -60,7 +60,6 @@ struct recv_ctx {
     uint64_t last_seq[NPUB][8];
     uint64_t got;
     unsigned full_pauses;    /* pauses that ran their full length */
-    pthread_t thread;
 };
 
 struct pub_ctx {
@@ -69,7 +68,6 @@ struct pub_ctx {
     rbus_topic **topics;
     uint32_t ntopics;
     uint64_t per_topic[8];   /* what this publisher sent to each topic */
-    pthread_t thread;
 };
 
 static atomic_ullong g_published;   /* approximate progress, for pauses */
@@ -258,13 +256,15 @@ static void sub_ctx_free(struct sub_ctx *sc)
         free(sc->seen_seq[t]);
 }
 
-static void start_receiver(struct recv_ctx *rc, struct sub_ctx *sc, bool batch, bool pauses)
+/* Queues a receiver on `team`; the test starts them all at once. */
+static void add_receiver(struct rbus_test_threads *team, struct recv_ctx *rc, struct sub_ctx *sc,
+                         bool batch, bool pauses)
 {
     memset(rc, 0, sizeof *rc);
     rc->sc = sc;
     rc->use_batch = batch;
     rc->pauses = pauses;
-    assert_int_equal(pthread_create(&rc->thread, NULL, receiver_main, rc), 0);
+    rbus_test_threads_add(team, receiver_main, rc);
 }
 
 /* Checks the final numbers of one subscription. `expected` is the number of
@@ -330,20 +330,11 @@ static void check_sub_final(struct sub_ctx *sc, struct recv_ctx *rcs, int nrc, u
     }
 }
 
-static void join_all(struct recv_ctx *rcs, int n)
-{
-    for (int i = 0; i < n; i++)
-        assert_int_equal(pthread_join(rcs[i].thread, NULL), 0);
-}
-
 /* Publishers run to completion, then the bus is closed and the receivers
  * drain to -ESHUTDOWN. */
 static void run_publishers_then_close(rbus *bus, struct pub_ctx *pcs)
 {
-    for (uint32_t i = 0; i < NPUB; i++)
-        assert_int_equal(pthread_create(&pcs[i].thread, NULL, publisher_main, &pcs[i]), 0);
-    for (uint32_t i = 0; i < NPUB; i++)
-        assert_int_equal(pthread_join(pcs[i].thread, NULL), 0);
+    rbus_test_threads_run(NPUB, publisher_main, pcs, sizeof *pcs);
     atomic_store(&g_pubs_done, true);
     rbus_close(bus);
     atomic_store(&g_bus_closed, true);
@@ -386,10 +377,13 @@ static void test_stress_fanout_three_policies_one_topic(void **state)
     sub_ctx_init(&newest, bus, "drop-newest", "stress.>", RBUS_DROP_NEWEST, 1, per_pub);
 
     static struct recv_ctx rb[2], ro[1], rn[1];
-    start_receiver(&rb[0], &block, true, false);
-    start_receiver(&rb[1], &block, false, false);
-    start_receiver(&ro[0], &oldest, true, true);
-    start_receiver(&rn[0], &newest, false, true);
+    static struct rbus_test_threads receivers;
+    rbus_test_threads_init(&receivers);
+    add_receiver(&receivers, &rb[0], &block, true, false);
+    add_receiver(&receivers, &rb[1], &block, false, false);
+    add_receiver(&receivers, &ro[0], &oldest, true, true);
+    add_receiver(&receivers, &rn[0], &newest, false, true);
+    rbus_test_threads_start(&receivers);
 
     static struct pub_ctx pcs[NPUB];
     rbus_topic *topics[1] = {topic};
@@ -401,9 +395,7 @@ static void test_stress_fanout_three_policies_one_topic(void **state)
         pcs[i].ntopics = 1;
     }
     run_publishers_then_close(bus, pcs);
-    join_all(rb, 2);
-    join_all(ro, 1);
-    join_all(rn, 1);
+    rbus_test_threads_join(&receivers);
     rbus_test_assert_no_thread_errors();
 
     rbus_topic_stats ts;
@@ -482,10 +474,13 @@ static void test_stress_wildcard_order_across_topics(void **state)
     }
 
     static struct recv_ctx rb[1], ro[2], rn[1];
-    start_receiver(&rb[0], &all_block, true, false);
-    start_receiver(&ro[0], &all_oldest, true, true);
-    start_receiver(&ro[1], &all_oldest, false, false);
-    start_receiver(&rn[0], &one_newest, false, true);
+    static struct rbus_test_threads receivers;
+    rbus_test_threads_init(&receivers);
+    add_receiver(&receivers, &rb[0], &all_block, true, false);
+    add_receiver(&receivers, &ro[0], &all_oldest, true, true);
+    add_receiver(&receivers, &ro[1], &all_oldest, false, false);
+    add_receiver(&receivers, &rn[0], &one_newest, false, true);
+    rbus_test_threads_start(&receivers);
 
     static struct pub_ctx pcs[NPUB];
     for (uint32_t i = 0; i < NPUB; i++) {
@@ -496,11 +491,9 @@ static void test_stress_wildcard_order_across_topics(void **state)
         pcs[i].ntopics = NTOPICS;
     }
     run_publishers_then_close(bus, pcs);
-    join_all(rb, 1);
     /* Competing receivers on all-oldest: the pausing one stops, the other
      * keeps taking, so drops there are not certain; both keep order. */
-    join_all(ro, 2);
-    join_all(rn, 1);
+    rbus_test_threads_join(&receivers);
     rbus_test_assert_no_thread_errors();
 
     uint64_t per_topic[NTOPICS] = {0};
@@ -541,7 +534,7 @@ static void test_stress_wildcard_order_across_topics(void **state)
 
 int main(void)
 {
-    printf("stress: RBUS_STRESS_SCALE=%g\n", rbus_test_stress_scale());
+    rbus_test_print_scale("stress");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress_fanout_three_policies_one_topic),
         cmocka_unit_test(test_stress_wildcard_order_across_topics),
