@@ -15,6 +15,7 @@ typedef void *(*rbus_test_thread_fn)(void *arg);
 /* A team of threads: added one by one, started at once, joined at once. */
 struct rbus_test_threads {
     int n;
+    bool together; /* false: each thread runs as soon as it exists */
     pthread_barrier_t start;
     pthread_t th[RBUS_TEST_MAX_THREADS];
     rbus_test_thread_fn fn[RBUS_TEST_MAX_THREADS];
@@ -29,7 +30,8 @@ static inline void *rbus_test_threads_main_(void *p)
     struct rbus_test_threads **slot = p;
     struct rbus_test_threads *t = *slot;
     int i = (int)(slot - t->self);
-    pthread_barrier_wait(&t->start);
+    if (t->together)
+        pthread_barrier_wait(&t->start);
     return t->fn[i](t->arg[i]);
 }
 
@@ -58,13 +60,27 @@ static inline void rbus_test_threads_add_n(struct rbus_test_threads *t, int n,
         rbus_test_threads_add(t, fn, (void *)((uintptr_t)args + (uintptr_t)i * stride));
 }
 
+static inline void rbus_test_threads_create_(struct rbus_test_threads *t, bool together)
+{
+    assert_true(t->n > 0);
+    t->together = together;
+    if (together)
+        assert_int_equal(pthread_barrier_init(&t->start, NULL, (unsigned)t->n), 0);
+    for (int i = 0; i < t->n; i++)
+        assert_int_equal(pthread_create(&t->th[i], NULL, rbus_test_threads_main_, &t->self[i]), 0);
+}
+
 /* Creates the queued threads; they start together once the last exists. */
 static inline void rbus_test_threads_start(struct rbus_test_threads *t)
 {
-    assert_true(t->n > 0);
-    assert_int_equal(pthread_barrier_init(&t->start, NULL, (unsigned)t->n), 0);
-    for (int i = 0; i < t->n; i++)
-        assert_int_equal(pthread_create(&t->th[i], NULL, rbus_test_threads_main_, &t->self[i]), 0);
+    rbus_test_threads_create_(t, true);
+}
+
+/* Creates the queued threads with no start barrier: for tests whose point
+ * is threads that come and go at will, one possibly gone before the next. */
+static inline void rbus_test_threads_start_free(struct rbus_test_threads *t)
+{
+    rbus_test_threads_create_(t, false);
 }
 
 /* Joins every thread of the team (all have passed the barrier by then). */
@@ -72,7 +88,8 @@ static inline void rbus_test_threads_join(struct rbus_test_threads *t)
 {
     for (int i = 0; i < t->n; i++)
         assert_int_equal(pthread_join(t->th[i], NULL), 0);
-    pthread_barrier_destroy(&t->start);
+    if (t->together)
+        pthread_barrier_destroy(&t->start);
     t->n = 0;
 }
 
