@@ -318,10 +318,8 @@ static void th_check_delivery(uint32_t nthreads)
         assert_int_equal(tsx.published, tb->published_x);
         assert_int_equal(tsy.published, tb->published_y);
         rbus_sub_stats sb, so;
-        assert_rbus_ok(rbus_sub_stats_get(tb->block, &sb));
-        assert_rbus_ok(rbus_sub_stats_get(tb->oldest, &so));
-        rbus_test_check_accounting(&sb);
-        rbus_test_check_accounting(&so);
+        rbus_test_sub_stats_checked(tb->block, &sb);
+        rbus_test_sub_stats_checked(tb->oldest, &so);
         assert_int_equal(sb.offered, tb->published_x + tb->published_y);
         assert_int_equal(sb.received, tb->published_x + tb->published_y);
         assert_int_equal(so.offered, tb->published_x);
