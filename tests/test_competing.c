@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 enum recv_mode { MODE_RECV, MODE_BATCH };
 
@@ -27,7 +27,6 @@ struct receiver {
     struct shared *sh;
     enum recv_mode mode;
     uint64_t got;
-    pthread_t th;
 };
 
 static void check_msg(struct shared *sh, rbus_msg *m, uint64_t *last_seq)
@@ -93,7 +92,6 @@ struct publisher {
     rbus_topic *topic;
     uint64_t count;
     int rc;
-    pthread_t th;
 };
 
 static void *publisher_main(void *arg)
@@ -143,8 +141,11 @@ static void run_competing(const enum recv_mode *modes, int nrecv, int npub, uint
         rs[i].sh = &sh;
         rs[i].mode = modes[i];
         rs[i].got = 0;
-        assert_int_equal(pthread_create(&rs[i].th, NULL, receiver_main, &rs[i]), 0);
     }
+    static struct rbus_test_threads receivers;
+    rbus_test_threads_init(&receivers);
+    rbus_test_threads_add_n(&receivers, nrecv, receiver_main, rs, sizeof *rs);
+    rbus_test_threads_start(&receivers);
 
     struct publisher pubs[8];
     assert_true(npub <= 8);
@@ -157,19 +158,16 @@ static void run_competing(const enum recv_mode *modes, int nrecv, int npub, uint
             pubs[i].topic = t;
             pubs[i].count = n / (uint64_t)npub;
             pubs[i].rc = 0;
-            assert_int_equal(pthread_create(&pubs[i].th, NULL, publisher_main, &pubs[i]), 0);
         }
-        for (int i = 0; i < npub; i++) {
-            assert_int_equal(pthread_join(pubs[i].th, NULL), 0);
+        rbus_test_threads_run(npub, publisher_main, pubs, sizeof *pubs);
+        for (int i = 0; i < npub; i++)
             assert_rbus_ok(pubs[i].rc);
-        }
     }
 
+    rbus_test_threads_join(&receivers);
     uint64_t sum = 0;
-    for (int i = 0; i < nrecv; i++) {
-        assert_int_equal(pthread_join(rs[i].th, NULL), 0);
+    for (int i = 0; i < nrecv; i++)
         sum += rs[i].got;
-    }
     if (atomic_load(&sh.errors) != 0) {
         int e = atomic_load(&sh.last_error);
         print_error("receiver got rc %d (%s)\n", e, rbus_strerror(e));

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 /* ------------------------------------------------------------ publishers */
 
@@ -51,12 +51,20 @@ static uint32_t topic_of(uint64_t counter)
     return (uint32_t)(counter % NTOPIC);
 }
 
+/* Catches a publisher stuck in rbus_publish, which wait_progress would
+ * otherwise wait for forever. */
+static struct rbus_test_watchdog g_watchdog;
+static _Atomic(const char *) g_doing[NPUB];
+
 static void *publisher_main(void *arg)
 {
     uint32_t id = (uint32_t)(uintptr_t)arg;
     for (uint64_t c = 1; !atomic_load_explicit(&g_stop, memory_order_relaxed); c++) {
         struct rbus_test_payload p = {id, topic_of(c), c};
+        rbus_test_doing(&g_watchdog, (int)id, "rbus_publish");
         int rc = rbus_publish(g_topics[p.topic], &p, sizeof p);
+        rbus_test_doing(&g_watchdog, (int)id, "between publishes");
+        rbus_test_progress(&g_watchdog);
         if (rc != 0) {
             rbus_test_report("publisher %u: publish #%llu: %d (%s)", id, (unsigned long long)c, rc,
                              rbus_strerror(rc));
@@ -256,8 +264,7 @@ static void retire_slot(struct live_sub *ls)
     wait_progress(ls->end2, 2);
 
     rbus_sub_stats st;
-    assert_rbus_ok(rbus_sub_stats_get(ls->sub, &st));
-    rbus_test_check_accounting(&st);
+    rbus_test_sub_stats_checked(ls->sub, &st);
     assert_int_equal(st.depth, 0);
     assert_int_equal(st.received, ls->total);
     assert_int_equal(st.dropped_timeout, 0);
@@ -331,9 +338,11 @@ static void test_race_subscribe_unsubscribe_churn_under_publishing(void **state)
     memset(g_per_topic, 0, sizeof g_per_topic);
     memset(slots, 0, sizeof slots);
 
-    pthread_t pubs[NPUB];
-    for (uintptr_t p = 0; p < NPUB; p++)
-        assert_int_equal(pthread_create(&pubs[p], NULL, publisher_main, (void *)p), 0);
+    rbus_test_watchdog_start(&g_watchdog, "race", 60000, NPUB, g_doing);
+    static struct rbus_test_threads pubs;
+    rbus_test_threads_init(&pubs);
+    rbus_test_threads_add_n(&pubs, NPUB, publisher_main, NULL, 1); /* ids 0..NPUB-1 */
+    rbus_test_threads_start(&pubs);
 
     for (unsigned cycle = 0; cycle < cycles; cycle++) {
         struct live_sub *ls = &slots[cycle % MAXLIVE];
@@ -349,8 +358,8 @@ static void test_race_subscribe_unsubscribe_churn_under_publishing(void **state)
             retire_slot(&slots[s]);
 
     atomic_store(&g_stop, true);
-    for (int p = 0; p < NPUB; p++)
-        assert_int_equal(pthread_join(pubs[p], NULL), 0);
+    rbus_test_threads_join(&pubs);
+    rbus_test_watchdog_stop(&g_watchdog);
     rbus_test_assert_no_thread_errors();
     for (int t = 0; t < NTOPIC; t++) {
         rbus_topic_stats ts;
@@ -412,13 +421,15 @@ static void test_race_close_wakes_receivers_entering_a_wait(void **state)
         rbus_sub *sub = NULL;
         assert_rbus_ok(rbus_subscribe(bus, r % 3 ? "race.*" : "race.idle", &o, &sub));
         static struct blocked_recv b[2];
-        pthread_t th[2];
+        static struct rbus_test_threads th;
+        rbus_test_threads_init(&th);
         for (int i = 0; i < 2; i++) {
             b[i].sub = sub;
             atomic_store(&b[i].entered, 0);
             b[i].rc = 1;
-            assert_int_equal(pthread_create(&th[i], NULL, blocked_recv_main, &b[i]), 0);
         }
+        rbus_test_threads_add_n(&th, 2, blocked_recv_main, b, sizeof *b);
+        rbus_test_threads_start_free(&th);
         if (r % 4 >= 2) {
             for (int i = 0; i < 2; i++)
                 while (!atomic_load(&b[i].entered))
@@ -436,8 +447,8 @@ static void test_race_close_wakes_receivers_entering_a_wait(void **state)
         else
             rbus_close(bus);
         int ok = 0, shut = 0;
+        rbus_test_threads_join(&th);
         for (int i = 0; i < 2; i++) {
-            assert_int_equal(pthread_join(th[i], NULL), 0);
             if (b[i].rc == 0)
                 ok++;
             else if (b[i].rc == -ESHUTDOWN)
@@ -451,8 +462,7 @@ static void test_race_close_wakes_receivers_entering_a_wait(void **state)
         assert_int_equal(shut, published ? 1 : 2);
         got_msg += (unsigned)ok;
         rbus_sub_stats st;
-        assert_rbus_ok(rbus_sub_stats_get(sub, &st));
-        rbus_test_check_accounting(&st);
+        rbus_test_sub_stats_checked(sub, &st);
         assert_int_equal(st.received, published ? 1 : 0);
         assert_int_equal(st.depth, 0);
         assert_rbus_ok(rbus_unsubscribe(sub));
@@ -466,7 +476,7 @@ static void test_race_close_wakes_receivers_entering_a_wait(void **state)
 
 int main(void)
 {
-    printf("race: RBUS_STRESS_SCALE=%g\n", rbus_test_stress_scale());
+    rbus_test_print_scale("race");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_race_subscribe_unsubscribe_churn_under_publishing),
         cmocka_unit_test(test_race_close_wakes_receivers_entering_a_wait),

@@ -27,13 +27,15 @@
 #include <string.h>
 #include <time.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 #define NPUB 3
 #define SUB_CAP 256
 #define BATCH_MAX 64
 #define RECV_TIMEOUT_NS INT64_C(2000000000)
 #define MAX_RECV_PER_SUB 2
+#define MAX_RECV 4 /* receiver threads in one test */
+#define WATCHDOG_MS 60000
 
 /* ------------------------------------------------------------ contexts */
 
@@ -60,7 +62,7 @@ struct recv_ctx {
     uint64_t last_seq[NPUB][8];
     uint64_t got;
     unsigned full_pauses;    /* pauses that ran their full length */
-    pthread_t thread;
+    int slot;                /* its "doing" slot in the watchdog */
 };
 
 struct pub_ctx {
@@ -69,13 +71,16 @@ struct pub_ctx {
     rbus_topic **topics;
     uint32_t ntopics;
     uint64_t per_topic[8];   /* what this publisher sent to each topic */
-    pthread_t thread;
 };
 
 static atomic_ullong g_published;   /* approximate progress, for pauses */
 static atomic_bool g_pubs_done;
 static atomic_bool g_bus_closed;
 static const char *const *g_topic_names;
+/* Turns a deadlock into a report: slots 0..NPUB-1 are the publishers,
+ * then the receivers. */
+static struct rbus_test_watchdog g_watchdog;
+static _Atomic(const char *) g_doing[NPUB + MAX_RECV];
 
 static uint32_t topic_for(uint32_t pub, uint64_t counter, uint32_t ntopics)
 {
@@ -90,6 +95,7 @@ static void *publisher_main(void *arg)
 {
     struct pub_ctx *pc = arg;
     uint64_t unreported = 0;
+    rbus_test_doing(&g_watchdog, (int)pc->id, "publishing");
     for (uint64_t c = 1; c <= pc->count; c++) {
         struct rbus_test_payload p = {pc->id, topic_for(pc->id, c, pc->ntopics), c};
         int rc = rbus_publish(pc->topics[p.topic], &p, sizeof p);
@@ -101,10 +107,12 @@ static void *publisher_main(void *arg)
         pc->per_topic[p.topic]++;
         if (++unreported == 32) {
             atomic_fetch_add_explicit(&g_published, unreported, memory_order_relaxed);
+            rbus_test_progress(&g_watchdog);
             unreported = 0;
         }
     }
     atomic_fetch_add_explicit(&g_published, unreported, memory_order_relaxed);
+    rbus_test_doing(&g_watchdog, (int)pc->id, "finished publishing");
     return NULL;
 }
 
@@ -182,6 +190,7 @@ static void *receiver_main(void *arg)
         /* Closed before the call began: the call must not time out. */
         bool closed_before = atomic_load(&g_bus_closed);
         int n;
+        rbus_test_doing(&g_watchdog, rc->slot, rc->use_batch ? "rbus_recv_batch" : "rbus_recv");
         if (rc->use_batch) {
             n = rbus_recv_batch(sc->sub, msgs, BATCH_MAX, RECV_TIMEOUT_NS);
             if (n == 0 || n > BATCH_MAX) {
@@ -197,8 +206,10 @@ static void *receiver_main(void *arg)
                 return NULL;
             }
         }
-        if (n == -ESHUTDOWN)
+        if (n == -ESHUTDOWN) {
+            rbus_test_doing(&g_watchdog, rc->slot, "drained to -ESHUTDOWN");
             return NULL;
+        }
         if (n == -ETIMEDOUT) {
             if (closed_before) {
                 rbus_test_report("%s: -ETIMEDOUT after rbus_close instead of -ESHUTDOWN",
@@ -217,7 +228,9 @@ static void *receiver_main(void *arg)
         }
         rc->got += (uint64_t)n;
         atomic_fetch_add_explicit(&sc->got, (uint64_t)n, memory_order_relaxed);
+        rbus_test_progress(&g_watchdog);
         if (rc->pauses && rc->got >= next_pause) {
+            rbus_test_doing(&g_watchdog, rc->slot, "pausing for the publishers");
             if (pause_receiving(4 * (uint64_t)sc->eff_cap + 2048))
                 rc->full_pauses++;
             next_pause = rc->got + 150000;
@@ -258,13 +271,17 @@ static void sub_ctx_free(struct sub_ctx *sc)
         free(sc->seen_seq[t]);
 }
 
-static void start_receiver(struct recv_ctx *rc, struct sub_ctx *sc, bool batch, bool pauses)
+/* Queues a receiver on `team`; the test starts them all at once. */
+static void add_receiver(struct rbus_test_threads *team, struct recv_ctx *rc, struct sub_ctx *sc,
+                         bool batch, bool pauses)
 {
     memset(rc, 0, sizeof *rc);
     rc->sc = sc;
     rc->use_batch = batch;
     rc->pauses = pauses;
-    assert_int_equal(pthread_create(&rc->thread, NULL, receiver_main, rc), 0);
+    assert_true(team->n < MAX_RECV);
+    rc->slot = NPUB + team->n;
+    rbus_test_threads_add(team, receiver_main, rc);
 }
 
 /* Checks the final numbers of one subscription. `expected` is the number of
@@ -330,20 +347,20 @@ static void check_sub_final(struct sub_ctx *sc, struct recv_ctx *rcs, int nrc, u
     }
 }
 
-static void join_all(struct recv_ctx *rcs, int n)
+/* NPUB publishers of per_pub messages each over `topics` run to
+ * completion, then the bus is closed and the receivers drain to
+ * -ESHUTDOWN. */
+static void run_publishers_then_close(rbus *bus, struct pub_ctx *pcs, uint64_t per_pub,
+                                      rbus_topic **topics, uint32_t ntopics)
 {
-    for (int i = 0; i < n; i++)
-        assert_int_equal(pthread_join(rcs[i].thread, NULL), 0);
-}
-
-/* Publishers run to completion, then the bus is closed and the receivers
- * drain to -ESHUTDOWN. */
-static void run_publishers_then_close(rbus *bus, struct pub_ctx *pcs)
-{
-    for (uint32_t i = 0; i < NPUB; i++)
-        assert_int_equal(pthread_create(&pcs[i].thread, NULL, publisher_main, &pcs[i]), 0);
-    for (uint32_t i = 0; i < NPUB; i++)
-        assert_int_equal(pthread_join(pcs[i].thread, NULL), 0);
+    for (uint32_t i = 0; i < NPUB; i++) {
+        memset(&pcs[i], 0, sizeof pcs[i]);
+        pcs[i].id = i;
+        pcs[i].count = per_pub;
+        pcs[i].topics = topics;
+        pcs[i].ntopics = ntopics;
+    }
+    rbus_test_threads_run(NPUB, publisher_main, pcs, sizeof *pcs);
     atomic_store(&g_pubs_done, true);
     rbus_close(bus);
     atomic_store(&g_bus_closed, true);
@@ -355,6 +372,12 @@ static void reset_globals(void)
     atomic_store(&g_published, 0);
     atomic_store(&g_pubs_done, false);
     atomic_store(&g_bus_closed, false);
+}
+
+/* The watchdog for one test: started before its threads, stopped after. */
+static void start_watchdog(void)
+{
+    rbus_test_watchdog_start(&g_watchdog, "stress", WATCHDOG_MS, NPUB + MAX_RECV, g_doing);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -386,24 +409,20 @@ static void test_stress_fanout_three_policies_one_topic(void **state)
     sub_ctx_init(&newest, bus, "drop-newest", "stress.>", RBUS_DROP_NEWEST, 1, per_pub);
 
     static struct recv_ctx rb[2], ro[1], rn[1];
-    start_receiver(&rb[0], &block, true, false);
-    start_receiver(&rb[1], &block, false, false);
-    start_receiver(&ro[0], &oldest, true, true);
-    start_receiver(&rn[0], &newest, false, true);
+    static struct rbus_test_threads receivers;
+    start_watchdog();
+    rbus_test_threads_init(&receivers);
+    add_receiver(&receivers, &rb[0], &block, true, false);
+    add_receiver(&receivers, &rb[1], &block, false, false);
+    add_receiver(&receivers, &ro[0], &oldest, true, true);
+    add_receiver(&receivers, &rn[0], &newest, false, true);
+    rbus_test_threads_start(&receivers);
 
     static struct pub_ctx pcs[NPUB];
     rbus_topic *topics[1] = {topic};
-    for (uint32_t i = 0; i < NPUB; i++) {
-        memset(&pcs[i], 0, sizeof pcs[i]);
-        pcs[i].id = i;
-        pcs[i].count = per_pub;
-        pcs[i].topics = topics;
-        pcs[i].ntopics = 1;
-    }
-    run_publishers_then_close(bus, pcs);
-    join_all(rb, 2);
-    join_all(ro, 1);
-    join_all(rn, 1);
+    run_publishers_then_close(bus, pcs, per_pub, topics, 1);
+    rbus_test_threads_join(&receivers);
+    rbus_test_watchdog_stop(&g_watchdog);
     rbus_test_assert_no_thread_errors();
 
     rbus_topic_stats ts;
@@ -482,25 +501,21 @@ static void test_stress_wildcard_order_across_topics(void **state)
     }
 
     static struct recv_ctx rb[1], ro[2], rn[1];
-    start_receiver(&rb[0], &all_block, true, false);
-    start_receiver(&ro[0], &all_oldest, true, true);
-    start_receiver(&ro[1], &all_oldest, false, false);
-    start_receiver(&rn[0], &one_newest, false, true);
+    static struct rbus_test_threads receivers;
+    start_watchdog();
+    rbus_test_threads_init(&receivers);
+    add_receiver(&receivers, &rb[0], &all_block, true, false);
+    add_receiver(&receivers, &ro[0], &all_oldest, true, true);
+    add_receiver(&receivers, &ro[1], &all_oldest, false, false);
+    add_receiver(&receivers, &rn[0], &one_newest, false, true);
+    rbus_test_threads_start(&receivers);
 
     static struct pub_ctx pcs[NPUB];
-    for (uint32_t i = 0; i < NPUB; i++) {
-        memset(&pcs[i], 0, sizeof pcs[i]);
-        pcs[i].id = i;
-        pcs[i].count = per_pub;
-        pcs[i].topics = topics;
-        pcs[i].ntopics = NTOPICS;
-    }
-    run_publishers_then_close(bus, pcs);
-    join_all(rb, 1);
+    run_publishers_then_close(bus, pcs, per_pub, topics, NTOPICS);
     /* Competing receivers on all-oldest: the pausing one stops, the other
      * keeps taking, so drops there are not certain; both keep order. */
-    join_all(ro, 2);
-    join_all(rn, 1);
+    rbus_test_threads_join(&receivers);
+    rbus_test_watchdog_stop(&g_watchdog);
     rbus_test_assert_no_thread_errors();
 
     uint64_t per_topic[NTOPICS] = {0};
@@ -541,7 +556,7 @@ static void test_stress_wildcard_order_across_topics(void **state)
 
 int main(void)
 {
-    printf("stress: RBUS_STRESS_SCALE=%g\n", rbus_test_stress_scale());
+    rbus_test_print_scale("stress");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress_fanout_three_policies_one_topic),
         cmocka_unit_test(test_stress_wildcard_order_across_topics),

@@ -31,7 +31,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 #define NSUBS 40 /* per topic */
 #define NPUB 4
@@ -169,18 +169,18 @@ static void tallies_add_up_exactly(void **state)
     }
     for (int round = 0; round < ROUNDS; round++) {
         struct publisher pubs[NPUB];
-        pthread_t threads[NPUB];
+        static struct rbus_test_threads threads;
         atomic_int running = NPUB;
-        for (int p = 0; p < NPUB; p++) {
+        for (int p = 0; p < NPUB; p++)
             pubs[p] = (struct publisher){
                 .a = a, .b = b, .other = other_topics, .n = n, .running = &running};
-            assert_int_equal(pthread_create(&threads[p], NULL, publisher_main, &pubs[p]), 0);
-        }
+        rbus_test_threads_init(&threads);
+        rbus_test_threads_add_n(&threads, NPUB, publisher_main, pubs, sizeof *pubs);
+        rbus_test_threads_start(&threads);
         char churn_error[200];
         churn_while_publishing(bus, &running, subs_a[NSUBS - 1].sub, &churned, churn_error,
                                sizeof churn_error);
-        for (int p = 0; p < NPUB; p++)
-            assert_int_equal(pthread_join(threads[p], NULL), 0);
+        rbus_test_threads_join(&threads);
         if (churn_error[0])
             fail_msg("round %d: %s", round + 1, churn_error);
         for (int p = 0; p < NPUB; p++)

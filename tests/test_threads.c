@@ -23,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 static rbus *make_bus(struct rbus_test_alloc *c)
 {
@@ -72,7 +72,6 @@ struct th_recv {
     bool is_block;
     uint32_t nthreads;
     uint32_t *last;   /* per publisher thread: last k seen by this receiver */
-    pthread_t thread;
 };
 
 struct th_pub {
@@ -83,6 +82,7 @@ struct th_pub {
 };
 
 static struct th_bus g_buses[NBUS];
+static struct rbus_test_threads g_receivers;
 
 static void *th_receiver(void *arg)
 {
@@ -230,7 +230,7 @@ static void th_run_waves(uint32_t waves, struct th_recv *recvs, struct th_live *
      * race with publishes of others). The pool may still grow, by at most
      * one wave's messages per state, whatever the number of threads. */
     static struct th_pub pubs[WAVE];
-    pthread_t th[WAVE];
+    static struct rbus_test_threads th;
     const uint32_t sync_waves = (waves + 1) / 2;
     live->sync_waves = sync_waves;
     bool receivers_started = false;
@@ -238,6 +238,7 @@ static void th_run_waves(uint32_t waves, struct th_recv *recvs, struct th_live *
     assert_int_equal(pthread_barrier_init(&bar, NULL, WAVE + 1), 0);
     for (uint32_t w = 0; w < waves; w++) {
         const bool synced = w < sync_waves;
+        rbus_test_threads_init(&th);
         for (uint32_t j = 0; j < WAVE; j++) {
             pubs[j].buses = g_buses;
             pubs[j].index = w * WAVE + j;
@@ -250,21 +251,21 @@ static void th_run_waves(uint32_t waves, struct th_recv *recvs, struct th_live *
                 g_buses[which[i]].published_x += (MSGS_PER_BUS + 1) / 2;
                 g_buses[which[i]].published_y += MSGS_PER_BUS / 2;
             }
-            assert_int_equal(pthread_create(&th[j], NULL, th_publisher, &pubs[j]), 0);
+            rbus_test_threads_add(&th, th_publisher, &pubs[j]);
         }
+        rbus_test_threads_start_free(&th);
         if (synced) {
             pthread_barrier_wait(&bar);
             if (!receivers_started) {
-                for (int i = 0; i < NBUS * 2; i++)
-                    assert_int_equal(
-                        pthread_create(&recvs[i].thread, NULL, th_receiver, &recvs[i]), 0);
+                rbus_test_threads_init(&g_receivers);
+                rbus_test_threads_add_n(&g_receivers, NBUS * 2, th_receiver, recvs, sizeof *recvs);
+                rbus_test_threads_start_free(&g_receivers);
                 receivers_started = true;
             }
             th_wait_drained();
             pthread_barrier_wait(&bar);
         }
-        for (uint32_t j = 0; j < WAVE; j++)
-            assert_int_equal(pthread_join(th[j], NULL), 0);
+        rbus_test_threads_join(&th);
         th_wait_drained();
         rbus_test_assert_no_thread_errors();
         if (getenv("RBUS_TEST_VERBOSE") != NULL)
@@ -300,8 +301,8 @@ static void th_check_memory(uint32_t waves, const struct th_live *live, struct t
         assert_true(live_last <= live->sync[b] + WAVE * (2 * WAVE * MSGS_PER_BUS));
         rbus_close(tb->bus);
     }
-    for (int i = 0; i < NBUS * 2; i++)
-        assert_int_equal(pthread_join(recvs[i].thread, NULL), 0);
+    (void)recvs; /* they run on g_receivers */
+    rbus_test_threads_join(&g_receivers);
     rbus_test_assert_no_thread_errors();
 }
 
@@ -317,10 +318,8 @@ static void th_check_delivery(uint32_t nthreads)
         assert_int_equal(tsx.published, tb->published_x);
         assert_int_equal(tsy.published, tb->published_y);
         rbus_sub_stats sb, so;
-        assert_rbus_ok(rbus_sub_stats_get(tb->block, &sb));
-        assert_rbus_ok(rbus_sub_stats_get(tb->oldest, &so));
-        rbus_test_check_accounting(&sb);
-        rbus_test_check_accounting(&so);
+        rbus_test_sub_stats_checked(tb->block, &sb);
+        rbus_test_sub_stats_checked(tb->oldest, &so);
         assert_int_equal(sb.offered, tb->published_x + tb->published_y);
         assert_int_equal(sb.received, tb->published_x + tb->published_y);
         assert_int_equal(so.offered, tb->published_x);
@@ -568,11 +567,7 @@ static void test_threads_one_thread_many_buses_in_turn(void **state)
     (void)state;
     unsigned n = (unsigned)rbus_test_scaled(300, 20);
     printf("threads: one thread uses %u buses in turn (x2 threads)\n", n);
-    pthread_t th[2];
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(pthread_create(&th[i], NULL, serial_buses_main, &n), 0);
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(pthread_join(th[i], NULL), 0);
+    rbus_test_threads_run(2, serial_buses_main, &n, 0);
     rbus_test_assert_no_thread_errors();
 }
 
@@ -615,19 +610,20 @@ static void test_threads_exit_while_bus_is_destroyed(void **state)
         (void)s;
         pthread_barrier_t bar;
         assert_int_equal(pthread_barrier_init(&bar, NULL, WAVE + 1), 0);
-        pthread_t th[WAVE];
+        static struct rbus_test_threads th;
+        rbus_test_threads_init(&th);
         for (uint32_t i = 0; i < WAVE; i++) {
             rs[i].t = t;
             rs[i].bar = &bar;
             rs[i].id = i;
-            assert_int_equal(pthread_create(&th[i], NULL, racer_main, &rs[i]), 0);
         }
+        rbus_test_threads_add_n(&th, WAVE, racer_main, rs, sizeof *rs);
+        rbus_test_threads_start(&th);
         pthread_barrier_wait(&bar);
         /* Every thread is done with the bus; they are exiting right now. */
         rbus_destroy(bus);
         rbus_test_alloc_assert_all_returned(&c);
-        for (uint32_t i = 0; i < WAVE; i++)
-            assert_int_equal(pthread_join(th[i], NULL), 0);
+        rbus_test_threads_join(&th);
         pthread_barrier_destroy(&bar);
         rbus_test_alloc_assert_all_returned(&c);
         rbus_test_assert_no_thread_errors();
@@ -636,7 +632,7 @@ static void test_threads_exit_while_bus_is_destroyed(void **state)
 
 int main(void)
 {
-    printf("threads: RBUS_STRESS_SCALE=%g\n", rbus_test_stress_scale());
+    rbus_test_print_scale("threads");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads_thousands_of_short_lived_publishers),
         cmocka_unit_test(test_threads_exit_after_their_bus_was_destroyed),

@@ -63,7 +63,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "test_util.h"
+#include "harness.h"
 
 #define MAX_WORKERS 12
 #define MAX_OWNED 6
@@ -211,7 +211,6 @@ struct worker {
     int id;
     bool sink;
     uint64_t rng;
-    pthread_t thread;
     struct activity act;
     struct tsub *subs[MAX_OWNED];
     int nsubs;
@@ -253,8 +252,9 @@ static struct {
     struct shared_rec shared[NTOPICS][NSHARED];
     atomic_bool close_started;
     atomic_bool closed;
-    atomic_ullong progress;
-    atomic_bool watchdog_stop;
+    struct rbus_test_watchdog wd; /* its progress counter: bumped by every operation */
+    char wd_label[40];
+    struct rbus_test_threads team;
     struct activity main_act;
     atomic_ullong shared_reaccepted; /* a shared key accepted again (window moved on) */
     atomic_ullong repeat_dup, repeat_accepted; /* a worker's last unique key once more */
@@ -294,7 +294,7 @@ static void act_end(struct activity *a)
 {
     atomic_store_explicit(&a->op, OP_IDLE, memory_order_release);
     atomic_fetch_add_explicit(&a->ops_done, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&g.progress, 1, memory_order_relaxed);
+    rbus_test_progress(&g.wd);
 }
 
 static bool topic_is_untimed(uint32_t t)
@@ -1233,46 +1233,37 @@ static void dump_activity(const struct activity *a, int64_t now)
     fprintf(stderr, "; %llu operations done\n", (unsigned long long)atomic_load(&a->ops_done));
 }
 
-static void *watchdog_main(void *arg)
+/* The torture's second trigger, beside the shared watchdog's silence: one
+ * thread in one operation for over WATCHDOG_NS while others progress. */
+static const char *torture_stuck(void *arg, uint64_t now_ns)
 {
     (void)arg;
-    uint64_t last = atomic_load(&g.progress);
-    int64_t last_change = (int64_t)rbus_test_now_ns();
-    while (!atomic_load(&g.watchdog_stop)) {
-        rbus_test_sleep_us(20000);
-        int64_t now = (int64_t)rbus_test_now_ns();
-        uint64_t p = atomic_load(&g.progress);
-        if (p != last) {
-            last = p;
-            last_change = now;
-        }
-        const struct activity *stuck = NULL;
-        for (int i = 0; i < g.nworkers; i++) {
-            const struct activity *a = &g.workers[i].act;
-            if (atomic_load(&a->op) != OP_IDLE && now - atomic_load(&a->since_ns) > WATCHDOG_NS)
-                stuck = a;
-        }
-        if (atomic_load(&g.main_act.op) != OP_IDLE &&
-            atomic_load(&g.main_act.op) != OP_SLEEP &&
-            now - atomic_load(&g.main_act.since_ns) > WATCHDOG_NS)
-            stuck = &g.main_act;
-        if (now - last_change > WATCHDOG_NS || stuck) {
-            fprintf(stderr, "\ntorture WATCHDOG (%s): ", g.cfg->label);
-            if (stuck)
-                fprintf(stderr, "%s has been in one operation for over 10 s", stuck->name);
-            else
-                fprintf(stderr, "no progress for %.1f s", (double)(now - last_change) / 1e9);
-            fprintf(stderr, " (progress counter %llu); close started %d, closed %d. Threads:\n",
-                    (unsigned long long)p, (int)atomic_load(&g.close_started),
-                    (int)atomic_load(&g.closed));
-            dump_activity(&g.main_act, now);
-            for (int i = 0; i < g.nworkers; i++)
-                dump_activity(&g.workers[i].act, now);
-            fflush(stderr);
-            abort();
-        }
+    int64_t now = (int64_t)now_ns;
+    const struct activity *stuck = NULL;
+    for (int i = 0; i < g.nworkers; i++) {
+        const struct activity *a = &g.workers[i].act;
+        if (atomic_load(&a->op) != OP_IDLE && now - atomic_load(&a->since_ns) > WATCHDOG_NS)
+            stuck = a;
     }
-    return NULL;
+    if (atomic_load(&g.main_act.op) != OP_IDLE && atomic_load(&g.main_act.op) != OP_SLEEP &&
+        now - atomic_load(&g.main_act.since_ns) > WATCHDOG_NS)
+        stuck = &g.main_act;
+    if (!stuck)
+        return NULL;
+    static char why[96];
+    snprintf(why, sizeof why, "%s has been in one operation for over 10 s", stuck->name);
+    return why;
+}
+
+/* The watchdog's report: the bus's state and every thread's activity. */
+static void torture_dump(void *arg, uint64_t now_ns)
+{
+    (void)arg;
+    fprintf(stderr, "close started %d, closed %d. Threads:\n", (int)atomic_load(&g.close_started),
+            (int)atomic_load(&g.closed));
+    dump_activity(&g.main_act, (int64_t)now_ns);
+    for (int i = 0; i < g.nworkers; i++)
+        dump_activity(&g.workers[i].act, (int64_t)now_ns);
 }
 
 /* ---------------------------------------------------------------- the run */
@@ -1327,13 +1318,16 @@ static uint64_t torture_setup(const struct run_cfg *cfg, struct rbus_test_alloc 
 
 /* Step 2: the watchdog and the workers run for run_ms, then the bus is
  * closed under them and they are joined. Returns when they started. */
-static uint64_t torture_run_and_close(uint64_t run_ms, pthread_t *wd, uint64_t *close_ns)
+static uint64_t torture_run_and_close(uint64_t run_ms, uint64_t *close_ns)
 {
-    assert_int_equal(pthread_create(wd, NULL, watchdog_main, NULL), 0);
+    snprintf(g.wd_label, sizeof g.wd_label, "torture (%s)", g.cfg->label);
+    g.wd.stuck = torture_stuck;
+    g.wd.dump = torture_dump;
+    rbus_test_watchdog_start(&g.wd, g.wd_label, WATCHDOG_NS / 1000000, 0, NULL);
     uint64_t t0 = rbus_test_now_ns();
-    for (int i = 0; i < g.nworkers; i++)
-        assert_int_equal(pthread_create(&g.workers[i].thread, NULL, worker_main, &g.workers[i]),
-                         0);
+    rbus_test_threads_init(&g.team);
+    rbus_test_threads_add_n(&g.team, g.nworkers, worker_main, g.workers, sizeof *g.workers);
+    rbus_test_threads_start(&g.team);
 
     act_begin(&g.main_act, OP_SLEEP, 0, -1);
     while (rbus_test_now_ns() - t0 < run_ms * UINT64_C(1000000))
@@ -1350,8 +1344,7 @@ static uint64_t torture_run_and_close(uint64_t run_ms, pthread_t *wd, uint64_t *
     atomic_store(&g.closed, true);
 
     act_begin(&g.main_act, OP_JOIN, 0, -1);
-    for (int i = 0; i < g.nworkers; i++)
-        assert_int_equal(pthread_join(g.workers[i].thread, NULL), 0);
+    rbus_test_threads_join(&g.team);
     act_end(&g.main_act);
 
     return t0;
@@ -1509,7 +1502,7 @@ static void torture_check_workers(const struct run_cfg *cfg, uint64_t t0, uint64
 
 /* Step 6: half of the survivors are unsubscribed, rbus_destroy frees the
  * rest with whatever they hold, and every byte comes back. */
-static void torture_teardown(const struct run_cfg *cfg, struct rbus_test_alloc *ca, pthread_t wd)
+static void torture_teardown(const struct run_cfg *cfg, struct rbus_test_alloc *ca)
 {
     unsigned left_to_destroy = 0;
     for (int i = 0; i < g.nworkers; i++) {
@@ -1529,8 +1522,7 @@ static void torture_teardown(const struct run_cfg *cfg, struct rbus_test_alloc *
     rbus_destroy(g.bus);
     act_end(&g.main_act);
     g.bus = NULL;
-    atomic_store(&g.watchdog_stop, true);
-    assert_int_equal(pthread_join(wd, NULL), 0);
+    rbus_test_watchdog_stop(&g.wd);
     printf("torture[%s]: allocator: %lld allocations, peak %lld bytes, %lld bytes live before "
            "rbus_destroy (%u subscriptions left to it), after: %lld blocks / %lld bytes, %lld "
            "bad frees\n",
@@ -1548,15 +1540,14 @@ static void torture_teardown(const struct run_cfg *cfg, struct rbus_test_alloc *
 static void run_torture(const struct run_cfg *cfg)
 {
     static struct rbus_test_alloc ca;
-    pthread_t wd;
     uint64_t close_ns;
     const uint64_t run_ms = torture_setup(cfg, &ca);
-    const uint64_t t0 = torture_run_and_close(run_ms, &wd, &close_ns);
+    const uint64_t t0 = torture_run_and_close(run_ms, &close_ns);
     const unsigned survivors = torture_check_survivors();
     rbus_test_assert_no_thread_errors();
     const struct topic_totals tt = torture_check_topics(cfg);
     torture_check_workers(cfg, t0, close_ns, survivors, &tt);
-    torture_teardown(cfg, &ca, wd);
+    torture_teardown(cfg, &ca);
 }
 
 static void test_torture_mixed(void **state)
@@ -1575,7 +1566,7 @@ static void test_torture_tiny_queues(void **state)
 
 int main(void)
 {
-    printf("torture: RBUS_STRESS_SCALE=%g\n", rbus_test_stress_scale());
+    rbus_test_print_scale("torture");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_torture_mixed),
         cmocka_unit_test(test_torture_tiny_queues),
