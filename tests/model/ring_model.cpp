@@ -4,7 +4,8 @@
 // interleavings and the values relaxed loads may read. Each scene asserts
 // no message lost or taken twice, per-producer order, exact counts, at most
 // one eviction per put, and (through a payload written before each put and
-// read after each take) that a take sees what its producer wrote.
+// read after each take) that a take sees what its producer wrote; two more
+// check the wake-up pairs of sub.c against the ring's orderings.
 //
 //   ring_model [iterations]   (default 200000 per scene)
 #include <relacy/relacy.hpp>
@@ -166,6 +167,93 @@ struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT>, PRODUCERS + CO
     }
 };
 
+// The sleep pair of sub.c: a receiver that found the ring empty sets its
+// sleep flag (seq_cst), then sleeps only if nothing is reserved (seq_cst
+// loads of head and tail); a writer reserves (seq_cst CAS on tail), commits,
+// then reads the flag (seq_cst) and wakes it. A receiver must never sleep
+// through a message.
+struct sleep_pair : rl::test_suite<sleep_pair, 2> {
+    rbus_ring ring;
+    rbus_ring_slot slots[RING];
+    rbus_msg msg;
+    rl::atomic<unsigned> flag;
+    bool slept, woke, took;
+
+    void before()
+    {
+        rbus__ring_init(&ring, slots, RING);
+        flag($).store(0, rl::mo_relaxed);
+        slept = woke = took = false;
+    }
+    void thread(unsigned idx)
+    {
+        if (idx == 0) {
+            uint32_t depth;
+            enum rbus_put rc;
+            while ((rc = rbus__ring_put(&ring, &msg, nullptr, 0, &depth)) == RBUS__PUT_SKIPPED) {
+            }
+            RL_ASSERT(rc == RBUS__PUT_QUEUED);
+            if (flag($).load(rl::mo_seq_cst))
+                woke = true;
+        } else {
+            if (rbus__ring_take(&ring, true)) {
+                took = true;
+                return;
+            }
+            flag($).store(1, rl::mo_seq_cst);
+            if (rbus__ring_reserved(&ring) == 0)
+                slept = true;
+            else
+                took = rbus__ring_take(&ring, true) != nullptr || took;
+        }
+    }
+    void after()
+    {
+        RL_ASSERT(!slept || woke);
+    }
+};
+
+// The room pair: a writer that found the ring full registers as a waiter
+// (seq_cst RMW), then sleeps only if the ring is still full (seq_cst
+// loads); a receiver claims (seq_cst CAS), then reads the waiters (seq_cst)
+// and wakes them. A writer must never sleep through room.
+struct room_pair : rl::test_suite<room_pair, 2> {
+    rbus_ring ring;
+    rbus_ring_slot slots[RING];
+    rbus_msg msgs[RING + 1];
+    rl::atomic<unsigned> waiters;
+    bool slept, woke;
+
+    void before()
+    {
+        rbus__ring_init(&ring, slots, RING);
+        uint32_t depth;
+        for (int i = 0; i < RING; i++)
+            rbus__ring_put(&ring, &msgs[i], nullptr, 0, &depth);
+        waiters($).store(0, rl::mo_relaxed);
+        slept = woke = false;
+    }
+    void thread(unsigned idx)
+    {
+        if (idx == 0) {
+            uint32_t depth;
+            if (rbus__ring_put(&ring, &msgs[RING], nullptr, 0, &depth) == RBUS__PUT_QUEUED)
+                return;
+            waiters($).fetch_add(1, rl::mo_seq_cst);
+            if (rbus__ring_full_at_tail(&ring))
+                slept = true;
+        } else {
+            RL_ASSERT(rbus__ring_take(&ring, true) != nullptr);
+            if (waiters($).load(rl::mo_seq_cst))
+                woke = true;
+        }
+    }
+    void after()
+    {
+        RL_ASSERT(!slept || woke);
+    }
+};
+
 template <class Scene>
 static bool run(const char *name, rl::iteration_t iterations)
 {
@@ -185,6 +273,8 @@ int main(int argc, char **argv)
     ok &= run<scene<1, 2, false>>("1 producer, 2 consumers, no eviction", n);
     ok &= run<scene<2, 1, true>>("2 producers, 1 consumer, drop-oldest", n);
     ok &= run<scene<2, 2, true>>("2 producers, 2 consumers, drop-oldest", n);
+    ok &= run<sleep_pair>("a receiver going to sleep, a writer", n);
+    ok &= run<room_pair>("a writer waiting for room, a receiver", n);
     std::cout << (ok ? "ring model: every scene passed" : "ring model: FAILED") << std::endl;
     return ok ? 0 : 1;
 }
