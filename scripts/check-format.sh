@@ -12,6 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v clang-format >/dev/null || scripts/deps.sh clang-format
+command -v git >/dev/null || scripts/deps.sh git
+# The diff is read through process substitutions, whose failures the loops
+# below would not see: make sure git can read this checkout first.
+git rev-parse --verify -q HEAD >/dev/null || { echo "check-format: not a git checkout with a HEAD"; exit 2; }
 
 if [ $# -gt 0 ]; then
   range=("$1" HEAD)
