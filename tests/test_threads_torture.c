@@ -51,7 +51,9 @@
  *
  * A watchdog fails the run on a deadlock: if the global progress counter
  * (bumped by every operation) stands still, or one operation runs, for 10 s
- * it prints what every thread was doing and aborts.
+ * it prints what every thread was doing and aborts. Runs at a stress scale
+ * below 1 (sanitizers, valgrind) are that much slower, so the bound grows
+ * by 1/scale, up to 120 s; the run prints the bound it used.
  *
  * Duration scales with RBUS_STRESS_SCALE; the sizes and counts are printed.
  */
@@ -73,6 +75,15 @@
 #define DEDUP_KEYS 256
 #define DEFAULT_CAP 64
 #define WATCHDOG_NS (INT64_C(10) * 1000000000)
+#define WATCHDOG_MAX_NS (INT64_C(120) * 1000000000)
+
+/* WATCHDOG_NS, stretched for slow runs (see the file's comment). */
+static int64_t watchdog_ns(void)
+{
+    double scale = rbus_test_stress_scale();
+    double ns = scale < 1.0 ? (double)WATCHDOG_NS / scale : (double)WATCHDOG_NS;
+    return ns > (double)WATCHDOG_MAX_NS ? WATCHDOG_MAX_NS : (int64_t)ns;
+}
 #define SETTLE_NS (INT64_C(5) * 1000000000)
 #define PAY_MAGIC 0x70727475u
 
@@ -1234,7 +1245,7 @@ static void dump_activity(const struct activity *a, int64_t now)
 }
 
 /* The torture's second trigger, beside the shared watchdog's silence: one
- * thread in one operation for over WATCHDOG_NS while others progress. */
+ * thread in one operation for over watchdog_ns() while others progress. */
 static const char *torture_stuck(void *arg, uint64_t now_ns)
 {
     (void)arg;
@@ -1242,16 +1253,17 @@ static const char *torture_stuck(void *arg, uint64_t now_ns)
     const struct activity *stuck = NULL;
     for (int i = 0; i < g.nworkers; i++) {
         const struct activity *a = &g.workers[i].act;
-        if (atomic_load(&a->op) != OP_IDLE && now - atomic_load(&a->since_ns) > WATCHDOG_NS)
+        if (atomic_load(&a->op) != OP_IDLE && now - atomic_load(&a->since_ns) > watchdog_ns())
             stuck = a;
     }
     if (atomic_load(&g.main_act.op) != OP_IDLE && atomic_load(&g.main_act.op) != OP_SLEEP &&
-        now - atomic_load(&g.main_act.since_ns) > WATCHDOG_NS)
+        now - atomic_load(&g.main_act.since_ns) > watchdog_ns())
         stuck = &g.main_act;
     if (!stuck)
         return NULL;
     static char why[96];
-    snprintf(why, sizeof why, "%s has been in one operation for over 10 s", stuck->name);
+    snprintf(why, sizeof why, "%s has been in one operation for over %lld s", stuck->name,
+             (long long)(watchdog_ns() / 1000000000));
     return why;
 }
 
@@ -1304,7 +1316,8 @@ static uint64_t torture_setup(const struct run_cfg *cfg, struct rbus_test_alloc 
     g.workers = calloc((size_t)g.nworkers, sizeof *g.workers);
     assert_non_null(g.workers);
     uint64_t seed = rbus_test_now_ns();
-    printf("torture[%s]: seed %llu\n", cfg->label, (unsigned long long)seed);
+    printf("torture[%s]: seed %llu, watchdog after %lld s in one operation or of silence\n",
+           cfg->label, (unsigned long long)seed, (long long)(watchdog_ns() / 1000000000));
     for (int i = 0; i < g.nworkers; i++) {
         struct worker *w = &g.workers[i];
         w->id = i;
@@ -1323,7 +1336,7 @@ static uint64_t torture_run_and_close(uint64_t run_ms, uint64_t *close_ns)
     snprintf(g.wd_label, sizeof g.wd_label, "torture (%s)", g.cfg->label);
     g.wd.stuck = torture_stuck;
     g.wd.dump = torture_dump;
-    rbus_test_watchdog_start(&g.wd, g.wd_label, WATCHDOG_NS / 1000000, 0, NULL);
+    rbus_test_watchdog_start(&g.wd, g.wd_label, watchdog_ns() / 1000000, 0, NULL);
     uint64_t t0 = rbus_test_now_ns();
     rbus_test_threads_init(&g.team);
     rbus_test_threads_add_n(&g.team, g.nworkers, worker_main, g.workers, sizeof *g.workers);
