@@ -92,19 +92,13 @@ static void *mutex_pub(void *arg)
     struct thr *t = arg;
     struct run *r = t->run;
     struct mutex_peer *mp = r->impl;
-    unsigned char *buf = calloc(1, r->payload);
-    if (!buf) {
-        run_fail(r, "out of memory");
+    unsigned char *buf = run_buf(r);
+    if (!buf)
         return NULL;
-    }
     uint64_t last = 0;
     run_pub_started(r, t->id);
     for (uint64_t c = 0; c < r->messages; c++) {
-        bench_stamp(buf, (uint64_t)t->id, c);
-        if (r->pace_ns) {
-            uint64_t now = pace(r, &last);
-            memcpy(buf + 16, &now, 8);
-        }
+        run_stamp(r, buf, t->id, c, &last);
         for (int j = 0; j < r->ns; j++)
             if (!mring_push(r, mring_of(mp, j), buf))
                 goto out;
@@ -122,11 +116,9 @@ static void *mutex_rx(void *arg)
     struct bench_verify v;
     memset(&v, 0, sizeof v);
     uint64_t want = r->messages * (uint64_t)r->np;
-    unsigned char *buf = calloc(1, r->payload);
-    if (!buf) {
-        run_fail(r, "out of memory");
+    unsigned char *buf = run_buf(r);
+    if (!buf)
         return NULL;
-    }
     run_wait_start(r);
     while (v.received < want) {
         if (!mring_pop(r, q, buf))

@@ -32,19 +32,13 @@ static void *zmq_pub(void *arg)
     struct run *r = t->run;
     struct zmq_peer *z = r->impl;
     void *s = z->out[t->id];
-    unsigned char *buf = calloc(1, r->payload);
-    if (!buf) {
-        run_fail(r, "out of memory");
+    unsigned char *buf = run_buf(r);
+    if (!buf)
         return NULL;
-    }
     uint64_t last = 0;
     run_pub_started(r, t->id);
     for (uint64_t c = 0; c < r->messages; c++) {
-        bench_stamp(buf, (uint64_t)t->id, c);
-        if (r->pace_ns) {
-            uint64_t now = pace(r, &last);
-            memcpy(buf + 16, &now, 8);
-        }
+        run_stamp(r, buf, t->id, c, &last);
         while (zmq_send(s, buf, r->payload, 0) < 0) {
             if (errno != EAGAIN && errno != EINTR) {
                 run_fail(r, zmq_strerror(errno));
@@ -69,11 +63,9 @@ static void *zmq_rx(void *arg)
     struct bench_verify v;
     memset(&v, 0, sizeof v);
     uint64_t want = r->messages * (uint64_t)r->np;
-    unsigned char *buf = calloc(1, r->payload);
-    if (!buf) {
-        run_fail(r, "out of memory");
+    unsigned char *buf = run_buf(r);
+    if (!buf)
         return NULL;
-    }
     run_wait_start(r);
     while (v.received < want) {
         int n = zmq_recv(s, buf, r->payload, flags);

@@ -12,6 +12,7 @@
 #include "bench.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_THREADS 64
@@ -71,6 +72,28 @@ static inline uint64_t pace(const struct run *r, uint64_t *last)
     while (now - *last < r->pace_ns);
     *last = now;
     return now;
+}
+
+/* A thread's message buffer, payload bytes zeroed; NULL, after run_fail,
+ * when memory runs out. */
+static inline unsigned char *run_buf(struct run *r)
+{
+    unsigned char *buf = calloc(1, r->payload);
+    if (!buf)
+        run_fail(r, "out of memory");
+    return buf;
+}
+
+/* Publisher `id`'s message `c` into buf; latency runs pace it first and
+ * carry the send time at byte 16. */
+static inline void run_stamp(const struct run *r, unsigned char *buf, int id, uint64_t c,
+                             uint64_t *last)
+{
+    bench_stamp(buf, (uint64_t)id, c);
+    if (r->pace_ns) {
+        uint64_t now = pace(r, last);
+        memcpy(buf + 16, &now, 8);
+    }
 }
 
 /* Every received message: the latency sample (latency runs), then the

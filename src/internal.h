@@ -273,9 +273,20 @@ rbus_msg *rbus__msg_clone(struct rbus_thread_state *th, const rbus_msg *m, uint3
 void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *msg, uint32_t n);
 void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache);
 /* RBUS_CHECKED builds: the message a handler is running with on this thread
- * (NULL outside handlers), so that releasing it there is caught. */
+ * (NULL outside handlers), so that releasing it there is caught; nothing
+ * in other builds. */
+#if defined(RBUS_CHECKED)
 void rbus__msg_handler_enter(const rbus_msg *m);
 void rbus__msg_handler_leave(void);
+#else
+static inline void rbus__msg_handler_enter(const rbus_msg *m)
+{
+    (void)m;
+}
+static inline void rbus__msg_handler_leave(void)
+{
+}
+#endif
 struct rbus_msg_cache *rbus__msg_cache_new(rbus *bus);
 
 /* ------------------------------------------------------------ topic.c */

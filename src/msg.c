@@ -234,15 +234,6 @@ void rbus__msg_handler_leave(void)
 {
     handler_msg = NULL;
 }
-#else
-void rbus__msg_handler_enter(const rbus_msg *m)
-{
-    (void)m;
-}
-
-void rbus__msg_handler_leave(void)
-{
-}
 #endif
 
 rbus_msg *rbus_msg_ref(const rbus_msg *msg)

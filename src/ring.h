@@ -59,6 +59,11 @@
 #define RBUS__SKIP_POLLS 1024u
 #endif
 
+/* The type of tail and head (the model check has its own atomics). */
+#ifndef RBUS__POS_WORD
+#define RBUS__POS_WORD _Atomic uint64_t
+#endif
+
 enum rbus_put {
     RBUS__PUT_QUEUED,
     RBUS__PUT_FULL,   /* no room (or, evicting, every slot held by a stalled writer) */
@@ -109,13 +114,15 @@ static inline uint64_t rbus__ring_size(const struct rbus_ring *r)
     return r->mask + 1;
 }
 
-/* Moves `tail` from `from` to from + 1 unless someone already did; returns
- * its value now. seq_cst: moving tail is the writer half of the receivers'
- * sleep Dekker pair (sub.c). */
-static inline uint64_t rbus__ring_tail_on(struct rbus_ring *r, uint64_t from)
+/* Moves a position word (tail or head) from `from` to from + 1 unless
+ * someone already did; returns its value now. seq_cst: moving tail is the
+ * writer half of the receivers' sleep Dekker pair (sub.c); for head, which
+ * only needs relaxed, it is the rare path (a receiver helping it past a
+ * position another thread finished), where the order costs nothing. */
+static inline uint64_t rbus__ring_move_on(RBUS__POS_WORD *word, uint64_t from)
 {
     uint64_t seen = from;
-    if (atomic_compare_exchange_strong_explicit(&r->tail, &seen, from + 1, memory_order_seq_cst,
+    if (atomic_compare_exchange_strong_explicit(word, &seen, from + 1, memory_order_seq_cst,
                                                 memory_order_seq_cst))
         return from + 1;
     return seen;
@@ -205,7 +212,7 @@ static inline enum rbus_put rbus__ring_reserve(struct rbus_ring *r, rbus_msg **e
                                                         memory_order_relaxed)) {
                 *evicted = old;
                 rbus__ring_head_to(r, p + 1); /* every position up to p is done with */
-                rbus__ring_tail_on(r, t);
+                rbus__ring_move_on(&r->tail, t);
                 *sp = s;
                 *tp = t;
                 return RBUS__PUT_QUEUED;
@@ -238,7 +245,7 @@ static inline enum rbus_put rbus__ring_reserve(struct rbus_ring *r, rbus_msg **e
         }
         /* Position t is taken (reserved, committed or a hole) and tail has
          * not moved past it yet: move it on and look at the next. */
-        t = rbus__ring_tail_on(r, t);
+        t = rbus__ring_move_on(&r->tail, t);
     }
 }
 
@@ -316,11 +323,7 @@ static inline rbus_msg *rbus__ring_take(struct rbus_ring *r, bool skip)
         if (p > h || (p == h && state == RBUS__SLOT_HOLE)) {
             /* Position h is done with (claimed, evicted or a hole) and head
              * lags behind: move it on. */
-            uint64_t seen = h;
-            if (atomic_compare_exchange_strong_explicit(&r->head, &seen, h + 1,
-                                                        memory_order_relaxed, memory_order_relaxed))
-                seen = h + 1;
-            h = seen;
+            h = rbus__ring_move_on(&r->head, h);
             polls = 0;
             continue;
         }

@@ -369,8 +369,8 @@ void rbus_sub_opts_init(rbus_sub_opts *opts)
 
 static uint32_t ring_size_for(uint32_t capacity)
 {
-    /* At least 2: with one slot "holds the message of p" (seq == p + 1)
-     * and "free for p + size" would be the same value. */
+    /* At least 2, so that a held slot (ring.h) never leaves a ring with
+     * no slot at all. */
     uint32_t size = 2;
     while (size < capacity)
         size <<= 1;

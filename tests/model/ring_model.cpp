@@ -30,6 +30,7 @@ struct rbus_ring {
     unsigned line_shift;
     rl::atomic<uint64_t> skipped, holes, reoffers;
 };
+#define RBUS__POS_WORD rl::atomic<uint64_t>
 #define RBUS__PAUSE(point) ((void)0)
 #define RBUS__CPU_RELAX() rl::yield(1, $)
 #define RBUS__SKIP_POLLS 2u // skip soon, so that skips, holes and re-offers happen
