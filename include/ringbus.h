@@ -78,7 +78,7 @@ typedef enum rbus_overflow {
 /** Longest idempotency key or order key, in bytes. */
 #define RBUS_MAX_KEY_LEN 255
 /** Largest rbus_config.dedup_keys accepted, RBUS_DEDUP_OFF aside (4 Mi keys;
- *  dedup memory is about 128 bytes per key per keyed topic). */
+ *  dedup memory is about 132 bytes per key per keyed topic). */
 #define RBUS_MAX_DEDUP_KEYS (UINT32_C(1) << 22)
 /** Largest rbus_config.max_payload accepted (64 MiB). */
 #define RBUS_MAX_PAYLOAD_LIMIT (UINT32_C(1) << 26)
@@ -155,6 +155,29 @@ RBUS_API void rbus_destroy(rbus *bus);
  * or -ENOMEM, in that order of precedence.
  */
 RBUS_API int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out);
+
+/** Options for rbus_topic_open_ex(); initialise with rbus_topic_opts_init(). */
+typedef struct rbus_topic_opts {
+    bool keyed; /**< the topic takes keyed publishes: build its idempotency-key
+                     window now (about 132 bytes x dedup_keys, rounded up to a
+                     power of two), so that no publish ever builds it. A topic
+                     not declared keyed builds it at its first keyed publish,
+                     and publishers racing that one wait for it, once. */
+} rbus_topic_opts;
+
+/** rbus_topic_opts_init: fills every field with its default (nothing
+ *  declared). NULL is a no-op. */
+RBUS_API void rbus_topic_opts_init(rbus_topic_opts *opts);
+
+/**
+ * rbus_topic_open_ex: rbus_topic_open with options; NULL opts = defaults.
+ * With opts->keyed, on a bus that deduplicates, the topic's window exists
+ * when it returns 0: built now if the topic had none, or -ENOMEM and the
+ * topic is not created (nor changed, if it existed). Same errors, in the
+ * same order, as rbus_topic_open.
+ */
+RBUS_API int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
+                                rbus_topic **out);
 
 /** rbus_topic_name: the topic's name; NULL for NULL. */
 RBUS_API const char *rbus_topic_name(const rbus_topic *topic);
@@ -277,7 +300,10 @@ typedef struct rbus_pub_result {
  * (bus closed; or the bus was closed while this publish waited for room,
  * after it was accepted; an rbus_sub_close while it waits is only a drop,
  * counted as dropped_closed, and the publish returns 0), -ENOMEM (the
- * message pool could not grow).
+ * message pool could not grow, or the topic's key window could not be
+ * built), -ENOBUFS (keyed: every slot of the topic's key window near this
+ * key was remembered or held by another keyed publish in flight, which
+ * takes hundreds of them at once; retry). Only 0 records a key.
  * `result`, when not NULL, is always written; matched == queued + dropped.
  */
 RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);

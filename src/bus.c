@@ -35,6 +35,8 @@ const char *rbus_strerror(int rc)
     case -EMSGSIZE: return "payload larger than max_payload";
     case -ESHUTDOWN: return "closed";
     case -ENOSPC: return "too many topics";
+    case -ENOBUFS:
+        return "no free slot in the topic's key window (too many keyed publishes at once)";
     case -EBUSY: return "busy: a dispatcher runs on the subscription";
     case -EDEADLK: return "would deadlock: called from its own handler";
     case -EMFILE: return "too many open files";
@@ -253,6 +255,7 @@ int rbus_create(rbus **out, const rbus_config *cfg)
     ck_epoch_init(&bus->epoch);
     pthread_mutex_init(&bus->route_lock, NULL);
     pthread_mutex_init(&bus->lock, NULL);
+    pthread_mutex_init(&bus->dedup_lock, NULL);
     rbus__registry_add(bus);
     *out = bus;
     return 0;
@@ -346,6 +349,7 @@ void rbus_destroy(rbus *bus)
     rbus__topics_free_all(bus);
     rbus__thread_free_all(bus);
     rbus__free(bus, bus->buckets);
+    pthread_mutex_destroy(&bus->dedup_lock);
     pthread_mutex_destroy(&bus->lock);
     pthread_mutex_destroy(&bus->route_lock);
     rbus_allocator alloc = bus->alloc;

@@ -1,47 +1,50 @@
 /*
- * dedup.c - the per-topic idempotency window.
+ * dedup.c - the per-topic idempotency window, without a lock.
  *
  * Rule (contract): a key is a duplicate iff it is among the last
  * `dedup_keys` keys accepted on the topic (forgotten oldest first) and, when
  * dedup_window_ns > 0, was accepted less than that long ago. A duplicate
  * never refreshes a key. Among concurrent publishes of one key exactly one
- * is accepted.
+ * is accepted. docs/design.md#idempotency-keys has the argument in full.
  *
- * Structure. Every accepted key takes the topic's next key ticket (1, 2,
- * ...). A key accepted with ticket t is remembered while
- *     t > accepted - dedup_keys   (and its age < the window)
- * where `accepted` is the latest ticket: that is exactly "among the last
- * dedup_keys accepted", oldest forgotten first, with no per-key work when
- * a key ages out. Keys are compared by their 128-bit XXH3 hash (seeded per
- * bus), so the table stores 16 bytes per key whatever the key's length.
+ * Tickets. Every accepted key takes the topic's next ticket (1, 2, ...); a
+ * key accepted with ticket t is remembered while latest - t < dedup_keys
+ * (and its age is under the window). Forgetting is a comparison at lookup
+ * time, so it needs no work, and no lock, when it happens.
  *
- * Shards. Keys are spread over RBUS_DEDUP_SHARDS shards by hash, each with
- * its own lock, table (open addressing, linear probing, backward-shift
- * deletion) and FIFO of its keys in ticket order. Publishers of different
- * keys rarely meet on one lock; publishers of the same key always do.
+ * The acceptance word. `accepted` holds the latest ticket and the slot of
+ * the key that took it. Every acceptance on the topic is one CAS on it,
+ * from the value the publisher read *before* it looked for its key. A CAS
+ * that succeeds proves that no key was accepted since that read, so the
+ * lookup saw every acceptance there was: exactly once follows, for any
+ * interleaving, with no lock. A publisher preempted anywhere holds nobody
+ * up: the others' CASes simply succeed, and the only step of its own that
+ * another may need (marking the slot of the latest acceptance published
+ * before accepting the next) is one any of them does for it.
  *
- * Why this is race-free for the exactly-once rule: the check and the
- * insert of a key happen under the lock of the key's shard, and every
- * publish of that key takes that same lock. The first to get it finds the
- * key absent (or no longer remembered), takes a ticket and inserts it before
- * unlocking; every later one finds it remembered. Taking the ticket (an
- * atomic increment) inside the shard lock also keeps each shard's tickets in
- * increasing order, which its FIFO relies on. Reading `accepted` for the
- * "still remembered" test is a single atomic load: a publish that reads it
- * just before another key's acceptance pushes ours out linearises before
- * that acceptance, so the rule holds at every instant.
+ * Slots. An open-addressing table of 4 x dedup_keys slots (a power of two).
+ * A slot is a state word, [kind:2][tag:23][ticket:39], and the key's
+ * identity (its 128-bit hash and the time it was accepted), written only
+ * by the publisher that claimed the slot:
+ *   FREE       never used, or swept;
+ *   CLAIMED    owned by one publisher, which writes the identity;
+ *   INTENT t   owned, the identity complete, proposed for ticket t: an
+ *              acceptance only if `accepted` names this slot and t;
+ *   PUBLISHED t  accepted with ticket t; remembered or not by t and time,
+ *              reusable once t has left the window by count.
+ * A key's probe order is its home's line of 8 state words, from its home
+ * round, then the lines after it. Slots are reused in place, so a lookup
+ * reads the whole line rather than stopping at a free slot, and the lines
+ * after it only while keys homed there overflowed (a line holds about 2
+ * remembered keys, all 8 about once in a thousand claims): each line
+ * counts its keys that lie past it and have not been reused since, and
+ * keeps how far the farthest ever went. Both are raised before an
+ * acceptance becomes visible; the count falls when such a slot is reused.
  *
- * Memory. Each shard forgets (deletes) its own keys once their tickets fall
- * out of the window, oldest first from its FIFO, in batches (see
- * expire_slack): a shard holds its live keys plus those that aged out
- * since its last batch, about cap/16. FIFOs start at twice the expected
- * share (dedup_keys / shards),
- * tables at RBUS_DEDUP_SPREAD times that, and both double only when a shard
- * is three-quarters full of *live* keys, which a seeded 128-bit hash makes
- * vanishingly unlikely in steady state: no allocation per keyed publish.
- * The false-duplicate probability of comparing hashes: for k remembered
- * keys, a new key collides with probability about k / 2^128 (for k = 4096,
- * about 1.2e-35).
+ * Tickets are kept modulo 2^39 (the acceptance word also names a slot).
+ * Every acceptance that is a multiple of SWEEP_EVERY frees the slots of
+ * one line that left the window, so no published ticket is ever more than
+ * a few million acceptances old, and differences modulo 2^39 are exact.
  */
 #include "internal.h"
 
@@ -51,379 +54,459 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#define RBUS_DEDUP_SHARDS 16u
-/* Table slots per FIFO item: at most 3/16 of the slots are ever taken,
- * which keeps probe chains and backward shifts short (2 was slower, 8 no
- * faster: docs/benchmarks.md). */
-#define RBUS_DEDUP_SPREAD 4u
+#define TICKET_BITS 39
+#define TICKET_MASK ((UINT64_C(1) << TICKET_BITS) - 1)
+/* A difference of two tickets at or above this is negative: the first is
+ * older than the second. */
+#define TICKET_HALF (UINT64_C(1) << (TICKET_BITS - 1))
+#define TAG_BITS 23
+#define TAG_MASK ((UINT32_C(1) << TAG_BITS) - 1)
+#define KIND_SHIFT 62
 
-/* What a shard remembers of one acceptance, in its FIFO (ticket order). */
-struct dedup_item {
-    uint64_t lo, hi;  /* the key's hash */
-    uint64_t ticket;
-    int64_t time_ns;  /* when it was accepted */
-};
+enum slot_kind { FREE = 0, CLAIMED = 1, INTENT = 2, PUBLISHED = 3 };
 
-/*
- * A table slot is 8 bytes: the low 32 bits of the key's hash `lo` above
- * (1 + the FIFO position of the key's latest acceptance); 0 = empty.
- * Small slots are the point: the table of a topic at the default 4096 keys
- * is 256 KiB (16 shards x 2,048 slots), so a lookup and the deletion of an
- * aged-out key usually hit L2, where 32-byte entries (hash, ticket, time)
- * made each a miss. The
- * 32 hash bits give the home slot (cap <= 2^30) and filter candidates; a
- * candidate is confirmed against the full 128-bit hash in its FIFO item.
- */
-typedef uint64_t dedup_slot;
+/* Slots per remembered key: at most a quarter are remembered, so a key's
+ * home line nearly always has a reusable slot. */
+#define SLOTS_PER_KEY 4u
+/* State words per cache line: the unit of a lookup. */
+#define LINE_SLOTS 8u
+/* The smallest table: spare slots for many publishers at once even when
+ * dedup_keys is 1. */
+#define MIN_SLOTS 256u
+/* How far along its probe order a key's slot may lie: 32 lines. */
+#define MAX_PROBE 256u
+/* One line of state words is swept every SWEEP_EVERY acceptances: a full
+ * pass takes 8 x slots acceptances, at most 2^27, far below 2^38. */
+#define SWEEP_EVERY 64u
 
-struct dedup_shard {
-    _Atomic uint32_t lock; /* shard_lock / shard_unlock */
-    /* Copies of `table` and `slot_mask` for rbus__dedup_hash, which reads
-     * them without the lock only to prefetch: relaxed, since a stale or
-     * mismatched pair merely prefetches a useless line (a prefetch never
-     * faults). Written where the table is (re)allocated, under the lock. */
-    _Atomic uintptr_t hint_table;
-    _Atomic uint32_t hint_mask;
-    dedup_slot *table;       /* slots = RBUS_DEDUP_SPREAD * cap, linear probing */
-    struct dedup_item *fifo; /* cap items, a ring in ticket order */
-    uint32_t cap;            /* power of two */
-    uint32_t slot_mask;      /* slots - 1 */
-    uint32_t count;          /* items in the FIFO (>= occupied slots: a key
-                                accepted anew keeps its old item too) */
-    uint32_t fifo_head;
-    uint32_t expire_at;      /* count at which aged-out keys are next deleted */
-    char pad[RBUS__CACHELINE];
+/* Written only while its slot is CLAIMED, by the claimer; read by lookups,
+ * which check the state word before and after (a sequence lock whose
+ * sequence is the state word: tickets never repeat). */
+struct dedup_ident {
+    _Atomic uint64_t lo, hi; /* the key's hash */
 };
 
 struct rbus_dedup {
-    _Atomic uint64_t accepted; /* the latest key ticket */
-    uint64_t keys;             /* dedup_keys */
-    int64_t window_ns;         /* 0 = no time bound */
-    struct dedup_shard shards[RBUS_DEDUP_SHARDS];
+    /* The one word every acceptance on the topic CASes: a line of its own. */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t accepted; /* [slot + 1:25][ticket:39] */
+    /* Read-only after the build. */
+    RBUS__CACHE_ALIGNED uint64_t keys; /* dedup_keys */
+    int64_t window_ns;                 /* 0 = no time bound */
+    uint32_t mask;                     /* slots - 1 */
+    _Atomic uint64_t *state;
+    struct dedup_ident *ident;
+    /* When each slot's key was accepted (its publish began): a separate
+     * array, touched only when window_ns > 0, so that a window bounded by
+     * count alone keeps its randomly written lines to state and ident. */
+    _Atomic int64_t *time_ns;
+    /* Per line: [over:24][reach:8], the keys homed there that lie past it
+     * (claimed, not yet reused or freed) and how many lines past it the
+     * farthest ever lay. */
+    _Atomic uint32_t *spill;
 };
 
-/*
- * Keys that aged out are deleted in batches, once a shard's FIFO has grown
- * by this many items since the last batch, rather than on every
- * acceptance. Deleting is only reclamation: whether a key is remembered is
- * decided by its ticket (and age), never by its presence, so a late
- * deletion changes no answer. Per acceptance, the number of keys to delete
- * is random (0, 1, 2, ...), and so was the branch that ended the loop;
- * each deletion's table line was a cache miss waited for alone. A batch
- * mispredicts once and its misses overlap. The slack costs about cap/16
- * stale items per shard, some 1.5 % of its table's slots.
- */
-static inline uint32_t expire_slack(const struct dedup_shard *sh)
+static inline unsigned kind_of(uint64_t s)
 {
-    return sh->cap / 16 ? sh->cap / 16 : 1;
+    return (unsigned)(s >> KIND_SHIFT);
 }
 
-static void shard_free(rbus *bus, struct dedup_shard *sh)
+static inline uint64_t ticket_of(uint64_t s)
 {
-    rbus__free(bus, sh->table);
-    rbus__free(bus, sh->fifo);
+    return s & TICKET_MASK;
 }
 
-static int shard_alloc(rbus *bus, struct dedup_shard *sh, uint32_t cap)
+static inline uint64_t state_make(enum slot_kind kind, uint32_t tag, uint64_t ticket)
 {
-    sh->table = rbus__zalloc(bus, (size_t)cap * RBUS_DEDUP_SPREAD * sizeof *sh->table);
-    sh->fifo = rbus__alloc(bus, cap * sizeof *sh->fifo);
-    if (!sh->table || !sh->fifo) {
-        shard_free(bus, sh);
-        sh->table = NULL;
-        sh->fifo = NULL;
-        return -ENOMEM;
-    }
-    sh->cap = cap;
-    sh->slot_mask = cap * RBUS_DEDUP_SPREAD - 1;
-    atomic_store_explicit(&sh->hint_table, (uintptr_t)sh->table, memory_order_relaxed);
-    atomic_store_explicit(&sh->hint_mask, sh->slot_mask, memory_order_relaxed);
-    sh->count = 0;
-    sh->fifo_head = 0;
-    sh->expire_at = expire_slack(sh);
-    return 0;
+    return (uint64_t)kind << KIND_SHIFT | (uint64_t)tag << TICKET_BITS | (ticket & TICKET_MASK);
 }
 
-static struct rbus_dedup *dedup_new(rbus *bus)
+static inline uint64_t acc_make(uint64_t ticket, uint32_t slot)
 {
-    struct rbus_dedup *d = rbus__zalloc_aligned(bus, sizeof *d);
+    return (uint64_t)(slot + 1) << TICKET_BITS | (ticket & TICKET_MASK);
+}
+
+static inline uint64_t acc_ticket(uint64_t a)
+{
+    return a & TICKET_MASK;
+}
+
+/* The slot of the latest acceptance plus one; 0 before the first. */
+static inline uint32_t acc_winner(uint64_t a)
+{
+    return (uint32_t)(a >> TICKET_BITS);
+}
+
+/* How many acceptances ago ticket t was, seen from ticket `latest`;
+ * >= TICKET_HALF when t came after it. */
+static inline uint64_t ticket_age(uint64_t latest, uint64_t t)
+{
+    return (latest - t) & TICKET_MASK;
+}
+
+/* ------------------------------------------------------------ memory */
+
+static size_t dedup_size(uint32_t slots)
+{
+    return sizeof(struct rbus_dedup) +
+           (size_t)slots * (sizeof(uint64_t) + sizeof(struct dedup_ident) + sizeof(int64_t)) +
+           slots / LINE_SLOTS * sizeof(uint32_t);
+}
+
+struct rbus_dedup *rbus__dedup_new(rbus *bus)
+{
+    uint64_t want = (uint64_t)bus->cfg.dedup_keys * SLOTS_PER_KEY;
+    uint32_t slots = MIN_SLOTS;
+    while (slots < want)
+        slots <<= 1; /* dedup_keys <= 2^22: at most 2^24 slots */
+    /* One zeroed block: every slot FREE, nothing spilled, no ticket yet. */
+    struct rbus_dedup *d = rbus__zalloc_aligned(bus, dedup_size(slots));
     if (!d)
         return NULL;
     d->keys = bus->cfg.dedup_keys;
     d->window_ns = (int64_t)bus->cfg.dedup_window_ns;
-    uint64_t share = d->keys / RBUS_DEDUP_SHARDS;
-    uint32_t cap = 16;
-    while (cap < 2 * share && cap < (UINT32_C(1) << 30))
-        cap <<= 1;
-    for (unsigned i = 0; i < RBUS_DEDUP_SHARDS; i++) {
-        if (shard_alloc(bus, &d->shards[i], cap) != 0) {
-            while (i--) {
-                shard_free(bus, &d->shards[i]);
-            }
-            rbus__free_aligned(bus, d);
-            return NULL;
-        }
-    }
+    d->mask = slots - 1;
+    char *p = (char *)(d + 1);
+    d->state = (_Atomic uint64_t *)p;
+    p += (size_t)slots * sizeof *d->state;
+    d->ident = (struct dedup_ident *)p;
+    p += (size_t)slots * sizeof *d->ident;
+    d->time_ns = (_Atomic int64_t *)p;
+    p += (size_t)slots * sizeof *d->time_ns;
+    d->spill = (_Atomic uint32_t *)p;
     return d;
 }
 
 void rbus__dedup_free(rbus *bus, struct rbus_dedup *d)
 {
-    if (!d)
-        return;
-    for (unsigned i = 0; i < RBUS_DEDUP_SHARDS; i++) {
-        shard_free(bus, &d->shards[i]);
+    if (d)
+        rbus__free_aligned(bus, d);
+}
+
+int rbus__dedup_prepare(rbus_topic *t)
+{
+    rbus *bus = t->bus;
+    /* Acquire: pairs with the release store below. */
+    if (atomic_load_explicit(&t->dedup, memory_order_acquire))
+        return 0;
+    /* One builder per bus at a time, so racing first publishers never
+     * each allocate a window: the others wait for it, once per topic. */
+    int rc = 0;
+    pthread_mutex_lock(&bus->dedup_lock);
+    if (!atomic_load_explicit(&t->dedup, memory_order_relaxed)) {
+        struct rbus_dedup *d = rbus__dedup_new(bus);
+        if (d)
+            /* Release: the zeroed window is complete for a publisher that
+             * loads the pointer (acquire) without the mutex. */
+            atomic_store_explicit(&t->dedup, d, memory_order_release);
+        else
+            rc = -ENOMEM;
     }
-    rbus__free_aligned(bus, d);
+    pthread_mutex_unlock(&bus->dedup_lock);
+    return rc;
 }
 
-/* ------------------------------------------------------- shard table */
+/* ------------------------------------------------------------ lookup */
 
-static inline dedup_slot slot_make(uint64_t lo, uint32_t fifo_pos)
+/* Whether slot i, whose state word read s, holds an acceptance as of the
+ * acceptance word a: published, or the intent that a names. */
+static inline bool is_accepted(uint64_t s, uint32_t i, uint64_t a)
 {
-    return (uint64_t)(uint32_t)lo << 32 | (fifo_pos + 1u);
+    unsigned k = kind_of(s);
+    return k == PUBLISHED ||
+           (k == INTENT && ticket_of(s) == acc_ticket(a) && acc_winner(a) == i + 1);
 }
 
-static inline uint32_t slot_pos(dedup_slot v)
+/* Whether an acceptance with ticket t at time `time` is still remembered,
+ * seen from the latest ticket `latest` at now_ns. A ticket newer than
+ * `latest` was accepted after the caller's snapshot, during its call. */
+static inline bool remembered(const struct rbus_dedup *d, uint64_t latest, uint64_t t, int64_t time,
+                              int64_t now_ns)
 {
-    return (uint32_t)v - 1u;
+    uint64_t age = ticket_age(latest, t);
+    if (age < TICKET_HALF && age >= d->keys)
+        return false;
+    return d->window_ns == 0 || now_ns - time < d->window_ns;
 }
 
-static inline uint32_t slot_home(const struct dedup_shard *sh, dedup_slot v)
+/* Whether slot i (state word s) may be claimed as of ticket `latest`: free,
+ * or published with a ticket that left the window by count, which it
+ * never re-enters. */
+static inline bool reusable(const struct rbus_dedup *d, uint64_t latest, uint64_t s)
 {
-    /* The shard index used the top bits of hi; the home uses lo. */
-    return (uint32_t)(v >> 32) & sh->slot_mask;
+    unsigned k = kind_of(s);
+    if (k == FREE)
+        return true;
+    if (k != PUBLISHED)
+        return false;
+    uint64_t age = ticket_age(latest, ticket_of(s));
+    return age < TICKET_HALF && age >= d->keys;
 }
-
-/* The slot holding the key hashed (lo, hi), or UINT32_MAX. */
-static uint32_t table_find(const struct dedup_shard *sh, uint64_t lo, uint64_t hi)
-{
-    const uint32_t mask = sh->slot_mask, tag = (uint32_t)lo;
-    for (uint32_t i = tag & mask;; i = (i + 1) & mask) {
-        dedup_slot v = sh->table[i];
-        if (!v)
-            return UINT32_MAX;
-        if ((uint32_t)(v >> 32) == tag) {
-            const struct dedup_item *it = &sh->fifo[slot_pos(v)];
-            if (it->lo == lo && it->hi == hi)
-                return i;
-        }
-    }
-}
-
-static void table_put(struct dedup_shard *sh, dedup_slot v)
-{
-    const uint32_t mask = sh->slot_mask;
-    uint32_t i = slot_home(sh, v);
-    while (sh->table[i])
-        i = (i + 1) & mask;
-    sh->table[i] = v;
-}
-
-/* Backward-shift deletion keeps probe chains intact without tombstones. */
-static void table_delete(struct dedup_shard *sh, uint32_t hole)
-{
-    const uint32_t mask = sh->slot_mask;
-    uint32_t i = hole;
-    for (;;) {
-        i = (i + 1) & mask;
-        dedup_slot v = sh->table[i];
-        if (!v)
-            break;
-        uint32_t home = slot_home(sh, v);
-        /* v may move into the hole unless its home lies cyclically in
-         * (hole, i]. */
-        bool stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
-        if (!stays) {
-            sh->table[hole] = v;
-            hole = i;
-        }
-    }
-    sh->table[hole] = 0;
-}
-
-/* Forgets the shard's keys whose tickets left the window (oldest first). */
-static void shard_expire(struct dedup_shard *sh, uint64_t oldest_live)
-{
-    const uint32_t mask = sh->slot_mask;
-    while (sh->count) {
-        const uint32_t pos = sh->fifo_head;
-        const struct dedup_item *it = &sh->fifo[pos];
-        if (it->ticket >= oldest_live)
-            break;
-        /* Only the slot naming this very item goes: a key accepted anew
-         * since then names its newer item, and stays. */
-        const dedup_slot want = slot_make(it->lo, pos);
-        for (uint32_t i = slot_home(sh, want);; i = (i + 1) & mask) {
-            dedup_slot v = sh->table[i];
-            if (v == want)
-                table_delete(sh, i);
-            if (!v || v == want)
-                break;
-        }
-        sh->fifo_head = (pos + 1) & (sh->cap - 1);
-        sh->count--;
-    }
-    sh->expire_at = sh->count + expire_slack(sh);
-}
-
-/* Doubles a shard that is three-quarters full of live keys. */
-static int shard_grow(rbus *bus, struct dedup_shard *sh)
-{
-    struct dedup_shard bigger = {0};
-    if (shard_alloc(bus, &bigger, sh->cap * 2) != 0)
-        return -ENOMEM;
-    for (uint32_t k = 0; k < sh->count; k++) {
-        uint32_t pos = (sh->fifo_head + k) & (sh->cap - 1);
-        bigger.fifo[k] = sh->fifo[pos];
-        uint32_t at = table_find(sh, sh->fifo[pos].lo, sh->fifo[pos].hi);
-        /* Only the key's latest item gets a slot, as before. */
-        if (at != UINT32_MAX && slot_pos(sh->table[at]) == pos)
-            table_put(&bigger, slot_make(sh->fifo[pos].lo, k));
-    }
-    bigger.count = sh->count;
-    shard_free(bus, sh);
-    sh->table = bigger.table;
-    sh->fifo = bigger.fifo;
-    sh->cap = bigger.cap;
-    sh->slot_mask = bigger.slot_mask;
-    atomic_store_explicit(&sh->hint_table, (uintptr_t)sh->table, memory_order_relaxed);
-    atomic_store_explicit(&sh->hint_mask, sh->slot_mask, memory_order_relaxed);
-    sh->fifo_head = 0;
-    sh->expire_at = sh->count + expire_slack(sh);
-    return 0;
-}
-
-/* ------------------------------------------------------------- lock */
 
 /*
- * A test-and-test-and-set lock rather than a mutex: a shard is held for a
- * few dozen nanoseconds, and releasing with a plain store saves the locked
- * instruction a futex mutex's unlock needs. Waiters spin on a read, pausing, and past a few dozen
- * rounds yield (rbus__spin_step), so a holder preempted on an
- * oversubscribed machine gets the core back instead of being starved.
- * Nothing inside blocks except the rare shard_grow, whose allocation is
- * what the user's allocator makes it.
+ * Whether slot i, read as state s (an acceptance with our key's tag), holds
+ * the key (lo, hi); its acceptance time into *time. The identity is read
+ * between two loads of the state word: the claimer writes it only while
+ * the slot is CLAIMED, after a release fence, so an identity read while a
+ * claimer rewrites it shows as a changed state word (the acquire fence
+ * below pairs with that release fence). Publishing (INTENT to PUBLISHED,
+ * same ticket) does not touch the identity.
  */
-static void shard_lock(struct dedup_shard *sh)
+static bool slot_holds(const struct rbus_dedup *d, uint32_t i, uint64_t s, uint64_t lo, uint64_t hi,
+                       int64_t *time)
 {
-    /* Acquire: everything the previous holder wrote under the lock
-     * happens before what we read under it. */
-    for (unsigned round = 0;; ) {
-        if (!atomic_exchange_explicit(&sh->lock, 1, memory_order_acquire))
-            return;
-        while (atomic_load_explicit(&sh->lock, memory_order_relaxed))
-            rbus__spin_step(round++);
-    }
+    const struct dedup_ident *id = &d->ident[i];
+    uint64_t l = atomic_load_explicit(&id->lo, memory_order_relaxed);
+    uint64_t h = atomic_load_explicit(&id->hi, memory_order_relaxed);
+    *time = d->window_ns ? atomic_load_explicit(&d->time_ns[i], memory_order_relaxed) : 0;
+    atomic_thread_fence(memory_order_acquire);
+    uint64_t again = atomic_load_explicit(&d->state[i], memory_order_relaxed);
+    if (again != s && again != (s | state_make(PUBLISHED, 0, 0)))
+        /* Reclaimed since: that acceptance left the window, so keys were
+         * accepted after our snapshot and our CAS will fail. */
+        return false;
+    return l == lo && h == hi;
 }
 
-static void shard_unlock(struct dedup_shard *sh)
+/* Marks the latest acceptance (named by a) published, if its publisher has
+ * not: before any CAS replaces a, so that only the latest acceptance is
+ * ever an INTENT. Relaxed: the CAS continues the release sequence of the
+ * claimer's INTENT store (a lookup that reads PUBLISHED sees the identity),
+ * and the caller's release CAS on `accepted`, after it, makes it visible to
+ * whoever loads the new acceptance word. */
+static void help_publish(struct rbus_dedup *d, uint64_t a)
 {
-    /* Release: pairs with the acquire exchange of the next holder. */
-    atomic_store_explicit(&sh->lock, 0, memory_order_release);
+    uint32_t w = acc_winner(a);
+    if (!w)
+        return;
+    uint64_t s = atomic_load_explicit(&d->state[w - 1], memory_order_relaxed);
+    if (kind_of(s) == INTENT && ticket_of(s) == acc_ticket(a))
+        atomic_compare_exchange_strong_explicit(&d->state[w - 1], &s,
+                                                s | state_make(PUBLISHED, 0, 0),
+                                                memory_order_relaxed, memory_order_relaxed);
 }
 
 /* ------------------------------------------------------------- check */
-
-static inline struct dedup_shard *shard_of(struct rbus_dedup *d, uint64_t hi)
-{
-    /* The top bits of hi pick the shard; the home slot uses lo. */
-    return &d->shards[hi >> 60 & (RBUS_DEDUP_SHARDS - 1)];
-}
 
 uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *hi)
 {
     XXH128_hash_t h128 = XXH3_128bits_withSeed(key, len, t->bus->dedup_seed);
     *hi = h128.high64;
-    /* Acquire, as in rbus__dedup_accept: the window was initialised
-     * (zeroed, hints stored) before it was published, and we read it. */
+    /* Acquire, as in rbus__dedup_prepare. */
     struct rbus_dedup *d = atomic_load_explicit(&t->dedup, memory_order_acquire);
     if (RBUS__LIKELY(d != NULL)) {
-        struct dedup_shard *sh = shard_of(d, h128.high64);
-        uintptr_t table = atomic_load_explicit(&sh->hint_table, memory_order_relaxed);
-        uint32_t mask = atomic_load_explicit(&sh->hint_mask, memory_order_relaxed);
-        /* For writing: the lock is taken and the key's slot filled. A
-         * table slot is a random line of 256 KiB (at 4096 keys), seldom in
-         * L1. A publisher on another core that holds this shard's
-         * lock loses the line one transfer early; with keys spread over
-         * 16 shards that is rare. */
-        __builtin_prefetch(sh, 1, 3);
-        __builtin_prefetch(
-            (const void *)(table + ((uint32_t)h128.low64 & mask) * sizeof(dedup_slot)), 1, 3);
+        /* The lines the check reads and, for a new key, writes (the slot
+         * is usually the home or next to it), seldom in L1 (a window of
+         * 4096 keys is 528 KiB), load while the message is built. For
+         * writing: a locked instruction waits for every store before it,
+         * and an identity store that misses would make the CAS on
+         * `accepted` wait for that miss. */
+        uint32_t home = (uint32_t)h128.low64 & d->mask;
+        __builtin_prefetch(&d->state[home], 1, 3);
+        __builtin_prefetch(&d->spill[home / LINE_SLOTS], 0, 3);
+        __builtin_prefetch(&d->ident[home], 1, 3);
     }
     return h128.low64;
 }
 
+/* A claim `lines` lines past home's line: counted there, before the
+ * claimer's INTENT store (release) can make it an acceptance. */
+static void spill_add(struct rbus_dedup *d, uint32_t home, uint32_t lines)
+{
+    _Atomic uint32_t *sp = &d->spill[home / LINE_SLOTS];
+    uint32_t v = atomic_load_explicit(sp, memory_order_relaxed);
+    uint32_t want;
+    do {
+        uint32_t reach = (v & 0xffu) > lines ? (v & 0xffu) : lines;
+        want = (v & ~0xffu) + 0x100u + reach;
+    } while (!atomic_compare_exchange_weak_explicit(sp, &v, want, memory_order_relaxed,
+                                                    memory_order_relaxed));
+}
+
+/* Slot i, which held key lo, is free or someone else's now: if it lay past
+ * the key's home line, that line has one spilled key fewer. Relaxed: the
+ * key was dead (or never accepted), so no lookup needs the count. */
+static void spill_forget(struct rbus_dedup *d, uint64_t lo, uint32_t i)
+{
+    uint32_t home = (uint32_t)lo & d->mask;
+    if (RBUS__UNLIKELY((home ^ i) & ~(LINE_SLOTS - 1)))
+        atomic_fetch_sub_explicit(&d->spill[home / LINE_SLOTS], 0x100u, memory_order_relaxed);
+}
+
+/* Frees the slots of one line that left the window by count, so that no
+ * published ticket grows old enough for differences modulo 2^39 to wrap.
+ * Each CAS expects the exact word read: a stale sweeper frees nothing. */
+static void sweep(struct rbus_dedup *d, uint64_t latest)
+{
+    uint32_t base = (uint32_t)(latest / SWEEP_EVERY * LINE_SLOTS) & d->mask;
+    for (uint32_t k = 0; k < LINE_SLOTS; k++) {
+        /* Acquire, as in claim(). */
+        uint64_t s = atomic_load_explicit(&d->state[base + k], memory_order_acquire);
+        if (kind_of(s) != PUBLISHED || !reusable(d, latest, s))
+            continue;
+        /* Its key, read while the word still names it (a new claimer
+         * would change the word first, and fail our CAS). */
+        uint64_t lo = atomic_load_explicit(&d->ident[base + k].lo, memory_order_relaxed);
+        if (atomic_compare_exchange_strong_explicit(&d->state[base + k], &s, 0,
+                                                    memory_order_relaxed, memory_order_relaxed))
+            spill_forget(d, lo, base + k);
+    }
+}
+
+/*
+ * Whether the key (lo, hi), tagged `tag`, is remembered as of the
+ * acceptance word a, looking at `lines` lines from `line`. Line by line in
+ * memory order (the probe order matters only to claims), with relaxed
+ * loads and one test that nearly always fails: which slots are reusable is
+ * random, so any other test here would mispredict every few slots.
+ */
+static bool lookup(const struct rbus_dedup *d, uint32_t line, uint32_t lines, uint64_t a,
+                   uint32_t tag, uint64_t lo, uint64_t hi, int64_t now_ns)
+{
+    const _Atomic uint64_t *state = d->state;
+    const uint64_t want = (uint64_t)tag << TICKET_BITS;
+    const uint64_t tag_bits = (uint64_t)TAG_MASK << TICKET_BITS;
+    for (uint32_t l = 0; l < lines; l++) {
+        const uint32_t base = (line + l * LINE_SLOTS) & d->mask;
+        for (uint32_t j = 0; j < LINE_SLOTS; j++) {
+            uint64_t s = atomic_load_explicit(&state[base + j], memory_order_relaxed);
+            if (RBUS__LIKELY((s ^ want) & tag_bits))
+                continue;
+            /* Makes the load above an acquire: it pairs with the claimer's
+             * INTENT store (release), so the identity read next is whole. */
+            atomic_thread_fence(memory_order_acquire);
+            int64_t time;
+            if (is_accepted(s, base + j, a) && slot_holds(d, base + j, s, lo, hi, &time) &&
+                remembered(d, acc_ticket(a), ticket_of(s), time, now_ns))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* The x-th slot of home's probe order: home's own line from home round,
+ * then the lines after it in order. */
+static inline uint32_t probe_slot(const struct rbus_dedup *d, uint32_t home, uint32_t x)
+{
+    uint32_t line = home & ~(LINE_SLOTS - 1);
+    if (x < LINE_SLOTS)
+        return line | ((home + x) & (LINE_SLOTS - 1));
+    return (line + x) & d->mask;
+}
+
+/*
+ * Claims the first reusable slot among the first MAX_PROBE of home's probe
+ * order. Its index into *slot and its position into *at; false when none
+ * is reusable.
+ */
+static bool claim(struct rbus_dedup *d, uint64_t latest, uint32_t home, uint32_t *slot,
+                  uint32_t *at)
+{
+    for (uint32_t x = 0; x < MAX_PROBE; x++) {
+        uint32_t i = probe_slot(d, home, x);
+        /* Acquire: the INTENT store of the claimer before us, whose key we
+         * read next. The CAS can be relaxed: a slot won is ours alone
+         * until our INTENT store (release) shows it. */
+        uint64_t s = atomic_load_explicit(&d->state[i], memory_order_acquire);
+        if (!reusable(d, latest, s))
+            continue;
+        /* The key it held, if any: read while the word still names it. */
+        uint64_t lo = atomic_load_explicit(&d->ident[i].lo, memory_order_relaxed);
+        if (atomic_compare_exchange_strong_explicit(&d->state[i], &s, state_make(CLAIMED, 0, 0),
+                                                    memory_order_relaxed, memory_order_relaxed)) {
+            if (kind_of(s) == PUBLISHED)
+                spill_forget(d, lo, i);
+            *slot = i;
+            *at = x;
+            return true;
+        }
+    }
+    return false;
+}
+
 int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns)
 {
-    rbus *bus = t->bus;
+    /* Acquire, as in rbus__dedup_prepare. */
     struct rbus_dedup *d = atomic_load_explicit(&t->dedup, memory_order_acquire);
     if (RBUS__UNLIKELY(!d)) {
-        /* First keyed publish on this topic. Racing first publishers each
-         * build one; the CAS keeps exactly one (acq_rel: the winner's
-         * initialisation is visible to every later loader). */
-        struct rbus_dedup *mine = dedup_new(bus);
-        if (!mine)
-            return -ENOMEM;
-        if (atomic_compare_exchange_strong_explicit(&t->dedup, &d, mine, memory_order_acq_rel,
-                                                    memory_order_acquire))
-            d = mine;
-        else
-            rbus__dedup_free(bus, mine);
+        int rc = rbus__dedup_prepare(t);
+        if (rc != 0)
+            return rc;
+        d = atomic_load_explicit(&t->dedup, memory_order_acquire);
     }
+    const uint32_t home = (uint32_t)lo & d->mask;
+    const uint32_t tag = (uint32_t)(lo >> 32) & TAG_MASK;
+    uint32_t mine = UINT32_MAX; /* the slot we claimed, kept across retries */
 
-    struct dedup_shard *sh = shard_of(d, hi);
-    int rc = 0;
-    shard_lock(sh);
-    RBUS__PAUSE(DEDUP_LOCKED);
-    /* Relaxed is enough: tickets are taken inside shard locks; for keys of
-     * other shards, any value between our lock and unlock is a valid
-     * linearisation point (see the header comment). */
-    uint64_t accepted = atomic_load_explicit(&d->accepted, memory_order_relaxed);
-    uint64_t oldest_live = accepted >= d->keys ? accepted - d->keys + 1 : 1;
-    uint32_t at = table_find(sh, lo, hi);
-    if (at != UINT32_MAX) {
-        const struct dedup_item *it = &sh->fifo[slot_pos(sh->table[at])];
-        if (it->ticket >= oldest_live &&
-            (d->window_ns == 0 || now_ns - it->time_ns < d->window_ns)) {
-            rc = RBUS_DUPLICATE;
-            goto out;
+    /* Acquire: pairs with the acq_rel CAS that stored it, so every slot of
+     * an acceptance up to this ticket reads as such below, and its spill
+     * is raised. */
+    uint64_t a = atomic_load_explicit(&d->accepted, memory_order_acquire);
+    for (;;) {
+        const uint64_t latest = acc_ticket(a);
+        /* Relaxed: raised before the INTENT store of every acceptance up to
+         * `latest`, which the acquire above ordered before us. */
+        const uint32_t spill =
+            atomic_load_explicit(&d->spill[home / LINE_SLOTS], memory_order_relaxed);
+        const uint32_t lines = spill >> 8 ? (spill & 0xffu) + 1u : 1u;
+        if (lookup(d, home & ~(LINE_SLOTS - 1), lines, a, tag, lo, hi, now_ns)) {
+            if (mine != UINT32_MAX) {
+                /* Release: a lookup that reads FREE is done with our
+                 * identity (it never reads one behind FREE anyway). */
+                atomic_store_explicit(&d->state[mine], 0, memory_order_release);
+                spill_forget(d, lo, mine);
+            }
+            return RBUS_DUPLICATE;
         }
-    }
-    /* A key found here is remembered no longer (stale); one not found stays
-     * absent whatever expiry and growth do below. */
-    bool present = at != UINT32_MAX;
-    uint64_t ticket;
-    if ((sh->count + 1) * 4 <= sh->cap * 3) {
-        /* Room even before expiry, so nothing below can fail: take the
-         * ticket first. A locked instruction waits for every store before it
-         * to reach the cache, and expiry's stores (a table slot that is
-         * often a cache miss) would make it wait for that miss; here only
-         * the lock's own store precedes it. */
-        ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
-        if (sh->count >= sh->expire_at)
-            shard_expire(sh, oldest_live);
-    } else {
-        shard_expire(sh, oldest_live);
-        /* Every item left is live now; keep the shard under 3/4 full so
-         * probe chains stay short and the FIFO never overflows. */
-        if ((sh->count + 1) * 4 > sh->cap * 3 && shard_grow(bus, sh) != 0) {
-            rc = -ENOMEM; /* the key is not recorded, and took no ticket */
-            goto out;
+        if (mine == UINT32_MAX) {
+            uint32_t at;
+            if (!claim(d, latest, home, &mine, &at)) {
+                /* Every slot near home is remembered or in use by other
+                 * publishers right now. Newer acceptances may have freed
+                 * some: look again; otherwise report it. */
+                uint64_t now_a = atomic_load_explicit(&d->accepted, memory_order_acquire);
+                if (now_a != a) {
+                    a = now_a;
+                    continue;
+                }
+                return -ENOBUFS;
+            }
+            RBUS__PAUSE(DEDUP_CLAIMED);
+            /* The sequence lock's writer side (see slot_holds): the CLAIMED
+             * word is ordered before the identity stores. */
+            atomic_thread_fence(memory_order_release);
+            struct dedup_ident *id = &d->ident[mine];
+            atomic_store_explicit(&id->lo, lo, memory_order_relaxed);
+            atomic_store_explicit(&id->hi, hi, memory_order_relaxed);
+            if (d->window_ns)
+                atomic_store_explicit(&d->time_ns[mine], now_ns, memory_order_relaxed);
+            /* Raised before our INTENT can become an acceptance; relaxed, as
+             * the release stores below carry it. */
+            if (RBUS__UNLIKELY(at >= LINE_SLOTS))
+                spill_add(d, home, at / LINE_SLOTS);
         }
-        ticket = atomic_fetch_add_explicit(&d->accepted, 1, memory_order_relaxed) + 1;
+        const uint64_t ticket = (latest + 1) & TICKET_MASK;
+        /* Release: the identity and spill, for a lookup that reads it. Only
+         * we write this slot while we own it. */
+        atomic_store_explicit(&d->state[mine], state_make(INTENT, tag, ticket),
+                              memory_order_release);
+        help_publish(d, a);
+        RBUS__PAUSE(DEDUP_PROPOSED);
+        /* acq_rel: release for our INTENT, identity, spill and the helped
+         * publish; on failure, acquire for the newer acceptance word we
+         * look again from. */
+        if (atomic_compare_exchange_strong_explicit(&d->accepted, &a, acc_make(ticket, mine),
+                                                    memory_order_acq_rel, memory_order_acquire))
+            break;
+        /* Lost to another acceptance: our INTENT names a ticket `accepted`
+         * will never pair with our slot, so nobody takes it for one. */
     }
-    uint32_t pos = (sh->fifo_head + sh->count) & (sh->cap - 1);
-    sh->fifo[pos] = (struct dedup_item){lo, hi, ticket, now_ns};
-    sh->count++;
-    /* Expiry and growth move (or delete) slots: look a stale key up again.
-     * Found, it is accepted anew: its slot names the new item. */
-    at = present ? table_find(sh, lo, hi) : UINT32_MAX;
-    if (at != UINT32_MAX)
-        sh->table[at] = slot_make(lo, pos);
-    else
-        table_put(sh, slot_make(lo, pos));
-out:
-    shard_unlock(sh);
-    return rc;
+    const uint64_t ticket = (acc_ticket(a) + 1) & TICKET_MASK;
+    RBUS__PAUSE(DEDUP_ACCEPTED);
+    /* Ours to publish, unless the next acceptance did it first. */
+    uint64_t s = state_make(INTENT, tag, ticket);
+    atomic_compare_exchange_strong_explicit(&d->state[mine], &s, state_make(PUBLISHED, tag, ticket),
+                                            memory_order_relaxed, memory_order_relaxed);
+    if (RBUS__UNLIKELY(ticket % SWEEP_EVERY == 0))
+        sweep(d, ticket);
+    return 0;
 }

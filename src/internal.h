@@ -313,7 +313,11 @@ struct rbus_topic {
     struct rbus_topic *hash_next; /* registry chain, under bus->lock */
     struct rbus_topic *all_next;  /* every topic, under bus->lock */
     struct rbus_sublist *spare;   /* retired list kept for the next list update */
-    _Atomic(struct rbus_dedup *) dedup; /* built at the first keyed publish */
+    /* Built by rbus_topic_open_ex (keyed) or at the first keyed publish. */
+    _Atomic(struct rbus_dedup *) dedup;
+    /* The count of the current list, for a keyed publish to size its
+     * pending array before it accepts its key (relaxed: only a hint). */
+    _Atomic uint32_t listed_hint;
     /* Written by every accepted publish. */
     RBUS__CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
@@ -351,10 +355,17 @@ struct rbus_dedup;
  * a struct: a struct spilled as two 8-byte stores and reloaded as one
  * 16-byte load stalls store forwarding. */
 uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *hi);
-/* Check-and-insert of an idempotency key (by its hash) on topic t, in one
- * atomic step: 0 = accepted (recorded), RBUS_DUPLICATE, or -ENOMEM (not
- * recorded). */
+/* Check-and-insert of an idempotency key (by its hash) on topic t, one
+ * linearisable step without a lock: 0 = accepted (recorded),
+ * RBUS_DUPLICATE, -ENOMEM (the window could not be built) or -ENOBUFS (no
+ * slot free near the key's home); only 0 records the key. Never inside a
+ * read section: it may wait for the window's build (once per topic). */
 int rbus__dedup_accept(rbus_topic *t, uint64_t lo, uint64_t hi, int64_t now_ns);
+/* A new, empty window for a topic of this bus (zeroed), or NULL. */
+struct rbus_dedup *rbus__dedup_new(rbus *bus);
+/* Builds t's window if it has none (one build at a time per bus, under
+ * bus->dedup_lock): 0 or -ENOMEM. */
+int rbus__dedup_prepare(rbus_topic *t);
 void rbus__dedup_free(rbus *bus, struct rbus_dedup *d);
 
 /* -------------------------------------------------------------- sub.c */
@@ -570,6 +581,9 @@ struct rbus {
     /* Short sections only, never across a grace period: the registry, the
      * lists below, and the swap of topics' subscription lists. */
     pthread_mutex_t lock;
+    /* Serialises the building of topics' dedup windows (dedup.c), so that
+     * racing first keyed publishers never each allocate one. */
+    pthread_mutex_t dedup_lock;
     struct rbus_topic **buckets; /* topic registry, power-of-two buckets */
     uint32_t nbuckets;
     uint32_t ntopics;

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#define TRAPS 16
+#define TRAPS 256
 
 enum trap_state { TRAP_FREE, TRAP_ARMED, TRAP_HOLDING, TRAP_RELEASED };
 

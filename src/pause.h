@@ -24,8 +24,10 @@
     X(RING_TAKE_CLAIMING, "ring.take.claiming") /* read the message, not yet claimed */   \
     X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* claimed, head not yet moved on */      \
     X(RING_TAKE_SKIP, "ring.take.skip")         /* about to skip an unwritten slot */     \
-    /* idempotency keys (dedup.c), inside the shard's critical section */                 \
-    X(DEDUP_LOCKED, "dedup.locked")                                                       \
+    /* idempotency keys (dedup.c) */                                                      \
+    X(DEDUP_CLAIMED, "dedup.claimed")   /* owns a slot, identity not yet written */       \
+    X(DEDUP_PROPOSED, "dedup.proposed") /* INTENT stored, about to CAS `accepted` */      \
+    X(DEDUP_ACCEPTED, "dedup.accepted") /* won the CAS, slot not yet published */         \
     /* routing changes, after the new lists are in place and before the grace */          \
     /* period that retires the old ones (topic.c) */                                      \
     X(UPDATE_SWAPPED, "update.swapped")                                                   \
@@ -35,6 +37,7 @@
     X(RBUS_CLOSE, "rbus_close")                                                           \
     X(RBUS_DESTROY, "rbus_destroy")                                                       \
     X(RBUS_TOPIC_OPEN, "rbus_topic_open")                                                 \
+    X(RBUS_TOPIC_OPEN_EX, "rbus_topic_open_ex")                                           \
     X(RBUS_TOPIC_NAME, "rbus_topic_name")                                                 \
     X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                       \
     X(RBUS_PUBLISH, "rbus_publish")                                                       \

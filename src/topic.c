@@ -164,6 +164,83 @@ static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
     return count;
 }
 
+/* Finds or creates the topic `name` (checked by the caller). `keyed`: the
+ * topic has its dedup window when this returns 0; a topic created here gets
+ * it before anyone can see the topic. */
+static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
+{
+    size_t len = strlen(name);
+    uint32_t h = hash_name(name, len);
+    /* Built outside bus->lock (it is large, and the lock is for short
+     * sections), and only when the topic does not exist yet. */
+    struct rbus_dedup *window = NULL;
+    rbus_topic *t = NULL;
+    int rc = 0;
+    for (;;) {
+        pthread_mutex_lock(&bus->lock);
+        if (atomic_load_explicit(&bus->closing, memory_order_relaxed)) {
+            rc = -ESHUTDOWN;
+            break;
+        }
+        t = registry_find(bus, name, len, h);
+        if (t)
+            break;
+        if (bus->ntopics >= bus->cfg.max_topics) {
+            rc = -ENOSPC;
+            break;
+        }
+        if (keyed && !window) {
+            pthread_mutex_unlock(&bus->lock);
+            if (!(window = rbus__dedup_new(bus)))
+                return -ENOMEM;
+            continue; /* look again: another thread may have created it */
+        }
+
+        uint32_t count = listed_matching(bus, name, NULL);
+        t = rbus__zalloc_aligned(bus, sizeof *t);
+        struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
+        /* The first spare, so that a later removal never allocates. */
+        struct rbus_sublist *spare = count > 1 ? sublist_new(bus, count) : NULL;
+        char *copy = rbus__strdup(bus, name);
+        if (!t || !copy || (count && !list) || (count > 1 && !spare)) {
+            rbus__free_aligned(bus, t);
+            rbus__free(bus, list);
+            rbus__free(bus, spare);
+            rbus__free(bus, copy);
+            t = NULL;
+            rc = -ENOMEM;
+            break;
+        }
+        if (list)
+            listed_matching(bus, name, list->subs);
+        t->bus = bus;
+        t->name = copy;
+        t->name_len = (uint32_t)len;
+        t->hash = h;
+        t->spare = spare;
+        /* No publisher can see the topic before we return it: relaxed. */
+        atomic_store_explicit(&t->subs, list, memory_order_relaxed);
+        atomic_store_explicit(&t->listed_hint, count, memory_order_relaxed);
+        atomic_store_explicit(&t->dedup, window, memory_order_relaxed);
+        window = NULL;
+        t->hash_next = bus->buckets[h & (bus->nbuckets - 1)];
+        bus->buckets[h & (bus->nbuckets - 1)] = t;
+        t->all_next = bus->topics;
+        bus->topics = t;
+        bus->ntopics++;
+        if (bus->ntopics > bus->nbuckets)
+            registry_grow(bus);
+        break;
+    }
+    pthread_mutex_unlock(&bus->lock);
+    rbus__dedup_free(bus, window);
+    /* A topic that existed without a window gets one now. */
+    if (rc == 0 && keyed && (rc = rbus__dedup_prepare(t)) != 0)
+        t = NULL;
+    *out = t;
+    return rc;
+}
+
 int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
 {
     RBUS__PAUSE(RBUS_TOPIC_OPEN);
@@ -171,60 +248,24 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
         *out = NULL;
     if (!bus || !out || !rbus_topic_valid(name))
         return -EINVAL;
-    size_t len = strlen(name);
-    uint32_t h = hash_name(name, len);
+    return topic_open(bus, name, false, out);
+}
 
-    pthread_mutex_lock(&bus->lock);
-    int rc = 0;
-    rbus_topic *t = NULL;
-    if (atomic_load_explicit(&bus->closing, memory_order_relaxed)) {
-        rc = -ESHUTDOWN;
-        goto out;
-    }
-    t = registry_find(bus, name, len, h);
-    if (t)
-        goto out;
-    if (bus->ntopics >= bus->cfg.max_topics) {
-        rc = -ENOSPC;
-        goto out;
-    }
+void rbus_topic_opts_init(rbus_topic_opts *opts)
+{
+    if (opts)
+        memset(opts, 0, sizeof *opts);
+}
 
-    uint32_t count = listed_matching(bus, name, NULL);
-
-    t = rbus__zalloc_aligned(bus, sizeof *t);
-    struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
-    /* The first spare, so that a later removal never allocates. */
-    struct rbus_sublist *spare = count > 1 ? sublist_new(bus, count) : NULL;
-    char *copy = rbus__strdup(bus, name);
-    if (!t || !copy || (count && !list) || (count > 1 && !spare)) {
-        rbus__free_aligned(bus, t);
-        rbus__free(bus, list);
-        rbus__free(bus, spare);
-        rbus__free(bus, copy);
-        t = NULL;
-        rc = -ENOMEM;
-        goto out;
-    }
-    if (list)
-        listed_matching(bus, name, list->subs);
-    t->bus = bus;
-    t->name = copy;
-    t->name_len = (uint32_t)len;
-    t->hash = h;
-    t->spare = spare;
-    /* No publisher can see the topic before we return it: relaxed. */
-    atomic_store_explicit(&t->subs, list, memory_order_relaxed);
-    t->hash_next = bus->buckets[h & (bus->nbuckets - 1)];
-    bus->buckets[h & (bus->nbuckets - 1)] = t;
-    t->all_next = bus->topics;
-    bus->topics = t;
-    bus->ntopics++;
-    if (bus->ntopics > bus->nbuckets)
-        registry_grow(bus);
-out:
-    pthread_mutex_unlock(&bus->lock);
-    *out = t;
-    return rc;
+int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts, rbus_topic **out)
+{
+    RBUS__PAUSE(RBUS_TOPIC_OPEN_EX);
+    if (out)
+        *out = NULL;
+    if (!bus || !out || !rbus_topic_valid(name))
+        return -EINVAL;
+    bool keyed = opts && opts->keyed && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
+    return topic_open(bus, name, keyed, out);
 }
 
 /* ------------------------------------------------- subscription lists */
@@ -344,6 +385,7 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
         /* Release: the new list's contents, and the subscription it points
          * to, are complete for a publisher that loads it (acquire). */
         struct rbus_sublist *old = atomic_exchange_explicit(&t->subs, next, memory_order_release);
+        atomic_store_explicit(&t->listed_hint, next ? next->count : 0, memory_order_relaxed);
         if (old) {
             /* Publishers never read these two fields, so writing them while
              * they may still walk the old list is safe. */
@@ -517,23 +559,6 @@ static inline bool key_checked(const rbus *bus, const rbus_pub_opts *opts,
     return !relay && opts && opts->key && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
 }
 
-/* Check-and-insert of the publish's key (hashed by rbus__dedup_hash):
- * 0 = go on (accepted), RBUS_DUPLICATE (counted, *result says so) or
- * -ENOMEM (nothing recorded). now_ns < 0: read the clock here. */
-static int accept_key(rbus_topic *topic, uint64_t key_lo, uint64_t key_hi, int64_t now_ns,
-                      rbus_pub_result *result)
-{
-    if (now_ns < 0)
-        now_ns = rbus__now_ns();
-    int drc = rbus__dedup_accept(topic, key_lo, key_hi, now_ns);
-    if (drc == RBUS_DUPLICATE) {
-        atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
-        if (result)
-            result->duplicate = true;
-    }
-    return drc;
-}
-
 /* The overload fast path's test (inside a read section): true when every
  * subscription on the list is drop-newest and full right now, so a publish
  * would be refused everywhere and needs no message at all. Inline, with
@@ -550,31 +575,76 @@ static inline bool subs_refuse_newest(const struct rbus_sublist *list)
 
 /*
  * Overload fast path, inside the caller's read section (ended here): every
- * subscription is drop-newest and full, so the publish is accepted (its key
- * recorded, a sequence number taken) and refused everywhere without
- * building a message nobody would queue. An overloaded publisher pays only
- * for the bookkeeping; nothing here can fail after the key is recorded.
+ * subscription is drop-newest and full, so the publish is accepted (a
+ * sequence number taken) and refused everywhere without queueing a
+ * message. An unkeyed publish builds none at all, so an overloaded
+ * publisher pays only for the bookkeeping; a keyed one built `m` and had
+ * its key accepted before the read section, and gives `m` back here.
  */
 static RBUS__NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread_state *th,
-                                          const struct rbus_sublist *list, bool keyed,
-                                          uint64_t key_lo, uint64_t key_hi, rbus_pub_result *result)
+                                          const struct rbus_sublist *list, rbus_msg *m,
+                                          rbus_pub_result *result)
 {
-    int drc = keyed ? accept_key(topic, key_lo, key_hi, -1, result) : 0;
-    if (drc == 0) {
-        atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
-        /* The tallies of an offer refused by drop-newest, one field per
-         * subscription: the stats add `refused` into both `offered` and
-         * `dropped_newest`. */
-        for (uint32_t i = 0; i < list->count; i++) {
-            rbus_sub *s = list->subs[i];
-            struct rbus_tally *tally = rbus__tally_of(th, s);
-            rbus__tally_add(s, tally, &tally->refused);
-        }
-        if (result)
-            result->matched = result->dropped = list->count;
+    atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
+    /* The tallies of an offer refused by drop-newest, one field per
+     * subscription: the stats add `refused` into both `offered` and
+     * `dropped_newest`. */
+    for (uint32_t i = 0; i < list->count; i++) {
+        rbus_sub *s = list->subs[i];
+        struct rbus_tally *tally = rbus__tally_of(th, s);
+        rbus__tally_add(s, tally, &tally->refused);
     }
+    if (result)
+        result->matched = result->dropped = list->count;
     rbus__read_end(th);
+    if (m)
+        rbus__msg_unref_by(th, m, 1);
+    return 0;
+}
+
+/*
+ * A keyed publish's first half, before any read section: the message is
+ * built, then the key checked and recorded. In that order so that a
+ * failed publish never records its key; outside a read section so that a
+ * publisher preempted inside the key check holds up no grace period. On 0
+ * the key is accepted and *m is the message; otherwise nothing is left.
+ */
+static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th, const void *data,
+                                size_t len, const rbus_pub_opts *opts, int64_t *now_ns,
+                                rbus_pub_result *result, rbus_msg **m)
+{
+    uint64_t key_hi, key_lo = rbus__dedup_hash(topic, opts->key, opts->key_len, &key_hi);
+    /* Room to wait on every subscription listed now, so that only a list
+     * that grew meanwhile can need an allocation after acceptance. */
+    uint32_t hint = atomic_load_explicit(&topic->listed_hint, memory_order_relaxed);
+    if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, hint) != 0) ||
+        RBUS__UNLIKELY(!(*m = rbus__msg_new(th, topic, data, len, opts))))
+        return -ENOMEM;
+    /* Between the hash's prefetches and the check, as late as it can be:
+     * reading the clock gives those lines time to arrive. */
+    *now_ns = rbus__now_ns();
+    int drc = rbus__dedup_accept(topic, key_lo, key_hi, *now_ns);
+    if (RBUS__UNLIKELY(drc != 0)) {
+        if (drc == RBUS_DUPLICATE) {
+            atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
+            if (result)
+                result->duplicate = true;
+        }
+        rbus__msg_unref_by(th, *m, 1);
+        *m = NULL;
+    }
     return drc;
+}
+
+/* After acceptance, a publish cannot fail for memory: when the list grew
+ * past the pending array since publish_keyed_accept sized it, wait for the
+ * allocation as a subscription-list removal does. */
+static void reserve_pending_accepted(struct rbus_thread_state *th, uint32_t n)
+{
+    while (rbus__thread_reserve_pending(th, n) != 0) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
 }
 
 /* `relay` (dispatch.c's dead letters): not deduplicated, and the message
@@ -594,45 +664,53 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     if (len > bus->cfg.max_payload)
         return -EMSGSIZE;
     /* Relaxed pre-check only orders the error codes (-ESHUTDOWN before
-     * -ENOMEM); the authoritative check is inside the read section. */
+     * -ENOMEM and RBUS_DUPLICATE); the authoritative check is inside the
+     * read section. */
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return -ESHUTDOWN;
     struct rbus_thread_state *th = rbus__thread_get(bus);
     if (RBUS__UNLIKELY(!th))
         return -ENOMEM;
-    /* First, so the window's cache lines load while the message is built. */
-    const bool keyed = key_checked(bus, opts, relay);
-    uint64_t key_lo = 0, key_hi = 0;
-    if (keyed)
-        key_lo = rbus__dedup_hash(topic, opts->key, opts->key_len, &key_hi);
-
-    rbus__read_begin(th);
-    /* The epoch entry above is a full barrier, so this load is ordered
-     * after our record went active: rbus_close either sees us in its
-     * synchronize or we see `closing`. */
-    if (RBUS__UNLIKELY(atomic_load_explicit(&bus->closing, memory_order_relaxed))) {
-        rbus__read_end(th);
-        return -ESHUTDOWN;
-    }
-    /* Acquire: pairs with the release exchange in rbus__topics_update. */
-    struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
-    uint32_t n = list ? list->count : 0;
-    if (n && !relay && RBUS__UNLIKELY(subs_refuse_newest(list)))
-        return publish_refused(topic, th, list, keyed, key_lo, key_hi, result);
     rbus_msg *m = NULL;
-    if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
-        RBUS__UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
-        rbus__read_end(th);
-        return -ENOMEM;
+    int64_t now_ns = 0;
+    if (key_checked(bus, opts, relay)) {
+        int drc = publish_keyed_accept(topic, th, data, len, opts, &now_ns, result, &m);
+        if (drc != 0)
+            return drc;
     }
-    int64_t now_ns = rbus__now_ns();
-    /* After the message exists, so a failed publish never records its key;
-     * the check and the insert are one step (dedup.c). */
-    int drc = keyed ? accept_key(topic, key_lo, key_hi, now_ns, result) : 0;
-    if (RBUS__UNLIKELY(drc != 0)) {
+
+    uint32_t n;
+    struct rbus_sublist *list;
+    for (;;) {
+        rbus__read_begin(th);
+        /* The epoch entry above is a full barrier, so this load is ordered
+         * after our record went active: rbus_close either sees us in its
+         * synchronize or we see `closing`. A keyed publish whose key was
+         * accepted and that fails here leaves the key recorded, which no
+         * later publish on the closed bus can observe. */
+        if (RBUS__UNLIKELY(atomic_load_explicit(&bus->closing, memory_order_relaxed))) {
+            rbus__read_end(th);
+            if (m)
+                rbus__msg_unref_by(th, m, 1);
+            return -ESHUTDOWN;
+        }
+        /* Acquire: pairs with the release exchange in rbus__topics_update. */
+        list = atomic_load_explicit(&topic->subs, memory_order_acquire);
+        n = list ? list->count : 0;
+        if (RBUS__LIKELY(!m) || RBUS__LIKELY(n <= th->pending_cap))
+            break;
         rbus__read_end(th);
-        rbus__msg_unref_by(th, m, 1);
-        return drc;
+        reserve_pending_accepted(th, n);
+    }
+    if (n && !relay && RBUS__UNLIKELY(subs_refuse_newest(list)))
+        return publish_refused(topic, th, list, m, result);
+    if (!m) {
+        if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
+            RBUS__UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
+            rbus__read_end(th);
+            return -ENOMEM;
+        }
+        now_ns = rbus__now_ns();
     }
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;

@@ -1,0 +1,284 @@
+/*
+ * Idempotency keys with a publisher parked inside the key check, at each of
+ * its steps (a slot claimed; its intent stored; the acceptance won but its
+ * slot not yet marked): every other keyed publisher, of the same key or
+ * not, goes on without waiting, a grace period completes, and when the
+ * parked one resumes exactly one publish of its key was accepted.
+ */
+#include "test_util.h"
+
+#include "pause.h"
+
+#include <pthread.h>
+
+#define PARK_TIMEOUT_NS INT64_C(30000000000)
+#define ANSWER_TIMEOUT_US 10000000u
+
+static const enum rbus__pp steps[] = {RBUS_PP_DEDUP_CLAIMED, RBUS_PP_DEDUP_PROPOSED,
+                                      RBUS_PP_DEDUP_ACCEPTED};
+
+struct keyed_pub {
+    rbus_topic *topic;
+    const char *key;
+    int rc;
+    atomic_int done;
+};
+
+static int publish_key(rbus_topic *t, const char *key, size_t klen)
+{
+    rbus_pub_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = key;
+    o.key_len = klen;
+    return rbus_publish_ex(t, key, klen, &o, NULL);
+}
+
+static void *keyed_main(void *arg)
+{
+    struct keyed_pub *p = arg;
+    p->rc = publish_key(p->topic, p->key, strlen(p->key));
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+static bool wait_flag(atomic_int *flag, unsigned timeout_us)
+{
+    for (unsigned waited = 0; !atomic_load(flag) && waited < timeout_us; waited += 1000)
+        rbus_test_sleep_us(1000);
+    return atomic_load(flag);
+}
+
+static rbus *new_bus(uint32_t dedup_keys)
+{
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.dedup_keys = dedup_keys;
+    rbus *bus = NULL;
+    assert_rbus_ok(rbus_create(&bus, &cfg));
+    return bus;
+}
+
+static rbus_topic *open_keyed(rbus *bus, const char *name)
+{
+    rbus_topic_opts opts;
+    rbus_topic_opts_init(&opts);
+    opts.keyed = true;
+    rbus_topic *t = NULL;
+    assert_rbus_ok(rbus_topic_open_ex(bus, name, &opts, &t));
+    return t;
+}
+
+/* How many messages with key `key` the subscription holds; drains it. */
+static unsigned drain_count_key(rbus_sub *s, const char *key, unsigned *total)
+{
+    unsigned n = 0;
+    rbus_msg *m;
+    *total = 0;
+    while (rbus_recv(s, &m, 0) == 0) {
+        size_t kl;
+        const void *k = rbus_msg_key(m, &kl);
+        if (k && kl == strlen(key) && memcmp(k, key, kl) == 0)
+            n++;
+        (*total)++;
+        rbus_msg_release(m);
+    }
+    return n;
+}
+
+struct closer {
+    rbus_sub *sub;
+    atomic_int done;
+};
+
+static void *close_main(void *arg)
+{
+    struct closer *c = arg;
+    rbus_sub_close(c->sub); /* waits for a grace period */
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+/*
+ * One key, parked at `step`: the main thread publishes the same key and 100
+ * others, a second thread the same key, and a subscription is closed (a
+ * grace period); all answer while the first is parked. Exactly one publish
+ * of the key is accepted, whichever step it was parked at.
+ */
+static void parked_publisher_holds_nobody_back(void **state)
+{
+    (void)state;
+    for (size_t si = 0; si < sizeof steps / sizeof steps[0]; si++) {
+        const enum rbus__pp step = steps[si];
+        const bool won = step == RBUS_PP_DEDUP_ACCEPTED;
+        printf("stall dedup: parked at %s\n", rbus__pause_name(step));
+        rbus *bus = new_bus(4096);
+        rbus_topic *t = open_keyed(bus, "dd.t");
+        rbus_sub *s = rbus_test_subscribe_checked(bus, "dd.t", 1024, RBUS_DROP_NEWEST, 0, NULL);
+        rbus_sub *other = rbus_test_subscribe_checked(bus, "dd.>", 8, RBUS_DROP_NEWEST, 0, NULL);
+
+        int trap = rbus__trap_set(step, NULL);
+        assert_true(trap >= 0);
+        struct keyed_pub a = {.topic = t, .key = "K"};
+        pthread_t ta;
+        assert_int_equal(pthread_create(&ta, NULL, keyed_main, &a), 0);
+        assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+
+        /* The same key, here: a duplicate only if the parked one won. */
+        assert_rbus_rc(publish_key(t, "K", 1), won ? RBUS_DUPLICATE : 0);
+        /* Other keys: all accepted, none waits. */
+        for (int i = 0; i < 100; i++) {
+            char key[16];
+            int kl = snprintf(key, sizeof key, "o%d", i);
+            assert_rbus_ok(publish_key(t, key, (size_t)kl));
+        }
+        /* The same key from another thread: a duplicate now, whoever won. */
+        struct keyed_pub b = {.topic = t, .key = "K"};
+        pthread_t tb;
+        assert_int_equal(pthread_create(&tb, NULL, keyed_main, &b), 0);
+        assert_true(wait_flag(&b.done, ANSWER_TIMEOUT_US));
+        assert_int_equal(pthread_join(tb, NULL), 0);
+        assert_rbus_rc(b.rc, RBUS_DUPLICATE);
+        /* A grace period completes: the parked publisher is in no read
+         * section. */
+        struct closer c = {.sub = other};
+        atomic_init(&c.done, 0);
+        pthread_t tc;
+        assert_int_equal(pthread_create(&tc, NULL, close_main, &c), 0);
+        assert_true(wait_flag(&c.done, ANSWER_TIMEOUT_US));
+        assert_int_equal(pthread_join(tc, NULL), 0);
+        assert_true(rbus__trap_holds(trap));
+
+        rbus__trap_release(trap);
+        assert_int_equal(pthread_join(ta, NULL), 0);
+        assert_rbus_rc(a.rc, won ? 0 : RBUS_DUPLICATE);
+        assert_rbus_rc(publish_key(t, "K", 1), RBUS_DUPLICATE);
+
+        unsigned total;
+        assert_int_equal(drain_count_key(s, "K", &total), 1);
+        assert_int_equal(total, 101);
+        rbus_topic_stats ts;
+        assert_rbus_ok(rbus_topic_stats_get(t, &ts));
+        assert_int_equal(ts.published, 101);
+        assert_int_equal(ts.duplicates, 3);
+        assert_rbus_ok(rbus_unsubscribe(other));
+        assert_rbus_ok(rbus_unsubscribe(s));
+        rbus_destroy(bus);
+        rbus__trap_reset();
+    }
+}
+
+/*
+ * A small window (8 keys) cycles through its slots hundreds of times while
+ * one publisher stays parked: the slot it owns is never taken from it, a
+ * slot whose acceptance it won but never marked is marked by the others
+ * and later reused, and its late mark then changes nothing. On release its
+ * key is accepted (nobody else published it) and remembered.
+ */
+static void window_cycles_around_parked_publisher(void **state)
+{
+    (void)state;
+    const uint32_t k = 8, rounds = 5000;
+    for (size_t si = 0; si < sizeof steps / sizeof steps[0]; si++) {
+        const enum rbus__pp step = steps[si];
+        printf("stall dedup: dedup_keys %u, %u keys while parked at %s\n", (unsigned)k,
+               (unsigned)rounds, rbus__pause_name(step));
+        rbus *bus = new_bus(k);
+        rbus_topic *t = open_keyed(bus, "dd.c");
+        int trap = rbus__trap_set(step, NULL);
+        assert_true(trap >= 0);
+        struct keyed_pub a = {.topic = t, .key = "parked"};
+        pthread_t ta;
+        assert_int_equal(pthread_create(&ta, NULL, keyed_main, &a), 0);
+        assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+
+        char key[16];
+        for (uint32_t i = 0; i < rounds; i++) {
+            int kl = snprintf(key, sizeof key, "c%u", (unsigned)i);
+            assert_rbus_ok(publish_key(t, key, (size_t)kl));
+        }
+        /* The window still holds exactly the last k. */
+        for (uint32_t i = rounds - k; i < rounds; i++) {
+            int kl = snprintf(key, sizeof key, "c%u", (unsigned)i);
+            assert_rbus_rc(publish_key(t, key, (size_t)kl), RBUS_DUPLICATE);
+        }
+        rbus__trap_release(trap);
+        assert_int_equal(pthread_join(ta, NULL), 0);
+        if (step == RBUS_PP_DEDUP_ACCEPTED) {
+            /* Accepted before the others; long forgotten by now. */
+            assert_rbus_ok(a.rc);
+            assert_rbus_ok(publish_key(t, "parked", 6));
+        } else {
+            assert_rbus_ok(a.rc);
+        }
+        assert_rbus_rc(publish_key(t, "parked", 6), RBUS_DUPLICATE);
+        /* The k - 1 most recent others are still remembered. */
+        for (uint32_t i = rounds - (k - 1); i < rounds; i++) {
+            int kl = snprintf(key, sizeof key, "c%u", (unsigned)i);
+            assert_rbus_rc(publish_key(t, key, (size_t)kl), RBUS_DUPLICATE);
+        }
+        rbus_destroy(bus);
+        rbus__trap_reset();
+    }
+}
+
+#define CROWD 255
+
+/*
+ * dedup_keys 1 gives the smallest window, 256 slots. With 255 publishers
+ * parked holding a slot each and the latest key remembered in the last,
+ * a publish of a new key finds no slot: -ENOBUFS, nothing recorded. Once
+ * they resume, every one of them is accepted.
+ */
+static void crowded_window_says_enobufs(void **state)
+{
+    (void)state;
+    printf("stall dedup: %d publishers parked holding slots, dedup_keys 1\n", CROWD);
+    rbus *bus = new_bus(1);
+    rbus_topic *t = open_keyed(bus, "dd.crowd");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "dd.crowd", 1024, RBUS_DROP_NEWEST, 0, NULL);
+    assert_rbus_ok(publish_key(t, "first", 5));
+
+    static struct keyed_pub pubs[CROWD];
+    static pthread_t threads[CROWD];
+    static char keys[CROWD][16];
+    for (int i = 0; i < CROWD; i++) {
+        snprintf(keys[i], sizeof keys[i], "p%d", i);
+        pubs[i] = (struct keyed_pub){.topic = t, .key = keys[i]};
+        int trap = rbus__trap_set(RBUS_PP_DEDUP_CLAIMED, NULL);
+        assert_true(trap >= 0);
+        assert_int_equal(pthread_create(&threads[i], NULL, keyed_main, &pubs[i]), 0);
+        assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+    }
+    rbus_pub_result r;
+    rbus_pub_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = "late";
+    o.key_len = 4;
+    assert_rbus_rc(rbus_publish_ex(t, "late", 4, &o, &r), -ENOBUFS);
+    assert_false(r.duplicate);
+    assert_int_equal(r.matched, 0);
+    /* Not recorded, and the remembered key still is. */
+    assert_rbus_rc(publish_key(t, "first", 5), RBUS_DUPLICATE);
+
+    rbus__trap_reset();
+    for (int i = 0; i < CROWD; i++) {
+        assert_int_equal(pthread_join(threads[i], NULL), 0);
+        assert_rbus_ok(pubs[i].rc);
+    }
+    assert_rbus_ok(publish_key(t, "late", 4));
+    unsigned total;
+    assert_int_equal(drain_count_key(s, "late", &total), 1);
+    assert_int_equal(total, 1 + CROWD + 1);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(parked_publisher_holds_nobody_back),
+        cmocka_unit_test(window_cycles_around_parked_publisher),
+        cmocka_unit_test(crowded_window_says_enobufs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
