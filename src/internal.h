@@ -346,7 +346,32 @@ void rbus__topics_free_all(rbus *bus);
 
 /* ------------------------------------------------------------ dedup.c */
 
-struct rbus_dedup;
+/* A topic's idempotency-key window (window.h has the algorithm, dedup.c
+ * the memory). A slot's key, written only while the slot is CLAIMED, by the claimer; read by lookups,
+ * which check the state word before and after (a sequence lock whose
+ * sequence is the state word: tickets never repeat). */
+struct rbus_dedup_ident {
+    _Atomic uint64_t lo, hi; /* the key's hash */
+};
+
+struct rbus_dedup {
+    /* The one word every acceptance on the topic CASes: a line of its own. */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t accepted; /* [slot + 1:25][ticket:39] */
+    /* Read-only after the build. */
+    RBUS__CACHE_ALIGNED uint64_t keys; /* dedup_keys */
+    int64_t window_ns;                 /* 0 = no time bound */
+    uint32_t mask;                     /* slots - 1 */
+    _Atomic uint64_t *state;
+    struct rbus_dedup_ident *ident;
+    /* When each slot's key was accepted (its publish began): a separate
+     * array, touched only when window_ns > 0, so that a window bounded by
+     * count alone keeps its randomly written lines to state and ident. */
+    _Atomic int64_t *time_ns;
+    /* Per line: [over:24][reach:8], the keys homed there that lie past it
+     * (claimed, not yet reused or freed) and how many lines past it the
+     * farthest ever lay. */
+    _Atomic uint32_t *spill;
+};
 
 /* Hashes a key for rbus__dedup_accept (128-bit XXH3, seeded per bus:
  * returns the low half, *hi the high half) and starts loading the table
