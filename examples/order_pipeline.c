@@ -150,7 +150,12 @@ int main(void)
 {
     rbus *bus;
     rbus_topic *created, *shipped;
-    if (rbus_create(&bus, NULL) || rbus_topic_open(bus, "orders.created", &created) ||
+    /* Declared keyed: its idempotency window is built now, not by the
+     * first keyed publish. */
+    rbus_topic_opts keyed;
+    rbus_topic_opts_init(&keyed);
+    keyed.keyed = true;
+    if (rbus_create(&bus, NULL) || rbus_topic_open_ex(bus, "orders.created", &keyed, &created) ||
         rbus_topic_open(bus, "orders.shipped", &shipped))
         return 1;
 

@@ -78,7 +78,7 @@ typedef enum rbus_overflow {
 /** Longest idempotency key or order key, in bytes. */
 #define RBUS_MAX_KEY_LEN 255
 /** Largest rbus_config.dedup_keys accepted, RBUS_DEDUP_OFF aside (4 Mi keys;
- *  dedup memory is about 132 bytes per key per keyed topic). */
+ *  dedup memory is about 130 bytes per key per keyed topic). */
 #define RBUS_MAX_DEDUP_KEYS (UINT32_C(1) << 22)
 /** Largest rbus_config.max_payload accepted (64 MiB). */
 #define RBUS_MAX_PAYLOAD_LIMIT (UINT32_C(1) << 26)
@@ -159,7 +159,7 @@ RBUS_API int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out);
 /** Options for rbus_topic_open_ex(); initialise with rbus_topic_opts_init(). */
 typedef struct rbus_topic_opts {
     bool keyed; /**< the topic takes keyed publishes: build its idempotency-key
-                     window now (about 132 bytes x dedup_keys, rounded up to a
+                     window now (about 130 bytes x dedup_keys, rounded up to a
                      power of two), so that no publish ever builds it. A topic
                      not declared keyed builds it at its first keyed publish,
                      and publishers racing that one wait for it, once. */

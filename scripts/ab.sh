@@ -16,6 +16,9 @@ of N rounds (default 5, order A B, B A, A B, ...), on each side:
                                            msg/s of 1->1, 1->4, 2->1; p50,
                                            p99, p99.9 of the 4 latency runs)
   overload_cost                           (ns per publish, 3 policies)
+  keyed_publish --drain inline            (ns per publish with and without an
+                                           idempotency key, and their ratio;
+                                           left out where a side lacks it)
 Prints per metric the median and min-max of each side over the rounds and
 B/A; "slower" marks a change beyond 5% in the bad direction (rates: lower,
 ns: higher), "faster" one beyond 5% in the good direction.
@@ -24,7 +27,8 @@ ns: higher), "faster" one beyond 5% in the good direction.
   NEW_REV        a git revision; default: the working tree as it is,
                  uncommitted changes included
   --rounds N     rounds (default 5)
-  --quick        short runs (peers --messages 2000, overload_cost 200000 x 3)
+  --quick        short runs (peers --messages 2000, overload_cost 200000 x 3,
+                 keyed_publish 100000 x 3)
                  for a smoke test: a few minutes in all
   --csv FILE     every round's figures (default results/ab.csv)
   --scratch DIR  worktrees, builds and raw outputs (default build-ab)
@@ -46,7 +50,8 @@ awk -F, '
   }
   function stats(k,   n) { n = sortk(k); lo = a[1]; hi = a[n]
                            md = n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  function f(x) { return sc != 1 ? sprintf("%.3f", x * sc) : sprintf(x < 1000 ? "%.1f" : "%.0f", x) }
+  function f(x) { return u == "ratio" ? sprintf("%.2f", x) : sc != 1 ? sprintf("%.3f", x * sc) :
+                         sprintf(x < 1000 ? "%.1f" : "%.0f", x) }
   /^#/ || $1 == "round" { next }
   { m = $3; if (!(m in unit)) { order[++nm] = m; unit[m] = $4; bet[m] = $5 }
     k = m SUBSEP $2; val[k, ++cnt[k]] = $6 }
@@ -99,10 +104,11 @@ repo=$PWD csv=${csv:-$PWD/results/ab.csv} scratch=${scratch:-$PWD/build-ab}
 
 if [ $quick = 1 ]; then
   peers_args=(--messages 2000) cost_args=(--messages 200000 --reps 3)
+  keyed_args=(--messages 100000 --reps 3)
 else
   # peers' own default (200000-500000 per run) takes ~3 min a run: 30 min
   # for 5 rounds of two sides. 100000 keeps a run near one minute.
-  peers_args=(--messages 100000) cost_args=()
+  peers_args=(--messages 100000) cost_args=() keyed_args=()
 fi
 
 # A fresh Debian 12 box may lack the toolchain, ck (needed) or libzmq/GLib
@@ -157,6 +163,9 @@ build() {
   cmake --build "$scratch/build-$side" -j"$(nproc 2>/dev/null || echo 2)" \
     --target ringbus-bench overload_cost >>"$scratch/build-$side.log" 2>&1 ||
     { echo "ab: build of $side failed, see $scratch/build-$side.log" >&2; exit 1; }
+  # Older revisions have no keyed_publish: that side then has no such rows.
+  cmake --build "$scratch/build-$side" --target keyed_publish >>"$scratch/build-$side.log" 2>&1 ||
+    echo "ab: $side has no keyed_publish" >&2
 }
 build A "$sha_a"
 build B "$sha_b"
@@ -198,6 +207,17 @@ run() {
     t && NF >= 4 { n = $1; for (i = 2; i <= NF - 3; i++) n = n " " $i
                    printf "%s,%s,overload_cost %s,ns/publish,lower,%s\n", r, s, n, $(NF - 2) }
   ' "$out/overload_cost.txt" >>"$csv"
+  # keyed_publish's figure line: "median (drain inline): unkeyed X ns,
+  # keyed Y ns, keyed/unkeyed R (...".
+  [ -x "$bin/keyed_publish" ] || return 0
+  "$bin/keyed_publish" --drain inline ${keyed_args[@]+"${keyed_args[@]}"} \
+    >"$out/keyed_publish.txt" 2>&1 || echo "ab: round $round $side: keyed_publish exited $?" >&2
+  awk -v r="$round" -v s="$side" '
+    $1 == "median" && $2 == "(drain" {
+      printf "%s,%s,keyed_publish unkeyed,ns/publish,lower,%s\n", r, s, $5
+      printf "%s,%s,keyed_publish keyed,ns/publish,lower,%s\n", r, s, $8
+      printf "%s,%s,keyed_publish keyed/unkeyed,ratio,lower,%s\n", r, s, $11 }
+  ' "$out/keyed_publish.txt" >>"$csv"
 }
 
 mkdir -p "$(dirname "$csv")"

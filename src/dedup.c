@@ -68,6 +68,7 @@ int rbus__dedup_prepare(rbus_topic *t)
     int rc = 0;
     pthread_mutex_lock(&bus->dedup_lock);
     if (!atomic_load_explicit(&t->dedup, memory_order_relaxed)) {
+        RBUS__PAUSE(DEDUP_BUILDING);
         struct rbus_dedup *d = rbus__dedup_new(bus);
         if (d)
             /* Release: the zeroed window is complete for a publisher that

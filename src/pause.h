@@ -25,6 +25,7 @@
     X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* claimed, head not yet moved on */      \
     X(RING_TAKE_SKIP, "ring.take.skip")         /* about to skip an unwritten slot */     \
     /* idempotency keys (dedup.c) */                                                      \
+    X(DEDUP_BUILDING, "dedup.building") /* a publish builds its topic's window */         \
     X(DEDUP_CLAIMED, "dedup.claimed")   /* owns a slot, identity not yet written */       \
     X(DEDUP_PROPOSED, "dedup.proposed") /* INTENT stored, about to CAS `accepted` */      \
     X(DEDUP_ACCEPTED, "dedup.accepted") /* won the CAS, slot not yet published */         \

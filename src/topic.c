@@ -617,7 +617,7 @@ static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th,
     /* Room to wait on every subscription listed now, so that only a list
      * that grew meanwhile can need an allocation after acceptance. */
     uint32_t hint = atomic_load_explicit(&topic->listed_hint, memory_order_relaxed);
-    if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, hint) != 0) ||
+    if (RBUS__UNLIKELY(hint > th->pending_cap && rbus__thread_reserve_pending(th, hint) != 0) ||
         RBUS__UNLIKELY(!(*m = rbus__msg_new(th, topic, data, len, opts))))
         return -ENOMEM;
     /* Between the hash's prefetches and the check, as late as it can be:

@@ -26,15 +26,21 @@
  * before accepting the next) is one any of them does for it.
  *
  * Slots. An open-addressing table of 4 x dedup_keys slots (a power of two).
- * A slot is a state word, [kind:2][tag:23][ticket:39], and the key's
+ * A slot is a state word, [kind:3][tag:22][ticket:39], and the key's
  * identity (its 128-bit hash and the time it was accepted), written only
  * by the publisher that claimed the slot:
  *   FREE       never used, or swept;
  *   CLAIMED    owned by one publisher, which writes the identity;
  *   INTENT t   owned, the identity complete, proposed for ticket t: an
  *              acceptance only if `accepted` names this slot and t;
- *   PUBLISHED t  accepted with ticket t; remembered or not by t and time,
- *              reusable once t has left the window by count.
+ *   HELPED t   accepted with ticket t, marked so by the next acceptance
+ *              while its publisher has not yet marked it: still owned;
+ *   PUBLISHED t  accepted with ticket t, its publisher done with it;
+ *              remembered or not by t and time, reusable once t has left
+ *              the window by count.
+ * Only the owner turns a slot PUBLISHED, and nobody takes a slot until
+ * it is, so the owner's mark is a plain store, not a locked instruction:
+ * an acceptance costs two (the claim and the acceptance word).
  * A key's probe order is its home's line of 8 state words, from its home
  * round, then the lines after it. Slots are reused in place, so a lookup
  * reads the whole line rather than stopping at a free slot, and the lines
@@ -57,11 +63,12 @@
 /* A difference of two tickets at or above this is negative: the first is
  * older than the second. */
 #define TICKET_HALF (UINT64_C(1) << (TICKET_BITS - 1))
-#define TAG_BITS 23
+#define TAG_BITS 22
 #define TAG_MASK ((UINT32_C(1) << TAG_BITS) - 1)
-#define KIND_SHIFT 62
+#define KIND_SHIFT 61
+#define KIND_MASK (UINT64_C(7) << KIND_SHIFT)
 
-enum slot_kind { FREE = 0, CLAIMED = 1, INTENT = 2, PUBLISHED = 3 };
+enum slot_kind { FREE = 0, CLAIMED = 1, INTENT = 2, HELPED = 3, PUBLISHED = 4 };
 
 /* State words per cache line: the unit of a lookup. (The model check
  * shrinks this and the next two, to reach spills and sweeps.) */
@@ -93,6 +100,12 @@ static inline uint64_t state_make(enum slot_kind kind, uint32_t tag, uint64_t ti
     return (uint64_t)kind << KIND_SHIFT | (uint64_t)tag << TICKET_BITS | (ticket & TICKET_MASK);
 }
 
+/* The same tag and ticket, another kind. */
+static inline uint64_t state_as(uint64_t s, enum slot_kind kind)
+{
+    return (s & ~KIND_MASK) | (uint64_t)kind << KIND_SHIFT;
+}
+
 static inline uint64_t acc_make(uint64_t ticket, uint32_t slot)
 {
     return (uint64_t)(slot + 1) << TICKET_BITS | (ticket & TICKET_MASK);
@@ -121,7 +134,7 @@ static inline uint64_t ticket_age(uint64_t latest, uint64_t t)
 static inline bool is_accepted(uint64_t s, uint32_t i, uint64_t a)
 {
     unsigned k = kind_of(s);
-    return k == PUBLISHED ||
+    return k == PUBLISHED || k == HELPED ||
            (k == INTENT && ticket_of(s) == acc_ticket(a) && acc_winner(a) == i + 1);
 }
 
@@ -157,8 +170,8 @@ static inline bool reusable(const struct rbus_dedup *d, uint64_t latest, uint64_
  * between two loads of the state word: the claimer writes it only while
  * the slot is CLAIMED, after a release fence, so an identity read while a
  * claimer rewrites it shows as a changed state word (the acquire fence
- * below pairs with that release fence). Publishing (INTENT to PUBLISHED,
- * same ticket) does not touch the identity.
+ * below pairs with that release fence). Marking (INTENT to HELPED or
+ * PUBLISHED, same ticket) does not touch the identity.
  */
 static bool slot_holds(const struct rbus_dedup *d, uint32_t i, uint64_t s, uint64_t lo, uint64_t hi,
                        int64_t *time)
@@ -169,29 +182,28 @@ static bool slot_holds(const struct rbus_dedup *d, uint32_t i, uint64_t s, uint6
     *time = d->window_ns ? atomic_load_explicit(&d->time_ns[i], memory_order_relaxed) : 0;
     atomic_thread_fence(memory_order_acquire);
     uint64_t again = atomic_load_explicit(&d->state[i], memory_order_relaxed);
-    if (again != s && again != (s | state_make(PUBLISHED, 0, 0)))
+    if (again != s && again != state_as(s, HELPED) && again != state_as(s, PUBLISHED))
         /* Reclaimed since: that acceptance left the window, so keys were
          * accepted after our snapshot and our CAS will fail. */
         return false;
     return l == lo && h == hi;
 }
 
-/* Marks the latest acceptance (named by a) published, if its publisher has
- * not: before any CAS replaces a, so that only the latest acceptance is
- * ever an INTENT. Release: a lookup that reads PUBLISHED (acquire) then
- * sees the acceptance word we loaded (acquire) from the winner's CAS, so
- * it never takes a key for accepted before `accepted` says so; the
- * caller's release CAS on `accepted`, after this, makes the mark visible
- * to whoever loads the new acceptance word. */
-static void help_publish(struct rbus_dedup *d, uint64_t a)
+/* Marks the latest acceptance (named by a) HELPED, if its publisher has
+ * not marked it PUBLISHED: before any CAS replaces a, so that only the
+ * latest acceptance is ever an INTENT. Release: a lookup that reads HELPED
+ * (acquire) then sees the acceptance word we loaded (acquire) from the
+ * winner's CAS, so it never takes a key for accepted before `accepted`
+ * says so; the caller's release CAS on `accepted`, after this, makes the
+ * mark visible to whoever loads the new acceptance word. */
+static void help_mark(struct rbus_dedup *d, uint64_t a)
 {
     uint32_t w = acc_winner(a);
     if (!w)
         return;
     uint64_t s = atomic_load_explicit(&d->state[w - 1], memory_order_relaxed);
     if (kind_of(s) == INTENT && ticket_of(s) == acc_ticket(a))
-        atomic_compare_exchange_strong_explicit(&d->state[w - 1], &s,
-                                                s | state_make(PUBLISHED, 0, 0),
+        atomic_compare_exchange_strong_explicit(&d->state[w - 1], &s, state_as(s, HELPED),
                                                 memory_order_release, memory_order_relaxed);
 }
 
@@ -374,7 +386,7 @@ static int rbus__window_accept(struct rbus_dedup *d, uint64_t lo, uint64_t hi, i
          * we write this slot while we own it. */
         atomic_store_explicit(&d->state[mine], state_make(INTENT, tag, ticket),
                               memory_order_release);
-        help_publish(d, a);
+        help_mark(d, a);
         RBUS__PAUSE(DEDUP_PROPOSED);
         /* acq_rel: release for our INTENT, identity, spill and the helped
          * publish; on failure, acquire for the newer acceptance word we
@@ -387,12 +399,13 @@ static int rbus__window_accept(struct rbus_dedup *d, uint64_t lo, uint64_t hi, i
     }
     const uint64_t ticket = (acc_ticket(a) + 1) & TICKET_MASK;
     RBUS__PAUSE(DEDUP_ACCEPTED);
-    /* Ours to publish, unless the next acceptance did it first. Release,
-     * after our CAS: a lookup that reads PUBLISHED sees `accepted` name
-     * our ticket (as in help_publish). */
-    uint64_t s = state_make(INTENT, tag, ticket);
-    atomic_compare_exchange_strong_explicit(&d->state[mine], &s, state_make(PUBLISHED, tag, ticket),
-                                            memory_order_release, memory_order_relaxed);
+    /* Ours to mark PUBLISHED, over INTENT or the next acceptance's HELPED:
+     * a plain store, as nobody else writes the slot until it is
+     * PUBLISHED (reusable() and sweep() take only PUBLISHED slots).
+     * Release, after our CAS: a lookup that reads it sees `accepted` name
+     * our ticket (as in help_mark), and our identity. */
+    atomic_store_explicit(&d->state[mine], state_make(PUBLISHED, tag, ticket),
+                          memory_order_release);
     if (RBUS__UNLIKELY(ticket % SWEEP_EVERY == 0))
         sweep(d, ticket);
     *ticket_out = ticket;

@@ -1199,6 +1199,164 @@ static void window_matches_sequential_model(void **state)
     }
 }
 
+/* --------------------------------------------- 10. topics declared keyed */
+
+static rbus_topic *open_keyed(rbus *bus, const char *name)
+{
+    rbus_topic_opts opts;
+    rbus_topic_opts_init(&opts);
+    opts.keyed = true;
+    rbus_topic *t = NULL;
+    assert_rbus_ok(rbus_topic_open_ex(bus, name, &opts, &t));
+    assert_non_null(t);
+    return t;
+}
+
+/* A topic declared keyed has its window from rbus_topic_open_ex on: its
+ * first keyed publish allocates nothing, where an undeclared topic's
+ * builds the window; declaring an existing topic builds it once. */
+static void declared_keyed_topic_has_its_window_at_open(void **state)
+{
+    (void)state;
+    struct rbus_test_alloc ca;
+    rbus_test_alloc_init(&ca);
+    rbus *bus = new_bus(0, 0, 0, &ca.hooks);
+    rbus_sub *s = new_sub(bus, "k.*", 1024, RBUS_DROP_NEWEST);
+    /* Warm-up: thread state and message cache (the message recycled). */
+    expect_accept(open_topic(bus, "k.warm"), "W", 1, 1);
+    expect_msg(s, "acc", 3, "W", 1, 1);
+
+    long long a0 = atomic_load(&ca.allocs), b0 = atomic_load(&ca.live_bytes);
+    rbus_topic *plain = open_topic(bus, "k.plain");
+    long long a1 = atomic_load(&ca.allocs), b1 = atomic_load(&ca.live_bytes);
+    rbus_topic *declared = open_keyed(bus, "k.keyed");
+    long long a2 = atomic_load(&ca.allocs), b2 = atomic_load(&ca.live_bytes);
+    long long window = (b2 - b1) - (b1 - b0);
+    printf("dedup: a topic declared keyed (default dedup_keys) takes %lld more bytes "
+           "at open, in %lld more block(s)\n",
+           window, (a2 - a1) - (a1 - a0));
+    assert_int_equal((a2 - a1) - (a1 - a0), 1);
+    assert_true(window >= 4096 * 128);
+
+    expect_accept(declared, "A", 1, 1);
+    assert_int_equal(atomic_load(&ca.allocs), a2); /* nothing more */
+    expect_msg(s, "acc", 3, "A", 1, 1);
+    expect_accept(plain, "A", 1, 1);
+    expect_msg(s, "acc", 3, "A", 1, 1);
+    assert_int_equal(atomic_load(&ca.allocs), a2 + 1); /* its window */
+    assert_int_equal(atomic_load(&ca.live_bytes) - b2, window);
+
+    /* Declaring an existing topic: the same handle, its window built once. */
+    rbus_topic *later = open_topic(bus, "k.later");
+    long long a3 = atomic_load(&ca.allocs);
+    assert_ptr_equal(open_keyed(bus, "k.later"), later);
+    assert_int_equal(atomic_load(&ca.allocs), a3 + 1);
+    assert_ptr_equal(open_keyed(bus, "k.later"), later);
+    assert_ptr_equal(open_topic(bus, "k.later"), later);
+    assert_ptr_equal(open_keyed(bus, "k.keyed"), declared);
+    assert_int_equal(atomic_load(&ca.allocs), a3 + 1);
+    expect_accept(later, "A", 1, 1);
+    assert_int_equal(atomic_load(&ca.allocs), a3 + 1);
+    expect_msg(s, "acc", 3, "A", 1, 1);
+    expect_dup(later, "A", 1);
+    expect_dup(declared, "A", 1);
+    expect_empty(s);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+    rbus_test_alloc_assert_all_returned(&ca);
+
+    /* A bus without deduplication builds no window, declared or not. */
+    rbus_test_alloc_init(&ca);
+    bus = new_bus(RBUS_DEDUP_OFF, 0, 0, &ca.hooks);
+    a0 = atomic_load(&ca.allocs);
+    open_topic(bus, "k.plain");
+    a1 = atomic_load(&ca.allocs);
+    open_keyed(bus, "k.keyed");
+    assert_int_equal(atomic_load(&ca.allocs) - a1, a1 - a0);
+    rbus_destroy(bus);
+    rbus_test_alloc_assert_all_returned(&ca);
+}
+
+/* Bad input gets -EINVAL and *out NULL; an allocation failure at any step
+ * of a keyed open creates no topic; a closed bus says -ESHUTDOWN. */
+static void topic_open_ex_fails_cleanly(void **state)
+{
+    (void)state;
+    rbus_topic_opts opts;
+    rbus_topic_opts_init(&opts);
+    opts.keyed = true;
+    rbus_topic *t = (rbus_topic *)&opts;
+    rbus *bus = new_bus(0, 0, 0, NULL);
+    assert_rbus_rc(rbus_topic_open_ex(NULL, "k.a", &opts, &t), -EINVAL);
+    assert_null(t);
+    assert_rbus_rc(rbus_topic_open_ex(bus, "k.a", &opts, NULL), -EINVAL);
+    t = (rbus_topic *)&opts;
+    assert_rbus_rc(rbus_topic_open_ex(bus, "k.*", &opts, &t), -EINVAL);
+    assert_null(t);
+    t = (rbus_topic *)&opts;
+    assert_rbus_rc(rbus_topic_open_ex(bus, NULL, &opts, &t), -EINVAL);
+    assert_null(t);
+    rbus_topic_opts_init(NULL); /* a no-op */
+    /* NULL opts: as rbus_topic_open. */
+    assert_rbus_ok(rbus_topic_open_ex(bus, "k.a", NULL, &t));
+    assert_ptr_equal(t, open_topic(bus, "k.a"));
+    rbus_close(bus);
+    t = (rbus_topic *)&opts;
+    assert_rbus_rc(rbus_topic_open_ex(bus, "k.b", &opts, &t), -ESHUTDOWN);
+    assert_null(t);
+    rbus_destroy(bus);
+
+    /* One topic allowed: after a failed keyed open, another name still
+     * opens, so the failed one was not created. */
+    int failures = 0;
+    long long budget;
+    for (budget = 0; budget < 100; budget++) {
+        struct rbus_test_alloc ca;
+        rbus_test_alloc_init(&ca);
+        rbus_config cfg;
+        rbus_config_init(&cfg);
+        cfg.max_topics = 1;
+        cfg.allocator = &ca.hooks;
+        assert_rbus_ok(rbus_create(&bus, &cfg));
+        atomic_store(&ca.budget, budget);
+        t = (rbus_topic *)&opts;
+        int rc = rbus_topic_open_ex(bus, "k.x", &opts, &t);
+        atomic_store(&ca.budget, -1);
+        if (rc == 0) {
+            assert_non_null(t);
+            assert_rbus_rc(rbus_topic_open(bus, "k.y", &t), -ENOSPC);
+            rbus_destroy(bus);
+            rbus_test_alloc_assert_all_returned(&ca);
+            break;
+        }
+        failures++;
+        assert_rbus_rc(rc, -ENOMEM);
+        assert_null(t);
+        assert_rbus_ok(rbus_topic_open(bus, "k.y", &t));
+        rbus_destroy(bus);
+        rbus_test_alloc_assert_all_returned(&ca);
+    }
+    printf("dedup: a keyed topic_open_ex failed cleanly at each of its %d allocations\n", failures);
+    assert_true(failures >= 2 && budget < 100);
+
+    /* An existing topic whose window cannot be built: -ENOMEM, the topic
+     * unchanged, and a later declaration builds it. */
+    struct rbus_test_alloc ca;
+    rbus_test_alloc_init(&ca);
+    bus = new_bus(0, 0, 0, &ca.hooks);
+    rbus_topic *plain = open_topic(bus, "k.plain");
+    atomic_store(&ca.budget, 0);
+    t = (rbus_topic *)&opts;
+    assert_rbus_rc(rbus_topic_open_ex(bus, "k.plain", &opts, &t), -ENOMEM);
+    atomic_store(&ca.budget, -1);
+    assert_null(t);
+    assert_ptr_equal(open_keyed(bus, "k.plain"), plain);
+    expect_accept(plain, "A", 1, 0);
+    expect_dup(plain, "A", 1);
+    rbus_destroy(bus);
+    rbus_test_alloc_assert_all_returned(&ca);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1220,6 +1378,8 @@ int main(void)
         cmocka_unit_test(dedup_off_carries_keys_without_deduplicating),
         cmocka_unit_test(bad_keys_are_rejected_and_dedup_stays_intact),
         cmocka_unit_test(window_matches_sequential_model),
+        cmocka_unit_test(declared_keyed_topic_has_its_window_at_open),
+        cmocka_unit_test(topic_open_ex_fails_cleanly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -169,10 +169,10 @@ static void parked_publisher_holds_nobody_back(void **state)
 
 /*
  * A small window (8 keys) cycles through its slots hundreds of times while
- * one publisher stays parked: the slot it owns is never taken from it, a
- * slot whose acceptance it won but never marked is marked by the others
- * and later reused, and its late mark then changes nothing. On release its
- * key is accepted (nobody else published it) and remembered.
+ * one publisher stays parked: the slot it owns is never taken from it,
+ * and an acceptance it won but has not marked is marked HELPED by the
+ * next one and forgotten in its turn, its slot still kept for it. On
+ * release its key is accepted (nobody else published it) and remembered.
  */
 static void window_cycles_around_parked_publisher(void **state)
 {
@@ -273,12 +273,88 @@ static void crowded_window_says_enobufs(void **state)
     rbus_destroy(bus);
 }
 
+struct warm_pub {
+    rbus_topic *warm, *target;
+    const char *key;
+    atomic_int ready, go, done;
+    int rc;
+};
+
+/* Publishes once on `warm` (so its thread state and message cache exist),
+ * then, on `go`, once on `target`. */
+static void *warm_main(void *arg)
+{
+    struct warm_pub *p = arg;
+    char wk[32];
+    snprintf(wk, sizeof wk, "warm-%s", p->key);
+    if (publish_key(p->warm, wk, strlen(wk)) != 0)
+        p->rc = -1000;
+    atomic_store(&p->ready, 1);
+    while (!atomic_load(&p->go))
+        rbus_test_sleep_us(100);
+    p->rc = publish_key(p->target, p->key, strlen(p->key));
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+/*
+ * Racing first keyed publishes on a topic not declared keyed build one
+ * window between them: a publisher parked while it builds the window
+ * makes the other wait for it (the one wait a keyed publish has, once per
+ * topic), and the other allocates nothing of its own.
+ */
+static void racing_first_publishers_build_one_window(void **state)
+{
+    (void)state;
+    printf("stall dedup: a first keyed publish parked while building its window\n");
+    struct rbus_test_alloc ca;
+    rbus_test_alloc_init(&ca);
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.allocator = &ca.hooks;
+    rbus *bus = NULL;
+    assert_rbus_ok(rbus_create(&bus, &cfg));
+    rbus_topic *warm = open_keyed(bus, "dd.warm");
+    rbus_topic *target = NULL;
+    assert_rbus_ok(rbus_topic_open(bus, "dd.first", &target));
+
+    struct warm_pub a = {.warm = warm, .target = target, .key = "a"};
+    struct warm_pub b = {.warm = warm, .target = target, .key = "b"};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, warm_main, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, warm_main, &b), 0);
+    assert_true(wait_flag(&a.ready, ANSWER_TIMEOUT_US));
+    assert_true(wait_flag(&b.ready, ANSWER_TIMEOUT_US));
+
+    int trap = rbus__trap_set(RBUS_PP_DEDUP_BUILDING, NULL);
+    assert_true(trap >= 0);
+    long long allocs0 = atomic_load(&ca.allocs);
+    atomic_store(&a.go, 1);
+    assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+    atomic_store(&b.go, 1);
+    rbus_test_sleep_us(50000);
+    assert_false(atomic_load(&b.done)); /* waits for the builder */
+    rbus__trap_release(trap);
+    assert_int_equal(pthread_join(ta, NULL), 0);
+    assert_int_equal(pthread_join(tb, NULL), 0);
+    assert_rbus_ok(a.rc);
+    assert_rbus_ok(b.rc);
+    /* One allocation between them: the window. */
+    assert_int_equal(atomic_load(&ca.allocs) - allocs0, 1);
+    assert_rbus_rc(publish_key(target, "a", 1), RBUS_DUPLICATE);
+    assert_rbus_rc(publish_key(target, "b", 1), RBUS_DUPLICATE);
+    rbus_destroy(bus);
+    rbus__trap_reset();
+    rbus_test_alloc_assert_all_returned(&ca);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parked_publisher_holds_nobody_back),
         cmocka_unit_test(window_cycles_around_parked_publisher),
         cmocka_unit_test(crowded_window_says_enobufs),
+        cmocka_unit_test(racing_first_publishers_build_one_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,9 +25,23 @@
 #define RBUS__LIKELY(x) (x)
 #define RBUS__UNLIKELY(x) (x)
 // The pause points are where the narrow windows are (a slot claimed, an
-// intent stored, an acceptance won but not marked): the scheduler is told
-// to run the other threads there.
-#define RBUS__PAUSE(point) rl::yield(1, $)
+// intent stored, an acceptance won but not marked). A scene may park one
+// thread at one of them until another says go, as the C stall tests do:
+// the random scheduler alone almost never leaves a thread stopped for the
+// whole of another's publishes.
+enum pause_point { PP_DEDUP_BUILDING, PP_DEDUP_CLAIMED, PP_DEDUP_PROPOSED, PP_DEDUP_ACCEPTED };
+struct park_spec {
+    int thread, point;
+    rl::atomic<int> *go; // NULL: nobody parks
+};
+static park_spec park = {-1, -1, nullptr};
+static void model_pause(int point, rl::debug_info_param info)
+{
+    if (park.go && (int)rl::ctx().current_thread() == park.thread && point == park.point)
+        while (!(*park.go)(info).load(rl::mo_acquire))
+            rl::yield(1, info);
+}
+#define RBUS__PAUSE(point) model_pause(PP_##point, $)
 struct rbus_dedup_ident {
     rl::atomic<uint64_t> lo, hi;
 };
@@ -83,14 +97,40 @@ struct op {
     uint64_t ticket, before, after; // ticket if accepted; latest ticket around it
 };
 
-template <int THREADS, int OPS, int K, bool SAME_HOME, bool ONE_KEY = false>
-struct scene : rl::test_suite<scene<THREADS, OPS, K, SAME_HOME, ONE_KEY>, THREADS> {
+// Which key publish j of thread i is.
+enum pattern {
+    ROUND,  // keys i, i+1, ... of 3: every key meets every other, and itself
+    ONE,    // key 0 everywhere
+    REUSE,  // thread 0 key 0; thread 1 keys 1, 2, 2: with dedup_keys 1, key
+            // 0's slot is reusable by key 2 while thread 0 may still be
+            // about to mark it, and key 2's repeat must find key 2
+};
+
+static int key_of_op(pattern p, unsigned i, int j)
+{
+    switch (p) {
+    case ONE:
+        return 0;
+    case REUSE:
+        return i == 0 ? 0 : j == 0 ? 1 : 2;
+    default:
+        return ((int)i + j) % 3;
+    }
+}
+
+// PARKED: thread 0 stops at its first acceptance's last step (won, not
+// marked) until thread 1 has made two publishes, and thread 1 makes its
+// third only once thread 0 is done.
+template <int THREADS, int OPS, int K, bool SAME_HOME, pattern PATTERN = ROUND,
+          bool PARKED = false>
+struct scene : rl::test_suite<scene<THREADS, OPS, K, SAME_HOME, PATTERN, PARKED>, THREADS> {
     rbus_dedup d;
     rl::atomic<uint64_t> state[SLOTS];
     rbus_dedup_ident ident[SLOTS];
     rl::atomic<int64_t> time_ns[SLOTS];
     rl::atomic<uint32_t> spill[SLOTS / LINE_SLOTS];
     op ops[THREADS][OPS]; // per thread, written by that thread only
+    rl::atomic<int> go, done0;
 
     void before()
     {
@@ -110,19 +150,29 @@ struct scene : rl::test_suite<scene<THREADS, OPS, K, SAME_HOME, ONE_KEY>, THREAD
         }
         for (int i = 0; i < SLOTS / (int)LINE_SLOTS; i++)
             spill[i]($).store(0, rl::mo_relaxed);
+        go($).store(0, rl::mo_relaxed);
+        done0($).store(0, rl::mo_relaxed);
+        park = PARKED ? park_spec{0, PP_DEDUP_ACCEPTED, &go} : park_spec{-1, -1, nullptr};
     }
 
     void thread(unsigned idx)
     {
         for (int j = 0; j < OPS; j++) {
+            if (PARKED && idx == 1 && j == 2) {
+                go($).store(1, rl::mo_release);
+                while (!done0($).load(rl::mo_acquire))
+                    rl::yield(1, $);
+            }
             op &o = ops[idx][j];
-            // Thread i publishes keys i, i+1, ... of 3: every key meets
-            // every other, and itself, across threads.
-            o.key = ONE_KEY ? 0 : ((int)idx + j) % 3;
+            o.key = key_of_op(PATTERN, idx, j);
             o.before = d.accepted($).load(rl::mo_seq_cst) & TICKET_MASK;
             o.ticket = 0;
             o.rc = rbus__window_accept(&d, key_lo(o.key, SAME_HOME), key_hi(o.key), 1, &o.ticket);
             o.after = d.accepted($).load(rl::mo_seq_cst) & TICKET_MASK;
+            if (PARKED && idx == 0 && j == 0) {
+                done0($).store(1, rl::mo_release);
+                park.go = nullptr;
+            }
         }
     }
 
@@ -148,7 +198,7 @@ struct scene : rl::test_suite<scene<THREADS, OPS, K, SAME_HOME, ONE_KEY>, THREAD
         for (int t = 1; t <= n; t++) {
             RL_ASSERT(key_of[t] != -1); // tickets 1..n, no gap
             // Not among the last K acceptances before it.
-            for (int p = t - 1; p >= 1 && p > t - K; p--)
+            for (int p = t - 1; p >= 1 && p >= t - K; p--)
                 RL_ASSERT(key_of[p] != key_of[t]);
         }
         for (int t = 0; t < THREADS; t++)
@@ -179,7 +229,10 @@ int main(int argc, char **argv)
 {
     rl::iteration_t n = argc > 1 ? (rl::iteration_t)std::strtoull(argv[1], nullptr, 10) : 200000;
     bool ok = true;
-    ok &= run<scene<3, 1, 2, false, true>>("3 threads, one key, dedup_keys 2", n);
+    ok &= run<scene<3, 1, 2, false, ONE>>("3 threads, one key, dedup_keys 2", n);
+    ok &= run<scene<2, 3, 1, true, REUSE>>("a won key's slot reused, dedup_keys 1, one line", n);
+    ok &= run<scene<2, 3, 1, true, REUSE, true>>(
+        "the same, its publisher parked after winning, dedup_keys 1", n);
     ok &= run<scene<2, 3, 1, false>>("2 threads, 3 publishes each, dedup_keys 1", n);
     ok &= run<scene<2, 3, 2, true>>("2 threads, 3 publishes each, dedup_keys 2, one line", n);
     ok &= run<scene<3, 2, 1, true>>("3 threads, 2 publishes each, dedup_keys 1, one line", n);
