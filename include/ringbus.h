@@ -314,7 +314,10 @@ RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);
  * wait bound for full RBUS_BLOCK subscriptions and an origin tag; and the
  * outcome in `result` (NULL = not wanted). Same returns as rbus_publish().
  * Thread-safe; it may block only on full RBUS_BLOCK subscriptions, for at
- * most the applicable timeout.
+ * most the applicable timeout, and, once per topic not declared keyed
+ * (rbus_topic_open_ex), while another thread's keyed publish builds the
+ * topic's key window. Checking and recording a key takes no lock: a keyed
+ * publisher preempted anywhere holds back no other.
  */
 RBUS_API int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len,
                              const rbus_pub_opts *opts, rbus_pub_result *result);

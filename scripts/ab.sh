@@ -50,8 +50,8 @@ awk -F, '
   }
   function stats(k,   n) { n = sortk(k); lo = a[1]; hi = a[n]
                            md = n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  function f(x) { return u == "ratio" ? sprintf("%.2f", x) : sc != 1 ? sprintf("%.3f", x * sc) :
-                         sprintf(x < 1000 ? "%.1f" : "%.0f", x) }
+  function f(x) { if (u == "ratio") return sprintf("%.2f", x)
+                  return sc != 1 ? sprintf("%.3f", x * sc) : sprintf(x < 1000 ? "%.1f" : "%.0f", x) }
   /^#/ || $1 == "round" { next }
   { m = $3; if (!(m in unit)) { order[++nm] = m; unit[m] = $4; bet[m] = $5 }
     k = m SUBSEP $2; val[k, ++cnt[k]] = $6 }

@@ -610,10 +610,10 @@ static RBUS__NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread_
  * the key is accepted and *m is the message; otherwise nothing is left.
  */
 static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th, const void *data,
-                                size_t len, const rbus_pub_opts *opts, int64_t *now_ns,
-                                rbus_pub_result *result, rbus_msg **m)
+                                size_t len, const rbus_pub_opts *opts, uint64_t key_lo,
+                                uint64_t key_hi, int64_t *now_ns, rbus_pub_result *result,
+                                rbus_msg **m)
 {
-    uint64_t key_hi, key_lo = rbus__dedup_hash(topic, opts->key, opts->key_len, &key_hi);
     /* Room to wait on every subscription listed now, so that only a list
      * that grew meanwhile can need an allocation after acceptance. */
     uint32_t hint = atomic_load_explicit(&topic->listed_hint, memory_order_relaxed);
@@ -668,13 +668,20 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
      * read section. */
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return -ESHUTDOWN;
+    /* The key's hash first: it starts loading the window's lines, which
+     * then arrive while the thread state is found and the message built. */
+    const bool keyed = key_checked(bus, opts, relay);
+    uint64_t key_lo = 0, key_hi = 0;
+    if (keyed)
+        key_lo = rbus__dedup_hash(topic, opts->key, opts->key_len, &key_hi);
     struct rbus_thread_state *th = rbus__thread_get(bus);
     if (RBUS__UNLIKELY(!th))
         return -ENOMEM;
     rbus_msg *m = NULL;
     int64_t now_ns = 0;
-    if (key_checked(bus, opts, relay)) {
-        int drc = publish_keyed_accept(topic, th, data, len, opts, &now_ns, result, &m);
+    if (keyed) {
+        int drc =
+            publish_keyed_accept(topic, th, data, len, opts, key_lo, key_hi, &now_ns, result, &m);
         if (drc != 0)
             return drc;
     }
