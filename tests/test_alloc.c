@@ -1381,9 +1381,8 @@ static bool run_scenario(struct scen *s)
     rbus_config cfg;
     rbus_config_init(&cfg);
     cfg.allocator = &s->fa->hooks;
-    /* 1024 keys: each shard's window (64 keys expected) stays far below the
-     * size at which it grows, so the count of allocations is the same on
-     * every run whatever the bus's random hash seed. */
+    /* A window of 1024 keys: one block, built at a topic's first keyed
+     * publish, so the count of allocations is the same on every run. */
     cfg.dedup_keys = 1024;
     rbus *bus = (rbus *)&cfg; /* junk: a failed create must reset it */
     long long inj = injected(s);

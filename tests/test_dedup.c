@@ -1145,7 +1145,7 @@ static void bad_keys_are_rejected_and_dedup_stays_intact(void **state)
  * Differential check of the window against a plain sequential model: a FIFO
  * of the last K accepted keys. Keys come from a universe a few times K, so
  * keys recur on both sides of the bound, are accepted anew after aging out,
- * and some shards fill beyond their share (growth). Any disagreement fails.
+ * and the window's slots are reused many times over. Any disagreement fails.
  */
 static void window_matches_sequential_model(void **state)
 {
