@@ -7,6 +7,11 @@
  * per receiver, in each publisher's order, and at the end the exact
  * accounting and, under block, nothing lost.
  *
+ * Then the same chaos on idempotency keys (src/window.h): publishers race
+ * over one round of keys after another, each round a window's worth, and a
+ * publisher is parked at a random step of a key's acceptance. Checked:
+ * every key of every round accepted exactly once.
+ *
  * The run lasts RBUS_TORTURE_SECONDS (default 2) times RBUS_STRESS_SCALE.
  */
 #include "test_util.h"
@@ -204,10 +209,134 @@ static void random_stalls_keep_every_promise(void **state)
     torture_policy(RBUS_BLOCK, seconds);
 }
 
+/* ---------------------------------------------------- idempotency keys */
+
+#define ROUND_KEYS 8 /* keys per round, and the window: each round forgets the last */
+
+static const enum rbus__pp key_chaos_points[] = {
+    RBUS_PP_DEDUP_CLAIMED,
+    RBUS_PP_DEDUP_PROPOSED,
+    RBUS_PP_DEDUP_ACCEPTED,
+};
+
+struct key_torture {
+    rbus_topic *topic;
+    pthread_barrier_t barrier;
+    atomic_int stop;
+    bool last_round; /* thread 0 decides between the barriers */
+    atomic_uint accepted[ROUND_KEYS];
+    atomic_uint_fast64_t rounds, duplicates, parks;
+    pthread_t threads[NPUB];
+};
+
+struct key_worker {
+    struct key_torture *t;
+    unsigned id;
+};
+
+static void *key_publisher_main(void *arg)
+{
+    struct key_worker *w = arg;
+    struct key_torture *t = w->t;
+    uint64_t rng = 0x2545F4914F6CDD1Du * (w->id + 1);
+    for (uint64_t round = 0;; round++) {
+        if (w->id == 0)
+            t->last_round = atomic_load(&t->stop);
+        pthread_barrier_wait(&t->barrier);
+        if (t->last_round)
+            break;
+        unsigned order[ROUND_KEYS];
+        for (unsigned i = 0; i < ROUND_KEYS; i++)
+            order[i] = i;
+        for (unsigned i = ROUND_KEYS - 1; i > 0; i--) {
+            unsigned j = (unsigned)(rng_next(&rng) % (i + 1)), x = order[i];
+            order[i] = order[j];
+            order[j] = x;
+        }
+        for (unsigned i = 0; i < ROUND_KEYS; i++) {
+            char key[32];
+            int kl = snprintf(key, sizeof key, "r%llu-k%u", (unsigned long long)round, order[i]);
+            rbus_pub_opts o = {.key = key, .key_len = (size_t)kl};
+            int rc = rbus_publish_ex(t->topic, key, (size_t)kl, &o, NULL);
+            if (rc == 0)
+                atomic_fetch_add(&t->accepted[order[i]], 1);
+            else if (rc == RBUS_DUPLICATE)
+                atomic_fetch_add(&t->duplicates, 1);
+            else
+                rbus_test_report("keyed publish returned %d", rc);
+        }
+        pthread_barrier_wait(&t->barrier);
+        if (w->id == 0) {
+            for (unsigned k = 0; k < ROUND_KEYS; k++)
+                if (atomic_exchange(&t->accepted[k], 0) != 1)
+                    rbus_test_report("round %llu: a key not accepted exactly once",
+                                     (unsigned long long)round);
+            atomic_fetch_add(&t->rounds, 1);
+        }
+    }
+    return NULL;
+}
+
+static void random_stalls_keep_keys_exactly_once(void **state)
+{
+    (void)state;
+    const char *env = getenv("RBUS_TORTURE_SECONDS");
+    double seconds = (env ? strtod(env, NULL) : 2.0) * rbus_test_stress_scale();
+    if (seconds < 0.2)
+        seconds = 0.2;
+    struct key_torture t;
+    memset(&t, 0, sizeof t);
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.dedup_keys = ROUND_KEYS;
+    rbus *bus = NULL;
+    assert_rbus_ok(rbus_create(&bus, &cfg));
+    assert_rbus_ok(rbus_topic_open(bus, "torture.keys", &t.topic));
+    assert_int_equal(pthread_barrier_init(&t.barrier, NULL, NPUB), 0);
+    struct key_worker w[NPUB];
+    for (unsigned i = 0; i < NPUB; i++) {
+        w[i] = (struct key_worker){.t = &t, .id = i};
+        assert_int_equal(pthread_create(&t.threads[i], NULL, key_publisher_main, &w[i]), 0);
+    }
+    uint64_t seed = 0xD1B54A32D192ED03u, until = rbus_test_now_ns() + (uint64_t)(seconds * 1e9);
+    while (rbus_test_now_ns() < until) {
+        enum rbus__pp point = key_chaos_points[rng_next(&seed) % (sizeof key_chaos_points /
+                                                                  sizeof key_chaos_points[0])];
+        pthread_t who = t.threads[rng_next(&seed) % NPUB];
+        int trap = rbus__trap_set(point, &who);
+        if (trap < 0)
+            continue;
+        if (rbus__trap_wait(trap, 2000000)) {
+            atomic_fetch_add(&t.parks, 1);
+            rbus_test_sleep_us((unsigned)(rng_next(&seed) % 3000));
+        }
+        rbus__trap_release(trap);
+    }
+    atomic_store(&t.stop, 1);
+    rbus__trap_reset();
+    for (unsigned i = 0; i < NPUB; i++)
+        assert_int_equal(pthread_join(t.threads[i], NULL), 0);
+    rbus_test_assert_no_thread_errors();
+    uint64_t rounds = atomic_load(&t.rounds);
+    print_message("torture: keys: %.1f s, %d publishers, %llu rounds of %d keys, %llu duplicates, "
+                  "%llu parks\n",
+                  seconds, NPUB, (unsigned long long)rounds, ROUND_KEYS,
+                  (unsigned long long)atomic_load(&t.duplicates),
+                  (unsigned long long)atomic_load(&t.parks));
+    assert_true(rounds > 0);
+    assert_int_equal(atomic_load(&t.duplicates), rounds * ROUND_KEYS * (NPUB - 1));
+    rbus_topic_stats ts;
+    assert_rbus_ok(rbus_topic_stats_get(t.topic, &ts));
+    assert_int_equal(ts.published, rounds * ROUND_KEYS);
+    pthread_barrier_destroy(&t.barrier);
+    rbus_destroy(bus);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(random_stalls_keep_every_promise),
+        cmocka_unit_test(random_stalls_keep_keys_exactly_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
