@@ -1,6 +1,7 @@
 /*
  * dedup.c - the per-topic idempotency window's memory and hashing; the
- * algorithm, without a lock, is window.h (docs/design.md#idempotency-keys).
+ * algorithm, without a lock, is window.h
+ * (docs/design.md#idempotency-keys-windowh-dedupc).
  */
 #include "internal.h"
 #include "window.h"
@@ -92,7 +93,7 @@ uint64_t rbus__dedup_hash(rbus_topic *t, const void *key, size_t len, uint64_t *
     if (RBUS__LIKELY(d != NULL)) {
         /* The lines the check reads and, for a new key, writes (the slot
          * is usually the home or next to it), seldom in L1 (a window of
-         * 4096 keys is 528 KiB), load while the message is built. For
+         * 4096 keys is 520 KiB), load while the message is built. For
          * writing: a locked instruction waits for every store before it,
          * and an identity store that misses would make the CAS on
          * `accepted` wait for that miss. */

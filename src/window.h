@@ -8,7 +8,8 @@
  * `dedup_keys` keys accepted on the topic (forgotten oldest first) and, when
  * dedup_window_ns > 0, was accepted less than that long ago. A duplicate
  * never refreshes a key. Among concurrent publishes of one key exactly one
- * is accepted. docs/design.md#idempotency-keys has the argument in full.
+ * is accepted. docs/design.md#idempotency-keys-windowh-dedupc has the
+ * argument in full.
  *
  * Tickets. Every accepted key takes the topic's next ticket (1, 2, ...); a
  * key accepted with ticket t is remembered while latest - t < dedup_keys
@@ -333,6 +334,7 @@ static int rbus__window_accept(struct rbus_dedup *d, uint64_t lo, uint64_t hi, i
     const uint32_t home = (uint32_t)lo & d->mask;
     const uint32_t tag = (uint32_t)(lo >> 32) & TAG_MASK;
     uint32_t mine = UINT32_MAX; /* the slot we claimed, kept across retries */
+    uint64_t ticket;            /* the one we propose */
 
     /* Acquire: pairs with the acq_rel CAS that stored it, so every slot of
      * an acceptance up to this ticket reads as such below, and its spill
@@ -381,23 +383,22 @@ static int rbus__window_accept(struct rbus_dedup *d, uint64_t lo, uint64_t hi, i
             if (RBUS__UNLIKELY(at >= LINE_SLOTS))
                 spill_add(d, home, at / LINE_SLOTS);
         }
-        const uint64_t ticket = (latest + 1) & TICKET_MASK;
+        ticket = (latest + 1) & TICKET_MASK;
         /* Release: the identity and spill, for a lookup that reads it. Only
          * we write this slot while we own it. */
         atomic_store_explicit(&d->state[mine], state_make(INTENT, tag, ticket),
                               memory_order_release);
         help_mark(d, a);
         RBUS__PAUSE(DEDUP_PROPOSED);
-        /* acq_rel: release for our INTENT, identity, spill and the helped
-         * publish; on failure, acquire for the newer acceptance word we
-         * look again from. */
+        /* acq_rel: release for our INTENT, identity, spill and help_mark's
+         * mark; on failure, acquire for the newer acceptance word we look
+         * again from. */
         if (atomic_compare_exchange_strong_explicit(&d->accepted, &a, acc_make(ticket, mine),
                                                     memory_order_acq_rel, memory_order_acquire))
             break;
         /* Lost to another acceptance: our INTENT names a ticket `accepted`
          * will never pair with our slot, so nobody takes it for one. */
     }
-    const uint64_t ticket = (acc_ticket(a) + 1) & TICKET_MASK;
     RBUS__PAUSE(DEDUP_ACCEPTED);
     /* Ours to mark PUBLISHED, over INTENT or the next acceptance's HELPED:
      * a plain store, as nobody else writes the slot until it is

@@ -1201,17 +1201,6 @@ static void window_matches_sequential_model(void **state)
 
 /* --------------------------------------------- 10. topics declared keyed */
 
-static rbus_topic *open_keyed(rbus *bus, const char *name)
-{
-    rbus_topic_opts opts;
-    rbus_topic_opts_init(&opts);
-    opts.keyed = true;
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open_ex(bus, name, &opts, &t));
-    assert_non_null(t);
-    return t;
-}
-
 /* A topic declared keyed has its window from rbus_topic_open_ex on: its
  * first keyed publish allocates nothing, where an undeclared topic's
  * builds the window; declaring an existing topic builds it once. */
@@ -1229,7 +1218,7 @@ static void declared_keyed_topic_has_its_window_at_open(void **state)
     long long a0 = atomic_load(&ca.allocs), b0 = atomic_load(&ca.live_bytes);
     rbus_topic *plain = open_topic(bus, "k.plain");
     long long a1 = atomic_load(&ca.allocs), b1 = atomic_load(&ca.live_bytes);
-    rbus_topic *declared = open_keyed(bus, "k.keyed");
+    rbus_topic *declared = rbus_test_open_keyed(bus, "k.keyed");
     long long a2 = atomic_load(&ca.allocs), b2 = atomic_load(&ca.live_bytes);
     long long window = (b2 - b1) - (b1 - b0);
     printf("dedup: a topic declared keyed (default dedup_keys) takes %lld more bytes "
@@ -1249,11 +1238,11 @@ static void declared_keyed_topic_has_its_window_at_open(void **state)
     /* Declaring an existing topic: the same handle, its window built once. */
     rbus_topic *later = open_topic(bus, "k.later");
     long long a3 = atomic_load(&ca.allocs);
-    assert_ptr_equal(open_keyed(bus, "k.later"), later);
+    assert_ptr_equal(rbus_test_open_keyed(bus, "k.later"), later);
     assert_int_equal(atomic_load(&ca.allocs), a3 + 1);
-    assert_ptr_equal(open_keyed(bus, "k.later"), later);
+    assert_ptr_equal(rbus_test_open_keyed(bus, "k.later"), later);
     assert_ptr_equal(open_topic(bus, "k.later"), later);
-    assert_ptr_equal(open_keyed(bus, "k.keyed"), declared);
+    assert_ptr_equal(rbus_test_open_keyed(bus, "k.keyed"), declared);
     assert_int_equal(atomic_load(&ca.allocs), a3 + 1);
     expect_accept(later, "A", 1, 1);
     assert_int_equal(atomic_load(&ca.allocs), a3 + 1);
@@ -1271,7 +1260,7 @@ static void declared_keyed_topic_has_its_window_at_open(void **state)
     a0 = atomic_load(&ca.allocs);
     open_topic(bus, "k.plain");
     a1 = atomic_load(&ca.allocs);
-    open_keyed(bus, "k.keyed");
+    rbus_test_open_keyed(bus, "k.keyed");
     assert_int_equal(atomic_load(&ca.allocs) - a1, a1 - a0);
     rbus_destroy(bus);
     rbus_test_alloc_assert_all_returned(&ca);
@@ -1350,7 +1339,7 @@ static void topic_open_ex_fails_cleanly(void **state)
     assert_rbus_rc(rbus_topic_open_ex(bus, "k.plain", &opts, &t), -ENOMEM);
     atomic_store(&ca.budget, -1);
     assert_null(t);
-    assert_ptr_equal(open_keyed(bus, "k.plain"), plain);
+    assert_ptr_equal(rbus_test_open_keyed(bus, "k.plain"), plain);
     expect_accept(plain, "A", 1, 0);
     expect_dup(plain, "A", 1);
     rbus_destroy(bus);

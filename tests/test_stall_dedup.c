@@ -41,11 +41,15 @@ static void *keyed_main(void *arg)
     return NULL;
 }
 
-static bool wait_flag(atomic_int *flag, unsigned timeout_us)
+/* Starts a thread publishing p->key and waits until it is parked at
+ * `step`; returns the trap that holds it. */
+static int park_keyed(enum rbus__pp step, struct keyed_pub *p, pthread_t *th)
 {
-    for (unsigned waited = 0; !atomic_load(flag) && waited < timeout_us; waited += 1000)
-        rbus_test_sleep_us(1000);
-    return atomic_load(flag);
+    int trap = rbus__trap_set(step, NULL);
+    assert_true(trap >= 0);
+    assert_int_equal(pthread_create(th, NULL, keyed_main, p), 0);
+    assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+    return trap;
 }
 
 static rbus *new_bus(uint32_t dedup_keys)
@@ -56,16 +60,6 @@ static rbus *new_bus(uint32_t dedup_keys)
     rbus *bus = NULL;
     assert_rbus_ok(rbus_create(&bus, &cfg));
     return bus;
-}
-
-static rbus_topic *open_keyed(rbus *bus, const char *name)
-{
-    rbus_topic_opts opts;
-    rbus_topic_opts_init(&opts);
-    opts.keyed = true;
-    rbus_topic *t = NULL;
-    assert_rbus_ok(rbus_topic_open_ex(bus, name, &opts, &t));
-    return t;
 }
 
 /* How many messages with key `key` the subscription holds; drains it. */
@@ -112,16 +106,13 @@ static void parked_publisher_holds_nobody_back(void **state)
         const bool won = step == RBUS_PP_DEDUP_ACCEPTED;
         printf("stall dedup: parked at %s\n", rbus__pause_name(step));
         rbus *bus = new_bus(4096);
-        rbus_topic *t = open_keyed(bus, "dd.t");
+        rbus_topic *t = rbus_test_open_keyed(bus, "dd.t");
         rbus_sub *s = rbus_test_subscribe_checked(bus, "dd.t", 1024, RBUS_DROP_NEWEST, 0, NULL);
         rbus_sub *other = rbus_test_subscribe_checked(bus, "dd.>", 8, RBUS_DROP_NEWEST, 0, NULL);
 
-        int trap = rbus__trap_set(step, NULL);
-        assert_true(trap >= 0);
         struct keyed_pub a = {.topic = t, .key = "K"};
         pthread_t ta;
-        assert_int_equal(pthread_create(&ta, NULL, keyed_main, &a), 0);
-        assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+        int trap = park_keyed(step, &a, &ta);
 
         /* The same key, here: a duplicate only if the parked one won. */
         assert_rbus_rc(publish_key(t, "K", 1), won ? RBUS_DUPLICATE : 0);
@@ -135,7 +126,7 @@ static void parked_publisher_holds_nobody_back(void **state)
         struct keyed_pub b = {.topic = t, .key = "K"};
         pthread_t tb;
         assert_int_equal(pthread_create(&tb, NULL, keyed_main, &b), 0);
-        assert_true(wait_flag(&b.done, ANSWER_TIMEOUT_US));
+        assert_true(rbus_test_wait_flag(&b.done, ANSWER_TIMEOUT_US));
         assert_int_equal(pthread_join(tb, NULL), 0);
         assert_rbus_rc(b.rc, RBUS_DUPLICATE);
         /* A grace period completes: the parked publisher is in no read
@@ -144,7 +135,7 @@ static void parked_publisher_holds_nobody_back(void **state)
         atomic_init(&c.done, 0);
         pthread_t tc;
         assert_int_equal(pthread_create(&tc, NULL, close_main, &c), 0);
-        assert_true(wait_flag(&c.done, ANSWER_TIMEOUT_US));
+        assert_true(rbus_test_wait_flag(&c.done, ANSWER_TIMEOUT_US));
         assert_int_equal(pthread_join(tc, NULL), 0);
         assert_true(rbus__trap_holds(trap));
 
@@ -183,13 +174,10 @@ static void window_cycles_around_parked_publisher(void **state)
         printf("stall dedup: dedup_keys %u, %u keys while parked at %s\n", (unsigned)k,
                (unsigned)rounds, rbus__pause_name(step));
         rbus *bus = new_bus(k);
-        rbus_topic *t = open_keyed(bus, "dd.c");
-        int trap = rbus__trap_set(step, NULL);
-        assert_true(trap >= 0);
+        rbus_topic *t = rbus_test_open_keyed(bus, "dd.c");
         struct keyed_pub a = {.topic = t, .key = "parked"};
         pthread_t ta;
-        assert_int_equal(pthread_create(&ta, NULL, keyed_main, &a), 0);
-        assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+        int trap = park_keyed(step, &a, &ta);
 
         char key[16];
         for (uint32_t i = 0; i < rounds; i++) {
@@ -234,7 +222,7 @@ static void crowded_window_says_enobufs(void **state)
     (void)state;
     printf("stall dedup: %d publishers parked holding slots, dedup_keys 1\n", CROWD);
     rbus *bus = new_bus(1);
-    rbus_topic *t = open_keyed(bus, "dd.crowd");
+    rbus_topic *t = rbus_test_open_keyed(bus, "dd.crowd");
     rbus_sub *s = rbus_test_subscribe_checked(bus, "dd.crowd", 1024, RBUS_DROP_NEWEST, 0, NULL);
     assert_rbus_ok(publish_key(t, "first", 5));
 
@@ -244,10 +232,7 @@ static void crowded_window_says_enobufs(void **state)
     for (int i = 0; i < CROWD; i++) {
         snprintf(keys[i], sizeof keys[i], "p%d", i);
         pubs[i] = (struct keyed_pub){.topic = t, .key = keys[i]};
-        int trap = rbus__trap_set(RBUS_PP_DEDUP_CLAIMED, NULL);
-        assert_true(trap >= 0);
-        assert_int_equal(pthread_create(&threads[i], NULL, keyed_main, &pubs[i]), 0);
-        assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+        park_keyed(RBUS_PP_DEDUP_CLAIMED, &pubs[i], &threads[i]);
     }
     rbus_pub_result r;
     rbus_pub_opts o;
@@ -314,7 +299,7 @@ static void racing_first_publishers_build_one_window(void **state)
     cfg.allocator = &ca.hooks;
     rbus *bus = NULL;
     assert_rbus_ok(rbus_create(&bus, &cfg));
-    rbus_topic *warm = open_keyed(bus, "dd.warm");
+    rbus_topic *warm = rbus_test_open_keyed(bus, "dd.warm");
     rbus_topic *target = NULL;
     assert_rbus_ok(rbus_topic_open(bus, "dd.first", &target));
 
@@ -323,8 +308,8 @@ static void racing_first_publishers_build_one_window(void **state)
     pthread_t ta, tb;
     assert_int_equal(pthread_create(&ta, NULL, warm_main, &a), 0);
     assert_int_equal(pthread_create(&tb, NULL, warm_main, &b), 0);
-    assert_true(wait_flag(&a.ready, ANSWER_TIMEOUT_US));
-    assert_true(wait_flag(&b.ready, ANSWER_TIMEOUT_US));
+    assert_true(rbus_test_wait_flag(&a.ready, ANSWER_TIMEOUT_US));
+    assert_true(rbus_test_wait_flag(&b.ready, ANSWER_TIMEOUT_US));
 
     int trap = rbus__trap_set(RBUS_PP_DEDUP_BUILDING, NULL);
     assert_true(trap >= 0);

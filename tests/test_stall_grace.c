@@ -84,13 +84,6 @@ static int64_t thread_cpu_ns(pthread_t t)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static bool wait_flag(atomic_int *flag, unsigned timeout_us)
-{
-    for (unsigned waited = 0; !atomic_load(flag) && waited < timeout_us; waited += 1000)
-        rbus_test_sleep_us(1000);
-    return atomic_load(flag);
-}
-
 static void stalled_reader_blocks_no_reader_of_stats(bool whole_bus)
 {
     struct fixture f;
@@ -121,7 +114,7 @@ static void stalled_reader_blocks_no_reader_of_stats(bool whole_bus)
     atomic_init(&r.done, 0);
     pthread_t rd;
     assert_int_equal(pthread_create(&rd, NULL, readers_main, &r), 0);
-    bool answered = wait_flag(&r.done, ANSWER_TIMEOUT_US);
+    bool answered = rbus_test_wait_flag(&r.done, ANSWER_TIMEOUT_US);
     rbus_test_sleep_us(200000);
     int64_t cpu = thread_cpu_ns(closer) - cpu0;
     uint64_t wall = rbus_test_now_ns() - t0;

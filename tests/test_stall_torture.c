@@ -118,19 +118,19 @@ static uint64_t rng_next(uint64_t *s)
     return *s;
 }
 
-/* Parks a random worker at a random point for a random time, until the
- * deadline. */
-static void chaos(struct torture *t, uint64_t until_ns, uint64_t seed)
+/* Parks a random one of `threads` at a random one of `points` for up to
+ * 3 ms, over and over until the deadline; counts the parks. */
+static void chaos(const enum rbus__pp *points, size_t npoints, const pthread_t *threads,
+                  size_t nthreads, atomic_uint_fast64_t *parks, uint64_t until_ns, uint64_t seed)
 {
     while (rbus_test_now_ns() < until_ns) {
-        enum rbus__pp point =
-            chaos_points[rng_next(&seed) % (sizeof chaos_points / sizeof chaos_points[0])];
-        pthread_t who = t->threads[rng_next(&seed) % (NPUB + NRECV)];
+        enum rbus__pp point = points[rng_next(&seed) % npoints];
+        pthread_t who = threads[rng_next(&seed) % nthreads];
         int trap = rbus__trap_set(point, &who);
         if (trap < 0)
             continue;
         if (rbus__trap_wait(trap, 2000000)) {
-            atomic_fetch_add(&t->parks, 1);
+            atomic_fetch_add(parks, 1);
             rbus_test_sleep_us((unsigned)(rng_next(&seed) % 3000));
         }
         rbus__trap_release(trap);
@@ -156,7 +156,8 @@ static void torture_policy(rbus_overflow policy, double seconds)
             pthread_create(&t.threads[i], NULL, i < NPUB ? publisher_main : receiver_main, &w[i]),
             0);
     }
-    chaos(&t, rbus_test_now_ns() + (uint64_t)(seconds * 1e9), 0x9E3779B97F4A7C15u ^ policy);
+    chaos(chaos_points, sizeof chaos_points / sizeof chaos_points[0], t.threads, NPUB + NRECV,
+          &t.parks, rbus_test_now_ns() + (uint64_t)(seconds * 1e9), 0x9E3779B97F4A7C15u ^ policy);
     atomic_store(&t.stop, 1);
     for (unsigned i = 0; i < NPUB + NRECV; i++)
         assert_int_equal(pthread_join(t.threads[i], NULL), 0);
@@ -298,22 +299,9 @@ static void random_stalls_keep_keys_exactly_once(void **state)
         w[i] = (struct key_worker){.t = &t, .id = i};
         assert_int_equal(pthread_create(&t.threads[i], NULL, key_publisher_main, &w[i]), 0);
     }
-    uint64_t seed = 0xD1B54A32D192ED03u, until = rbus_test_now_ns() + (uint64_t)(seconds * 1e9);
-    while (rbus_test_now_ns() < until) {
-        enum rbus__pp point = key_chaos_points[rng_next(&seed) % (sizeof key_chaos_points /
-                                                                  sizeof key_chaos_points[0])];
-        pthread_t who = t.threads[rng_next(&seed) % NPUB];
-        int trap = rbus__trap_set(point, &who);
-        if (trap < 0)
-            continue;
-        if (rbus__trap_wait(trap, 2000000)) {
-            atomic_fetch_add(&t.parks, 1);
-            rbus_test_sleep_us((unsigned)(rng_next(&seed) % 3000));
-        }
-        rbus__trap_release(trap);
-    }
+    chaos(key_chaos_points, sizeof key_chaos_points / sizeof key_chaos_points[0], t.threads, NPUB,
+          &t.parks, rbus_test_now_ns() + (uint64_t)(seconds * 1e9), 0xD1B54A32D192ED03u);
     atomic_store(&t.stop, 1);
-    rbus__trap_reset();
     for (unsigned i = 0; i < NPUB; i++)
         assert_int_equal(pthread_join(t.threads[i], NULL), 0);
     rbus_test_assert_no_thread_errors();

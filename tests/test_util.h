@@ -72,7 +72,28 @@ static inline void rbus_test_sleep_us(unsigned us)
     }
 }
 
+/* Waits up to `timeout_us` for *flag to be set, polling every millisecond;
+ * whether it was. */
+static inline bool rbus_test_wait_flag(atomic_int *flag, unsigned timeout_us)
+{
+    for (unsigned waited = 0; !atomic_load(flag) && waited < timeout_us; waited += 1000)
+        rbus_test_sleep_us(1000);
+    return atomic_load(flag);
+}
+
 /* --------------------------------------------------------- bus, topic, sub */
+
+/* Opens (or finds) `name` declared keyed: its idempotency window exists. */
+static inline rbus_topic *rbus_test_open_keyed(rbus *bus, const char *name)
+{
+    rbus_topic_opts opts;
+    rbus_topic_opts_init(&opts);
+    opts.keyed = true;
+    rbus_topic *t = NULL;
+    assert_rbus_ok(rbus_topic_open_ex(bus, name, &opts, &t));
+    assert_non_null(t);
+    return t;
+}
 
 /* Creates a bus with the default configuration and opens one topic on it. */
 static inline rbus_topic *rbus_test_bus_and_topic(rbus **bus, const char *topic)
