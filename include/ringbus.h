@@ -514,21 +514,46 @@ RBUS_API int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_hand
  * their backoff ignored) and messages parked behind their order key —
  * until each succeeds or becomes a dead letter (or is dropped), joins the
  * workers and frees the dispatcher. Messages still queued in the
- * subscription stay there. Returns 0, -EINVAL (NULL, or stop was already
+ * subscription stay there (rbus_dispatch_drain handles them first). Its
+ * counters stay in rbus_stats_prometheus, added to the subscription's
+ * dispatcher totals. Returns 0, -EINVAL (NULL, or stop or drain was already
  * called on it), or -EDEADLK when called from one of its own handlers.
  * A stats call on the dispatcher that began before stop returned never
  * touches freed memory; starting one after is undefined.
  */
 RBUS_API int rbus_dispatch_stop(rbus_dispatcher *d);
 
+/**
+ * rbus_dispatch_drain: the graceful stop. Handles every message queued in
+ * the subscription when it was called, as the dispatcher always does
+ * (ordered keys kept, retries after their backoff, dead letters), then
+ * stops as rbus_dispatch_stop does. Messages published after the call may
+ * be handled too; a publish in flight at the call, whose publisher was
+ * preempted before it finished, is waited for or skipped as a receive
+ * would. When timeout_ns runs out first (< 0 = wait forever, 0 = do not
+ * wait) it stops at once, as rbus_dispatch_stop does: what workers hold
+ * is finished (retries at once), the rest stays queued, and it returns
+ * -ETIMEDOUT. Either way the dispatcher is gone when it returns, and its
+ * final counters are written to `final` (NULL = not wanted; in_hand 0;
+ * zeroed on -EINVAL and -EDEADLK), counting what the stop itself did.
+ * Closing the subscription first (rbus_sub_close) makes the drain end once
+ * the subscription is empty. Returns 0, -ETIMEDOUT, -EINVAL (NULL, or stop
+ * or drain was already called on it), or -EDEADLK from one of its own
+ * handlers (the dispatcher keeps running).
+ */
+RBUS_API int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns,
+                                 rbus_dispatch_stats *final);
+
 /** rbus_dispatch_stats_get: the dispatcher's counters. Returns 0, -EINVAL, or
  *  -ESHUTDOWN when rbus_dispatch_stop finished meanwhile (*out zeroed). */
 RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_stats *out);
 
 /**
- * rbus_stats_prometheus: writes every topic's, subscription's and running
- * dispatcher's counters in the Prometheus text exposition format (the
- * families and their labels are listed in docs/metrics.md). Label values
+ * rbus_stats_prometheus: writes every topic's and subscription's counters,
+ * and for each subscription that has or had a dispatcher, the counters of
+ * its dispatchers (stopped ones included), in the Prometheus text
+ * exposition format (the families and their labels are listed in
+ * docs/metrics.md). Label values
  * are escaped; each family's HELP and TYPE come once, its samples together.
  *
  * Like snprintf: returns the length of the whole text (without the NUL)

@@ -31,6 +31,7 @@
  * attempt it is; the previous copy is released when the next is made.
  */
 #include "internal.h"
+#include "ring.h"
 
 #include <limits.h>
 #include <stddef.h>
@@ -99,6 +100,10 @@ struct rbus_dispatcher {
     bool receiver_busy;
     bool stopping;
     bool source_done;    /* the subscription is closed and drained */
+    /* rbus_dispatch_drain: workers take no message once the ring's head
+     * has passed drain_mark, its tail when the drain began. */
+    bool draining;
+    uint64_t drain_mark;
     uint32_t in_hand;
     uint32_t receiving;  /* workers inside a receive (slots reserved) */
     uint64_t rng;
@@ -300,6 +305,18 @@ static int64_t backoff_ns(rbus_dispatcher *d, uint32_t attempts)
 
 /* ---------------------------------------------------------- worker */
 
+/* Under the lock, while draining: whether every message queued when the
+ * drain began is out of the subscription's ring (taken by a worker, which
+ * then holds it, evicted, or skipped). head only ever passes positions that
+ * are done with (ring.h), so one value at or past the mark proves it even
+ * if head later moves back a little. Relaxed: a worker's claim and its
+ * in_hand reservation are ordered by this lock, not by head. */
+static bool drain_passed(rbus_dispatcher *d)
+{
+    return d->source_done ||
+           atomic_load_explicit(&d->sub->ring.head, memory_order_relaxed) >= d->drain_mark;
+}
+
 /* Under the lock: the next item to run, or NULL after waiting/receiving.
  * Returns NULL with *quit set when the worker should exit. */
 static struct item *next_work(rbus_dispatcher *d, bool *quit)
@@ -322,8 +339,8 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
         }
         int64_t until = d->heap_len ? d->heap[0]->due_ns : -1;
         bool ordered = d->opts.ordered_by_key;
-        if (!d->stopping && !d->source_done && d->in_hand < d->opts.max_in_hand &&
-            !(ordered && d->receiver_busy)) {
+        if (!d->stopping && !d->source_done && !(d->draining && drain_passed(d)) &&
+            d->in_hand < d->opts.max_in_hand && !(ordered && d->receiver_busy)) {
             /* Reserve the slot, then receive without the lock. */
             d->in_hand++;
             d->receiving++;
@@ -561,6 +578,31 @@ static void stop_and_join(rbus_dispatcher *d)
         pthread_join(d->threads[i], NULL);
 }
 
+/* After the workers are joined: adds the dispatcher's counters to its
+ * subscription's totals (rbus_stats_prometheus keeps reporting them) and
+ * unlinks it, both under the bus lock, which rbus_stats_prometheus holds
+ * while it follows sub->dispatcher: it sees the dispatcher or the totals
+ * that include it, never both nor neither. */
+static void detach(rbus_dispatcher *d, rbus_dispatch_stats *final)
+{
+    rbus *bus = d->bus;
+    rbus_sub *s = d->sub;
+    pthread_mutex_lock(&bus->lock);
+    rbus_dispatch_stats *t = &s->dispatched;
+    t->handled += d->stats.handled;
+    t->failed_attempts += d->stats.failed_attempts;
+    t->retried += d->stats.retried;
+    t->dead_lettered += d->stats.dead_lettered;
+    t->dropped += d->stats.dropped;
+    s->had_dispatcher = true;
+    atomic_store_explicit(&s->dispatcher, NULL, memory_order_release);
+    pthread_mutex_unlock(&bus->lock);
+    if (final) {
+        *final = d->stats;
+        final->in_hand = 0;
+    }
+}
+
 int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn, void *arg,
                         const rbus_dispatch_opts *opts)
 {
@@ -635,9 +677,7 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
          * pointer is cleared under the bus lock, as in rbus_dispatch_stop,
          * because rbus_stats_prometheus follows it under that lock. */
         stop_and_join(d);
-        pthread_mutex_lock(&bus->lock);
-        atomic_store_explicit(&sub->dispatcher, NULL, memory_order_release);
-        pthread_mutex_unlock(&bus->lock);
+        detach(d, NULL);
         dispatcher_retire(d);
         return rc;
     }
@@ -649,6 +689,16 @@ fail:
     return rc;
 }
 
+/* Marks the stop begun; false (a second stop or drain) when it already was. */
+static bool begin_end(rbus_dispatcher *d)
+{
+    pthread_mutex_lock(&d->lock);
+    bool again = d->stop_begun || d->retired;
+    d->stop_begun = true;
+    pthread_mutex_unlock(&d->lock);
+    return !again;
+}
+
 int rbus_dispatch_stop(rbus_dispatcher *d)
 {
     RBUS__PAUSE(RBUS_DISPATCH_STOP);
@@ -656,21 +706,54 @@ int rbus_dispatch_stop(rbus_dispatcher *d)
         return -EINVAL;
     if (tls_running == d)
         return -EDEADLK;
-    pthread_mutex_lock(&d->lock);
-    bool again = d->stop_begun || d->retired;
-    d->stop_begun = true;
-    pthread_mutex_unlock(&d->lock);
-    if (again)
+    if (!begin_end(d))
         return -EINVAL;
     stop_and_join(d);
-    /* Under the bus lock: rbus_stats_prometheus reads sub->dispatcher under
-     * it, so once we clear it there no one can reach d. */
-    rbus *bus = d->bus;
-    pthread_mutex_lock(&bus->lock);
-    atomic_store_explicit(&d->sub->dispatcher, NULL, memory_order_release);
-    pthread_mutex_unlock(&bus->lock);
+    detach(d, NULL);
     dispatcher_retire(d);
     return 0;
+}
+
+int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns, rbus_dispatch_stats *final)
+{
+    RBUS__PAUSE(RBUS_DISPATCH_DRAIN);
+    if (final)
+        memset(final, 0, sizeof *final);
+    if (!d)
+        return -EINVAL;
+    if (tls_running == d)
+        return -EDEADLK;
+    if (!begin_end(d))
+        return -EINVAL;
+    int64_t deadline = rbus__deadline(timeout_ns);
+    int rc = 0;
+    pthread_mutex_lock(&d->lock);
+    /* seq_cst, as every move of tail: a publish that returned before this
+     * call has its position below the mark. */
+    d->drain_mark = atomic_load_explicit(&d->sub->ring.tail, memory_order_seq_cst);
+    d->draining = true;
+    pthread_cond_broadcast(&d->cond);
+    /* Done once the ring is passed and workers hold nothing but their
+     * reservations for receives in flight: what those receives still
+     * return was published after the mark, and the stop below runs it. */
+    while (!(drain_passed(d) && d->in_hand == d->receiving)) {
+        if (timeout_ns == 0 || (deadline >= 0 && rbus__now_ns() >= deadline)) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        if (deadline >= 0) {
+            struct timespec ts = {.tv_sec = deadline / 1000000000,
+                                  .tv_nsec = deadline % 1000000000};
+            pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+        } else {
+            pthread_cond_wait(&d->cond, &d->lock);
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    stop_and_join(d);
+    detach(d, final);
+    dispatcher_retire(d);
+    return rc;
 }
 
 int rbus_dispatch_stats_get(const rbus_dispatcher *dc, rbus_dispatch_stats *out)

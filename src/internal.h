@@ -460,6 +460,10 @@ struct rbus_sub {
     _Atomic uint32_t state;
     bool listed; /* on its topics' lists; under bus->lock */
     _Atomic(void *) dispatcher; /* running dispatcher, if any (Handlers) */
+    /* Counters of the dispatchers that ran on it and stopped, kept for
+     * rbus_stats_prometheus; under bus->lock. */
+    rbus_dispatch_stats dispatched;
+    bool had_dispatcher;
     /* Publishers' own tallies (struct rbus_tally), by state index; NULL
      * until the first offer. Read by every offer, written rarely: with the
      * read-mostly fields. Written only by the holder of tally_lock, a

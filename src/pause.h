@@ -56,6 +56,7 @@
     X(RBUS_MSG_DATA, "rbus_msg_data")                                                     \
     X(RBUS_DISPATCH_START, "rbus_dispatch_start")                                         \
     X(RBUS_DISPATCH_STOP, "rbus_dispatch_stop")                                           \
+    X(RBUS_DISPATCH_DRAIN, "rbus_dispatch_drain")                                         \
     X(RBUS_DISPATCH_STATS_GET, "rbus_dispatch_stats_get")                                 \
     X(RBUS_STATS_PROMETHEUS, "rbus_stats_prometheus")
 

@@ -260,49 +260,54 @@ static void prom_topic_family(struct prom_out *o, rbus *bus, bool duplicates)
 
 enum dispatch_field { D_HANDLED, D_FAILED, D_RETRIED, D_DEAD, D_DROPPED, D_IN_HAND };
 
+/* Dispatcher families carry the subscription's labels. A subscription's
+ * samples are the counters of the dispatchers that ran on it and stopped
+ * (kept on it by rbus_dispatch_stop and rbus_dispatch_drain) plus the
+ * running one's; so counters never go back when a dispatcher is replaced,
+ * and what a stop itself did (retries, dead letters) is counted. */
 static void prom_dispatch_family(struct prom_out *o, rbus *bus, enum dispatch_field f,
                                  const char *name, const char *type, const char *help)
 {
     bool header = false;
     for (rbus_sub *s = bus->subs; s; s = s->bus_next) {
-        /* Stable under the bus lock: rbus_dispatch_stop clears it under the
-         * lock before retiring the dispatcher. */
+        /* Stable under the bus lock: rbus_dispatch_stop clears it, and adds
+         * its counters to s->dispatched, under the lock before retiring the
+         * dispatcher. */
         rbus_dispatcher *d = atomic_load_explicit(&s->dispatcher, memory_order_acquire);
-        if (!d || d == RBUS__UNSUBSCRIBING)
+        if (d == RBUS__UNSUBSCRIBING)
+            d = NULL;
+        if (!d && !s->had_dispatcher)
             continue;
         if (!header) {
             prom_family(o, name, type, help);
             header = true;
         }
         rbus_dispatch_stats st = {0};
-        rbus_dispatch_stats_get(d, &st);
+        if (d)
+            rbus_dispatch_stats_get(d, &st);
+        const rbus_dispatch_stats *t = &s->dispatched;
         uint64_t value = 0;
         switch (f) {
         case D_HANDLED:
-            value = st.handled;
+            value = t->handled + st.handled;
             break;
         case D_FAILED:
-            value = st.failed_attempts;
+            value = t->failed_attempts + st.failed_attempts;
             break;
         case D_RETRIED:
-            value = st.retried;
+            value = t->retried + st.retried;
             break;
         case D_DEAD:
-            value = st.dead_lettered;
+            value = t->dead_lettered + st.dead_lettered;
             break;
         case D_DROPPED:
-            value = st.dropped;
+            value = t->dropped + st.dropped;
             break;
         case D_IN_HAND:
             value = st.in_hand;
             break;
         }
-        prom_str(o, name);
-        prom_str(o, "{sub=\"");
-        prom_u64(o, s->id);
-        prom_str(o, "\"} ");
-        prom_u64(o, value);
-        prom_str(o, "\n");
+        prom_sub_sample(o, name, s, NULL, value);
     }
 }
 
@@ -360,7 +365,7 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
     for (size_t i = 0; i < sizeof sub_families / sizeof sub_families[0]; i++)
         prom_sub_family(&o, bus, sub_families[i].field, sub_families[i].name,
                         sub_families[i].type, sub_families[i].help);
-    /* Dispatcher families appear only when a dispatcher runs. */
+    /* Dispatcher families appear once a dispatcher has run. */
     for (size_t i = 0; i < sizeof dispatch_families / sizeof dispatch_families[0]; i++)
         prom_dispatch_family(&o, bus, dispatch_families[i].field, dispatch_families[i].name,
                              dispatch_families[i].type, dispatch_families[i].help);

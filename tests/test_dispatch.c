@@ -627,7 +627,8 @@ static void keys_stay_exact_when_messages_fail_for_good(void **state)
 
 struct self_stop {
     rbus_dispatcher *_Atomic d;
-    _Atomic int rc;
+    _Atomic int rc, drain_rc;
+    _Atomic uint64_t final_handled; /* what the refused drain wrote */
 };
 
 static int self_stop_handler(const rbus_msg *m, void *arg)
@@ -637,6 +638,10 @@ static int self_stop_handler(const rbus_msg *m, void *arg)
     rbus_dispatcher *d;
     while (!(d = atomic_load(&ss->d)))
         rbus_test_sleep_us(100);
+    rbus_dispatch_stats final;
+    memset(&final, 0xff, sizeof final);
+    atomic_store(&ss->drain_rc, rbus_dispatch_drain(d, -1, &final));
+    atomic_store(&ss->final_handled, final.handled);
     atomic_store(&ss->rc, rbus_dispatch_stop(d));
     return 0;
 }
@@ -675,6 +680,10 @@ static void errors_are_reported_and_destroy_stops_dispatchers(void **state)
     assert_rbus_rc(rbus_dispatch_start(&d, s, ok_handler, NULL, &bad), -EINVAL);
     assert_rbus_rc(rbus_dispatch_stop(NULL), -EINVAL);
     rbus_dispatch_stats st;
+    memset(&st, 0xff, sizeof st);
+    assert_rbus_rc(rbus_dispatch_drain(NULL, 0, &st), -EINVAL);
+    assert_int_equal(st.handled + st.dropped + st.in_hand, 0);
+    assert_rbus_rc(rbus_dispatch_drain(NULL, -1, NULL), -EINVAL);
     assert_rbus_rc(rbus_dispatch_stats_get(NULL, &st), -EINVAL);
 
     /* One dispatcher per subscription; unsubscribe waits for it to stop. */
@@ -689,11 +698,218 @@ static void errors_are_reported_and_destroy_stops_dispatchers(void **state)
     assert_rbus_ok(rbus_publish(t, "x", 1));
     assert_true(wait_until(self_stop_ran, &ss, INT64_C(10000000000)));
     assert_rbus_rc(atomic_load(&ss.rc), -EDEADLK);
+    assert_rbus_rc(atomic_load(&ss.drain_rc), -EDEADLK);
+    assert_int_equal(atomic_load(&ss.final_handled), 0);
     assert_rbus_ok(rbus_dispatch_stop(d));
     /* After a stop, another may start; rbus_destroy stops it. */
     assert_rbus_ok(rbus_dispatch_start(&d, s, ok_handler, NULL, NULL));
     assert_rbus_ok(rbus_publish(t, "y", 1));
     rbus_destroy(bus); /* ASan/LSan: the dispatcher and its threads are gone */
+}
+
+/* ------------------------------------------------------------ drain */
+
+/* Payload of the drain tests: order key index and per-key sequence. Every
+ * 5th message fails its first attempt; every 47th fails every attempt and
+ * becomes a dead letter after 3. So the final counters are known exactly. */
+struct drain_log {
+    _Atomic int running[NKEYS];
+    uint32_t done[NKEYS]; /* 1 + the last sequence finished (handled or dead), by its runner */
+    _Atomic unsigned overlap, out_of_order;
+    unsigned sleep_us;
+};
+
+static bool drain_fails_for_good(uint32_t seq)
+{
+    return seq % 47 == 46;
+}
+
+static int drain_handler(const rbus_msg *m, void *arg)
+{
+    struct drain_log *l = arg;
+    uint32_t v[2];
+    memcpy(v, rbus_msg_data(m), sizeof v);
+    if (atomic_exchange(&l->running[v[0]], 1) != 0)
+        atomic_fetch_add(&l->overlap, 1);
+    /* A later message of the key runs only once this one is done for
+     * good: its retries and its dead letter come first. */
+    if (l->done[v[0]] > v[1])
+        atomic_fetch_add(&l->out_of_order, 1);
+    if (l->sleep_us)
+        rbus_test_sleep_us(l->sleep_us);
+    int rc = 0;
+    if (drain_fails_for_good(v[1]) || (v[1] % 5 == 0 && rbus_msg_attempt(m) == 1))
+        rc = -1;
+    if (rc == 0 || (drain_fails_for_good(v[1]) && rbus_msg_attempt(m) == 3))
+        l->done[v[0]] = v[1] + 1;
+    atomic_store(&l->running[v[0]], 0);
+    return rc;
+}
+
+static void drain_publish(rbus_topic *t, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t v[2] = {i % NKEYS, i / NKEYS};
+        char key[8];
+        snprintf(key, sizeof key, "k%u", v[0]);
+        rbus_pub_opts po;
+        memset(&po, 0, sizeof po);
+        po.order_key = key;
+        po.order_key_len = strlen(key);
+        assert_rbus_ok(rbus_publish_ex(t, v, sizeof v, &po, NULL));
+    }
+}
+
+/* The value of `family` for subscription `s` in the bus's exposition. */
+static uint64_t prom_value(rbus *bus, const char *family, rbus_sub *s)
+{
+    static char text[1 << 16];
+    int n = rbus_stats_prometheus(bus, text, sizeof text);
+    assert_true(n > 0 && (size_t)n < sizeof text);
+    char head[128];
+    snprintf(head, sizeof head, "%s{pattern=\"", family);
+    char sub[48];
+    snprintf(sub, sizeof sub, "\",sub=\"%llu\",", (unsigned long long)rbus_sub_id(s));
+    for (const char *p = text; (p = strstr(p, head)) != NULL; p++) {
+        const char *end = strchr(p, '\n');
+        const char *at = strstr(p, sub);
+        if (at && at < end)
+            return strtoull(strstr(p, "} ") + 2, NULL, 10);
+    }
+    fail_msg("no %s sample for sub %llu", family, (unsigned long long)rbus_sub_id(s));
+    return 0;
+}
+
+static void drain_handles_everything_queued_under_retries_and_keys(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "drain.orders");
+    rbus_sub_opts so;
+    rbus_sub_opts_init(&so);
+    so.capacity = 8192;
+    so.name = "billing";
+    rbus_sub *s, *dlq;
+    assert_rbus_ok(rbus_subscribe(bus, "drain.orders", &so, &s));
+    dlq = sub_block(bus, "drain.dead", 8192);
+    const uint32_t per_key = (uint32_t)rbus_test_scaled(1000, 63);
+    const uint32_t n = per_key * NKEYS;
+    printf("# drain: %u messages over %u order keys, 4 workers\n", n, NKEYS);
+    struct drain_log *l = calloc(1, sizeof *l);
+    assert_non_null(l);
+    rbus_dispatch_opts o;
+    rbus_dispatch_opts_init(&o);
+    o.threads = 4;
+    o.ordered_by_key = true;
+    o.max_attempts = 3;
+    o.backoff_initial_ns = 200000;
+    o.backoff_max_ns = 2000000;
+    o.dead_letter_topic = "drain.dead";
+    o.max_in_hand = 64;
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, drain_handler, l, &o));
+    drain_publish(t, n);
+    rbus_dispatch_stats final;
+    assert_rbus_ok(rbus_dispatch_drain(d, -1, &final));
+
+    uint64_t dead = 0, retried = 0;
+    for (uint32_t seq = 0; seq < per_key; seq++) {
+        dead += drain_fails_for_good(seq) ? NKEYS : 0;
+        retried += drain_fails_for_good(seq) ? 2 * NKEYS : seq % 5 == 0 ? NKEYS : 0;
+    }
+    printf("# drain: handled %llu, retried %llu, dead letters %llu\n",
+           (unsigned long long) final.handled, (unsigned long long) final.retried,
+           (unsigned long long) final.dead_lettered);
+    assert_int_equal(final.handled, n - dead);
+    assert_int_equal(final.dead_lettered, dead);
+    assert_int_equal(final.retried, retried);
+    assert_int_equal(final.failed_attempts, retried + dead);
+    assert_int_equal(final.dropped, 0);
+    assert_int_equal(final.in_hand, 0);
+    assert_int_equal(atomic_load(&l->overlap), 0);
+    assert_int_equal(atomic_load(&l->out_of_order), 0);
+    for (int k = 0; k < NKEYS; k++)
+        assert_int_equal(l->done[k], per_key);
+    rbus_sub_stats st, dst;
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    assert_rbus_ok(rbus_sub_stats_get(dlq, &dst));
+    assert_int_equal(st.received, n);
+    assert_int_equal(st.depth, 0);
+    assert_int_equal(dst.depth, dead);
+
+    /* The counters outlive the dispatcher, labelled like the sub's own. */
+    assert_int_equal(prom_value(bus, "ringbus_dispatch_handled_total", s), n - dead);
+    assert_int_equal(prom_value(bus, "ringbus_dispatch_dead_lettered_total", s), dead);
+    assert_int_equal(prom_value(bus, "ringbus_dispatch_retried_total", s), retried);
+    assert_int_equal(prom_value(bus, "ringbus_dispatch_in_hand", s), 0);
+    static char text[1 << 16];
+    assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
+    assert_non_null(strstr(text, "ringbus_dispatch_handled_total{pattern=\"drain.orders\",sub=\""));
+    assert_non_null(strstr(text, "\",name=\"billing\",policy=\"block\"} "));
+
+    /* A second dispatcher adds to them: counters never go back. */
+    memset(l, 0, sizeof *l);
+    assert_rbus_ok(rbus_dispatch_start(&d, s, drain_handler, l, &o));
+    drain_publish(t, NKEYS); /* sequence 0 of each key: fails once, then handled */
+    assert_rbus_ok(rbus_dispatch_drain(d, -1, &final));
+    assert_int_equal(final.handled, NKEYS);
+    assert_int_equal(prom_value(bus, "ringbus_dispatch_handled_total", s), n - dead + NKEYS);
+    assert_int_equal(prom_value(bus, "ringbus_dispatch_retried_total", s), retried + NKEYS);
+
+    free(l);
+    assert_rbus_ok(rbus_unsubscribe(dlq));
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
+static void drain_that_times_out_leaves_the_rest_queued(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "drain.slow");
+    rbus_sub *s = sub_block(bus, "drain.slow", 1024);
+    struct drain_log *l = calloc(1, sizeof *l);
+    assert_non_null(l);
+    l->sleep_us = 2000;
+    rbus_dispatch_opts o;
+    rbus_dispatch_opts_init(&o);
+    o.ordered_by_key = true;
+    o.max_attempts = 3;
+    o.max_in_hand = 4;
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, drain_handler, l, &o));
+    const uint32_t n = 400;
+    drain_publish(t, n);
+    rbus_dispatch_stats final;
+    assert_rbus_rc(rbus_dispatch_drain(d, 30000000, &final), -ETIMEDOUT);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    printf("# drain with 30 ms for %u messages of 2 ms: %llu handled, %u still queued\n", n,
+           (unsigned long long) final.handled, st.depth);
+    /* Whatever was taken was finished (a retry at once; no dead letter
+     * before sequence 46); the rest is still queued. */
+    assert_true(st.depth > 0);
+    assert_int_equal(final.handled + final.dead_lettered + final.dropped, st.received);
+    assert_int_equal(st.received + st.depth, n);
+    assert_int_equal(atomic_load(&l->out_of_order), 0);
+
+    /* Nothing queued: a drain that may not wait still succeeds. */
+    rbus_msg *m;
+    while (rbus_recv(s, &m, 0) == 0)
+        rbus_msg_release(m);
+    l->sleep_us = 0;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, drain_handler, l, &o));
+    assert_rbus_ok(rbus_dispatch_drain(d, 0, NULL));
+    /* A closed subscription ends the drain once it is empty. */
+    assert_rbus_ok(rbus_dispatch_start(&d, s, drain_handler, l, &o));
+    memset(l, 0, sizeof *l);
+    drain_publish(t, NKEYS);
+    assert_rbus_ok(rbus_sub_close(s));
+    assert_rbus_ok(rbus_dispatch_drain(d, -1, &final));
+    assert_int_equal(final.handled, NKEYS);
+    free(l);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
 }
 
 /* ------------------------------------- a handler that uses many buses */
@@ -799,6 +1015,8 @@ int main(void)
         cmocka_unit_test(stop_under_load_loses_nothing),
         cmocka_unit_test(keys_stay_exact_when_messages_fail_for_good),
         cmocka_unit_test(errors_are_reported_and_destroy_stops_dispatchers),
+        cmocka_unit_test(drain_handles_everything_queued_under_retries_and_keys),
+        cmocka_unit_test(drain_that_times_out_leaves_the_rest_queued),
         cmocka_unit_test(retry_after_handler_used_many_buses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
