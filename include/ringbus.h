@@ -420,6 +420,26 @@ typedef struct rbus_topic_stats {
     uint32_t subscriptions; /**< matching open subscriptions now */
 } rbus_topic_stats;
 
+/** A bus's figures, from rbus_bus_stats_get(). */
+typedef struct rbus_bus_stats {
+    uint64_t held;          /**< message references the application holds now: taken by
+                              rbus_recv*, added by rbus_msg_ref, not yet released
+                              (a dispatcher's own are its in_hand; a second release of
+                              one reference is not counted) */
+    uint64_t held_bytes;    /**< their payload bytes (a message held twice counts twice) */
+    uint32_t topics;        /**< topics opened */
+    uint32_t subscriptions; /**< subscriptions not yet unsubscribed */
+} rbus_bus_stats;
+
+/**
+ * rbus_bus_stats_get: the bus's figures into *out. A leak of messages
+ * (an rbus_msg_release forgotten) shows as `held` growing; builds with
+ * RBUS_CHECKED also say at rbus_destroy how many are still held. Takes
+ * the bus's registry lock briefly, never blocking publishes or receives.
+ * Returns 0 or -EINVAL.
+ */
+RBUS_API int rbus_bus_stats_get(rbus *bus, rbus_bus_stats *out);
+
 /**
  * rbus_sub_stats_get: a snapshot of the subscription's counters into *out.
  * Counters only grow. With no publish, receive or unsubscribe in flight on

@@ -338,6 +338,18 @@ void rbus_destroy(rbus *bus)
      * its last attempts and dead letters. */
     rbus__dispatch_stop_all(bus);
     rbus_close(bus);
+#if defined(RBUS_CHECKED)
+    /* A reference still held is a leak, or a use after the free below. */
+    uint64_t held, held_bytes;
+    pthread_mutex_lock(&bus->lock);
+    rbus__held_read(bus, &held, &held_bytes);
+    pthread_mutex_unlock(&bus->lock);
+    if (held)
+        fprintf(stderr,
+                "ringbus: rbus_destroy: %llu message reference(s) (%llu payload bytes) still "
+                "held by the application; rbus_msg_release each before rbus_destroy\n",
+                (unsigned long long)held, (unsigned long long)held_bytes);
+#endif
     rbus__registry_remove(bus);
     while (bus->subs) {
         rbus_sub *s = bus->subs;

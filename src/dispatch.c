@@ -350,7 +350,7 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
             d->receiver_busy = ordered;
             pthread_mutex_unlock(&d->lock);
             rbus_msg *m = NULL;
-            int rc = rbus_recv(d->sub, &m, wait);
+            int rc = rbus__sub_recv_unheld(d->sub, &m, wait);
             pthread_mutex_lock(&d->lock);
             d->receiving--;
             if (ordered) {
@@ -406,7 +406,7 @@ static void prepare_retry(struct rbus_thread_state *th, struct item *it)
         return;
     if (it->key && it->key->bytes == rbus_msg_order_key(it->msg, NULL))
         it->key->bytes = rbus_msg_order_key(copy, NULL);
-    rbus_msg_release(it->msg);
+    rbus__msg_unref_by(th, it->msg, 1);
     it->msg = copy;
 }
 
@@ -447,7 +447,7 @@ static void *worker_main(void *arg)
             d->stats.handled++;
             rbus_msg *m = it->msg;
             item_finish(d, it);
-            rbus_msg_release(m); /* after: the key's bytes may live in m */
+            rbus__msg_unref_by(th, m, 1); /* after: the key's bytes may live in m */
             continue;
         }
         d->stats.failed_attempts++;
@@ -477,7 +477,7 @@ static void *worker_main(void *arg)
         item_finish(d, it);
         /* Only now: key_find may compare against the key's bytes in m
          * until item_finish handed the key on. */
-        rbus_msg_release(m);
+        rbus__msg_unref_by(th, m, 1);
     }
     pthread_mutex_unlock(&d->lock);
     return NULL;

@@ -185,7 +185,7 @@ static void msg_recycle(struct rbus_thread_state *th, rbus_msg *m)
                                                     memory_order_relaxed));
 }
 
-void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
+bool rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
 {
 #if defined(RBUS_CHECKED)
     /* Always the locked decrement, so that two releases of one reference,
@@ -196,6 +196,7 @@ void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
                                          "(a second release of one reference?)");
     if (had == n)
         msg_recycle(th, m);
+    return true;
 #else
     /* Holding every reference left, the caller is the only one who can
      * change the count, so it needs no atomic write: the common case (one
@@ -210,7 +211,39 @@ void rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
     if (refs == n || (RBUS__LIKELY(refs > n) &&
                       atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n))
         msg_recycle(th, m);
+    return refs >= n;
 #endif
+}
+
+void rbus__held_add(rbus *bus, struct rbus_thread_state *th, int64_t n, int64_t bytes)
+{
+    if (RBUS__LIKELY(th != NULL)) {
+        /* Only the state's owner writes these, so a relaxed load and store
+         * suffice (no locked instruction on a receive or release); the
+         * sum in rbus__held_read reads them relaxed: a gauge. */
+        atomic_store_explicit(&th->held, atomic_load_explicit(&th->held, memory_order_relaxed) + n,
+                              memory_order_relaxed);
+        atomic_store_explicit(&th->held_bytes,
+                              atomic_load_explicit(&th->held_bytes, memory_order_relaxed) + bytes,
+                              memory_order_relaxed);
+        return;
+    }
+    atomic_fetch_add_explicit(&bus->held_stateless, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&bus->held_stateless_bytes, bytes, memory_order_relaxed);
+}
+
+void rbus__held_read(rbus *bus, uint64_t *held, uint64_t *bytes)
+{
+    int64_t n = atomic_load_explicit(&bus->held_stateless, memory_order_relaxed);
+    int64_t b = atomic_load_explicit(&bus->held_stateless_bytes, memory_order_relaxed);
+    for (struct rbus_thread_state *th = bus->threads; th; th = th->bus_next) {
+        n += atomic_load_explicit(&th->held, memory_order_relaxed);
+        b += atomic_load_explicit(&th->held_bytes, memory_order_relaxed);
+    }
+    /* A reference taken on one thread and released on another can be read
+     * released before it was taken while both are in flight. */
+    *held = n > 0 ? (uint64_t)n : 0;
+    *bytes = b > 0 ? (uint64_t)b : 0;
 }
 
 void rbus__msg_unref(rbus_msg *m, uint32_t n)
@@ -249,6 +282,8 @@ rbus_msg *rbus_msg_ref(const rbus_msg *msg)
     /* Relaxed: the caller already holds a reference, so the message cannot
      * be recycled concurrently; the new reference needs no ordering. */
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    rbus *bus = m->topic->bus;
+    rbus__held_add(bus, rbus__thread_get(bus), 1, m->size);
     return m;
 }
 
@@ -271,7 +306,12 @@ void rbus_msg_release(rbus_msg *msg)
         handler_refs--;
     }
 #endif
-    rbus__msg_unref(msg, 1);
+    /* Read before the release: the message may be reused once it is done. */
+    rbus *bus = msg->topic->bus;
+    int64_t size = msg->size;
+    struct rbus_thread_state *th = rbus__thread_get(bus);
+    if (rbus__msg_unref_by(th, msg, 1))
+        rbus__held_add(bus, th, -1, -size);
 }
 
 static const unsigned char empty_payload[1];

@@ -49,6 +49,7 @@
     X(RBUS_SUB_ID, "rbus_sub_id")                                                         \
     X(RBUS_SUB_FD, "rbus_sub_fd")                                                         \
     X(RBUS_SUB_STATS_GET, "rbus_sub_stats_get")                                           \
+    X(RBUS_BUS_STATS_GET, "rbus_bus_stats_get")                                           \
     X(RBUS_RECV, "rbus_recv")                                                             \
     X(RBUS_RECV_BATCH, "rbus_recv_batch")                                                 \
     X(RBUS_MSG_REF, "rbus_msg_ref")                                                       \

@@ -261,7 +261,9 @@ static void fd_clear(rbus_sub *s)
         fd_make_readable(s);
 }
 
-static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_ns)
+/* `held`: count what it takes as held by the application (a dispatcher's
+ * own receives are not: its workers release them uncounted). */
+static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_ns, bool held)
 {
     if (!rbus__sub_enter(s))
         return -ESHUTDOWN;
@@ -328,8 +330,20 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
         rbus__event_wait(&s->msg_ev, seen, until);
         reserved_rounds = 0;
     }
+    if (held && rc > 0) {
+        int64_t bytes = 0;
+        for (int i = 0; i < rc; i++)
+            bytes += out[i]->size;
+        rbus__held_add(s->bus, rbus__thread_get(s->bus), rc, bytes);
+    }
     rbus__sub_leave(s);
     return rc;
+}
+
+int rbus__sub_recv_unheld(rbus_sub *s, rbus_msg **out, int64_t timeout_ns)
+{
+    int rc = recv_common(s, out, 1, timeout_ns, false);
+    return rc > 0 ? 0 : rc;
 }
 
 int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns)
@@ -339,7 +353,7 @@ int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns)
         *out = NULL;
     if (!sub || !out)
         return -EINVAL;
-    int rc = recv_common(sub, out, 1, timeout_ns);
+    int rc = recv_common(sub, out, 1, timeout_ns, true);
     return rc > 0 ? 0 : rc;
 }
 
@@ -350,7 +364,7 @@ int rbus_recv_batch(rbus_sub *sub, rbus_msg **out, size_t max, int64_t timeout_n
         return -EINVAL;
     if (max > INT_MAX)
         max = INT_MAX;
-    return recv_common(sub, out, max, timeout_ns);
+    return recv_common(sub, out, max, timeout_ns, true);
 }
 
 /* ---------------------------------------------------------- lifecycle */

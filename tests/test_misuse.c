@@ -6,6 +6,10 @@
  * and words the parent checks. In other builds the second release of a
  * message that is back in its cache is ignored, so the cache is never
  * corrupted (it used to hand one message out twice).
+ *
+ * A forgotten release shows: the bus counts the references the
+ * application holds (rbus_bus_stats_get, ringbus_held_messages), and
+ * RBUS_CHECKED builds say at rbus_destroy how many are still held.
  */
 #include "test_util.h"
 
@@ -14,9 +18,10 @@
 #include <unistd.h>
 
 #if defined(RBUS_CHECKED)
-/* Runs fn in a child with stderr piped back; true when the child died of
- * SIGABRT having written every one of `words` (NULL-terminated). */
-static bool child_aborts_saying(void (*fn)(void), const char *const *words)
+/* Runs fn in a child with stderr piped back; true when the child ended as
+ * `aborts` says (died of SIGABRT, or exited 0) having written every one of
+ * `words` (NULL-terminated). */
+static bool child_ends_saying(void (*fn)(void), bool aborts, const char *const *words)
 {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -40,12 +45,18 @@ static bool child_aborts_saying(void (*fn)(void), const char *const *words)
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     print_message("  child said: %s", len ? text : "(nothing)\n");
-    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT)
+    if (aborts ? !WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT
+               : !WIFEXITED(status) || WEXITSTATUS(status) != 0)
         return false;
     for (const char *const *w = words; *w; w++)
         if (!strstr(text, *w))
             return false;
     return true;
+}
+
+static bool child_aborts_saying(void (*fn)(void), const char *const *words)
+{
+    return child_ends_saying(fn, true, words);
 }
 #endif
 
@@ -190,6 +201,119 @@ static void release_after_destroy_aborts(void **state)
 #endif
 }
 
+/* ------------------------------------------------------ held counts */
+
+static void assert_held(rbus *bus, uint64_t held, uint64_t bytes)
+{
+    rbus_bus_stats st;
+    assert_rbus_ok(rbus_bus_stats_get(bus, &st));
+    assert_int_equal(st.held, held);
+    assert_int_equal(st.held_bytes, bytes);
+}
+
+static void *release_elsewhere(void *m)
+{
+    rbus_msg_release(m);
+    return NULL;
+}
+
+static int kept_handler(const rbus_msg *msg, void *arg)
+{
+    rbus_msg **kept = arg;
+    if (!*kept)
+        *kept = rbus_msg_ref(msg);
+    return 0;
+}
+
+static void held_counts_follow_receives_refs_and_releases(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "held.t");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "held.t", 16, RBUS_BLOCK, 0, NULL);
+    assert_rbus_rc(rbus_bus_stats_get(NULL, NULL), -EINVAL);
+    assert_rbus_rc(rbus_bus_stats_get(bus, NULL), -EINVAL);
+    assert_held(bus, 0, 0);
+    for (int i = 0; i < 4; i++)
+        assert_rbus_ok(rbus_publish(t, "0123456789", 10));
+    assert_held(bus, 0, 0); /* queued is not held */
+    rbus_msg *m[4];
+    assert_rbus_ok(rbus_recv(s, &m[0], 0));
+    assert_held(bus, 1, 10);
+    assert_int_equal(rbus_recv_batch(s, &m[1], 3, 0), 3);
+    assert_held(bus, 4, 40);
+    rbus_msg *extra = rbus_msg_ref(m[0]);
+    assert_held(bus, 5, 50);
+    rbus_bus_stats bst;
+    assert_rbus_ok(rbus_bus_stats_get(bus, &bst));
+    assert_int_equal(bst.topics, 1);
+    assert_int_equal(bst.subscriptions, 1);
+    char text[8192];
+    assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
+    assert_non_null(strstr(text, "\nringbus_held_messages 5\n"));
+    assert_non_null(strstr(text, "\nringbus_held_bytes 50\n"));
+
+    /* Released on another thread than the one that received. */
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, release_elsewhere, m[1]), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_held(bus, 4, 40);
+    rbus_msg_release(extra);
+    for (int i = 0; i < 4; i++)
+        if (i != 1)
+            rbus_msg_release(m[i]);
+    assert_held(bus, 0, 0);
+#if !defined(RBUS_CHECKED)
+    /* A second release of one reference is ignored, and so not counted. */
+    assert_rbus_ok(rbus_publish(t, "x", 1));
+    assert_rbus_ok(rbus_recv(s, &m[0], 0));
+    rbus_msg_release(m[0]);
+    rbus_msg_release(m[0]);
+    assert_rbus_ok(rbus_publish(t, "y", 1));
+    assert_rbus_ok(rbus_recv(s, &m[0], 0));
+    assert_held(bus, 1, 1);
+    rbus_msg_release(m[0]);
+#endif
+
+    /* A dispatcher's own messages are not the application's; a reference
+     * its handler keeps is. */
+    rbus_msg *kept = NULL;
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, kept_handler, &kept, NULL));
+    for (int i = 0; i < 3; i++)
+        assert_rbus_ok(rbus_publish(t, "abc", 3));
+    assert_rbus_ok(rbus_dispatch_drain(d, -1, NULL));
+    assert_non_null(kept);
+    assert_held(bus, 1, 3);
+    rbus_msg_release(kept);
+    assert_held(bus, 0, 0);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
+#if defined(RBUS_CHECKED)
+static void destroy_holding(void)
+{
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "held.d");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "held.d", 8, RBUS_BLOCK, 0, NULL);
+    publish_and_take(t, s, "forgotten"); /* the misuse: never released */
+    rbus_destroy(bus);
+}
+#endif
+
+static void destroy_says_what_is_still_held(void **state)
+{
+    (void)state;
+#if defined(RBUS_CHECKED)
+    static const char *const words[] = {"rbus_destroy", "1 message reference(s)",
+                                        "10 payload bytes", "still held", NULL};
+    assert_true(child_ends_saying(destroy_holding, false, words));
+#else
+    skip();            /* the check is in RBUS_CHECKED builds */
+#endif
+}
+
 int main(void)
 {
 #if defined(RBUS_CHECKED)
@@ -202,6 +326,8 @@ int main(void)
         cmocka_unit_test(handler_releasing_its_message),
         cmocka_unit_test(handler_with_references_of_its_own),
         cmocka_unit_test(release_after_destroy_aborts),
+        cmocka_unit_test(held_counts_follow_receives_refs_and_releases),
+        cmocka_unit_test(destroy_says_what_is_still_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
