@@ -2,7 +2,8 @@
 # Installs a built ringbus into a scratch prefix, then builds and runs
 # consumers out of tree against it: a CMake project (find_package; shared,
 # static and C++) and plain compiler lines from pkg-config (shared, and
-# static with the archive). Any failing step fails the test.
+# static with the archive), which sees only the prefix's .pc files. Any
+# failing step fails the test.
 #
 # usage: run.sh CMAKE BUILD_DIR WORK_DIR CC CXX|- PKG_CONFIG LIBDIR WERROR(0|1)
 #   LIBDIR is the build's CMAKE_INSTALL_LIBDIR (relative to the prefix).
@@ -109,28 +110,62 @@ else
   echo "   libringbus_nats not installed (built without libnats): no bridge consumer"
 fi
 
-begin "pkg-config consumer: shared"
-PKG_CONFIG_PATH=$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-export PKG_CONFIG_PATH
-pcversion=$("$pkgconfig" --modversion ringbus)
-[ "$pcversion" = "$version" ] || fail "ringbus.pc says $pcversion, the header $version"
-cflags=$("$pkgconfig" --cflags ringbus)
-libs=$("$pkgconfig" --libs ringbus)
-echo "   --cflags: $cflags"
-echo "   --libs:   $libs"
+begin "pkg-config: only the prefix's modules are visible"
+# PKG_CONFIG_LIBDIR replaces the system directories, so ck.pc cannot be
+# found: using ringbus must not need it.
+PKG_CONFIG_PATH=$lib/pkgconfig
+PKG_CONFIG_LIBDIR=$work/no-system-pc
+export PKG_CONFIG_PATH PKG_CONFIG_LIBDIR
+run mkdir -p "$PKG_CONFIG_LIBDIR"
+if "$pkgconfig" --exists ck; then
+  fail "$pkgconfig still finds ck.pc: the checks below would prove nothing"
+fi
+echo "   ck.pc is hidden"
+pc() { # pkg-config arguments...: its output in $pcout
+  pcout=$("$pkgconfig" "$@") || fail "pkg-config $* failed"
+  printf '   pkg-config %s: %s\n' "$*" "$pcout"
+}
+has_word() { # words word
+  for w in $1; do
+    [ "$w" = "$2" ] && return 0
+  done
+  return 1
+}
+pc --modversion ringbus
+[ "$pcout" = "$version" ] || fail "ringbus.pc says $pcout, the header $version"
+# ck's .pc adds -D__x86_64__, which is ck's business, not our users'.
+for mode in "" --static; do
+  # shellcheck disable=SC2086 # $mode is one word or none
+  pc $mode --cflags ringbus
+  case $pcout in
+    *__x86_64__*) fail "ck's flags leak into ringbus's --cflags" ;;
+  esac
+done
+pc --libs ringbus
+has_word "$pcout" -lck && fail "pkg-config --libs ringbus gives -lck: libringbus.so carries its own"
+pc --static --libs ringbus
+has_word "$pcout" -lck || fail "pkg-config --static --libs ringbus lacks -lck, which libringbus.a needs"
+has_word "$pcout" -pthread || fail "pkg-config --static --libs ringbus lacks -pthread"
+
 warn="-std=c11 -Wall -Wextra -Wpedantic"
 if [ "$werror" = 1 ]; then
   warn="$warn -Werror"
 fi
+
+begin "pkg-config consumer: shared"
+pc --cflags ringbus
+cflags=$pcout
+pc --libs ringbus
+libs=$pcout
 # shellcheck disable=SC2086 # the flags are lists of words
 run "$cc" $warn $cflags -o "$work/pc_shared" "$src/consumer.c" $libs
 run_consumer "$work/pc_shared" shared
 
 begin "pkg-config consumer: static"
-cflags=$("$pkgconfig" --static --cflags ringbus)
-libs=$("$pkgconfig" --static --libs ringbus)
-echo "   --static --cflags: $cflags"
-echo "   --static --libs:   $libs"
+pc --static --cflags ringbus
+cflags=$pcout
+pc --static --libs ringbus
+libs=$pcout
 # -lringbus would pick the .so; take the archive, keep the rest (ck, -pthread).
 static_libs=
 for f in $libs; do
