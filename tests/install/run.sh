@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs a built ringbus into a scratch prefix, then builds and runs
 # consumers out of tree against it: a CMake project (find_package; shared,
-# static and C++) and plain compiler lines from pkg-config (shared, and
-# static with the archive), which sees only the prefix's .pc files. Any
-# failing step fails the test.
+# static and C++) and plain compiler lines from pkg-config (ringbus and
+# ringbus_static), which sees only the prefix's .pc files. Any failing
+# step fails the test.
 #
 # usage: run.sh CMAKE BUILD_DIR WORK_DIR CC CXX|- PKG_CONFIG LIBDIR WERROR(0|1)
 #   LIBDIR is the build's CMAKE_INSTALL_LIBDIR (relative to the prefix).
@@ -72,6 +72,7 @@ esac
 echo "   header says $version (SOVERSION $soversion)"
 for f in "$lib/libringbus.a" "$lib/libringbus.so" "$lib/libringbus.so.$soversion" \
          "$lib/libringbus.so.$version" "$lib/pkgconfig/ringbus.pc" \
+         "$lib/pkgconfig/ringbus_static.pc" \
          "$lib/cmake/ringbus/ringbus-config.cmake" \
          "$lib/cmake/ringbus/ringbus-config-version.cmake" \
          "$lib/cmake/ringbus/ringbus-targets.cmake"; do
@@ -131,15 +132,17 @@ has_word() { # words word
   done
   return 1
 }
-pc --modversion ringbus
-[ "$pcout" = "$version" ] || fail "ringbus.pc says $pcout, the header $version"
-# ck's .pc adds -D__x86_64__, which is ck's business, not our users'.
-for mode in "" --static; do
-  # shellcheck disable=SC2086 # $mode is one word or none
-  pc $mode --cflags ringbus
-  case $pcout in
-    *__x86_64__*) fail "ck's flags leak into ringbus's --cflags" ;;
-  esac
+for m in ringbus ringbus_static; do
+  pc --modversion "$m"
+  [ "$pcout" = "$version" ] || fail "$m.pc says $pcout, the header $version"
+  # ck's .pc adds -D__x86_64__, which is ck's business, not our users'.
+  for mode in "" --static; do
+    # shellcheck disable=SC2086 # $mode is one word or none
+    pc $mode --cflags "$m"
+    case $pcout in
+      *__x86_64__*) fail "ck's flags leak into $m's --cflags" ;;
+    esac
+  done
 done
 pc --libs ringbus
 has_word "$pcout" -lck && fail "pkg-config --libs ringbus gives -lck: libringbus.so carries its own"
@@ -152,7 +155,7 @@ if [ "$werror" = 1 ]; then
   warn="$warn -Werror"
 fi
 
-begin "pkg-config consumer: shared"
+begin "pkg-config consumer: shared (ringbus)"
 pc --cflags ringbus
 cflags=$pcout
 pc --libs ringbus
@@ -161,21 +164,16 @@ libs=$pcout
 run "$cc" $warn $cflags -o "$work/pc_shared" "$src/consumer.c" $libs
 run_consumer "$work/pc_shared" shared
 
-begin "pkg-config consumer: static"
-pc --static --cflags ringbus
+begin "pkg-config consumer: static (ringbus_static)"
+pc --static --cflags ringbus_static
 cflags=$pcout
-pc --static --libs ringbus
+pc --static --libs ringbus_static
 libs=$pcout
-# -lringbus would pick the .so; take the archive, keep the rest (ck, -pthread).
-static_libs=
-for f in $libs; do
-  if [ "$f" = -lringbus ]; then
-    f=-l:libringbus.a
-  fi
-  static_libs="$static_libs $f"
-done
+# Every link of the archive needs the same flags, --static or not.
+pc --libs ringbus_static
+[ "$pcout" = "$libs" ] || fail "ringbus_static links differently without --static"
 # shellcheck disable=SC2086 # likewise
-run "$cc" $warn $cflags -DCONSUMER_STATIC=1 -o "$work/pc_static" "$src/consumer.c" $static_libs
+run "$cc" $warn $cflags -DCONSUMER_STATIC=1 -o "$work/pc_static" "$src/consumer.c" $libs
 run_consumer "$work/pc_static" static
 
 step=finished
