@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs a built ringbus into a scratch prefix, then builds and runs
 # consumers out of tree against it: a CMake project (find_package; shared,
-# static and C++) and plain compiler lines from pkg-config (ringbus and
-# ringbus_static), which sees only the prefix's .pc files. Any failing
-# step fails the test.
+# static, C++ and the NATS bridge) and plain compiler lines from pkg-config
+# (ringbus, ringbus_static and ringbus_nats), which sees only the prefix's
+# .pc files. Any failing step fails the test.
 #
 # usage: run.sh CMAKE BUILD_DIR WORK_DIR CC CXX|- PKG_CONFIG LIBDIR WERROR(0|1)
 #   LIBDIR is the build's CMAKE_INSTALL_LIBDIR (relative to the prefix).
@@ -32,21 +32,29 @@ begin() { step=$*; printf '\n== %s\n' "$step"; }
 run() { echo "+ $*"; "$@"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# ldd tells which libringbus an executable loads: the installed one, or
-# none for the static consumers.
-expect_links() { # executable shared|static|any
+# ldd tells where an executable loads libringbus (and the bridge) from:
+# the prefix, or nowhere for the static consumers.
+loaded_from() { # executable library-name (libringbus, libringbus_nats)
   deps=$(LD_LIBRARY_PATH=$lib ldd "$1") || fail "ldd $1"
-  found=$(printf '%s\n' "$deps" | sed -n 's/^[[:space:]]*\(libringbus\.so[^ ]*\) => \([^ ]*\) .*/\2/p')
+  printf '%s\n' "$deps" | sed -n "s/^[[:space:]]*$2\\.so[^ ]* => \\([^ ]*\\) .*/\\1/p"
+}
+expect_installed() { # executable library-name: loads that library from $lib
+  found=$(loaded_from "$1" "$2")
+  [ -n "$found" ] || fail "$1 does not load $2.so"
+  [ "$(readlink -f "$found")" = "$(readlink -f "$lib/$2.so.$soversion")" ] ||
+    fail "$1 loads $found, not the one in $lib"
+  echo "   $1 loads $found"
+}
+expect_links() { # executable shared|static|any
   case $2 in
-    shared)
-      [ -n "$found" ] || fail "$1 does not load libringbus.so"
-      [ "$(readlink -f "$found")" = "$(readlink -f "$lib/libringbus.so.$soversion")" ] ||
-        fail "$1 loads $found, not the one in $lib"
-      echo "   $1 loads $found" ;;
+    shared) expect_installed "$1" libringbus ;;
     static)
+      found=$(loaded_from "$1" libringbus)
       [ -z "$found" ] || fail "$1 loads $found but should contain the archive"
       echo "   $1 does not load libringbus.so" ;;
-    any) echo "   $1 loads ${found:-no libringbus.so}" ;;
+    any)
+      found=$(loaded_from "$1" libringbus)
+      echo "   $1 loads ${found:-no libringbus.so}" ;;
   esac
 }
 run_consumer() { # executable shared|static|any
@@ -79,6 +87,12 @@ for f in "$lib/libringbus.a" "$lib/libringbus.so" "$lib/libringbus.so.$soversion
   [ -e "$f" ] || fail "not installed: $f"
   echo "   ok $f"
 done
+if [ -e "$lib/libringbus_nats.so" ]; then
+  [ -e "$lib/pkgconfig/ringbus_nats.pc" ] || fail "libringbus_nats.so is installed, ringbus_nats.pc is not"
+  echo "   ok $lib/pkgconfig/ringbus_nats.pc"
+else
+  [ ! -e "$lib/pkgconfig/ringbus_nats.pc" ] || fail "ringbus_nats.pc is installed without the bridge"
+fi
 
 begin "CMake consumer: configure (find_package)"
 if [ "$cxx" = - ]; then
@@ -112,8 +126,8 @@ else
 fi
 
 begin "pkg-config: only the prefix's modules are visible"
-# PKG_CONFIG_LIBDIR replaces the system directories, so ck.pc cannot be
-# found: using ringbus must not need it.
+# PKG_CONFIG_LIBDIR replaces the system directories, so ck.pc and
+# libnats.pc cannot be found: using ringbus must not need them.
 PKG_CONFIG_PATH=$lib/pkgconfig
 PKG_CONFIG_LIBDIR=$work/no-system-pc
 export PKG_CONFIG_PATH PKG_CONFIG_LIBDIR
@@ -175,6 +189,25 @@ pc --libs ringbus_static
 # shellcheck disable=SC2086 # likewise
 run "$cc" $warn $cflags -DCONSUMER_STATIC=1 -o "$work/pc_static" "$src/consumer.c" $libs
 run_consumer "$work/pc_static" static
+
+if [ -e "$lib/libringbus_nats.so" ]; then
+  begin "pkg-config consumer: the NATS bridge (ringbus_nats)"
+  pc --modversion ringbus_nats
+  [ "$pcout" = "$version" ] || fail "ringbus_nats.pc says $pcout, the header $version"
+  pc --cflags ringbus_nats
+  cflags=$pcout
+  pc --libs ringbus_nats
+  libs=$pcout
+  # shellcheck disable=SC2086 # likewise
+  run "$cc" $warn $cflags -o "$work/pc_nats" "$src/consumer_nats.c" $libs
+  expect_installed "$work/pc_nats" libringbus_nats
+  expect_links "$work/pc_nats" shared
+  echo "+ LD_LIBRARY_PATH=$lib $work/pc_nats nats://127.0.0.1:1"
+  LD_LIBRARY_PATH=$lib "$work/pc_nats" nats://127.0.0.1:1 || fail "pc_nats exited with $?"
+else
+  echo
+  echo "   libringbus_nats not installed (built without libnats): no pkg-config bridge consumer"
+fi
 
 step=finished
 echo
