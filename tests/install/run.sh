@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs a built ringbus into a scratch prefix, then builds and runs
 # consumers out of tree against it: a CMake project (find_package; shared,
-# static and C++) and plain compiler lines from pkg-config (shared, and
-# static with the archive). Any failing step fails the test.
+# static, C++ and the NATS bridge) and plain compiler lines from pkg-config
+# (ringbus, ringbus_static and ringbus_nats), which sees only the prefix's
+# .pc files. Any failing step fails the test.
 #
 # usage: run.sh CMAKE BUILD_DIR WORK_DIR CC CXX|- PKG_CONFIG LIBDIR WERROR(0|1)
 #   LIBDIR is the build's CMAKE_INSTALL_LIBDIR (relative to the prefix).
@@ -31,21 +32,29 @@ begin() { step=$*; printf '\n== %s\n' "$step"; }
 run() { echo "+ $*"; "$@"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# ldd tells which libringbus an executable loads: the installed one, or
-# none for the static consumers.
-expect_links() { # executable shared|static|any
+# ldd tells where an executable loads libringbus (and the bridge) from:
+# the prefix, or nowhere for the static consumers.
+loaded_from() { # executable library-name (libringbus, libringbus_nats)
   deps=$(LD_LIBRARY_PATH=$lib ldd "$1") || fail "ldd $1"
-  found=$(printf '%s\n' "$deps" | sed -n 's/^[[:space:]]*\(libringbus\.so[^ ]*\) => \([^ ]*\) .*/\2/p')
+  printf '%s\n' "$deps" | sed -n "s/^[[:space:]]*$2\\.so[^ ]* => \\([^ ]*\\) .*/\\1/p"
+}
+expect_installed() { # executable library-name: loads that library from $lib
+  found=$(loaded_from "$1" "$2")
+  [ -n "$found" ] || fail "$1 does not load $2.so"
+  [ "$(readlink -f "$found")" = "$(readlink -f "$lib/$2.so.$soversion")" ] ||
+    fail "$1 loads $found, not the one in $lib"
+  echo "   $1 loads $found"
+}
+expect_links() { # executable shared|static|any
   case $2 in
-    shared)
-      [ -n "$found" ] || fail "$1 does not load libringbus.so"
-      [ "$(readlink -f "$found")" = "$(readlink -f "$lib/libringbus.so.$soversion")" ] ||
-        fail "$1 loads $found, not the one in $lib"
-      echo "   $1 loads $found" ;;
+    shared) expect_installed "$1" libringbus ;;
     static)
+      found=$(loaded_from "$1" libringbus)
       [ -z "$found" ] || fail "$1 loads $found but should contain the archive"
       echo "   $1 does not load libringbus.so" ;;
-    any) echo "   $1 loads ${found:-no libringbus.so}" ;;
+    any)
+      found=$(loaded_from "$1" libringbus)
+      echo "   $1 loads ${found:-no libringbus.so}" ;;
   esac
 }
 run_consumer() { # executable shared|static|any
@@ -71,12 +80,19 @@ esac
 echo "   header says $version (SOVERSION $soversion)"
 for f in "$lib/libringbus.a" "$lib/libringbus.so" "$lib/libringbus.so.$soversion" \
          "$lib/libringbus.so.$version" "$lib/pkgconfig/ringbus.pc" \
+         "$lib/pkgconfig/ringbus_static.pc" \
          "$lib/cmake/ringbus/ringbus-config.cmake" \
          "$lib/cmake/ringbus/ringbus-config-version.cmake" \
          "$lib/cmake/ringbus/ringbus-targets.cmake"; do
   [ -e "$f" ] || fail "not installed: $f"
   echo "   ok $f"
 done
+if [ -e "$lib/libringbus_nats.so" ]; then
+  [ -e "$lib/pkgconfig/ringbus_nats.pc" ] || fail "libringbus_nats.so is installed, ringbus_nats.pc is not"
+  echo "   ok $lib/pkgconfig/ringbus_nats.pc"
+else
+  [ ! -e "$lib/pkgconfig/ringbus_nats.pc" ] || fail "ringbus_nats.pc is installed without the bridge"
+fi
 
 begin "CMake consumer: configure (find_package)"
 if [ "$cxx" = - ]; then
@@ -109,39 +125,89 @@ else
   echo "   libringbus_nats not installed (built without libnats): no bridge consumer"
 fi
 
-begin "pkg-config consumer: shared"
-PKG_CONFIG_PATH=$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-export PKG_CONFIG_PATH
-pcversion=$("$pkgconfig" --modversion ringbus)
-[ "$pcversion" = "$version" ] || fail "ringbus.pc says $pcversion, the header $version"
-cflags=$("$pkgconfig" --cflags ringbus)
-libs=$("$pkgconfig" --libs ringbus)
-echo "   --cflags: $cflags"
-echo "   --libs:   $libs"
+begin "pkg-config: only the prefix's modules are visible"
+# PKG_CONFIG_LIBDIR replaces the system directories, so ck.pc and
+# libnats.pc cannot be found: using ringbus must not need them.
+PKG_CONFIG_PATH=$lib/pkgconfig
+PKG_CONFIG_LIBDIR=$work/no-system-pc
+export PKG_CONFIG_PATH PKG_CONFIG_LIBDIR
+run mkdir -p "$PKG_CONFIG_LIBDIR"
+if "$pkgconfig" --exists ck; then
+  fail "$pkgconfig still finds ck.pc: the checks below would prove nothing"
+fi
+echo "   ck.pc is hidden"
+pc() { # pkg-config arguments...: its output in $pcout
+  pcout=$("$pkgconfig" "$@") || fail "pkg-config $* failed"
+  printf '   pkg-config %s: %s\n' "$*" "$pcout"
+}
+has_word() { # words word
+  for w in $1; do
+    [ "$w" = "$2" ] && return 0
+  done
+  return 1
+}
+for m in ringbus ringbus_static; do
+  pc --modversion "$m"
+  [ "$pcout" = "$version" ] || fail "$m.pc says $pcout, the header $version"
+  # ck's .pc adds -D__x86_64__, which is ck's business, not our users'.
+  for mode in "" --static; do
+    # shellcheck disable=SC2086 # $mode is one word or none
+    pc $mode --cflags "$m"
+    case $pcout in
+      *__x86_64__*) fail "ck's flags leak into $m's --cflags" ;;
+    esac
+  done
+done
+pc --libs ringbus
+has_word "$pcout" -lck && fail "pkg-config --libs ringbus gives -lck: libringbus.so carries its own"
+pc --static --libs ringbus
+has_word "$pcout" -lck || fail "pkg-config --static --libs ringbus lacks -lck, which libringbus.a needs"
+has_word "$pcout" -pthread || fail "pkg-config --static --libs ringbus lacks -pthread"
+
 warn="-std=c11 -Wall -Wextra -Wpedantic"
 if [ "$werror" = 1 ]; then
   warn="$warn -Werror"
 fi
+
+begin "pkg-config consumer: shared (ringbus)"
+pc --cflags ringbus
+cflags=$pcout
+pc --libs ringbus
+libs=$pcout
 # shellcheck disable=SC2086 # the flags are lists of words
 run "$cc" $warn $cflags -o "$work/pc_shared" "$src/consumer.c" $libs
 run_consumer "$work/pc_shared" shared
 
-begin "pkg-config consumer: static"
-cflags=$("$pkgconfig" --static --cflags ringbus)
-libs=$("$pkgconfig" --static --libs ringbus)
-echo "   --static --cflags: $cflags"
-echo "   --static --libs:   $libs"
-# -lringbus would pick the .so; take the archive, keep the rest (ck, -pthread).
-static_libs=
-for f in $libs; do
-  if [ "$f" = -lringbus ]; then
-    f=-l:libringbus.a
-  fi
-  static_libs="$static_libs $f"
-done
+begin "pkg-config consumer: static (ringbus_static)"
+pc --static --cflags ringbus_static
+cflags=$pcout
+pc --static --libs ringbus_static
+libs=$pcout
+# Every link of the archive needs the same flags, --static or not.
+pc --libs ringbus_static
+[ "$pcout" = "$libs" ] || fail "ringbus_static links differently without --static"
 # shellcheck disable=SC2086 # likewise
-run "$cc" $warn $cflags -DCONSUMER_STATIC=1 -o "$work/pc_static" "$src/consumer.c" $static_libs
+run "$cc" $warn $cflags -DCONSUMER_STATIC=1 -o "$work/pc_static" "$src/consumer.c" $libs
 run_consumer "$work/pc_static" static
+
+if [ -e "$lib/libringbus_nats.so" ]; then
+  begin "pkg-config consumer: the NATS bridge (ringbus_nats)"
+  pc --modversion ringbus_nats
+  [ "$pcout" = "$version" ] || fail "ringbus_nats.pc says $pcout, the header $version"
+  pc --cflags ringbus_nats
+  cflags=$pcout
+  pc --libs ringbus_nats
+  libs=$pcout
+  # shellcheck disable=SC2086 # likewise
+  run "$cc" $warn $cflags -o "$work/pc_nats" "$src/consumer_nats.c" $libs
+  expect_installed "$work/pc_nats" libringbus_nats
+  expect_links "$work/pc_nats" shared
+  echo "+ LD_LIBRARY_PATH=$lib $work/pc_nats nats://127.0.0.1:1"
+  LD_LIBRARY_PATH=$lib "$work/pc_nats" nats://127.0.0.1:1 || fail "pc_nats exited with $?"
+else
+  echo
+  echo "   libringbus_nats not installed (built without libnats): no pkg-config bridge consumer"
+fi
 
 step=finished
 echo
