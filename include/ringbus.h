@@ -401,6 +401,11 @@ typedef struct rbus_sub_stats {
     uint64_t dropped_timeout; /**< block wait ran out, or the publish would not wait */
     uint64_t dropped_closed;  /**< a waiting publisher was woken by close */
     uint64_t publisher_waits; /**< (publish, sub) pairs that began to wait for room */
+    uint32_t publishers_waiting; /**< publishers waiting for room now (RBUS_BLOCK) */
+    uint64_t longest_wait_ns;    /**< how long the one waiting longest has waited so far;
+                                      0 when none waits. A consumer that hangs under
+                                      RBUS_BLOCK with no block_timeout_ns shows here as
+                                      a wait that only grows (docs/guide.md) */
     uint32_t depth;           /**< messages queued now, read from the queue itself */
     uint32_t high_water;      /**< largest depth seen right after an enqueue */
     uint32_t capacity;        /**< effective capacity */

@@ -172,6 +172,7 @@ struct rbus_msg_cache;
 
 struct rbus_pending {
     rbus_sub *sub;
+    struct rbus_tally *tally; /* the state's own node for sub, or NULL */
     int64_t deadline_ns; /* -1 = none */
     int64_t spin_ns;
 };
@@ -197,6 +198,10 @@ struct rbus_tally {
      * both or in neither. */
     _Atomic uint64_t refused;
     _Atomic uint64_t dropped_oldest;
+    /* When this state's publisher began waiting for room here (CLOCK_
+     * MONOTONIC ns), 0 when it is not waiting: for the longest current
+     * wait in the stats. Not kept in `shared`, which has many writers. */
+    _Atomic int64_t wait_since;
 };
 
 /* A subscription's nodes by state index. Replaced by a longer copy when a
@@ -576,6 +581,8 @@ static inline void rbus__tally_add(const rbus_sub *sub, const struct rbus_tally 
 /* Sum of every tally of sub (stats). */
 void rbus__tally_sum(const rbus_sub *sub, uint64_t *offered, uint64_t *dropped_newest,
                      uint64_t *refused, uint64_t *dropped_oldest);
+/* When the longest current wait for room on sub began (ns), or 0. */
+int64_t rbus__tally_oldest_wait(const rbus_sub *sub);
 
 /* Offers msg to sub's ring under its policy (inside a read section). */
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *msg,

@@ -42,6 +42,12 @@ void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
     out->dropped_timeout = atomic_load_explicit(&s->dropped_timeout, memory_order_relaxed);
     out->dropped_closed = atomic_load_explicit(&s->dropped_closed, memory_order_relaxed);
     out->publisher_waits = atomic_load_explicit(&s->publisher_waits, memory_order_relaxed);
+    out->publishers_waiting = atomic_load_explicit(&s->room_waiters, memory_order_relaxed);
+    int64_t since = rbus__tally_oldest_wait(s);
+    if (since) {
+        int64_t now = rbus__now_ns();
+        out->longest_wait_ns = now > since ? (uint64_t)(now - since) : 0;
+    }
     /* From the ring itself, never derived from the counters, so the
      * accounting equation is a real check. */
     out->depth = rbus__ring_depth(&s->ring);
@@ -177,8 +183,9 @@ static const char *policy_label(rbus_overflow p)
     }
 }
 
-static void prom_sub_sample(struct prom_out *o, const char *name, const rbus_sub *s,
-                            const char *reason, uint64_t value)
+/* A subscription family's sample up to its value: name, labels, space. */
+static void prom_sub_labels(struct prom_out *o, const char *name, const rbus_sub *s,
+                            const char *reason)
 {
     prom_str(o, name);
     prom_str(o, "{pattern=\"");
@@ -194,7 +201,24 @@ static void prom_sub_sample(struct prom_out *o, const char *name, const rbus_sub
         prom_str(o, reason);
     }
     prom_str(o, "\"} ");
+}
+
+static void prom_sub_sample(struct prom_out *o, const char *name, const rbus_sub *s,
+                            const char *reason, uint64_t value)
+{
+    prom_sub_labels(o, name, s, reason);
     prom_u64(o, value);
+    prom_str(o, "\n");
+}
+
+/* A sample in seconds, from nanoseconds, exactly (no floating point). */
+static void prom_sub_seconds(struct prom_out *o, const char *name, const rbus_sub *s, uint64_t ns)
+{
+    char tmp[48];
+    int n = snprintf(tmp, sizeof tmp, "%llu.%09llu", (unsigned long long)(ns / 1000000000),
+                     (unsigned long long)(ns % 1000000000));
+    prom_sub_labels(o, name, s, NULL);
+    prom_put(o, tmp, (size_t)n);
     prom_str(o, "\n");
 }
 
@@ -203,6 +227,8 @@ enum sub_field {
     F_RECEIVED,
     F_DROPPED,
     F_WAITS,
+    F_WAITING,
+    F_LONGEST_WAIT,
     F_DEPTH,
     F_HIGH_WATER,
     F_CAPACITY,
@@ -233,6 +259,12 @@ static void prom_sub_family(struct prom_out *o, rbus *bus, enum sub_field f, con
             break;
         case F_WAITS:
             prom_sub_sample(o, name, s, NULL, st.publisher_waits);
+            break;
+        case F_WAITING:
+            prom_sub_sample(o, name, s, NULL, st.publishers_waiting);
+            break;
+        case F_LONGEST_WAIT:
+            prom_sub_seconds(o, name, s, st.longest_wait_ns);
             break;
         case F_DEPTH:
             prom_sub_sample(o, name, s, NULL, st.depth);
@@ -337,6 +369,10 @@ static const struct {
     {F_DROPPED, "ringbus_sub_dropped_total", "counter", "Messages dropped, by reason."},
     {F_WAITS, "ringbus_sub_publisher_waits_total", "counter",
      "Publishes that found the subscription full and waited."},
+    {F_WAITING, "ringbus_sub_publishers_waiting", "gauge",
+     "Publishers waiting for room in the subscription now."},
+    {F_LONGEST_WAIT, "ringbus_sub_longest_wait_seconds", "gauge",
+     "How long the publisher waiting longest for room has waited so far."},
     {F_DEPTH, "ringbus_sub_depth", "gauge", "Messages queued now."},
     {F_HIGH_WATER, "ringbus_sub_high_water", "gauge", "Largest depth seen right after an enqueue."},
     {F_CAPACITY, "ringbus_sub_capacity", "gauge",

@@ -173,6 +173,20 @@ void rbus__tally_sum(const rbus_sub *s, uint64_t *offered, uint64_t *dropped_new
     }
 }
 
+int64_t rbus__tally_oldest_wait(const rbus_sub *s)
+{
+    int64_t oldest = 0;
+    /* Acquire, as in rbus__tally_sum; the times are relaxed: a gauge. */
+    struct rbus_tally_table *tab = atomic_load_explicit(&s->tallies, memory_order_acquire);
+    for (uint32_t i = 0; tab && i < tab->len; i++) {
+        const struct rbus_tally *t = atomic_load_explicit(&tab->node[i], memory_order_acquire);
+        int64_t since = t ? atomic_load_explicit(&t->wait_since, memory_order_relaxed) : 0;
+        if (since && (!oldest || since < oldest))
+            oldest = since;
+    }
+    return oldest;
+}
+
 /* ------------------------------------------------------ overflow policy */
 
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,

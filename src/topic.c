@@ -463,6 +463,8 @@ static int64_t wait_deadline(const rbus_sub *s, int64_t pub_timeout_ns, int64_t 
 static void pending_drop(struct rbus_thread_state *th, uint32_t i, uint32_t *n)
 {
     rbus_sub *s = th->pending[i].sub;
+    if (th->pending[i].tally)
+        atomic_store_explicit(&th->pending[i].tally->wait_since, 0, memory_order_relaxed);
     atomic_fetch_sub_explicit(&s->room_waiters, 1, memory_order_relaxed);
     /* Release: our last touch of the subscription happens before an
      * unsubscribe that acquires pins == 0 frees it. */
@@ -762,8 +764,18 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
             /* Pinned: rbus_unsubscribe waits for pins == 0 before freeing,
              * since we keep using it after leaving the read section. */
             atomic_fetch_add_explicit(&s->pins, 1, memory_order_relaxed);
-            th->pending[waiting++] = (struct rbus_pending){
-                .sub = s, .deadline_ns = wait_deadline(s, pub_timeout, now), .spin_ns = s->spin_ns};
+            /* The wait's start, on this state's own node (its only
+             * writer; the shared fallback has many, and goes untimed). */
+            struct rbus_tally *tally = rbus__tally_of(th, s);
+            if (tally == &s->shared)
+                tally = NULL;
+            else
+                atomic_store_explicit(&tally->wait_since, now, memory_order_relaxed);
+            th->pending[waiting++] =
+                (struct rbus_pending){.sub = s,
+                                      .tally = tally,
+                                      .deadline_ns = wait_deadline(s, pub_timeout, now),
+                                      .spin_ns = s->spin_ns};
             break;
         }
     }

@@ -359,6 +359,111 @@ static void blocked_publisher_loses_nothing_with_slow_receiver(void **state)
     rbus_destroy(bus);
 }
 
+/* ------------------------------------------- a consumer that hangs */
+
+struct gate {
+    atomic_int entered, open;
+};
+
+static int gate_handler(const rbus_msg *m, void *arg)
+{
+    (void)m;
+    struct gate *g = arg;
+    atomic_fetch_add(&g->entered, 1);
+    while (!atomic_load(&g->open))
+        rbus_test_sleep_us(1000);
+    return 0;
+}
+
+static void wait_for_waiting(rbus_sub *s, uint32_t want)
+{
+    rbus_sub_stats st;
+    uint64_t deadline = rbus_test_now_ns() + UINT64_C(10000000000);
+    do {
+        assert_rbus_ok(rbus_sub_stats_get(s, &st));
+        if (st.publishers_waiting == want)
+            return;
+        rbus_test_sleep_us(200);
+    } while (rbus_test_now_ns() < deadline);
+    fail_msg("publishers_waiting stayed %u, not %u", st.publishers_waiting, want);
+}
+
+/* The sample of `family` in the exposition (one subscription on the bus). */
+static const char *prom_sample(const char *text, const char *family)
+{
+    char head[96];
+    snprintf(head, sizeof head, "\n%s{", family);
+    const char *p = strstr(text, head);
+    assert_non_null(p);
+    return strstr(p, "} ") + 2;
+}
+
+/* A handler that hangs under RBUS_BLOCK with no timeout freezes its
+ * publishers for good; the stats and Prometheus show how many wait and
+ * for how long. */
+static void a_hung_consumer_shows_in_the_wait_gauges(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "hang.t");
+    rbus_sub *s = rbus_test_subscribe_checked(bus, "hang.t", 4, RBUS_BLOCK, 0, NULL);
+    struct gate g = {0};
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, s, gate_handler, &g, NULL));
+    uint64_t next = 1;
+    fill(t, 1, &next);
+    while (!atomic_load(&g.entered))
+        rbus_test_sleep_us(200);
+    fill(t, 4, &next); /* the queue is full; the handler hangs */
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    assert_int_equal(st.publishers_waiting, 0);
+    assert_int_equal(st.longest_wait_ns, 0);
+
+    struct pub_job a, b;
+    pthread_t ta, tb;
+    uint64_t a_began = rbus_test_now_ns();
+    start_pub(&a, t, next++, &ta);
+    wait_for_waiting(s, 1);
+    rbus_test_sleep_us(50000);
+    start_pub(&b, t, next++, &tb);
+    wait_for_waiting(s, 2);
+    rbus_test_sleep_us(50000);
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    uint64_t after = rbus_test_now_ns();
+    printf("# hung consumer: %u publishers waiting, the longest for %.1f ms\n",
+           st.publishers_waiting, st.longest_wait_ns / 1e6);
+    assert_int_equal(st.publishers_waiting, 2);
+    /* Publisher a began between a_began and its wait, 100 ms or more ago. */
+    assert_true(st.longest_wait_ns >= UINT64_C(100000000));
+    assert_true(st.longest_wait_ns <= after - a_began);
+    assert_int_equal(atomic_load(&a.done) + atomic_load(&b.done), 0);
+
+    char text[16384];
+    assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
+    assert_int_equal(strtoul(prom_sample(text, "ringbus_sub_publishers_waiting"), NULL, 10), 2);
+    double secs = strtod(prom_sample(text, "ringbus_sub_longest_wait_seconds"), NULL);
+    assert_true(secs >= 0.1 && secs < 1e3);
+
+    atomic_store(&g.open, 1);
+    assert_int_equal(pthread_join(ta, NULL), 0);
+    assert_int_equal(pthread_join(tb, NULL), 0);
+    assert_rbus_ok(a.rc);
+    assert_rbus_ok(b.rc);
+    rbus_dispatch_stats final;
+    assert_rbus_ok(rbus_dispatch_drain(d, -1, &final));
+    assert_int_equal(final.handled, 7);
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    assert_int_equal(st.publishers_waiting, 0);
+    assert_int_equal(st.longest_wait_ns, 0);
+    assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
+    assert_int_equal(strtoul(prom_sample(text, "ringbus_sub_publishers_waiting"), NULL, 10), 0);
+    assert_int_equal(
+        strncmp(prom_sample(text, "ringbus_sub_longest_wait_seconds"), "0.000000000\n", 12), 0);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +473,7 @@ int main(void)
         cmocka_unit_test(pub_timeout_shorter_than_sub_timeout_wins),
         cmocka_unit_test(sub_timeout_shorter_than_pub_timeout_wins),
         cmocka_unit_test(blocked_publisher_loses_nothing_with_slow_receiver),
+        cmocka_unit_test(a_hung_consumer_shows_in_the_wait_gauges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
