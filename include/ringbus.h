@@ -217,6 +217,15 @@ typedef struct rbus_sub_opts {
                                    spins/yields before it sleeps; 0 = library default
                                    (RBUS_DEFAULT_SPIN_NS); < 0 = sleep at once */
     const char *name;         /**< optional label for stats; copied; <= 255 bytes */
+    uint64_t max_bytes;       /**< byte bound: payload bytes queued at most; 0 (default) =
+                                   none. The policy applies when either bound is reached:
+                                   RBUS_BLOCK waits until the message's bytes fit,
+                                   RBUS_DROP_NEWEST refuses it, RBUS_DROP_OLDEST evicts the
+                                   oldest messages, as many as it takes, without waiting
+                                   (if it cannot take one, because its publisher is still
+                                   writing it, the new message is refused as drop-newest).
+                                   At least the bus's max_payload, so that every message
+                                   fits an empty queue */
 } rbus_sub_opts;
 
 /** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
@@ -232,7 +241,8 @@ RBUS_API void rbus_sub_opts_init(rbus_sub_opts *opts);
  * that `pattern` matches. It gets its own reference to every message
  * published to a matching topic after this call returned.
  * Returns 0, -EINVAL (bad pattern, opts out of range, capacity above
- * RBUS_MAX_CAPACITY), -ESHUTDOWN or -ENOMEM.
+ * RBUS_MAX_CAPACITY, max_bytes not 0 and below the bus's max_payload),
+ * -ESHUTDOWN or -ENOMEM.
  */
 RBUS_API int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts,
                             rbus_sub **out);
@@ -409,6 +419,9 @@ typedef struct rbus_sub_stats {
     uint32_t depth;           /**< messages queued now, read from the queue itself */
     uint32_t high_water;      /**< largest depth seen right after an enqueue */
     uint32_t capacity;        /**< effective capacity */
+    uint64_t bytes;           /**< with max_bytes: payload bytes queued now, and of messages
+                                   being queued; 0 without a byte bound */
+    uint64_t max_bytes;       /**< the byte bound; 0 = none */
     /* What threads stalled inside calls cost (docs/design.md, "Progress"): */
     uint64_t skipped;  /**< slots passed over because their publisher, preempted
                             between reserving and writing, had not written them */

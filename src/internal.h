@@ -471,6 +471,7 @@ struct rbus_sub {
     rbus_overflow overflow;
     int64_t block_timeout_ns; /* <= 0 = forever */
     int64_t spin_ns;          /* resolved: >= 0 */
+    uint64_t max_bytes;       /* byte bound on what is queued; 0 = none */
     uint64_t id;
     char *pattern;
     char *name;
@@ -498,6 +499,10 @@ struct rbus_sub {
     _Atomic uint32_t fd_armed;     /* 1: fd unreadable, next enqueue must write */
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
+
+    /* With max_bytes: payload bytes queued, or reserved by publishers about
+     * to queue (sub.c, "Byte bound"). Written by publishers and receivers. */
+    RBUS__CACHE_ALIGNED _Atomic uint64_t bytes;
 
     /* Written by publishers. */
     RBUS__CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
@@ -589,8 +594,9 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *sub, rbu
                                 uint32_t *evicted);
 /* Block policy retry (inside a read section): true if queued. */
 bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
-/* Whether the ring has no free slot right now (reservations count). */
-bool rbus__sub_full(rbus_sub *sub);
+/* Whether m would find no room right now: no free slot (reservations
+ * count), or, with a byte bound, not its bytes. */
+bool rbus__sub_full(rbus_sub *sub, const rbus_msg *m);
 /* No enqueue can reach `sub` any more: marks it CLOSED, wakes receivers
  * and makes its fd readable. */
 void rbus__sub_finish_close(rbus_sub *sub);

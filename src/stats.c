@@ -56,6 +56,8 @@ void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
     out->reoffers = atomic_load_explicit(&s->ring.reoffers, memory_order_relaxed);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
+    out->max_bytes = s->max_bytes;
+    out->bytes = atomic_load_explicit(&s->bytes, memory_order_relaxed);
 }
 
 /* Subscriptions on the list that are still open: rbus_close marks them
@@ -232,6 +234,8 @@ enum sub_field {
     F_DEPTH,
     F_HIGH_WATER,
     F_CAPACITY,
+    F_BYTES,
+    F_MAX_BYTES,
     F_SKIPPED,
     F_HOLES,
     F_REOFFERS,
@@ -274,6 +278,12 @@ static void prom_sub_family(struct prom_out *o, rbus *bus, enum sub_field f, con
             break;
         case F_CAPACITY:
             prom_sub_sample(o, name, s, NULL, st.capacity);
+            break;
+        case F_BYTES:
+            prom_sub_sample(o, name, s, NULL, st.bytes);
+            break;
+        case F_MAX_BYTES:
+            prom_sub_sample(o, name, s, NULL, st.max_bytes);
             break;
         case F_SKIPPED:
             prom_sub_sample(o, name, s, NULL, st.skipped);
@@ -377,6 +387,9 @@ static const struct {
     {F_HIGH_WATER, "ringbus_sub_high_water", "gauge", "Largest depth seen right after an enqueue."},
     {F_CAPACITY, "ringbus_sub_capacity", "gauge",
      "Effective capacity of the subscription's queue."},
+    {F_BYTES, "ringbus_sub_bytes", "gauge",
+     "Payload bytes queued (with a byte bound; 0 without one)."},
+    {F_MAX_BYTES, "ringbus_sub_max_bytes", "gauge", "The subscription's byte bound; 0 = none."},
     {F_SKIPPED, "ringbus_sub_skipped_total", "counter",
      "Slots passed over because their publisher, preempted mid-write, had not written them."},
     {F_HOLES, "ringbus_sub_holes_total", "counter",

@@ -31,10 +31,42 @@ static inline bool ring_reserved(rbus_sub *s)
     return rbus__ring_reserved(&s->ring) != 0;
 }
 
-/* Whether a put would find no room (seq_cst loads): the publisher's half
- * of the room Dekker pair reads this after registering. */
-bool rbus__sub_full(rbus_sub *s)
+/*
+ * Byte bound. With max_bytes, `bytes` counts the payload bytes of the
+ * messages queued and of those publishers have reserved room for and are
+ * putting. A put first reserves its message's bytes (a CAS that fails when
+ * they do not fit, so `bytes` never exceeds max_bytes), then takes a slot;
+ * every message that leaves the ring (received, evicted) gives its bytes
+ * back. No message is larger than max_bytes (rbus_subscribe refuses a
+ * bound below max_payload), so a message always fits an empty queue.
+ * seq_cst: a reservation's load of `bytes` after registering in
+ * room_waiters, against a receiver's give-back before it reads
+ * room_waiters, is the room Dekker pair again, for bytes.
+ */
+static inline bool bytes_reserve(rbus_sub *s, const rbus_msg *m)
 {
+    uint64_t b = atomic_load_explicit(&s->bytes, memory_order_seq_cst);
+    do {
+        if (m->size > s->max_bytes - b)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&s->bytes, &b, b + m->size,
+                                                    memory_order_seq_cst, memory_order_seq_cst));
+    return true;
+}
+
+static inline void bytes_give_back(rbus_sub *s, uint64_t n)
+{
+    if (n)
+        atomic_fetch_sub_explicit(&s->bytes, n, memory_order_seq_cst);
+}
+
+/* Whether a put of m would find no room (seq_cst loads): the publisher's
+ * half of the room Dekker pair reads this after registering. */
+bool rbus__sub_full(rbus_sub *s, const rbus_msg *m)
+{
+    if (s->max_bytes &&
+        m->size > s->max_bytes - atomic_load_explicit(&s->bytes, memory_order_seq_cst))
+        return true;
     return rbus__ring_full_at_tail(&s->ring);
 }
 
@@ -189,12 +221,73 @@ int64_t rbus__tally_oldest_wait(const rbus_sub *s)
 
 /* ------------------------------------------------------ overflow policy */
 
+/* Drop-oldest over the byte bound: evicts the oldest messages until m's
+ * bytes fit, each with a take that never waits (a slot its writer has not
+ * committed ends it, as an empty ring does). At most one lap of the ring:
+ * past that, or with nothing it can take, false, and m is refused. */
+static bool bytes_evict_for(struct rbus_thread_state *th, rbus_sub *s, struct rbus_tally *tally,
+                            const rbus_msg *m, uint32_t *evicted)
+{
+    for (uint32_t n = 0; !bytes_reserve(s, m); n++) {
+        rbus_msg *old = n < s->capacity ? rbus__ring_take(&s->ring, false) : NULL;
+        if (!old)
+            return false;
+        bytes_give_back(s, old->size);
+        rbus__tally_add(s, tally, &tally->dropped_oldest);
+        (*evicted)++;
+        rbus__msg_unref_by(th, old, 1);
+    }
+    return true;
+}
+
+/* Byte-bounded offer: reserve m's bytes under the policy, then put; any
+ * message the put evicts gives its bytes back. Off the common path. */
+static RBUS__NOINLINE enum rbus_offer offer_bytes(struct rbus_thread_state *th, rbus_sub *s,
+                                                  struct rbus_tally *tally, rbus_msg *m,
+                                                  uint32_t *evicted)
+{
+    bool may_evict = s->overflow == RBUS_DROP_OLDEST;
+    if (may_evict ? !bytes_evict_for(th, s, tally, m, evicted) : !bytes_reserve(s, m)) {
+        if (s->overflow == RBUS_BLOCK)
+            return RBUS_OFFER_FULL;
+        rbus__tally_add(s, tally, &tally->dropped_newest);
+        return RBUS_OFFER_DROPPED;
+    }
+    for (;;) {
+        rbus_msg *old = NULL;
+        enum rbus_put rc = ring_put(s, m, may_evict ? &old : NULL);
+        if (old) {
+            bytes_give_back(s, old->size);
+            rbus__tally_add(s, tally, &tally->dropped_oldest);
+            (*evicted)++;
+            rbus__msg_unref_by(th, old, 1);
+            may_evict = false;
+        }
+        if (RBUS__LIKELY(rc == RBUS__PUT_QUEUED))
+            return RBUS_OFFER_QUEUED;
+        if (rc == RBUS__PUT_SKIPPED)
+            continue; /* offer again, with the bytes still reserved */
+        bytes_give_back(s, m->size);
+        if (s->overflow == RBUS_BLOCK)
+            return RBUS_OFFER_FULL;
+        /* As in rbus__sub_offer below. */
+        if (s->overflow == RBUS_DROP_OLDEST && !may_evict) {
+            rbus__tally_add(s, tally, &tally->dropped_oldest);
+            return RBUS_OFFER_DROPPED;
+        }
+        rbus__tally_add(s, tally, &tally->dropped_newest);
+        return RBUS_OFFER_DROPPED;
+    }
+}
+
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
                                 uint32_t *evicted)
 {
     /* Tallies are read only by stats: relaxed (rbus_tally). */
     struct rbus_tally *tally = rbus__tally_of(th, s);
     rbus__tally_add(s, tally, &tally->offered);
+    if (RBUS__UNLIKELY(s->max_bytes != 0))
+        return offer_bytes(th, s, tally, m, evicted);
     /* Drop-oldest evicts at most once per publish: after an eviction, a
      * publish offered again (its slot was skipped while it was stalled)
      * only takes free room. */
@@ -229,9 +322,13 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
 
 bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 {
+    if (s->max_bytes && !bytes_reserve(s, m))
+        return false;
     enum rbus_put rc;
     while ((rc = ring_put(s, m, NULL)) == RBUS__PUT_SKIPPED) {
     }
+    if (rc != RBUS__PUT_QUEUED && s->max_bytes)
+        bytes_give_back(s, m->size);
     return rc == RBUS__PUT_QUEUED;
 }
 
@@ -251,6 +348,12 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
     }
     if (got) {
         atomic_fetch_add_explicit(&s->received, got, memory_order_relaxed);
+        if (s->max_bytes) {
+            uint64_t n = 0;
+            for (size_t i = 0; i < got; i++)
+                n += out[i]->size;
+            bytes_give_back(s, n); /* before after_dequeue's read: see above */
+        }
         after_dequeue(s);
     }
     return got;
@@ -513,6 +616,10 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     if ((unsigned)o.overflow > RBUS_DROP_NEWEST || o.capacity > RBUS_MAX_CAPACITY ||
         o.spin_ns > RBUS_MAX_SPIN_NS || (o.name && strnlen(o.name, 256) > 255))
         return -EINVAL;
+    /* A bound below the largest payload would refuse some messages for
+     * good, whatever the policy: refused here instead. */
+    if (o.max_bytes && o.max_bytes < bus->cfg.max_payload)
+        return -EINVAL;
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return -ESHUTDOWN;
 
@@ -537,6 +644,8 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->overflow = o.overflow;
     s->block_timeout_ns = o.block_timeout_ns;
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
+    s->max_bytes = o.max_bytes;
+    atomic_init(&s->bytes, 0);
 
     pthread_mutex_lock(&bus->route_lock);
     pthread_mutex_lock(&bus->lock);

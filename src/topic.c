@@ -528,7 +528,7 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, ui
                  * CAS and releasing the slot, and may have checked
                  * room_waiters before we registered: retry soon, do not trust a
                  * wake-up. */
-                if (!rbus__sub_full(s))
+                if (!rbus__sub_full(s, m))
                     wake = rbus__sooner(wake, now + RBUS__SLOT_RETRY_NS);
                 earliest = rbus__sooner(earliest, wake);
                 i++;

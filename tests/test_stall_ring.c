@@ -320,6 +320,52 @@ static void publishers_pass_a_held_slot(void **state)
     scene_close(&sc);
 }
 
+/* ------------------------------------------------------ a byte bound */
+
+/* Drop-oldest over its byte bound evicts without waiting: with the oldest
+ * position held by a writer stalled before its commit, a publish whose
+ * bytes need an eviction finds nothing it may take, and is refused at
+ * once as drop-newest instead of waiting for the writer. */
+static void byte_eviction_never_waits_for_a_stalled_writer(void **state)
+{
+    (void)state;
+    struct scene sc;
+    memset(&sc, 0, sizeof sc);
+    sc.topic = rbus_test_bus_and_topic(&sc.bus, "stall.ring");
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = CAP;
+    o.overflow = RBUS_DROP_OLDEST;
+    o.max_bytes = 65536; /* the bus's max_payload */
+    assert_rbus_ok(rbus_subscribe(sc.bus, "stall.ring", &o, &sc.sub));
+    struct parked p;
+    park(&p, &sc, JOB_PUBLISH, RBUS_PP_RING_PUT_RESERVED); /* 1 byte, position 0 */
+    static char big[30000];
+    big[0] = 'm';
+    rbus_pub_opts po = {.timeout_ns = -1};
+    rbus_pub_result res;
+    for (int i = 0; i < 2; i++) {
+        assert_rbus_ok(rbus_publish_ex(sc.topic, big, sizeof big, &po, &res));
+        assert_int_equal(res.queued, 1);
+    }
+    /* 60001 bytes used; 30000 more need an eviction, and the oldest is
+     * the stalled writer's. */
+    assert_rbus_ok(rbus_publish_ex(sc.topic, big, sizeof big, &po, &res));
+    assert_int_equal(res.queued, 0);
+    assert_int_equal(res.evicted, 0);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.dropped_newest, 1);
+    assert_int_equal(st.bytes, 60001);
+    unpark(&p);
+    assert_rbus_ok(p.rc);
+    assert_int_equal(p.res.queued, 1);
+    assert_int_equal(drain_in_order(&sc), 3);
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.bytes, 0);
+    scene_close(&sc);
+}
+
 /* ------------------------------------------------------------ a drain */
 
 static int count_handler(const rbus_msg *m, void *arg)
@@ -369,6 +415,7 @@ int main(void)
         cmocka_unit_test(stalled_writer_costs_one_slot),
         cmocka_unit_test(evictor_never_waits_for_a_stalled_writer),
         cmocka_unit_test(publishers_pass_a_held_slot),
+        cmocka_unit_test(byte_eviction_never_waits_for_a_stalled_writer),
         cmocka_unit_test(drain_passes_a_stalled_writer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
