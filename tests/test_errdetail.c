@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "test_util.h"
 
@@ -721,9 +722,54 @@ static void out_of_memory_details(void **state)
     assert_rbus_rc(p.rc, -ENOMEM);
     assert_string_equal(p.detail, "rbus_publish: out of memory for this thread's state on the bus");
 
+    /* Later allocations of a subscribe and a dispatch start: the struct
+     * comes, then the ring, the pattern's copy, the lists of the topics it
+     * matches (n.t); the dispatcher, then its tables. */
+    rbus_sub_opts so;
+    rbus_sub_opts_init(&so);
+    so.capacity = 100;
+    atomic_store(&cnt.budget, 1);
+    assert_detail(rbus_subscribe(bus, "n.>", &so, &s2), -ENOMEM,
+                  "rbus_subscribe: out of memory for a ring of 128 slots");
+    atomic_store(&cnt.budget, 2);
+    assert_detail(rbus_subscribe(bus, "n.>", &so, &s2), -ENOMEM,
+                  "rbus_subscribe: out of memory for a copy of the pattern or name");
+    atomic_store(&cnt.budget, 3);
+    assert_detail(rbus_subscribe(bus, "n.>", &so, &s2), -ENOMEM,
+                  "rbus_subscribe: out of memory for the subscription lists of its topics");
+    assert_null(s2);
+    rbus_dispatch_opts dopts;
+    rbus_dispatch_opts_init(&dopts);
+    dopts.threads = 3;
+    dopts.max_in_hand = 50;
+    atomic_store(&cnt.budget, 1);
+    assert_detail(rbus_dispatch_start(&d, s, ok_handler, NULL, &dopts), -ENOMEM,
+                  "rbus_dispatch_start: out of memory for the dispatcher's tables (max_in_hand "
+                  "50, threads 3)");
+    assert_null(d);
+
     atomic_store(&cnt.budget, -1);
     rbus_destroy(bus);
     rbus_test_alloc_assert_all_returned(&cnt);
+}
+
+static void sub_fd_detail(void **state)
+{
+    struct fixture *f = *state;
+    /* No descriptor left for the eventfd: the errno's own text. */
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct rlimit none = {.rlim_cur = 0, .rlim_max = old.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &none) != 0)
+        skip();
+    poison("rbus_sub_fd");
+    int rc = rbus_sub_fd(f->sub);
+    char seen[256];
+    snprintf(seen, sizeof seen, "%s", rbus_last_error_detail());
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    assert_rbus_rc(rc, -EMFILE);
+    assert_string_equal(seen, "rbus_sub_fd: eventfd failed: too many open files");
+    assert_true(rbus_sub_fd(f->sub) >= 0);
 }
 
 /* ------------------------------------------------------ errno-like rules */
@@ -962,6 +1008,7 @@ int main(void)
         cmocka_unit_test(closed_and_full_details),
         cmocka_unit_test(close_while_waiting_detail),
         cmocka_unit_test(out_of_memory_details),
+        cmocka_unit_test_setup_teardown(sub_fd_detail, fx_setup, fx_teardown),
         cmocka_unit_test(success_leaves_detail_unchanged),
         cmocka_unit_test(fresh_thread_sees_empty_detail),
         cmocka_unit_test_setup_teardown(each_thread_has_its_own_detail, fx_setup, fx_teardown),
