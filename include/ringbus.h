@@ -90,6 +90,34 @@ typedef enum rbus_overflow {
  */
 RBUS_API const char *rbus_strerror(int rc);
 
+/**
+ * rbus_last_error_detail: what was wrong, in words, in the last call on the
+ * calling thread that returned a negative errno. It names the function, the
+ * argument, its value and the rule it broke, e.g.
+ * `rbus_subscribe: pattern 'orders.>.x': '>' must be the last token (offset 7)`
+ * or `rbus_publish_ex: key_len 300 outside 1..255`; for failures with
+ * nothing more to say, the function's name and the rbus_strerror() text.
+ *
+ *  - Per thread, like errno: every public rbus_* function of the core sets
+ *    it when it returns a negative errno (rbus_nats_* functions do not,
+ *    though core calls they make on the calling thread may). Calls that
+ *    succeed (0, a positive count, RBUS_DUPLICATE) leave it unchanged, so
+ *    read it right after the failure.
+ *  - Never NULL: "" while no call on this thread has failed, and at the
+ *    start of each handler call of a dispatcher (the dispatcher's own calls
+ *    on its worker threads do not show through).
+ *  - Valid until the thread's next rbus_* call; copy it to keep it.
+ *  - At most 255 bytes. Strings from the caller appear in single quotes,
+ *    with a quote or backslash escaped, bytes outside printable ASCII as
+ *    \\xNN, and a long one cut, "..." following its closing quote.
+ *  - For people, not programs: the wording may change in any release;
+ *    decide on the errno.
+ *
+ * Setting it costs nothing on success; for a receive's -EAGAIN or
+ * -ETIMEDOUT it is one pointer store.
+ */
+RBUS_API const char *rbus_last_error_detail(void);
+
 /* ------------------------------------------------------------------ bus */
 
 /** Memory hooks. Both functions must be set, or the pointer left NULL. */

@@ -3,6 +3,7 @@
  */
 #include "internal.h"
 
+#include <inttypes.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,15 +198,29 @@ static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocato
             out->max_topics = in->max_topics;
         out->allocator = NULL;
     }
-    if (out->default_capacity > RBUS_MAX_CAPACITY || out->max_payload > RBUS_MAX_PAYLOAD_LIMIT)
-        return -EINVAL;
+    if (out->default_capacity > RBUS_MAX_CAPACITY)
+        return rbus__fail(-EINVAL,
+                          "rbus_create: default_capacity %" PRIu32
+                          " above RBUS_MAX_CAPACITY (%" PRIu32 ")",
+                          out->default_capacity, RBUS_MAX_CAPACITY);
+    if (out->max_payload > RBUS_MAX_PAYLOAD_LIMIT)
+        return rbus__fail(-EINVAL,
+                          "rbus_create: max_payload %" PRIu32
+                          " above RBUS_MAX_PAYLOAD_LIMIT (%" PRIu32 ")",
+                          out->max_payload, RBUS_MAX_PAYLOAD_LIMIT);
     if (out->dedup_window_ns > (uint64_t)INT64_MAX)
-        return -EINVAL;
+        return rbus__fail(-EINVAL, "rbus_create: dedup_window_ns %" PRIu64 " above INT64_MAX",
+                          out->dedup_window_ns);
     if (out->dedup_keys > RBUS_MAX_DEDUP_KEYS && out->dedup_keys != RBUS_DEDUP_OFF)
-        return -EINVAL;
+        return rbus__fail(-EINVAL,
+                          "rbus_create: dedup_keys %" PRIu32 " above RBUS_MAX_DEDUP_KEYS (%" PRIu32
+                          ") and not RBUS_DEDUP_OFF",
+                          out->dedup_keys, RBUS_MAX_DEDUP_KEYS);
     if (in && in->allocator) {
-        if (!in->allocator->alloc || !in->allocator->free)
-            return -EINVAL;
+        if (!in->allocator->alloc)
+            return rbus__fail_static(-EINVAL, "rbus_create: allocator->alloc is NULL");
+        if (!in->allocator->free)
+            return rbus__fail_static(-EINVAL, "rbus_create: allocator->free is NULL");
         *alloc = *in->allocator;
     } else {
         alloc->alloc = default_alloc;
@@ -222,7 +237,7 @@ static _Atomic uint64_t next_bus_id = 1;
 int rbus_create(rbus **out, const rbus_config *cfg)
 {
     if (!out)
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_create: out is NULL");
     *out = NULL;
 
     rbus_config resolved;
@@ -238,14 +253,15 @@ int rbus_create(rbus **out, const rbus_config *cfg)
     boot.alloc = alloc;
     rbus *bus = rbus__zalloc_aligned(&boot, sizeof *bus);
     if (!bus)
-        return -ENOMEM;
+        return rbus__fail(-ENOMEM, "rbus_create: out of memory for the bus (%zu bytes)",
+                          sizeof *bus);
     bus->cfg = resolved;
     bus->alloc = alloc;
     bus->nbuckets = 64;
     bus->buckets = rbus__zalloc(bus, bus->nbuckets * sizeof *bus->buckets);
     if (!bus->buckets) {
         rbus__free_aligned(&boot, bus);
-        return -ENOMEM;
+        return rbus__fail_static(-ENOMEM, "rbus_create: out of memory for the topic registry");
     }
     bus->id = atomic_fetch_add_explicit(&next_bus_id, 1, memory_order_relaxed);
     if (getrandom(&bus->dedup_seed, sizeof bus->dedup_seed, GRND_NONBLOCK) !=

@@ -33,6 +33,7 @@
 #include "internal.h"
 #include "ring.h"
 
+#include <inttypes.h>
 #include <limits.h>
 #include <stddef.h>
 #include <pthread.h>
@@ -144,10 +145,21 @@ static int resolve_opts(const rbus_dispatch_opts *in, rbus_dispatch_opts *out)
     rbus_dispatch_opts_init(out);
     if (!in)
         return 0;
-    if (in->threads > RBUS_MAX_DISPATCH_THREADS || in->max_in_hand > RBUS_MAX_CAPACITY)
-        return -EINVAL;
-    if (in->dead_letter_topic && !rbus_topic_valid(in->dead_letter_topic))
-        return -EINVAL;
+    if (in->threads > RBUS_MAX_DISPATCH_THREADS)
+        return rbus__fail(-EINVAL,
+                          "rbus_dispatch_start: threads %u above RBUS_MAX_DISPATCH_THREADS (%u)",
+                          in->threads, RBUS_MAX_DISPATCH_THREADS);
+    if (in->max_in_hand > RBUS_MAX_CAPACITY)
+        return rbus__fail(-EINVAL,
+                          "rbus_dispatch_start: max_in_hand %" PRIu32
+                          " above RBUS_MAX_CAPACITY (%" PRIu32 ")",
+                          in->max_in_hand, RBUS_MAX_CAPACITY);
+    if (in->dead_letter_topic) {
+        int rc = rbus__subject_check("rbus_dispatch_start", "dead_letter_topic",
+                                     in->dead_letter_topic, false);
+        if (rc != 0)
+            return rc;
+    }
     if (in->threads)
         out->threads = in->threads;
     if (in->max_attempts)
@@ -414,6 +426,9 @@ static void prepare_retry(struct rbus_thread_state *th, struct item *it)
 static int run_attempt(rbus_dispatcher *d, struct item *it)
 {
     tls_running = d;
+    /* Each attempt starts with an empty detail: the worker's own receives
+     * and dead-letter publishes on this thread are not the handler's. */
+    rbus__detail = NULL;
     rbus__msg_handler_enter(it->msg); /* misuse checks: the handler must not release it */
     int rc = d->fn(it->msg, d->arg);
     rbus__msg_handler_leave();
@@ -609,8 +624,12 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     RBUS__PAUSE(RBUS_DISPATCH_START);
     if (out)
         *out = NULL;
-    if (!out || !sub || !fn)
-        return -EINVAL;
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_start: out is NULL");
+    if (!sub)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_start: sub is NULL");
+    if (!fn)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_start: fn is NULL");
     rbus_dispatch_opts o;
     int rc = resolve_opts(opts, &o);
     if (rc)
@@ -618,39 +637,69 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     /* A call on the subscription until it is claimed below: an
      * rbus_unsubscribe that begins meanwhile waits for us. */
     if (!rbus__sub_enter(sub))
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN, "rbus_dispatch_start: rbus_unsubscribe of the "
+                                             "subscription has begun");
     /* A dead letter the subscription itself receives would come back to
      * this dispatcher, fail again, and loop. */
     if (o.dead_letter_topic && rbus_pattern_match(sub->pattern, o.dead_letter_topic)) {
+        char qt[RBUS__QUOTE_CAP], qp[RBUS__QUOTE_CAP];
+        rbus__fail(-EINVAL,
+                   "rbus_dispatch_start: dead_letter_topic %s is matched by the "
+                   "subscription's own pattern %s (its dead letters would loop)",
+                   rbus__quote(qt, o.dead_letter_topic), rbus__quote(qp, sub->pattern));
         rbus__sub_leave(sub);
         return -EINVAL;
     }
     rbus *bus = sub->bus;
     if (atomic_load_explicit(&bus->closing, memory_order_acquire)) {
         rbus__sub_leave(sub);
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN, "rbus_dispatch_start: the bus is closed");
     }
     rbus_dispatcher *d = dispatcher_get(bus);
     if (!d) {
         rbus__sub_leave(sub);
-        return -ENOMEM;
+        return rbus__fail_static(-ENOMEM, "rbus_dispatch_start: out of memory for the "
+                                          "dispatcher");
     }
     d->sub = sub;
     d->fn = fn;
     d->arg = arg;
     d->opts = o;
     d->rng = bus->dedup_seed ^ sub->id ^ (uint64_t)rbus__now_ns();
-    if ((rc = dispatcher_alloc(d)) != 0)
+    if ((rc = dispatcher_alloc(d)) != 0) {
+        rbus__fail(rc,
+                   "rbus_dispatch_start: out of memory for the dispatcher's tables (max_in_hand "
+                   "%" PRIu32 ", threads %u)",
+                   o.max_in_hand, o.threads);
         goto fail;
+    }
     if (o.dead_letter_topic &&
-        (rc = rbus_topic_open(bus, o.dead_letter_topic, &d->dead_letters)) != 0)
+        (rc = rbus_topic_open(bus, o.dead_letter_topic, &d->dead_letters)) != 0) {
+        /* Its own words, not rbus_topic_open's, which are in the buffer. */
+        char q[RBUS__QUOTE_CAP];
+        rbus__quote(q, o.dead_letter_topic);
+        if (rc == -ENOSPC)
+            rbus__fail(rc,
+                       "rbus_dispatch_start: dead_letter_topic %s could not be opened: "
+                       "max_topics (%" PRIu32 ") reached",
+                       q, bus->cfg.max_topics);
+        else if (rc == -ESHUTDOWN)
+            rbus__fail_static(rc, "rbus_dispatch_start: the bus is closed");
+        else
+            rbus__fail(rc, "rbus_dispatch_start: dead_letter_topic %s could not be opened: %s", q,
+                       rbus_strerror(rc));
         goto fail;
+    }
     /* Claim the subscription (one dispatcher each); acq_rel pairs with the
      * claim in rbus_unsubscribe, so exactly one of two racing calls wins. */
     void *seen = NULL;
     if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &seen, d, memory_order_acq_rel,
                                                  memory_order_acquire)) {
-        rc = seen == RBUS__UNSUBSCRIBING ? -ESHUTDOWN : -EBUSY;
+        rc = seen == RBUS__UNSUBSCRIBING
+                 ? rbus__fail_static(-ESHUTDOWN, "rbus_dispatch_start: rbus_unsubscribe of "
+                                                 "the subscription began meanwhile")
+                 : rbus__fail_static(-EBUSY, "rbus_dispatch_start: the subscription already "
+                                             "has a dispatcher");
         goto fail;
     }
     /* Claimed: rbus_unsubscribe now answers -EBUSY, so our own hold on
@@ -664,8 +713,12 @@ int rbus_dispatch_start(rbus_dispatcher **out, rbus_sub *sub, rbus_handler_fn fn
     char name[16];
     snprintf(name, sizeof name, "rbus-%llu", (unsigned long long)sub->id);
     for (unsigned i = 0; i < o.threads; i++) {
-        if (pthread_create(&d->threads[i], NULL, worker_main, d) != 0) {
-            rc = -EAGAIN;
+        int err = pthread_create(&d->threads[i], NULL, worker_main, d);
+        if (err != 0) {
+            rc = rbus__fail(-EAGAIN,
+                            "rbus_dispatch_start: could not create worker thread %u of %u "
+                            "(pthread_create: error %d)",
+                            i + 1, o.threads, err);
             break;
         }
         pthread_setname_np(d->threads[i], name);
@@ -703,11 +756,15 @@ int rbus_dispatch_stop(rbus_dispatcher *d)
 {
     RBUS__PAUSE(RBUS_DISPATCH_STOP);
     if (!d)
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_stop: d is NULL");
     if (tls_running == d)
-        return -EDEADLK;
+        return rbus__fail_static(-EDEADLK, "rbus_dispatch_stop: called from one of the "
+                                           "dispatcher's own handlers (it would wait for "
+                                           "itself)");
     if (!begin_end(d))
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_stop: rbus_dispatch_stop or "
+                                          "rbus_dispatch_drain was already called on this "
+                                          "dispatcher");
     stop_and_join(d);
     detach(d, NULL);
     dispatcher_retire(d);
@@ -720,11 +777,15 @@ int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns, rbus_dispatch_st
     if (final)
         memset(final, 0, sizeof *final);
     if (!d)
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_drain: d is NULL");
     if (tls_running == d)
-        return -EDEADLK;
+        return rbus__fail_static(-EDEADLK, "rbus_dispatch_drain: called from one of the "
+                                           "dispatcher's own handlers (it would wait for "
+                                           "itself)");
     if (!begin_end(d))
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_drain: rbus_dispatch_stop or "
+                                          "rbus_dispatch_drain was already called on this "
+                                          "dispatcher");
     int64_t deadline = rbus__deadline(timeout_ns);
     int rc = 0;
     pthread_mutex_lock(&d->lock);
@@ -751,22 +812,32 @@ int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns, rbus_dispatch_st
     }
     pthread_mutex_unlock(&d->lock);
     stop_and_join(d);
+    /* Before the subscription is let go: it is alive while claimed. */
+    uint32_t left = rc ? rbus__ring_depth(&d->sub->ring) : 0;
     detach(d, final);
     dispatcher_retire(d);
-    return rc;
+    if (rc)
+        return rbus__fail(rc,
+                          "rbus_dispatch_drain: the timeout ran out; the dispatcher stopped with "
+                          "%" PRIu32 " message(s) still queued",
+                          left);
+    return 0;
 }
 
 int rbus_dispatch_stats_get(const rbus_dispatcher *dc, rbus_dispatch_stats *out)
 {
     RBUS__PAUSE(RBUS_DISPATCH_STATS_GET);
-    if (!dc || !out)
-        return -EINVAL;
+    if (!dc)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_stats_get: d is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_stats_get: out is NULL");
     rbus_dispatcher *d = (rbus_dispatcher *)dc;
     pthread_mutex_lock(&d->lock);
     if (d->retired) {
         pthread_mutex_unlock(&d->lock);
         memset(out, 0, sizeof *out);
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN, "rbus_dispatch_stats_get: rbus_dispatch_stop has "
+                                             "finished on this dispatcher");
     }
     *out = d->stats;
     out->in_hand = d->in_hand - d->receiving;

@@ -94,6 +94,39 @@ void *rbus__pool_drain(struct rbus_pool *pool, size_t link);
 _Noreturn void rbus__misuse(const char *call, const char *what);
 #endif
 
+/* ----------------------------------------------------------- error.c */
+
+/* rbus_last_error_detail's text, NULL for "" (error.c). Written only when a
+ * public call fails: a call that succeeds never touches it. */
+extern _Thread_local const char *rbus__detail;
+#define RBUS__DETAIL_CAP 256 /* the formatted text's buffer, NUL included */
+#define RBUS__QUOTE_CAP 72   /* a quoted user string, NUL included */
+
+#if defined(__GNUC__)
+#define RBUS__PRINTF(fmt, args) __attribute__((format(printf, fmt, args), cold))
+#else
+#define RBUS__PRINTF(fmt, args)
+#endif
+
+/* Sets the detail to a static text and returns rc: one pointer store, no
+ * formatting, for failures that event loops meet all the time (a receive's
+ * -EAGAIN and -ETIMEDOUT). */
+static inline int rbus__fail_static(int rc, const char *text)
+{
+    rbus__detail = text;
+    return rc;
+}
+/* Formats the detail into this thread's buffer (cut to fit) and returns rc. */
+int rbus__fail(int rc, const char *fmt, ...) RBUS__PRINTF(2, 3);
+/* Puts "fn: " before the detail: bodies shared by two public functions
+ * (topic_open, publish) set the rest, and their callers add their name. */
+void rbus__fail_prefix(const char *fn);
+/* s for a detail, into dst (RBUS__QUOTE_CAP bytes): in single quotes, a
+ * quote or backslash escaped, bytes outside printable ASCII as \xNN, cut
+ * with "..." after the closing quote when long. Reads no further than it
+ * writes. Returns dst. */
+const char *rbus__quote(char *dst, const char *s);
+
 /* ------------------------------------------------------------ wait.c */
 
 /*
@@ -341,6 +374,10 @@ struct rbus_topic {
 };
 
 bool rbus__match_unchecked(const char *pattern, const char *name);
+/* 0 when s is a valid topic name (with `pattern`: a valid pattern); else
+ * -EINVAL, with the detail "fn: what 'quoted s': the rule it breaks" from
+ * the validator that rbus_topic_valid and rbus_pattern_valid use. */
+int rbus__subject_check(const char *fn, const char *what, const char *s, bool pattern);
 
 /* A message re-published on behalf of another (dead letters). */
 struct rbus_relay {

@@ -14,14 +14,17 @@
 int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
 {
     RBUS__PAUSE(RBUS_SUB_STATS_GET);
-    if (!sub || !out)
-        return -EINVAL;
+    if (!sub)
+        return rbus__fail_static(-EINVAL, "rbus_sub_stats_get: sub is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_sub_stats_get: out is NULL");
     rbus_sub *s = (rbus_sub *)sub;
     /* A call in flight for rbus_unsubscribe to wait for: the tallies it
      * reads are freed there. */
     if (!rbus__sub_enter(s)) {
         memset(out, 0, sizeof *out);
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN, "rbus_sub_stats_get: rbus_unsubscribe of the "
+                                             "subscription has begun");
     }
     rbus__sub_stats_read(s, out);
     rbus__sub_leave(s);
@@ -73,8 +76,10 @@ static uint32_t open_subs(const struct rbus_sublist *l)
 int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
 {
     RBUS__PAUSE(RBUS_TOPIC_STATS_GET);
-    if (!topic || !out)
-        return -EINVAL;
+    if (!topic)
+        return rbus__fail_static(-EINVAL, "rbus_topic_stats_get: topic is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_topic_stats_get: out is NULL");
     rbus_topic *t = (rbus_topic *)topic;
     memset(out, 0, sizeof *out);
     out->published = atomic_load_explicit(&t->seq, memory_order_relaxed);
@@ -99,8 +104,10 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
 int rbus_bus_stats_get(rbus *bus, rbus_bus_stats *out)
 {
     RBUS__PAUSE(RBUS_BUS_STATS_GET);
-    if (!bus || !out)
-        return -EINVAL;
+    if (!bus)
+        return rbus__fail_static(-EINVAL, "rbus_bus_stats_get: bus is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_bus_stats_get: out is NULL");
     memset(out, 0, sizeof *out);
     /* The lock keeps the list of thread states and subscriptions still. */
     pthread_mutex_lock(&bus->lock);
@@ -418,8 +425,10 @@ static const struct {
 int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
 {
     RBUS__PAUSE(RBUS_STATS_PROMETHEUS);
-    if (!bus || (!buf && size))
-        return -EINVAL;
+    if (!bus)
+        return rbus__fail_static(-EINVAL, "rbus_stats_prometheus: bus is NULL");
+    if (!buf && size)
+        return rbus__fail(-EINVAL, "rbus_stats_prometheus: buf is NULL with size %zu", size);
     struct prom_out o = {buf, size, 0};
     /* The bus lock keeps every listed topic and subscription alive while we
      * read them (unsubscribe unlinks under it before freeing); publishes
@@ -449,5 +458,8 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
     pthread_mutex_unlock(&bus->lock);
     if (size)
         buf[o.len < size ? o.len : size - 1] = '\0';
-    return o.len > INT_MAX ? -EOVERFLOW : (int)o.len;
+    if (o.len > INT_MAX)
+        return rbus__fail(-EOVERFLOW, "rbus_stats_prometheus: the text is %zu bytes, above INT_MAX",
+                          o.len);
+    return (int)o.len;
 }

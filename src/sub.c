@@ -19,6 +19,7 @@
 #include "internal.h"
 #include "ring.h"
 
+#include <inttypes.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -463,25 +464,64 @@ int rbus__sub_recv_unheld(rbus_sub *s, rbus_msg **out, int64_t timeout_ns)
     return rc > 0 ? 0 : rc;
 }
 
+/* The detail of a receive that found nothing. Static texts only, so that
+ * an event loop's -EAGAIN costs a pointer store. For -ESHUTDOWN, entering
+ * the subscription again tells an unsubscribe from a close; the bus is
+ * only read while the call holds it. */
+static int recv_failed(rbus_sub *s, int rc, bool batch)
+{
+    const char *text;
+    if (rc == -EAGAIN) {
+        text = batch ? "rbus_recv_batch: no message queued (timeout 0)"
+                     : "rbus_recv: no message queued (timeout 0)";
+    } else if (rc == -ETIMEDOUT) {
+        text = batch ? "rbus_recv_batch: timed out, no message queued"
+                     : "rbus_recv: timed out, no message queued";
+    } else if (!rbus__sub_enter(s)) {
+        text = batch ? "rbus_recv_batch: rbus_unsubscribe of the subscription has begun"
+                     : "rbus_recv: rbus_unsubscribe of the subscription has begun";
+    } else {
+        if (atomic_load_explicit(&s->bus->closing, memory_order_relaxed))
+            text = batch ? "rbus_recv_batch: the bus is closed and the subscription drained"
+                         : "rbus_recv: the bus is closed and the subscription drained";
+        else
+            text = batch ? "rbus_recv_batch: the subscription is closed and drained"
+                         : "rbus_recv: the subscription is closed and drained";
+        rbus__sub_leave(s);
+    }
+    return rbus__fail_static(rc, text);
+}
+
 int rbus_recv(rbus_sub *sub, rbus_msg **out, int64_t timeout_ns)
 {
     RBUS__PAUSE(RBUS_RECV);
     if (out)
         *out = NULL;
-    if (!sub || !out)
-        return -EINVAL;
+    if (!sub)
+        return rbus__fail_static(-EINVAL, "rbus_recv: sub is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_recv: out is NULL");
     int rc = recv_common(sub, out, 1, timeout_ns, true);
-    return rc > 0 ? 0 : rc;
+    if (RBUS__UNLIKELY(rc < 0))
+        return recv_failed(sub, rc, false);
+    return 0;
 }
 
 int rbus_recv_batch(rbus_sub *sub, rbus_msg **out, size_t max, int64_t timeout_ns)
 {
     RBUS__PAUSE(RBUS_RECV_BATCH);
-    if (!sub || !out || max == 0)
-        return -EINVAL;
+    if (!sub)
+        return rbus__fail_static(-EINVAL, "rbus_recv_batch: sub is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_recv_batch: out is NULL");
+    if (max == 0)
+        return rbus__fail_static(-EINVAL, "rbus_recv_batch: max is 0");
     if (max > INT_MAX)
         max = INT_MAX;
-    return recv_common(sub, out, max, timeout_ns, true);
+    int rc = recv_common(sub, out, max, timeout_ns, true);
+    if (RBUS__UNLIKELY(rc < 0))
+        return recv_failed(sub, rc, true);
+    return rc;
 }
 
 /* ---------------------------------------------------------- lifecycle */
@@ -611,23 +651,47 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     rbus_sub_opts_init(&o);
     if (opts)
         o = *opts;
-    if (!bus || !out || !rbus_pattern_valid(pattern))
-        return -EINVAL;
-    if ((unsigned)o.overflow > RBUS_DROP_NEWEST || o.capacity > RBUS_MAX_CAPACITY ||
-        o.spin_ns > RBUS_MAX_SPIN_NS || (o.name && strnlen(o.name, 256) > 255))
-        return -EINVAL;
+    if (!bus)
+        return rbus__fail_static(-EINVAL, "rbus_subscribe: bus is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_subscribe: out is NULL");
+    int rc = rbus__subject_check("rbus_subscribe", "pattern", pattern, true);
+    if (rc != 0)
+        return rc;
+    if ((unsigned)o.overflow > RBUS_DROP_NEWEST)
+        return rbus__fail(-EINVAL,
+                          "rbus_subscribe: overflow %d is none of RBUS_BLOCK, RBUS_DROP_OLDEST, "
+                          "RBUS_DROP_NEWEST",
+                          (int)o.overflow);
+    if (o.capacity > RBUS_MAX_CAPACITY)
+        return rbus__fail(
+            -EINVAL, "rbus_subscribe: capacity %" PRIu32 " above RBUS_MAX_CAPACITY (%" PRIu32 ")",
+            o.capacity, RBUS_MAX_CAPACITY);
+    if (o.spin_ns > RBUS_MAX_SPIN_NS)
+        return rbus__fail(
+            -EINVAL, "rbus_subscribe: spin_ns %" PRId64 " above RBUS_MAX_SPIN_NS (%" PRId64 ")",
+            o.spin_ns, RBUS_MAX_SPIN_NS);
+    if (o.name && strnlen(o.name, 256) > 255) {
+        char q[RBUS__QUOTE_CAP];
+        return rbus__fail(-EINVAL, "rbus_subscribe: name %s longer than 255 bytes",
+                          rbus__quote(q, o.name));
+    }
     /* A bound below the largest payload would refuse some messages for
      * good, whatever the policy: refused here instead. */
     if (o.max_bytes && o.max_bytes < bus->cfg.max_payload)
-        return -EINVAL;
+        return rbus__fail(-EINVAL,
+                          "rbus_subscribe: max_bytes %" PRIu64
+                          " below the bus's max_payload (%" PRIu32
+                          "): a message of max_payload could never be queued",
+                          o.max_bytes, bus->cfg.max_payload);
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN, "rbus_subscribe: the bus is closed");
 
     uint32_t capacity = o.capacity ? o.capacity : bus->cfg.default_capacity;
     uint32_t size = ring_size_for(capacity);
     rbus_sub *s = sub_struct_get(bus);
     if (!s)
-        return -ENOMEM;
+        return rbus__fail_static(-ENOMEM, "rbus_subscribe: out of memory for the subscription");
     s->bus = bus;
     atomic_init(&s->fd, -1);
     /* Line-aligned: ring.h spreads consecutive positions over lines. */
@@ -635,6 +699,12 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->pattern = rbus__strdup(bus, pattern);
     s->name = o.name ? rbus__strdup(bus, o.name) : NULL;
     if (!s->ring.slots || !s->pattern || (o.name && !s->name)) {
+        if (!s->ring.slots)
+            rbus__fail(-ENOMEM, "rbus_subscribe: out of memory for a ring of %" PRIu32 " slots",
+                       size);
+        else
+            rbus__fail_static(-ENOMEM, "rbus_subscribe: out of memory for a copy of the "
+                                       "pattern or name");
         sub_release_parts(s); /* the ring is empty: this only frees memory */
         sub_struct_put(bus, s);
         return -ENOMEM;
@@ -653,7 +723,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
      * a subscription's id while it changes. On the bus's list, unlisted,
      * before routing: topic_open lists it the moment the update marks it. */
     s->id = bus->next_sub_id++;
-    int rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
+    rc = atomic_load_explicit(&bus->closing, memory_order_relaxed) ? -ESHUTDOWN : 0;
     if (!rc) {
         s->bus_next = bus->subs;
         if (bus->subs)
@@ -668,6 +738,9 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     }
     pthread_mutex_unlock(&bus->route_lock);
     if (rc) {
+        rbus__fail_static(rc, rc == -ESHUTDOWN ? "rbus_subscribe: the bus is closed"
+                                               : "rbus_subscribe: out of memory for the "
+                                                 "subscription lists of its topics");
         sub_release_parts(s);
         sub_struct_put(bus, s);
         return rc;
@@ -724,7 +797,7 @@ int rbus_sub_close(rbus_sub *sub)
 {
     RBUS__PAUSE(RBUS_SUB_CLOSE);
     if (!sub)
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_sub_close: sub is NULL");
     /* Unsubscribe has begun: it closes the subscription itself. */
     if (!rbus__sub_enter(sub))
         return 0;
@@ -737,14 +810,18 @@ int rbus_unsubscribe(rbus_sub *sub)
 {
     RBUS__PAUSE(RBUS_UNSUBSCRIBE);
     if (!sub)
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_unsubscribe: sub is NULL");
     /* The claim that a dispatcher's start also makes (acq_rel both): of an
      * rbus_dispatch_start and an rbus_unsubscribe that race, exactly one
      * wins; a second unsubscribe finds the handle claimed. */
     void *seen = NULL;
     if (!atomic_compare_exchange_strong_explicit(&sub->dispatcher, &seen, RBUS__UNSUBSCRIBING,
                                                  memory_order_acq_rel, memory_order_acquire))
-        return seen == RBUS__UNSUBSCRIBING ? -EINVAL : -EBUSY;
+        return seen == RBUS__UNSUBSCRIBING
+                   ? rbus__fail_static(-EINVAL, "rbus_unsubscribe: rbus_unsubscribe of the "
+                                                "subscription has already begun")
+                   : rbus__fail_static(-EBUSY, "rbus_unsubscribe: a dispatcher runs on the "
+                                               "subscription (rbus_dispatch_stop it first)");
     /* From here no call enters (rbus__sub_enter's Dekker pair). */
     atomic_store_explicit(&sub->dying, 1, memory_order_seq_cst);
     sub_close(sub);
@@ -785,11 +862,12 @@ int rbus_sub_fd(rbus_sub *sub)
 {
     RBUS__PAUSE(RBUS_SUB_FD);
     if (!sub)
-        return -EINVAL;
+        return rbus__fail_static(-EINVAL, "rbus_sub_fd: sub is NULL");
     /* A call in flight, like a receive: rbus_unsubscribe waits for it
      * before closing the fd. */
     if (!rbus__sub_enter(sub))
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN,
+                                 "rbus_sub_fd: rbus_unsubscribe of the subscription has begun");
     int fd = atomic_load_explicit(&sub->fd, memory_order_acquire);
     if (fd >= 0) {
         rbus__sub_leave(sub);
@@ -803,7 +881,7 @@ int rbus_sub_fd(rbus_sub *sub)
             int err = -errno;
             pthread_mutex_unlock(&sub->fd_lock);
             rbus__sub_leave(sub);
-            return err;
+            return rbus__fail(err, "rbus_sub_fd: eventfd failed: %s", rbus_strerror(err));
         }
         /* Publish the fd first (release), then arm (seq_cst), then look
          * once: a publisher that sees fd_armed == 1 also sees the fd, and a

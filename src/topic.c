@@ -12,6 +12,9 @@
 #include "internal.h"
 #include "ring.h"
 
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -24,31 +27,69 @@ static bool token_char_ok(unsigned char c)
     return c > 0x20 && c < 0x7f;
 }
 
-/* Validates a subject; wildcards allowed only when `pattern`. */
-static bool subject_valid(const char *s, bool pattern)
+/* Writes the rule a subject breaks into why (when it is not NULL); returns
+ * false, for subject_valid's one-line exits. Cold: only invalid input. */
+static RBUS__PRINTF(3, 4) bool subject_bad(char *why, size_t cap, const char *fmt, ...)
+{
+    if (why) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, cap, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+/* The one validator of subjects, so that rbus_topic_valid, rbus_pattern_valid
+ * and the texts of rbus_last_error_detail cannot disagree. Wildcards are
+ * allowed only when `pattern`. When s is invalid and `why` is not NULL, the
+ * rule it breaks goes there (cap bytes); a valid subject, or a NULL `why`,
+ * formats nothing. */
+static bool subject_valid(const char *s, bool pattern, char *why, size_t cap)
 {
     if (!s)
-        return false;
+        return subject_bad(why, cap, "is NULL");
     size_t len = strnlen(s, RBUS_MAX_TOPIC_LEN + 1);
-    if (len == 0 || len > RBUS_MAX_TOPIC_LEN)
-        return false;
+    if (len == 0)
+        return subject_bad(why, cap, "is empty");
+    if (len > RBUS_MAX_TOPIC_LEN)
+        return subject_bad(why, cap, "longer than RBUS_MAX_TOPIC_LEN (%d bytes)",
+                           RBUS_MAX_TOPIC_LEN);
     const char *tok = s;
     for (;;) {
         const char *end = tok;
         while (*end && *end != '.')
             end++;
-        size_t tlen = (size_t)(end - tok);
+        size_t tlen = (size_t)(end - tok), at = (size_t)(tok - s);
         if (tlen == 0)
-            return false;
+            return subject_bad(why, cap, "empty token at offset %zu (%s)", at,
+                               tok == s ? "leading '.'"
+                               : *end   ? "'..'"
+                                        : "trailing '.'");
         if (tlen == 1 && (*tok == '*' || *tok == '>')) {
             if (!pattern)
-                return false;
+                return subject_bad(
+                    why, cap, "wildcard '%c' at offset %zu (a topic name takes none)", *tok, at);
             if (*tok == '>' && *end != '\0')
-                return false; /* '>' only as the last token */
+                return subject_bad(why, cap, "'>' must be the last token (offset %zu)", at);
         } else {
-            for (const char *p = tok; p < end; p++)
-                if (!token_char_ok((unsigned char)*p) || *p == '*' || *p == '>')
-                    return false;
+            for (const char *p = tok; p < end; p++) {
+                unsigned char c = (unsigned char)*p;
+                size_t off = (size_t)(p - s);
+                if (c == '*' || c == '>')
+                    return subject_bad(why, cap,
+                                       "'%c' inside a token at offset %zu (a wildcard is a "
+                                       "whole token)",
+                                       c, off);
+                if (token_char_ok(c))
+                    continue;
+                if (c == ' ' || (c >= '\t' && c <= '\r'))
+                    return subject_bad(why, cap, "whitespace 0x%02x at offset %zu", c, off);
+                if (c < 0x20 || c == 0x7f)
+                    return subject_bad(why, cap, "control character 0x%02x at offset %zu", c, off);
+                return subject_bad(why, cap, "byte 0x%02x at offset %zu (not printable ASCII)", c,
+                                   off);
+            }
         }
         if (*end == '\0')
             return true;
@@ -58,12 +99,23 @@ static bool subject_valid(const char *s, bool pattern)
 
 bool rbus_topic_valid(const char *name)
 {
-    return subject_valid(name, false);
+    return subject_valid(name, false, NULL, 0);
 }
 
 bool rbus_pattern_valid(const char *pattern)
 {
-    return subject_valid(pattern, true);
+    return subject_valid(pattern, true, NULL, 0);
+}
+
+int rbus__subject_check(const char *fn, const char *what, const char *s, bool pattern)
+{
+    char why[128];
+    if (RBUS__LIKELY(subject_valid(s, pattern, why, sizeof why)))
+        return 0;
+    if (!s)
+        return rbus__fail(-EINVAL, "%s: %s is NULL", fn, what);
+    char q[RBUS__QUOTE_CAP];
+    return rbus__fail(-EINVAL, "%s: %s %s: %s", fn, what, rbus__quote(q, s), why);
 }
 
 bool rbus__match_unchecked(const char *p, const char *n)
@@ -164,9 +216,18 @@ static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
     return count;
 }
 
+/* -ENOMEM: a keyed topic's window could not be built. */
+static int topic_no_window(const rbus *bus, const char *name)
+{
+    char q[RBUS__QUOTE_CAP];
+    return rbus__fail(-ENOMEM, "out of memory for the key window of %s (dedup_keys %" PRIu32 ")",
+                      rbus__quote(q, name), bus->cfg.dedup_keys);
+}
+
 /* Finds or creates the topic `name` (checked by the caller). `keyed`: the
  * topic has its dedup window when this returns 0; a topic created here gets
- * it before anyone can see the topic. */
+ * it before anyone can see the topic. Failures set the detail without a
+ * function name, which the public callers put in front. */
 static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
 {
     size_t len = strlen(name);
@@ -179,20 +240,22 @@ static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
     for (;;) {
         pthread_mutex_lock(&bus->lock);
         if (atomic_load_explicit(&bus->closing, memory_order_relaxed)) {
-            rc = -ESHUTDOWN;
+            rc = rbus__fail_static(-ESHUTDOWN, "the bus is closed");
             break;
         }
         t = registry_find(bus, name, len, h);
         if (t)
             break;
         if (bus->ntopics >= bus->cfg.max_topics) {
-            rc = -ENOSPC;
+            char q[RBUS__QUOTE_CAP];
+            rc = rbus__fail(-ENOSPC, "new topic %s: max_topics (%" PRIu32 ") reached",
+                            rbus__quote(q, name), bus->cfg.max_topics);
             break;
         }
         if (keyed && !window) {
             pthread_mutex_unlock(&bus->lock);
             if (!(window = rbus__dedup_new(bus)))
-                return -ENOMEM;
+                return topic_no_window(bus, name);
             continue; /* look again: another thread may have created it */
         }
 
@@ -208,7 +271,8 @@ static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
             rbus__free(bus, spare);
             rbus__free(bus, copy);
             t = NULL;
-            rc = -ENOMEM;
+            char q[RBUS__QUOTE_CAP];
+            rc = rbus__fail(-ENOMEM, "out of memory for the topic %s", rbus__quote(q, name));
             break;
         }
         if (list)
@@ -235,8 +299,10 @@ static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
     pthread_mutex_unlock(&bus->lock);
     rbus__dedup_free(bus, window);
     /* A topic that existed without a window gets one now. */
-    if (rc == 0 && keyed && (rc = rbus__dedup_prepare(t)) != 0)
+    if (rc == 0 && keyed && (rc = rbus__dedup_prepare(t)) != 0) {
+        rc = topic_no_window(bus, name);
         t = NULL;
+    }
     *out = t;
     return rc;
 }
@@ -246,9 +312,14 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
     RBUS__PAUSE(RBUS_TOPIC_OPEN);
     if (out)
         *out = NULL;
-    if (!bus || !out || !rbus_topic_valid(name))
-        return -EINVAL;
-    return topic_open(bus, name, false, out);
+    if (!bus)
+        return rbus__fail_static(-EINVAL, "rbus_topic_open: bus is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_topic_open: out is NULL");
+    int rc = rbus__subject_check("rbus_topic_open", "name", name, false);
+    if (rc == 0 && (rc = topic_open(bus, name, false, out)) != 0)
+        rbus__fail_prefix("rbus_topic_open");
+    return rc;
 }
 
 void rbus_topic_opts_init(rbus_topic_opts *opts)
@@ -262,10 +333,17 @@ int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
     RBUS__PAUSE(RBUS_TOPIC_OPEN_EX);
     if (out)
         *out = NULL;
-    if (!bus || !out || !rbus_topic_valid(name))
-        return -EINVAL;
+    if (!bus)
+        return rbus__fail_static(-EINVAL, "rbus_topic_open_ex: bus is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_topic_open_ex: out is NULL");
+    int rc = rbus__subject_check("rbus_topic_open_ex", "name", name, false);
+    if (rc != 0)
+        return rc;
     bool keyed = opts && opts->keyed && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
-    return topic_open(bus, name, keyed, out);
+    if ((rc = topic_open(bus, name, keyed, out)) != 0)
+        rbus__fail_prefix("rbus_topic_open_ex");
+    return rc;
 }
 
 /* ------------------------------------------------- subscription lists */
@@ -448,6 +526,14 @@ static bool key_ok(const void *key, size_t len)
     return key ? (len >= 1 && len <= RBUS_MAX_KEY_LEN) : len == 0;
 }
 
+/* -EINVAL for a key that key_ok refused; `what` is "key" or "order_key". */
+static int key_bad(const char *what, const void *key, size_t len)
+{
+    if (!key)
+        return rbus__fail(-EINVAL, "%s is NULL with %s_len %zu", what, what, len);
+    return rbus__fail(-EINVAL, "%s_len %zu outside 1..%d", what, len, RBUS_MAX_KEY_LEN);
+}
+
 /* How long a publish may wait for room on `s`: the sub's own timeout,
  * shortened by the publish's when that is > 0. -1 = forever. */
 static int64_t wait_deadline(const rbus_sub *s, int64_t pub_timeout_ns, int64_t now)
@@ -604,6 +690,23 @@ static RBUS__NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread_
     return 0;
 }
 
+/* -ENOMEM: the thread's array of full RBUS_BLOCK subscriptions to wait on
+ * could not grow to n. */
+static int no_pending(uint32_t n)
+{
+    return rbus__fail(
+        -ENOMEM, "out of memory for this thread's list of %" PRIu32 " subscriptions to wait on", n);
+}
+
+/* -ENOMEM: the message pool could not grow. */
+static int no_message(size_t len, const rbus_pub_opts *opts)
+{
+    size_t keys =
+        opts ? (opts->key ? opts->key_len : 0) + (opts->order_key ? opts->order_key_len : 0) : 0;
+    return rbus__fail(-ENOMEM, "out of memory for a message of %zu bytes (payload and keys)",
+                      len + keys);
+}
+
 /*
  * A keyed publish's first half, before any read section: the message is
  * built, then the key checked and recorded. In that order so that a
@@ -619,9 +722,10 @@ static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th,
     /* Room to wait on every subscription listed now, so that only a list
      * that grew meanwhile can need an allocation after acceptance. */
     uint32_t hint = atomic_load_explicit(&topic->listed_hint, memory_order_relaxed);
-    if (RBUS__UNLIKELY(hint > th->pending_cap && rbus__thread_reserve_pending(th, hint) != 0) ||
-        RBUS__UNLIKELY(!(*m = rbus__msg_new(th, topic, data, len, opts))))
-        return -ENOMEM;
+    if (RBUS__UNLIKELY(hint > th->pending_cap && rbus__thread_reserve_pending(th, hint) != 0))
+        return no_pending(hint);
+    if (RBUS__UNLIKELY(!(*m = rbus__msg_new(th, topic, data, len, opts))))
+        return no_message(len, opts);
     /* Between the hash's prefetches and the check, as late as it can be:
      * reading the clock gives those lines time to arrive. */
     *now_ns = rbus__now_ns();
@@ -631,6 +735,14 @@ static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th,
             atomic_fetch_add_explicit(&topic->duplicates, 1, memory_order_relaxed);
             if (result)
                 result->duplicate = true;
+        } else if (drc == -ENOBUFS) {
+            char q[RBUS__QUOTE_CAP];
+            rbus__fail(drc,
+                       "topic %s: no free slot near this key in its key window (dedup_keys %" PRIu32
+                       "; too many keyed publishes in flight), retry",
+                       rbus__quote(q, topic->name), topic->bus->cfg.dedup_keys);
+        } else {
+            topic_no_window(topic->bus, topic->name);
         }
         rbus__msg_unref_by(th, *m, 1);
         *m = NULL;
@@ -650,26 +762,32 @@ static void reserve_pending_accepted(struct rbus_thread_state *th, uint32_t n)
 }
 
 /* `relay` (dispatch.c's dead letters): not deduplicated, and the message
- * carries its origin topic and attempt count; NULL for a plain publish. */
+ * carries its origin topic and attempt count; NULL for a plain publish.
+ * Failures set the detail without a function name, which the public
+ * callers put in front. */
 static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
                    rbus_pub_result *result, const struct rbus_relay *relay)
 {
     rbus_pub_result res = {0};
     if (result)
         *result = res;
-    if (!topic || (!data && len))
-        return -EINVAL;
-    if (opts && (!key_ok(opts->key, opts->key_len) ||
-                 !key_ok(opts->order_key, opts->order_key_len)))
-        return -EINVAL;
+    if (!topic)
+        return rbus__fail_static(-EINVAL, "topic is NULL");
+    if (!data && len)
+        return rbus__fail(-EINVAL, "data is NULL with len %zu", len);
+    if (opts && !key_ok(opts->key, opts->key_len))
+        return key_bad("key", opts->key, opts->key_len);
+    if (opts && !key_ok(opts->order_key, opts->order_key_len))
+        return key_bad("order_key", opts->order_key, opts->order_key_len);
     rbus *bus = topic->bus;
     if (len > bus->cfg.max_payload)
-        return -EMSGSIZE;
+        return rbus__fail(-EMSGSIZE, "len %zu above max_payload %" PRIu32, len,
+                          bus->cfg.max_payload);
     /* Relaxed pre-check only orders the error codes (-ESHUTDOWN before
      * -ENOMEM and RBUS_DUPLICATE); the authoritative check is inside the
      * read section. */
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
-        return -ESHUTDOWN;
+        return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
     /* The key's hash first: it starts loading the window's lines, which
      * then arrive while the thread state is found and the message built. */
     const bool keyed = key_checked(bus, opts, relay);
@@ -678,7 +796,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
         key_lo = rbus__dedup_hash(topic, opts->key, opts->key_len, &key_hi);
     struct rbus_thread_state *th = rbus__thread_get(bus);
     if (RBUS__UNLIKELY(!th))
-        return -ENOMEM;
+        return rbus__fail_static(-ENOMEM, "out of memory for this thread's state on the bus");
     rbus_msg *m = NULL;
     int64_t now_ns = 0;
     if (keyed) {
@@ -701,7 +819,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
             rbus__read_end(th);
             if (m)
                 rbus__msg_unref_by(th, m, 1);
-            return -ESHUTDOWN;
+            return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
         }
         /* Acquire: pairs with the release exchange in rbus__topics_update. */
         list = atomic_load_explicit(&topic->subs, memory_order_acquire);
@@ -714,10 +832,13 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     if (n && !relay && RBUS__UNLIKELY(subs_refuse_newest(list)))
         return publish_refused(topic, th, list, m, result);
     if (!m) {
-        if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0) ||
-            RBUS__UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
+        if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0)) {
             rbus__read_end(th);
-            return -ENOMEM;
+            return no_pending(n);
+        }
+        if (RBUS__UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
+            rbus__read_end(th);
+            return no_message(len, opts);
         }
         now_ns = rbus__now_ns();
     }
@@ -785,8 +906,11 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     rbus__read_end(th);
 
     int rc = 0;
-    if (RBUS__UNLIKELY(waiting))
-        rc = publish_wait(bus, th, m, waiting, &res, &not_queued);
+    if (RBUS__UNLIKELY(waiting) && (rc = publish_wait(bus, th, m, waiting, &res, &not_queued)) != 0)
+        rbus__fail(rc,
+                   "the bus was closed while this publish waited for room; it was accepted "
+                   "and queued for %" PRIu32 " of %" PRIu32 " subscriptions",
+                   res.queued, res.matched);
     /* Not a byte of m may be read after this point unless we still hold a
      * reference: a receiver may already have recycled it. */
     if (not_queued + own)
@@ -800,7 +924,10 @@ int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_
                     rbus_pub_result *result)
 {
     RBUS__PAUSE(RBUS_PUBLISH_EX);
-    return publish(topic, data, len, opts, result, NULL);
+    int rc = publish(topic, data, len, opts, result, NULL);
+    if (RBUS__UNLIKELY(rc < 0))
+        rbus__fail_prefix("rbus_publish_ex");
+    return rc;
 }
 
 int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay,
@@ -815,5 +942,9 @@ int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rb
 int rbus_publish(rbus_topic *topic, const void *data, size_t len)
 {
     RBUS__PAUSE(RBUS_PUBLISH);
-    return rbus_publish_ex(topic, data, len, NULL, NULL);
+    /* Not through rbus_publish_ex, so that a detail names this function. */
+    int rc = publish(topic, data, len, NULL, NULL, NULL);
+    if (RBUS__UNLIKELY(rc < 0))
+        rbus__fail_prefix("rbus_publish");
+    return rc;
 }

@@ -15,6 +15,10 @@ int main()
     rbus_nats_stats nats_stats = rbus_nats_stats();
     if (nats_opts.mode != RBUS_NATS_CORE || nats_stats.connected)
         return 1;
+    // The detail text is a plain C string in C++ too.
+    if (rbus_create(nullptr, nullptr) != -EINVAL ||
+        std::strcmp(rbus_last_error_detail(), "rbus_create: out is NULL") != 0)
+        return 1;
     rbus *raw = nullptr;
     if (rbus_create(&raw, nullptr) != 0)
         return 1;

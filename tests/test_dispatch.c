@@ -882,6 +882,8 @@ static void drain_that_times_out_leaves_the_rest_queued(void **state)
     drain_publish(t, n);
     rbus_dispatch_stats final;
     assert_rbus_rc(rbus_dispatch_drain(d, 30000000, &final), -ETIMEDOUT);
+    assert_non_null(strstr(rbus_last_error_detail(), "rbus_dispatch_drain: the timeout ran out; "
+                                                     "the dispatcher stopped with "));
     rbus_sub_stats st;
     assert_rbus_ok(rbus_sub_stats_get(s, &st));
     printf("# drain with 30 ms for %u messages of 2 ms: %llu handled, %u still queued\n", n,

@@ -45,12 +45,24 @@ static void zeroed_options_equal_initialised_defaults(void **state)
     rbus_test_assert_config_defaults(&cfg);
 }
 
+static void error_detail_is_empty_before_any_failure(void **state)
+{
+    (void)state;
+    /* Nothing has failed on this thread yet: "", never NULL. */
+    const char *d = rbus_last_error_detail();
+    assert_non_null(d);
+    assert_string_equal(d, "");
+    assert_rbus_rc(rbus_create(NULL, NULL), -EINVAL);
+    assert_string_equal(rbus_last_error_detail(), "rbus_create: out is NULL");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(version_macros_match_rbus_version),
         cmocka_unit_test(constants_have_their_contract_values),
         cmocka_unit_test(zeroed_options_equal_initialised_defaults),
+        cmocka_unit_test(error_detail_is_empty_before_any_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
