@@ -39,7 +39,8 @@ extern "C" {
  * @def RBUS_API
  * Marks the public functions: exported from the shared library, which hides
  * every other symbol. Static users define RBUS_STATIC_DEFINE (the CMake
- * target and `pkg-config --static` do it for them).
+ * target ringbus::ringbus_static and the pkg-config module ringbus_static
+ * do it for them).
  */
 #if defined(RBUS_STATIC_DEFINE)
 #define RBUS_API
@@ -106,7 +107,9 @@ RBUS_API const char *rbus_strerror(int rc);
  *  - Never NULL: "" while no call on this thread has failed, and at the
  *    start of each handler call of a dispatcher (the dispatcher's own calls
  *    on its worker threads do not show through).
- *  - Valid until the thread's next rbus_* call; copy it to keep it.
+ *  - The text stays as it is until another rbus_* call on this thread
+ *    fails (rbus_strerror, the accessors and calls that succeed never
+ *    change it); copy it to keep it past that.
  *  - At most 255 bytes. Strings from the caller appear in single quotes,
  *    with a quote or backslash escaped, bytes outside printable ASCII as
  *    \\xNN, and a long one cut, "..." following its closing quote.
@@ -250,8 +253,9 @@ typedef struct rbus_sub_opts {
                                    RBUS_BLOCK waits until the message's bytes fit,
                                    RBUS_DROP_NEWEST refuses it, RBUS_DROP_OLDEST evicts the
                                    oldest messages, as many as it takes, without waiting
-                                   (if it cannot take one, because its publisher is still
-                                   writing it, the new message is refused as drop-newest).
+                                   for anyone; only bytes that other publishes in flight
+                                   have reserved cannot be evicted, and when they are in
+                                   the way the new message is refused as drop-newest.
                                    At least the bus's max_payload, so that every message
                                    fits an empty queue */
 } rbus_sub_opts;
@@ -324,7 +328,8 @@ typedef struct rbus_pub_result {
     uint32_t queued;   /**< of those, how many got this message queued */
     uint32_t dropped;  /**< refused: drop-newest, block timeout, closed while waiting */
     uint32_t evicted;  /**< older messages this publish evicted (drop-oldest) */
-    bool duplicate;    /**< suppressed by the idempotency key; nothing queued */
+    bool duplicate;    /**< suppressed by the idempotency key; nothing offered, queued
+                            or counted (matched 0) */
 } rbus_pub_result;
 
 /**

@@ -222,17 +222,31 @@ int64_t rbus__tally_oldest_wait(const rbus_sub *s)
 
 /* ------------------------------------------------------ overflow policy */
 
+/* How many times a drop-oldest publish over its byte bound looks again
+ * when the ring has nothing it can evict: the bytes are then reserved by
+ * publishes in flight, which queue (or give them back) within nanoseconds
+ * unless preempted. */
+#define BYTES_EVICT_RETRIES 64u
+
 /* Drop-oldest over the byte bound: evicts the oldest messages until m's
- * bytes fit, each with a take that never waits (a slot its writer has not
- * committed ends it, as an empty ring does). At most one lap of the ring:
- * past that, or with nothing it can take, false, and m is refused. */
+ * bytes fit. The take is a receiver's: it passes a slot whose writer has
+ * not committed after its bounded polls, as a receiver does (the writer
+ * offers again, its bytes still reserved), and takes the committed
+ * message behind it. At most one lap of the ring, and a bounded number of
+ * looks at an empty one; then false, and m is refused. */
 static bool bytes_evict_for(struct rbus_thread_state *th, rbus_sub *s, struct rbus_tally *tally,
                             const rbus_msg *m, uint32_t *evicted)
 {
-    for (uint32_t n = 0; !bytes_reserve(s, m); n++) {
-        rbus_msg *old = n < s->capacity ? rbus__ring_take(&s->ring, false) : NULL;
-        if (!old)
-            return false;
+    uint32_t taken = 0, empty = 0;
+    while (!bytes_reserve(s, m)) {
+        rbus_msg *old = taken < s->capacity ? rbus__ring_take(&s->ring, true) : NULL;
+        if (!old) {
+            if (taken >= s->capacity || ++empty > BYTES_EVICT_RETRIES)
+                return false;
+            RBUS__CPU_RELAX();
+            continue;
+        }
+        taken++;
         bytes_give_back(s, old->size);
         rbus__tally_add(s, tally, &tally->dropped_oldest);
         (*evicted)++;

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -186,6 +187,97 @@ static void fd_readable_after_sub_close(void **state)
 
     assert_rbus_ok(rbus_unsubscribe(s));
     assert_rbus_ok(rbus_unsubscribe(s2));
+    rbus_destroy(bus);
+}
+
+/* rbus_close makes every subscription's fd readable: a loop waiting on it
+ * learns of the close (its receives drain, then return -ESHUTDOWN). */
+static void fd_readable_after_bus_close(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "bc");
+    rbus_sub *s = rbus_test_subscribe(bus, "bc", 8, RBUS_BLOCK, 0);
+    int fd = sub_fd(s);
+    assert_rbus_ok(rbus_publish(t, "a", 1));
+    recv_seq(s, 1);
+    expect_drained_not_readable(s, fd);
+    rbus_close(bus);
+    assert_int_equal(fd_readable(fd, READY_MS), 1);
+    rbus_msg *m = NULL;
+    assert_rbus_rc(rbus_recv(s, &m, 0), -ESHUTDOWN);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
+/* epoll_wait on one edge-triggered fd: how many events within timeout_ms. */
+static int et_wait(int ep, int timeout_ms)
+{
+    struct epoll_event ev;
+    int n;
+    do {
+        n = epoll_wait(ep, &ev, 1, timeout_ms);
+    } while (n < 0 && errno == EINTR);
+    assert_true(n >= 0);
+    return n;
+}
+
+/* With EPOLLET the fd gives one edge per transition to readable, and the
+ * transition back (re-arming) happens only at a receive that returns
+ * -EAGAIN. A loop that drains to -EAGAIN gets an edge for every later
+ * burst; one that takes a single batch per wake-up and goes back to
+ * epoll_wait is never woken again, though messages stay queued. */
+static void edge_triggered_loop_must_drain_to_eagain(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "et");
+    rbus_sub *s = rbus_test_subscribe(bus, "et", 64, RBUS_BLOCK, 0);
+    int fd = sub_fd(s);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    assert_true(ep >= 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET};
+    assert_int_equal(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev), 0);
+    rbus_msg *batch[8];
+
+    /* Draining to -EAGAIN: every burst brings an edge. */
+    for (int burst = 0; burst < 3; burst++) {
+        for (int i = 0; i < 20; i++)
+            assert_rbus_ok(rbus_publish(t, "x", 1));
+        assert_int_equal(et_wait(ep, READY_MS), 1);
+        int n, got = 0;
+        while ((n = rbus_recv_batch(s, batch, 8, 0)) > 0) {
+            for (int i = 0; i < n; i++)
+                rbus_msg_release(batch[i]);
+            got += n;
+        }
+        assert_rbus_rc(n, -EAGAIN);
+        assert_int_equal(got, 20);
+    }
+
+    /* One batch per wake-up: the rest stays queued, and no edge comes,
+     * not even when more is published. */
+    for (int i = 0; i < 20; i++)
+        assert_rbus_ok(rbus_publish(t, "y", 1));
+    assert_int_equal(et_wait(ep, READY_MS), 1);
+    int n = rbus_recv_batch(s, batch, 8, 0);
+    assert_int_equal(n, 8);
+    for (int i = 0; i < n; i++)
+        rbus_msg_release(batch[i]);
+    assert_rbus_ok(rbus_publish(t, "z", 1));
+    assert_int_equal(et_wait(ep, 100), 0); /* stalled: 13 queued, no wake-up */
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    assert_int_equal(st.depth, 13);
+    /* Draining to -EAGAIN mends it. */
+    while ((n = rbus_recv_batch(s, batch, 8, 0)) > 0)
+        for (int i = 0; i < n; i++)
+            rbus_msg_release(batch[i]);
+    assert_rbus_rc(n, -EAGAIN);
+    assert_rbus_ok(rbus_publish(t, "w", 1));
+    assert_int_equal(et_wait(ep, READY_MS), 1);
+    close(ep);
+    assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
 }
 
@@ -393,6 +485,8 @@ int main(void)
         cmocka_unit_test(fd_readable_when_messages_queued_before_creation),
         cmocka_unit_test(fd_follows_queue_until_eagain),
         cmocka_unit_test(fd_readable_after_sub_close),
+        cmocka_unit_test(fd_readable_after_bus_close),
+        cmocka_unit_test(edge_triggered_loop_must_drain_to_eagain),
         cmocka_unit_test(fd_race_poll_then_drain_with_recv),
         cmocka_unit_test(fd_race_poll_then_drain_with_recv_batch),
         cmocka_unit_test(fd_race_lockstep_publish_after_each_receive),

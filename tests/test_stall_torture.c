@@ -5,7 +5,9 @@
  * over and over. Checked: every publish's outcome (a drop-oldest publish
  * evicts at most one message), every message received at most once and,
  * per receiver, in each publisher's order, and at the end the exact
- * accounting and, under block, nothing lost.
+ * accounting and, under block, nothing lost. The three policies run again
+ * with a byte bound and payloads of varied sizes, which it binds before
+ * the capacity does: the bytes queued never pass it and return to 0.
  *
  * Then the same chaos on idempotency keys (src/window.h): publishers race
  * over one round of keys after another, each round a window's worth, and a
@@ -22,6 +24,7 @@
 #define NRECV 2
 #define CAP 8
 #define PAYLOAD_WORDS 2 /* publisher id, counter */
+#define BYTES_PAYLOAD 256 /* byte-bound runs: max_payload, max_bytes, largest payload */
 
 static const enum rbus__pp chaos_points[] = {
     RBUS_PP_RING_PUT_RESERVED, RBUS_PP_RING_PUT_PASS,  RBUS_PP_RING_TAKE_CLAIMING,
@@ -30,6 +33,8 @@ static const enum rbus__pp chaos_points[] = {
 
 struct torture {
     rbus_overflow policy;
+    bool bytes;            /* a byte bound of BYTES_PAYLOAD, payloads of varied sizes */
+    atomic_int over_bound; /* a stats read saw more bytes queued than the bound */
     rbus *bus;
     rbus_topic *topic;
     rbus_sub *sub;
@@ -51,14 +56,20 @@ static void *publisher_main(void *arg)
 {
     struct worker *w = arg;
     struct torture *t = w->t;
-    uint64_t payload[PAYLOAD_WORDS] = {w->id, 0};
+    uint64_t payload[BYTES_PAYLOAD / sizeof(uint64_t)] = {w->id, 0};
+    uint64_t rng = 0x2545F4914F6CDD1Du * (w->id + 1);
     rbus_pub_opts o = {.timeout_ns = 0}; /* block: wait as long as it takes */
     while (!atomic_load(&t->stop)) {
         rbus_pub_result res;
-        int rc = rbus_publish_ex(t->topic, payload, sizeof payload, &o, &res);
+        size_t size = PAYLOAD_WORDS * sizeof(uint64_t);
+        if (t->bytes) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            size += rng % (BYTES_PAYLOAD - size + 1);
+        }
+        int rc = rbus_publish_ex(t->topic, payload, size, &o, &res);
         if (rc != 0)
             rbus_test_report("publish returned %d", rc);
-        if (res.evicted > 1)
+        if (res.evicted > 1 && !t->bytes) /* a byte bound may need several */
             rbus_test_report("a drop-oldest publish evicted %u messages", res.evicted);
         if (res.matched != res.queued + res.dropped)
             rbus_test_report("result: matched %u, queued %u, dropped %u", res.matched, res.queued,
@@ -94,6 +105,10 @@ static void *receiver_main(void *arg)
         uint64_t p[PAYLOAD_WORDS];
         memcpy(p, rbus_msg_data(m), sizeof p);
         rbus_msg_release(m);
+        rbus_sub_stats st;
+        if (t->bytes && p[1] % 64 == 0 && rbus_sub_stats_get(t->sub, &st) == 0 &&
+            st.bytes > BYTES_PAYLOAD)
+            atomic_store(&t->over_bound, 1);
         if (p[0] >= NPUB) {
             rbus_test_report("a message no publisher sent: %llu/%llu", (unsigned long long)p[0],
                              (unsigned long long)p[1]);
@@ -138,16 +153,26 @@ static void chaos(const enum rbus__pp *points, size_t npoints, const pthread_t *
     rbus__trap_reset();
 }
 
-static void torture_policy(rbus_overflow policy, double seconds)
+static void torture_policy(rbus_overflow policy, bool bytes, double seconds)
 {
     struct torture t;
     memset(&t, 0, sizeof t);
     t.policy = policy;
+    t.bytes = bytes;
     t.per_pub_cap = UINT64_C(1) << 24;
     t.seen = calloc((size_t)(NPUB * t.per_pub_cap), 1);
     assert_non_null(t.seen);
-    t.topic = rbus_test_bus_and_topic(&t.bus, "torture.ring");
-    t.sub = rbus_test_subscribe_checked(t.bus, "torture.ring", CAP, policy, 0, NULL);
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.max_payload = bytes ? BYTES_PAYLOAD : cfg.max_payload;
+    assert_rbus_ok(rbus_create(&t.bus, &cfg));
+    assert_rbus_ok(rbus_topic_open(t.bus, "torture.ring", &t.topic));
+    rbus_sub_opts so;
+    rbus_sub_opts_init(&so);
+    so.capacity = CAP;
+    so.overflow = policy;
+    so.max_bytes = bytes ? BYTES_PAYLOAD : 0;
+    assert_rbus_ok(rbus_subscribe(t.bus, "torture.ring", &so, &t.sub));
 
     struct worker w[NPUB + NRECV];
     for (unsigned i = 0; i < NPUB + NRECV; i++) {
@@ -168,9 +193,13 @@ static void torture_policy(rbus_overflow policy, double seconds)
     rbus_test_check_accounting(&st);
     assert_int_equal(st.offered, atomic_load(&t.published));
     assert_int_equal(st.depth, 0); /* the receivers drained it */
+    assert_int_equal(st.bytes, 0);
+    assert_int_equal(atomic_load(&t.over_bound), 0);
     if (policy != RBUS_DROP_OLDEST)
         assert_int_equal(st.dropped_oldest, 0);
-    if (policy != RBUS_DROP_NEWEST)
+    /* Over a byte bound, drop-oldest refuses as drop-newest when the oldest
+     * message is one a parked publisher has not finished writing. */
+    if (policy != RBUS_DROP_NEWEST && !(bytes && policy == RBUS_DROP_OLDEST))
         assert_int_equal(st.dropped_newest, 0);
     if (policy == RBUS_BLOCK)
         assert_int_equal(st.received, st.offered); /* nothing lost */
@@ -181,12 +210,13 @@ static void torture_policy(rbus_overflow policy, double seconds)
         checked += w[i].count < t.per_pub_cap ? w[i].count : t.per_pub_cap;
     if (checked == st.offered) /* no counter past the bitmap: every receipt is in it */
         assert_int_equal(got, st.received);
-    print_message("  %s: %.1f s, %llu published, %llu received, %llu evicted, %llu parks; "
+    print_message("  %s%s: %.1f s, %llu published, %llu received, %llu evicted, %llu parks; "
                   "skipped %llu, holes %llu, reoffers %llu\n",
                   policy == RBUS_BLOCK         ? "block"
                   : policy == RBUS_DROP_OLDEST ? "drop-oldest"
                                                : "drop-newest",
-                  seconds, (unsigned long long)st.offered, (unsigned long long)st.received,
+                  bytes ? " with a byte bound" : "", seconds, (unsigned long long)st.offered,
+                  (unsigned long long)st.received,
                   (unsigned long long)atomic_load(&t.evicted_total),
                   (unsigned long long)atomic_load(&t.parks), (unsigned long long)st.skipped,
                   (unsigned long long)st.holes, (unsigned long long)st.reoffers);
@@ -205,9 +235,11 @@ static void random_stalls_keep_every_promise(void **state)
     print_message("torture: %.1f s per policy (RBUS_TORTURE_SECONDS x RBUS_STRESS_SCALE), "
                   "%d publishers, %d receivers, capacity %d\n",
                   seconds, NPUB, NRECV, CAP);
-    torture_policy(RBUS_DROP_OLDEST, seconds);
-    torture_policy(RBUS_DROP_NEWEST, seconds);
-    torture_policy(RBUS_BLOCK, seconds);
+    for (int bytes = 0; bytes < 2; bytes++) {
+        torture_policy(RBUS_DROP_OLDEST, bytes, seconds);
+        torture_policy(RBUS_DROP_NEWEST, bytes, seconds);
+        torture_policy(RBUS_BLOCK, bytes, seconds);
+    }
 }
 
 /* ---------------------------------------------------- idempotency keys */

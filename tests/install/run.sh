@@ -158,6 +158,14 @@ for m in ringbus ringbus_static; do
     esac
   done
 done
+begin "CMake consumer of the shared library alone, ck.pc hidden"
+run "$cmake" -S "$src/shared_only" -B "$work/shared-only-build" -DCMAKE_BUILD_TYPE=Debug \
+  -DCMAKE_C_COMPILER="$cc" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+run "$cmake" --build "$work/shared-only-build"
+run_consumer "$work/shared-only-build/consumer_shared_only" shared
+
+begin "pkg-config: what each module links"
 pc --libs ringbus
 has_word "$pcout" -lck && fail "pkg-config --libs ringbus gives -lck: libringbus.so carries its own"
 pc --static --libs ringbus
