@@ -257,7 +257,9 @@ typedef struct rbus_sub_opts {
                                    have reserved cannot be evicted, and when they are in
                                    the way the new message is refused as drop-newest.
                                    At least the bus's max_payload, so that every message
-                                   fits an empty queue */
+                                   fits an empty queue. A publisher stalled in the middle
+                                   of a put holds the bytes it reserved until it runs
+                                   again, as it holds one slot of the capacity */
 } rbus_sub_opts;
 
 /** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
@@ -477,7 +479,6 @@ typedef struct rbus_bus_stats {
                               rbus_recv*, added by rbus_msg_ref, not yet released
                               (a dispatcher's own are its in_hand; a second release of
                               one reference is not counted) */
-    uint64_t held_bytes;    /**< their payload bytes (a message held twice counts twice) */
     uint32_t topics;        /**< topics opened */
     uint32_t subscriptions; /**< subscriptions not yet unsubscribed */
 } rbus_bus_stats;
@@ -486,8 +487,9 @@ typedef struct rbus_bus_stats {
  * rbus_bus_stats_get: the bus's figures into *out. A leak of messages
  * (an rbus_msg_release forgotten) shows as `held` growing; builds with
  * RBUS_CHECKED also say at rbus_destroy how many are still held. Takes
- * the bus's registry lock briefly, never blocking publishes or receives.
- * Returns 0 or -EINVAL.
+ * the bus's registry lock briefly; publishes and receives never wait for
+ * it, except a thread's first call on the bus, which registers the thread
+ * under it. Returns 0 or -EINVAL.
  */
 RBUS_API int rbus_bus_stats_get(rbus *bus, rbus_bus_stats *out);
 
@@ -631,8 +633,10 @@ RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_sta
  * even when `size` is too small, and always NUL-terminates when size > 0;
  * the length can grow between two calls. Errors: -EINVAL (bus NULL, or buf
  * NULL with size > 0), -EOVERFLOW (the text exceeds INT_MAX). Thread-safe;
- * it takes the bus's registry lock briefly, never blocking publishes or
- * receives, and never waits for a subscribe or close in progress.
+ * it takes the bus's registry lock briefly (publishes and receives never
+ * wait for it, except a thread's first call on the bus, which registers
+ * the thread under it), and never waits for a subscribe or close in
+ * progress.
  */
 RBUS_API int rbus_stats_prometheus(rbus *bus, char *buf, size_t size);
 

@@ -356,15 +356,14 @@ void rbus_destroy(rbus *bus)
     rbus_close(bus);
 #if defined(RBUS_CHECKED)
     /* A reference still held is a leak, or a use after the free below. */
-    uint64_t held, held_bytes;
     pthread_mutex_lock(&bus->lock);
-    rbus__held_read(bus, &held, &held_bytes);
+    uint64_t held = rbus__held_read(bus);
     pthread_mutex_unlock(&bus->lock);
     if (held)
         fprintf(stderr,
-                "ringbus: rbus_destroy: %llu message reference(s) (%llu payload bytes) still "
-                "held by the application; rbus_msg_release each before rbus_destroy\n",
-                (unsigned long long)held, (unsigned long long)held_bytes);
+                "ringbus: rbus_destroy: %llu message reference(s) still held by the "
+                "application; rbus_msg_release each before rbus_destroy\n",
+                (unsigned long long)held);
 #endif
     rbus__registry_remove(bus);
     while (bus->subs) {

@@ -102,9 +102,13 @@ struct rbus_dispatcher {
     bool stopping;
     bool source_done;    /* the subscription is closed and drained */
     /* rbus_dispatch_drain: workers take no message once the ring's head
-     * has passed drain_mark, its tail when the drain began. */
+     * has been seen past drain_mark, its tail when the drain began
+     * (drain_passed, latched: head may move back a little). */
     bool draining;
+    bool drain_passed;
     uint64_t drain_mark;
+    /* Stopping after a drain: messages in hand keep their backoff. */
+    bool graceful;
     uint32_t in_hand;
     uint32_t receiving;  /* workers inside a receive (slots reserved) */
     uint64_t rng;
@@ -325,8 +329,15 @@ static int64_t backoff_ns(rbus_dispatcher *d, uint32_t attempts)
  * in_hand reservation are ordered by this lock, not by head. */
 static bool drain_passed(rbus_dispatcher *d)
 {
-    return d->source_done ||
-           atomic_load_explicit(&d->sub->ring.head, memory_order_relaxed) >= d->drain_mark;
+    /* Latched: a store of head by a thread that read it long ago (a
+     * drop-oldest publisher, a receiver outside the dispatcher) may move it
+     * back below the mark after we saw it past, and no worker would then
+     * look again. */
+    if (!d->drain_passed)
+        d->drain_passed =
+            d->source_done ||
+            atomic_load_explicit(&d->sub->ring.head, memory_order_relaxed) >= d->drain_mark;
+    return d->drain_passed;
 }
 
 /* Under the lock: the next item to run, or NULL after waiting/receiving.
@@ -343,7 +354,8 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
             return it;
         }
         int64_t now = rbus__now_ns();
-        if (d->heap_len && (d->stopping || d->heap[0]->due_ns <= now))
+        bool at_once = d->stopping && !d->graceful; /* a stop runs retries now */
+        if (d->heap_len && (at_once || d->heap[0]->due_ns <= now))
             return heap_pop(d);
         if (d->stopping && d->in_hand == 0) {
             *quit = true;
@@ -469,7 +481,8 @@ static void *worker_main(void *arg)
         if (it->attempts < d->opts.max_attempts) {
             d->stats.retried++;
             int64_t now = rbus__now_ns(), delay = backoff_ns(d, it->attempts);
-            it->due_ns = d->stopping ? 0 : delay > INT64_MAX - now ? INT64_MAX : now + delay;
+            bool at_once = d->stopping && !d->graceful;
+            it->due_ns = at_once ? 0 : delay > INT64_MAX - now ? INT64_MAX : now + delay;
             heap_push(d, it);
             /* Waiting workers must see the (maybe earlier) due time. */
             pthread_cond_broadcast(&d->cond);
@@ -771,6 +784,21 @@ int rbus_dispatch_stop(rbus_dispatcher *d)
     return 0;
 }
 
+/* Under the lock: one wait of a drain for the workers; false once its
+ * deadline has passed (at once for timeout 0). */
+static bool drain_wait(rbus_dispatcher *d, int64_t timeout_ns, int64_t deadline)
+{
+    if (timeout_ns == 0 || (deadline >= 0 && rbus__now_ns() >= deadline))
+        return false;
+    if (deadline >= 0) {
+        struct timespec ts = {.tv_sec = deadline / 1000000000, .tv_nsec = deadline % 1000000000};
+        pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+    } else {
+        pthread_cond_wait(&d->cond, &d->lock);
+    }
+    return true;
+}
+
 int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns, rbus_dispatch_stats *final)
 {
     RBUS__PAUSE(RBUS_DISPATCH_DRAIN);
@@ -794,20 +822,28 @@ int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns, rbus_dispatch_st
     d->drain_mark = atomic_load_explicit(&d->sub->ring.tail, memory_order_seq_cst);
     d->draining = true;
     pthread_cond_broadcast(&d->cond);
-    /* Done once the ring is passed and workers hold nothing but their
-     * reservations for receives in flight: what those receives still
-     * return was published after the mark, and the stop below runs it. */
-    while (!(drain_passed(d) && d->in_hand == d->receiving)) {
-        if (timeout_ns == 0 || (deadline >= 0 && rbus__now_ns() >= deadline)) {
+    /* Passed, and workers hold nothing but reservations for receives in
+     * flight. A receive in flight may still return a message from before
+     * the mark (its worker claimed it and was preempted before it came
+     * back), so the stop that follows is graceful: messages in hand are
+     * run as always, retries after their backoff, until the deadline. */
+    for (;;) {
+        RBUS__PAUSE(DISPATCH_DRAIN_CHECK);
+        if (drain_passed(d) && d->in_hand == d->receiving)
+            break;
+        if (!drain_wait(d, timeout_ns, deadline)) {
             rc = -ETIMEDOUT;
             break;
         }
-        if (deadline >= 0) {
-            struct timespec ts = {.tv_sec = deadline / 1000000000,
-                                  .tv_nsec = deadline % 1000000000};
-            pthread_cond_timedwait(&d->cond, &d->lock, &ts);
-        } else {
-            pthread_cond_wait(&d->cond, &d->lock);
+    }
+    d->stopping = true;
+    d->graceful = rc == 0;
+    pthread_cond_broadcast(&d->cond);
+    while (d->graceful && d->in_hand != 0) {
+        if (!drain_wait(d, timeout_ns, deadline)) {
+            rc = -ETIMEDOUT; /* what is left in hand is run at once */
+            d->graceful = false;
+            pthread_cond_broadcast(&d->cond);
         }
     }
     pthread_mutex_unlock(&d->lock);

@@ -255,12 +255,11 @@ struct rbus_thread_state {
     struct rbus_pending *pending;   /* scratch for a publish that waits */
     uint32_t pending_cap;
     uint32_t index; /* dense per bus, from 0: its place in tally tables */
-    /* Held counts (msg.c): references this state's threads took from
-     * receives and rbus_msg_ref minus those they released, and their
-     * payload bytes. Written only by the thread that owns the state;
-     * signed, since a reference may be released on another thread. */
+    /* Held count (msg.c): references this state's threads took from
+     * receives and rbus_msg_ref minus those they released. Written only
+     * by the thread that owns the state; signed, since a reference may be
+     * released on another thread. */
     _Atomic int64_t held;
-    _Atomic int64_t held_bytes;
 };
 
 /* The calling thread's state on `bus`, registering one at first use.
@@ -315,12 +314,13 @@ rbus_msg *rbus__msg_clone(struct rbus_thread_state *th, const rbus_msg *m, uint3
 /* The same, by a caller whose state on the bus is `th`: a message born in
  * th goes straight back to its own list, with no atomic at all. */
 bool rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *msg, uint32_t n);
-/* Held counts: n references (and `bytes` of payload) more (n > 0) or fewer
- * held by the application on `bus`, counted in th, the calling thread's
- * state on it (NULL: it has none, out of memory). */
-void rbus__held_add(rbus *bus, struct rbus_thread_state *th, int64_t n, int64_t bytes);
-/* The bus's held counts now (bus->lock held); never negative. */
-void rbus__held_read(rbus *bus, uint64_t *held, uint64_t *bytes);
+/* Held count: n references more (n > 0) or fewer held by the application
+ * on `bus`, counted in th, the calling thread's state on it (NULL: it has
+ * none, out of memory). It never reads a message: a receive that counts
+ * touches no line of the message's before the caller does. */
+void rbus__held_add(rbus *bus, struct rbus_thread_state *th, int64_t n);
+/* The bus's held count now (bus->lock held); never negative. */
+uint64_t rbus__held_read(rbus *bus);
 void rbus__msg_cache_free(rbus *bus, struct rbus_msg_cache *cache);
 /* RBUS_CHECKED builds: the message a handler is running with on this thread
  * (NULL outside handlers), so that releasing it there is caught; nothing
@@ -698,9 +698,8 @@ struct rbus {
     RBUS__CACHE_ALIGNED struct rbus_event room_ev;
     _Atomic uint32_t blocked_publishers;
     struct rbus_event close_ev; /* close waits here for blocked publishers */
-    /* Held counts of threads that could get no state (out of memory). */
+    /* Held count of threads that could get no state (out of memory). */
     _Atomic int64_t held_stateless;
-    _Atomic int64_t held_stateless_bytes;
 
     rbus *registry_next;
 };

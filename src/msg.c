@@ -215,7 +215,7 @@ bool rbus__msg_unref_by(struct rbus_thread_state *th, rbus_msg *m, uint32_t n)
 #endif
 }
 
-void rbus__held_add(rbus *bus, struct rbus_thread_state *th, int64_t n, int64_t bytes)
+void rbus__held_add(rbus *bus, struct rbus_thread_state *th, int64_t n)
 {
     if (RBUS__LIKELY(th != NULL)) {
         /* Only the state's owner writes these, so a relaxed load and store
@@ -223,27 +223,19 @@ void rbus__held_add(rbus *bus, struct rbus_thread_state *th, int64_t n, int64_t 
          * sum in rbus__held_read reads them relaxed: a gauge. */
         atomic_store_explicit(&th->held, atomic_load_explicit(&th->held, memory_order_relaxed) + n,
                               memory_order_relaxed);
-        atomic_store_explicit(&th->held_bytes,
-                              atomic_load_explicit(&th->held_bytes, memory_order_relaxed) + bytes,
-                              memory_order_relaxed);
         return;
     }
     atomic_fetch_add_explicit(&bus->held_stateless, n, memory_order_relaxed);
-    atomic_fetch_add_explicit(&bus->held_stateless_bytes, bytes, memory_order_relaxed);
 }
 
-void rbus__held_read(rbus *bus, uint64_t *held, uint64_t *bytes)
+uint64_t rbus__held_read(rbus *bus)
 {
     int64_t n = atomic_load_explicit(&bus->held_stateless, memory_order_relaxed);
-    int64_t b = atomic_load_explicit(&bus->held_stateless_bytes, memory_order_relaxed);
-    for (struct rbus_thread_state *th = bus->threads; th; th = th->bus_next) {
+    for (struct rbus_thread_state *th = bus->threads; th; th = th->bus_next)
         n += atomic_load_explicit(&th->held, memory_order_relaxed);
-        b += atomic_load_explicit(&th->held_bytes, memory_order_relaxed);
-    }
     /* A reference taken on one thread and released on another can be read
      * released before it was taken while both are in flight. */
-    *held = n > 0 ? (uint64_t)n : 0;
-    *bytes = b > 0 ? (uint64_t)b : 0;
+    return n > 0 ? (uint64_t)n : 0;
 }
 
 void rbus__msg_unref(rbus_msg *m, uint32_t n)
@@ -283,7 +275,7 @@ rbus_msg *rbus_msg_ref(const rbus_msg *msg)
      * be recycled concurrently; the new reference needs no ordering. */
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
     rbus *bus = m->topic->bus;
-    rbus__held_add(bus, rbus__thread_get(bus), 1, m->size);
+    rbus__held_add(bus, rbus__thread_get(bus), 1);
     return m;
 }
 
@@ -308,10 +300,9 @@ void rbus_msg_release(rbus_msg *msg)
 #endif
     /* Read before the release: the message may be reused once it is done. */
     rbus *bus = msg->topic->bus;
-    int64_t size = msg->size;
     struct rbus_thread_state *th = rbus__thread_get(bus);
     if (rbus__msg_unref_by(th, msg, 1))
-        rbus__held_add(bus, th, -1, -size);
+        rbus__held_add(bus, th, -1);
 }
 
 static const unsigned char empty_payload[1];

@@ -24,6 +24,11 @@
     X(RING_TAKE_CLAIMING, "ring.take.claiming") /* read the message, not yet claimed */   \
     X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* claimed, head not yet moved on */      \
     X(RING_TAKE_SKIP, "ring.take.skip")         /* about to skip an unwritten slot */     \
+    X(RING_HEAD_TO, "ring.head.to")             /* read head, about to store it */        \
+    /* a put that reserved bytes found no slot, about to give them back (sub.c) */        \
+    X(BYTES_PUT_FAILED, "bytes.put_failed")                                               \
+    /* a drain about to check whether it is done, holding the lock (dispatch.c) */        \
+    X(DISPATCH_DRAIN_CHECK, "dispatch.drain.check")                                       \
     /* idempotency keys (dedup.c) */                                                      \
     X(DEDUP_BUILDING, "dedup.building") /* a publish builds its topic's window */         \
     X(DEDUP_CLAIMED, "dedup.claimed")   /* owns a slot, identity not yet written */       \

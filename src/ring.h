@@ -136,8 +136,10 @@ static inline uint64_t rbus__ring_move_on(RBUS__POS_WORD *word, uint64_t from)
  * the slot words carry every ordering. */
 static inline void rbus__ring_head_to(struct rbus_ring *r, uint64_t to)
 {
-    if (atomic_load_explicit(&r->head, memory_order_relaxed) < to)
+    if (atomic_load_explicit(&r->head, memory_order_relaxed) < to) {
+        RBUS__PAUSE(RING_HEAD_TO);
         atomic_store_explicit(&r->head, to, memory_order_relaxed);
+    }
 }
 
 /* A writer whose commit failed: its slot was skipped, and is HOLE(q) for its

@@ -111,7 +111,7 @@ int rbus_bus_stats_get(rbus *bus, rbus_bus_stats *out)
     memset(out, 0, sizeof *out);
     /* The lock keeps the list of thread states and subscriptions still. */
     pthread_mutex_lock(&bus->lock);
-    rbus__held_read(bus, &out->held, &out->held_bytes);
+    out->held = rbus__held_read(bus);
     out->topics = bus->ntopics;
     for (rbus_sub *s = bus->subs; s; s = s->bus_next)
         out->subscriptions++;
@@ -434,17 +434,12 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
      * read them (unsubscribe unlinks under it before freeing); publishes
      * and receives never take it, so exposition does not stall them. */
     pthread_mutex_lock(&bus->lock);
-    uint64_t held, held_bytes;
-    rbus__held_read(bus, &held, &held_bytes);
+    uint64_t held = rbus__held_read(bus);
     prom_family(&o, "ringbus_held_messages", "gauge",
                 "Message references the application holds: received or referenced, not "
                 "yet released.");
     prom_str(&o, "ringbus_held_messages ");
     prom_u64(&o, held);
-    prom_str(&o, "\n");
-    prom_family(&o, "ringbus_held_bytes", "gauge", "Payload bytes of the held references.");
-    prom_str(&o, "ringbus_held_bytes ");
-    prom_u64(&o, held_bytes);
     prom_str(&o, "\n");
     prom_topic_family(&o, bus, false);
     prom_topic_family(&o, bus, true);

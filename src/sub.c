@@ -39,9 +39,11 @@ static inline bool ring_reserved(rbus_sub *s)
  * they do not fit, so `bytes` never exceeds max_bytes), then takes a slot;
  * every message that leaves the ring (received, evicted) gives its bytes
  * back. No message is larger than max_bytes (rbus_subscribe refuses a
- * bound below max_payload), so a message always fits an empty queue.
- * seq_cst: a reservation's load of `bytes` after registering in
- * room_waiters, against a receiver's give-back before it reads
+ * bound below max_payload), so a message always fits an empty queue with
+ * no put in flight; a put stalled after its reservation holds its bytes
+ * until it runs again (docs/design.md, P3). seq_cst: a reservation's load
+ * of `bytes` after registering in room_waiters, against any give-back
+ * (a receiver's, or a failed put's in bytes_put_failed) before a read of
  * room_waiters, is the room Dekker pair again, for bytes.
  */
 static inline bool bytes_reserve(rbus_sub *s, const rbus_msg *m)
@@ -129,6 +131,17 @@ static inline void after_dequeue(rbus_sub *s)
      * of the room Dekker pair. */
     if (RBUS__UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_seq_cst)))
         rbus__event_signal(&s->bus->room_ev);
+}
+
+/* A put that reserved bytes and then did not queue gives them back. A
+ * blocked publisher may be waiting for exactly those bytes (it found them
+ * reserved and registered), so this is a dequeue for the room Dekker
+ * pair: give back (seq_cst RMW), then read room_waiters. */
+static void bytes_put_failed(rbus_sub *s, const rbus_msg *m)
+{
+    RBUS__PAUSE(BYTES_PUT_FAILED);
+    bytes_give_back(s, m->size);
+    after_dequeue(s);
 }
 
 /* ------------------------------------------------------------ tallies */
@@ -282,7 +295,7 @@ static RBUS__NOINLINE enum rbus_offer offer_bytes(struct rbus_thread_state *th, 
             return RBUS_OFFER_QUEUED;
         if (rc == RBUS__PUT_SKIPPED)
             continue; /* offer again, with the bytes still reserved */
-        bytes_give_back(s, m->size);
+        bytes_put_failed(s, m);
         if (s->overflow == RBUS_BLOCK)
             return RBUS_OFFER_FULL;
         /* As in rbus__sub_offer below. */
@@ -343,7 +356,7 @@ bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
     while ((rc = ring_put(s, m, NULL)) == RBUS__PUT_SKIPPED) {
     }
     if (rc != RBUS__PUT_QUEUED && s->max_bytes)
-        bytes_give_back(s, m->size);
+        bytes_put_failed(s, m);
     return rc == RBUS__PUT_QUEUED;
 }
 
@@ -462,12 +475,8 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
         rbus__event_wait(&s->msg_ev, seen, until);
         reserved_rounds = 0;
     }
-    if (held && rc > 0) {
-        int64_t bytes = 0;
-        for (int i = 0; i < rc; i++)
-            bytes += out[i]->size;
-        rbus__held_add(s->bus, rbus__thread_get(s->bus), rc, bytes);
-    }
+    if (held && rc > 0)
+        rbus__held_add(s->bus, rbus__thread_get(s->bus), rc);
     rbus__sub_leave(s);
     return rc;
 }

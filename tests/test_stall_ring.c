@@ -379,6 +379,95 @@ static void byte_eviction_passes_a_stalled_writer(void **state)
     scene_close(&sc);
 }
 
+/* A put that reserved bytes, found no slot and stalled before giving
+ * them back: a blocked publisher that needs those bytes, and found them
+ * reserved, must be woken when they come back, though no receive follows
+ * (it used to sleep for good on an empty queue). */
+struct bytes_waiter {
+    rbus_topic *t;
+    size_t size;
+    int64_t timeout_ns;
+    pthread_t thr;
+    atomic_int done;
+    int rc;
+    rbus_pub_result res;
+};
+
+static void *bytes_waiter_main(void *arg)
+{
+    struct bytes_waiter *w = arg;
+    static const char buf[100] = "p";
+    rbus_pub_opts o = {.timeout_ns = w->timeout_ns};
+    w->rc = rbus_publish_ex(w->t, buf, w->size, &o, &w->res);
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+static void bytes_given_back_by_a_failed_put_wake_a_waiter(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.max_payload = 100;
+    assert_rbus_ok(rbus_create(&bus, &cfg));
+    rbus_topic *t;
+    assert_rbus_ok(rbus_topic_open(bus, "stall.bytes", &t));
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = 2;
+    o.max_bytes = 100;
+    rbus_sub *s;
+    assert_rbus_ok(rbus_subscribe(bus, "stall.bytes", &o, &s));
+    assert_rbus_ok(rbus_publish(t, "0123456789", 10));
+    assert_rbus_ok(rbus_publish(t, "0123456789", 10)); /* full by count */
+    /* p1 (50 bytes, will not wait) reserves its bytes, finds no slot and
+     * stalls before giving them back. */
+    struct bytes_waiter p1 = {.t = t, .size = 50, .timeout_ns = -1};
+    assert_int_equal(pthread_create(&p1.thr, NULL, bytes_waiter_main, &p1), 0);
+    int trap = rbus__trap_set(RBUS_PP_BYTES_PUT_FAILED, &p1.thr);
+    assert_true(trap >= 0);
+    assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
+    /* p2 (60 bytes, waits forever) finds 70 of 100 bytes taken. */
+    struct bytes_waiter p2 = {.t = t, .size = 60, .timeout_ns = 0};
+    assert_int_equal(pthread_create(&p2.thr, NULL, bytes_waiter_main, &p2), 0);
+    rbus_sub_stats st;
+    uint64_t deadline = rbus_test_now_ns() + UINT64_C(10000000000);
+    do {
+        rbus_test_sleep_us(500);
+        assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    } while (st.publishers_waiting == 0 && rbus_test_now_ns() < deadline);
+    assert_int_equal(st.publishers_waiting, 1);
+    /* The receives free the slots, but p1's bytes still stand in the way. */
+    rbus_msg *m;
+    for (int i = 0; i < 2; i++) {
+        assert_rbus_ok(rbus_recv(s, &m, 0));
+        rbus_msg_release(m);
+    }
+    rbus_test_sleep_us(20000);
+    assert_int_equal(atomic_load(&p2.done), 0);
+    /* p1 gives its bytes back: that alone must wake p2. */
+    rbus__trap_release(trap);
+    assert_int_equal(pthread_join(p1.thr, NULL), 0);
+    assert_rbus_ok(p1.rc);
+    assert_int_equal(p1.res.dropped, 1);
+    deadline = rbus_test_now_ns() + UINT64_C(5000000000);
+    while (!atomic_load(&p2.done) && rbus_test_now_ns() < deadline)
+        rbus_test_sleep_us(1000);
+    assert_int_equal(atomic_load(&p2.done), 1);
+    assert_int_equal(pthread_join(p2.thr, NULL), 0);
+    assert_rbus_ok(p2.rc);
+    assert_int_equal(p2.res.queued, 1);
+    assert_rbus_ok(rbus_recv(s, &m, 0));
+    assert_int_equal(rbus_msg_size(m), 60);
+    rbus_msg_release(m);
+    assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    rbus_test_check_accounting(&st);
+    assert_int_equal(st.bytes, 0);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
 /* ------------------------------------------------------------ a drain */
 
 static int count_handler(const rbus_msg *m, void *arg)
@@ -419,6 +508,97 @@ static void drain_passes_a_stalled_writer(void **state)
     scene_close(&sc);
 }
 
+/* A drain that saw the ring's head past its mark stays done when head then
+ * moves back: a drop-oldest publisher that read head before the worker
+ * moved it on stores its older value late. The drain used to look at head
+ * again, find it below the mark with no worker left to move it, and wait
+ * for good. */
+struct gates {
+    atomic_int in_d, open_d;
+};
+
+static int gated_handler(const rbus_msg *m, void *arg)
+{
+    struct gates *g = arg;
+    if (*(const char *)rbus_msg_data(m) == 'D') {
+        atomic_store(&g->in_d, 1);
+        while (!atomic_load(&g->open_d))
+            rbus_test_sleep_us(200);
+    }
+    return 0;
+}
+
+struct drainer {
+    rbus_dispatcher *d;
+    pthread_t thr;
+    atomic_int done;
+    int rc;
+};
+
+static void *drainer_main(void *arg)
+{
+    struct drainer *dr = arg;
+    dr->rc = rbus_dispatch_drain(dr->d, INT64_C(3000000000), NULL);
+    atomic_store(&dr->done, 1);
+    return NULL;
+}
+
+static void drain_survives_head_moving_back(void **state)
+{
+    (void)state;
+    struct scene sc;
+    memset(&sc, 0, sizeof sc);
+    sc.topic = rbus_test_bus_and_topic(&sc.bus, "stall.ring");
+    sc.sub = rbus_test_subscribe_checked(sc.bus, "stall.ring", 2, RBUS_DROP_OLDEST, 0, NULL);
+    struct gates g = {0};
+    rbus_dispatcher *d;
+    assert_rbus_ok(rbus_dispatch_start(&d, sc.sub, gated_handler, &g, NULL));
+    /* C and D fill the ring while the worker holds B. */
+    atomic_store(&g.open_d, 0);
+    rbus_pub_opts po = {.timeout_ns = -1};
+    assert_rbus_ok(rbus_publish_ex(sc.topic, "B", 1, &po, NULL));
+    rbus_test_sleep_us(20000);
+    /* The worker took B (handled at once); hold it on D next. */
+    assert_rbus_ok(rbus_publish_ex(sc.topic, "C", 1, &po, NULL));
+    assert_rbus_ok(rbus_publish_ex(sc.topic, "D", 1, &po, NULL));
+    /* The worker takes C, then D, and stays in the handler with D. */
+    for (int i = 0; i < 10000 && !atomic_load(&g.in_d); i++)
+        rbus_test_sleep_us(1000);
+    assert_int_equal(atomic_load(&g.in_d), 1);
+    /* Refill so that a drop-oldest publish evicts: E, F fill the ring,
+     * then P evicts E and stalls in head_to with its old reading of head. */
+    assert_rbus_ok(rbus_publish_ex(sc.topic, "E", 1, &po, NULL));
+    assert_rbus_ok(rbus_publish_ex(sc.topic, "F", 1, &po, NULL));
+    struct parked p;
+    park(&p, &sc, JOB_PUBLISH, RBUS_PP_RING_HEAD_TO);
+    /* The worker is stuck with D; take F ourselves so head moves past the
+     * position P will store. */
+    rbus_msg *m;
+    assert_rbus_ok(rbus_recv(sc.sub, &m, 0));
+    assert_int_equal(*(const char *)rbus_msg_data(m), 'F');
+    rbus_msg_release(m);
+    /* The drain's mark is tail; head is there already: passed. */
+    struct drainer dr = {.d = d};
+    uint64_t checks = rbus__pause_passes(RBUS_PP_DISPATCH_DRAIN_CHECK);
+    assert_int_equal(pthread_create(&dr.thr, NULL, drainer_main, &dr), 0);
+    while (rbus__pause_passes(RBUS_PP_DISPATCH_DRAIN_CHECK) == checks)
+        rbus_test_sleep_us(200);
+    /* Its next check comes after the worker finished D and went idle. */
+    int check = rbus__trap_set(RBUS_PP_DISPATCH_DRAIN_CHECK, &dr.thr);
+    assert_true(check >= 0);
+    atomic_store(&g.open_d, 1);
+    assert_true(rbus__trap_wait(check, PARK_TIMEOUT_NS));
+    /* P stores its old head, below the mark, then commits its message. */
+    unpark(&p);
+    assert_rbus_ok(p.rc);
+    rbus__trap_release(check);
+    assert_int_equal(pthread_join(dr.thr, NULL), 0);
+    assert_rbus_ok(dr.rc);
+    /* P's message came after the mark: still queued. */
+    assert_int_equal(drain_in_order(&sc), 1);
+    scene_close(&sc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -430,6 +610,8 @@ int main(void)
         cmocka_unit_test(publishers_pass_a_held_slot),
         cmocka_unit_test(byte_eviction_passes_a_stalled_writer),
         cmocka_unit_test(drain_passes_a_stalled_writer),
+        cmocka_unit_test(bytes_given_back_by_a_failed_put_wake_a_waiter),
+        cmocka_unit_test(drain_survives_head_moving_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
