@@ -40,6 +40,8 @@ const char *rbus_strerror(int rc)
         return "no free slot in the topic's key window (too many keyed publishes at once)";
     case -EBUSY: return "busy: a dispatcher runs on the subscription";
     case -EDEADLK: return "would deadlock: called from its own handler";
+    case -EOVERFLOW:
+        return "the text would exceed INT_MAX bytes";
     case -EMFILE: return "too many open files";
     case -ENFILE: return "too many open files in the system";
     case -ENODEV: return "no such device";

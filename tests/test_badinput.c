@@ -88,9 +88,9 @@ static void version_and_strerror(void **state)
              RBUS_VERSION_PATCH);
     assert_string_equal(v, want);
 
-    static const int known[] = {0,           RBUS_DUPLICATE, -EINVAL,   -ENOMEM,
-                                -EAGAIN,     -ETIMEDOUT,     -EMSGSIZE, -ESHUTDOWN,
-                                -ENOSPC,     -EBUSY,         -EDEADLK,
+    static const int known[] = {0, RBUS_DUPLICATE, -EINVAL, -ENOMEM, -EAGAIN, -ETIMEDOUT, -EMSGSIZE,
+                                -ESHUTDOWN, -ENOSPC, -EBUSY, -EDEADLK, -EOVERFLOW, -ENOBUFS,
+                                -EMFILE, -ENFILE,
                                 /* the NATS bridge's */
                                 -ECONNREFUSED, -ENOTSUP, -ENOENT, -EIO};
     static const int unknown[] = {INT_MIN, INT_MIN + 1, -99999, -4095, 2,
