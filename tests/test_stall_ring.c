@@ -388,6 +388,7 @@ struct bytes_waiter {
     size_t size;
     int64_t timeout_ns;
     pthread_t thr;
+    atomic_int go; /* set once a trap for the thread is armed */
     atomic_int done;
     int rc;
     rbus_pub_result res;
@@ -397,6 +398,8 @@ static void *bytes_waiter_main(void *arg)
 {
     struct bytes_waiter *w = arg;
     static const char buf[100] = "p";
+    while (!atomic_load(&w->go))
+        rbus_test_sleep_us(100);
     rbus_pub_opts o = {.timeout_ns = w->timeout_ns};
     w->rc = rbus_publish_ex(w->t, buf, w->size, &o, &w->res);
     atomic_store(&w->done, 1);
@@ -427,9 +430,10 @@ static void bytes_given_back_by_a_failed_put_wake_a_waiter(void **state)
     assert_int_equal(pthread_create(&p1.thr, NULL, bytes_waiter_main, &p1), 0);
     int trap = rbus__trap_set(RBUS_PP_BYTES_PUT_FAILED, &p1.thr);
     assert_true(trap >= 0);
+    atomic_store(&p1.go, 1);
     assert_true(rbus__trap_wait(trap, PARK_TIMEOUT_NS));
     /* p2 (60 bytes, waits forever) finds 70 of 100 bytes taken. */
-    struct bytes_waiter p2 = {.t = t, .size = 60, .timeout_ns = 0};
+    struct bytes_waiter p2 = {.t = t, .size = 60, .timeout_ns = 0, .go = 1};
     assert_int_equal(pthread_create(&p2.thr, NULL, bytes_waiter_main, &p2), 0);
     rbus_sub_stats st;
     uint64_t deadline = rbus_test_now_ns() + UINT64_C(10000000000);
