@@ -340,6 +340,18 @@ static bool drain_passed(rbus_dispatcher *d)
     return d->drain_passed;
 }
 
+/* Under the lock: waits on d->cond until signalled or CLOCK_MONOTONIC
+ * time `until` (< 0: no limit). */
+static void wait_until(rbus_dispatcher *d, int64_t until)
+{
+    if (until >= 0) {
+        struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
+        pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+    } else {
+        pthread_cond_wait(&d->cond, &d->lock);
+    }
+}
+
 /* Under the lock: the next item to run, or NULL after waiting/receiving.
  * Returns NULL with *quit set when the worker should exit. */
 static struct item *next_work(rbus_dispatcher *d, bool *quit)
@@ -409,12 +421,7 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
         }
         /* Nothing to take now: wait for a slot, ready work, the receiving
          * role, a retry's due time, or stop. */
-        if (until >= 0) {
-            struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
-            pthread_cond_timedwait(&d->cond, &d->lock, &ts);
-        } else {
-            pthread_cond_wait(&d->cond, &d->lock);
-        }
+        wait_until(d, until);
     }
 }
 
@@ -790,12 +797,7 @@ static bool drain_wait(rbus_dispatcher *d, int64_t timeout_ns, int64_t deadline)
 {
     if (timeout_ns == 0 || (deadline >= 0 && rbus__now_ns() >= deadline))
         return false;
-    if (deadline >= 0) {
-        struct timespec ts = {.tv_sec = deadline / 1000000000, .tv_nsec = deadline % 1000000000};
-        pthread_cond_timedwait(&d->cond, &d->lock, &ts);
-    } else {
-        pthread_cond_wait(&d->cond, &d->lock);
-    }
+    wait_until(d, deadline);
     return true;
 }
 

@@ -235,23 +235,39 @@ int64_t rbus__tally_oldest_wait(const rbus_sub *s)
 
 /* ------------------------------------------------------ overflow policy */
 
+/* A message a drop-oldest put took out of the ring: counted, its bytes
+ * given back, released. */
+static inline void drop_oldest(struct rbus_thread_state *th, rbus_sub *s, struct rbus_tally *tally,
+                               rbus_msg *old, uint32_t *evicted)
+{
+    if (s->max_bytes)
+        bytes_give_back(s, old->size);
+    rbus__tally_add(s, tally, &tally->dropped_oldest);
+    (*evicted)++;
+    rbus__msg_unref_by(th, old, 1);
+}
+
 /* How many times a drop-oldest publish over its byte bound looks again
  * when the ring has nothing it can evict: the bytes are then reserved by
  * publishes in flight, which queue (or give them back) within nanoseconds
  * unless preempted. */
 #define BYTES_EVICT_RETRIES 64u
 
-/* Drop-oldest over the byte bound: evicts the oldest messages until m's
- * bytes fit. The take is a receiver's: it passes a slot whose writer has
- * not committed after its bounded polls, as a receiver does (the writer
- * offers again, its bytes still reserved), and takes the committed
- * message behind it. At most one lap of the ring, and a bounded number of
- * looks at an empty one; then false, and m is refused. */
-static bool bytes_evict_for(struct rbus_thread_state *th, rbus_sub *s, struct rbus_tally *tally,
-                            const rbus_msg *m, uint32_t *evicted)
+/* Reserves m's bytes under the policy; false when they do not fit. Drop-
+ * oldest first evicts the oldest messages until they fit. Its take is a
+ * receiver's: it passes a slot whose writer has not committed after its
+ * bounded polls, as a receiver does (the writer offers again, its bytes
+ * still reserved), and takes the committed message behind it. At most one
+ * lap of the ring, and a bounded number of looks at an empty one. Off the
+ * common path. */
+static RBUS__NOINLINE bool bytes_make_room(struct rbus_thread_state *th, rbus_sub *s,
+                                           struct rbus_tally *tally, const rbus_msg *m,
+                                           uint32_t *evicted)
 {
     uint32_t taken = 0, empty = 0;
     while (!bytes_reserve(s, m)) {
+        if (s->overflow != RBUS_DROP_OLDEST)
+            return false;
         rbus_msg *old = taken < s->capacity ? rbus__ring_take(&s->ring, true) : NULL;
         if (!old) {
             if (taken >= s->capacity || ++empty > BYTES_EVICT_RETRIES)
@@ -260,52 +276,9 @@ static bool bytes_evict_for(struct rbus_thread_state *th, rbus_sub *s, struct rb
             continue;
         }
         taken++;
-        bytes_give_back(s, old->size);
-        rbus__tally_add(s, tally, &tally->dropped_oldest);
-        (*evicted)++;
-        rbus__msg_unref_by(th, old, 1);
+        drop_oldest(th, s, tally, old, evicted);
     }
     return true;
-}
-
-/* Byte-bounded offer: reserve m's bytes under the policy, then put; any
- * message the put evicts gives its bytes back. Off the common path. */
-static RBUS__NOINLINE enum rbus_offer offer_bytes(struct rbus_thread_state *th, rbus_sub *s,
-                                                  struct rbus_tally *tally, rbus_msg *m,
-                                                  uint32_t *evicted)
-{
-    bool may_evict = s->overflow == RBUS_DROP_OLDEST;
-    if (may_evict ? !bytes_evict_for(th, s, tally, m, evicted) : !bytes_reserve(s, m)) {
-        if (s->overflow == RBUS_BLOCK)
-            return RBUS_OFFER_FULL;
-        rbus__tally_add(s, tally, &tally->dropped_newest);
-        return RBUS_OFFER_DROPPED;
-    }
-    for (;;) {
-        rbus_msg *old = NULL;
-        enum rbus_put rc = ring_put(s, m, may_evict ? &old : NULL);
-        if (old) {
-            bytes_give_back(s, old->size);
-            rbus__tally_add(s, tally, &tally->dropped_oldest);
-            (*evicted)++;
-            rbus__msg_unref_by(th, old, 1);
-            may_evict = false;
-        }
-        if (RBUS__LIKELY(rc == RBUS__PUT_QUEUED))
-            return RBUS_OFFER_QUEUED;
-        if (rc == RBUS__PUT_SKIPPED)
-            continue; /* offer again, with the bytes still reserved */
-        bytes_put_failed(s, m);
-        if (s->overflow == RBUS_BLOCK)
-            return RBUS_OFFER_FULL;
-        /* As in rbus__sub_offer below. */
-        if (s->overflow == RBUS_DROP_OLDEST && !may_evict) {
-            rbus__tally_add(s, tally, &tally->dropped_oldest);
-            return RBUS_OFFER_DROPPED;
-        }
-        rbus__tally_add(s, tally, &tally->dropped_newest);
-        return RBUS_OFFER_DROPPED;
-    }
 }
 
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
@@ -314,8 +287,12 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
     /* Tallies are read only by stats: relaxed (rbus_tally). */
     struct rbus_tally *tally = rbus__tally_of(th, s);
     rbus__tally_add(s, tally, &tally->offered);
-    if (RBUS__UNLIKELY(s->max_bytes != 0))
-        return offer_bytes(th, s, tally, m, evicted);
+    if (RBUS__UNLIKELY(s->max_bytes != 0) && !bytes_make_room(th, s, tally, m, evicted)) {
+        if (s->overflow == RBUS_BLOCK)
+            return RBUS_OFFER_FULL;
+        rbus__tally_add(s, tally, &tally->dropped_newest);
+        return RBUS_OFFER_DROPPED;
+    }
     /* Drop-oldest evicts at most once per publish: after an eviction, a
      * publish offered again (its slot was skipped while it was stalled)
      * only takes free room. */
@@ -324,15 +301,16 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
         rbus_msg *old = NULL;
         enum rbus_put rc = ring_put(s, m, may_evict ? &old : NULL);
         if (old) {
-            rbus__tally_add(s, tally, &tally->dropped_oldest);
-            (*evicted)++;
-            rbus__msg_unref_by(th, old, 1);
+            drop_oldest(th, s, tally, old, evicted);
             may_evict = false;
         }
         if (RBUS__LIKELY(rc == RBUS__PUT_QUEUED))
             return RBUS_OFFER_QUEUED;
         if (rc == RBUS__PUT_SKIPPED)
-            continue; /* we stalled mid-write and were skipped: offer again */
+            continue; /* we stalled mid-write and were skipped: offer again
+                         (with our bytes still reserved) */
+        if (s->max_bytes)
+            bytes_put_failed(s, m);
         if (s->overflow == RBUS_BLOCK)
             return RBUS_OFFER_FULL;
         /* Drop-oldest that evicted once and was then skipped: every message

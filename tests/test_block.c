@@ -388,16 +388,6 @@ static void wait_for_waiting(rbus_sub *s, uint32_t want)
     fail_msg("publishers_waiting stayed %u, not %u", st.publishers_waiting, want);
 }
 
-/* The sample of `family` in the exposition (one subscription on the bus). */
-static const char *prom_sample(const char *text, const char *family)
-{
-    char head[96];
-    snprintf(head, sizeof head, "\n%s{", family);
-    const char *p = strstr(text, head);
-    assert_non_null(p);
-    return strstr(p, "} ") + 2;
-}
-
 /* A handler that hangs under RBUS_BLOCK with no timeout freezes its
  * publishers for good; the stats and Prometheus show how many wait and
  * for how long. */
@@ -441,8 +431,9 @@ static void a_hung_consumer_shows_in_the_wait_gauges(void **state)
 
     char text[16384];
     assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
-    assert_int_equal(strtoul(prom_sample(text, "ringbus_sub_publishers_waiting"), NULL, 10), 2);
-    double secs = strtod(prom_sample(text, "ringbus_sub_longest_wait_seconds"), NULL);
+    assert_int_equal(
+        strtoul(rbus_test_prom_sample(text, "ringbus_sub_publishers_waiting", s), NULL, 10), 2);
+    double secs = strtod(rbus_test_prom_sample(text, "ringbus_sub_longest_wait_seconds", s), NULL);
     assert_true(secs >= 0.1 && secs < 1e3);
 
     atomic_store(&g.open, 1);
@@ -457,9 +448,11 @@ static void a_hung_consumer_shows_in_the_wait_gauges(void **state)
     assert_int_equal(st.publishers_waiting, 0);
     assert_int_equal(st.longest_wait_ns, 0);
     assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
-    assert_int_equal(strtoul(prom_sample(text, "ringbus_sub_publishers_waiting"), NULL, 10), 0);
     assert_int_equal(
-        strncmp(prom_sample(text, "ringbus_sub_longest_wait_seconds"), "0.000000000\n", 12), 0);
+        strtoul(rbus_test_prom_sample(text, "ringbus_sub_publishers_waiting", s), NULL, 10), 0);
+    assert_int_equal(strncmp(rbus_test_prom_sample(text, "ringbus_sub_longest_wait_seconds", s),
+                             "0.000000000\n", 12),
+                     0);
     assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
 }

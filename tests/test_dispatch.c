@@ -766,18 +766,7 @@ static uint64_t prom_value(rbus *bus, const char *family, rbus_sub *s)
     static char text[1 << 16];
     int n = rbus_stats_prometheus(bus, text, sizeof text);
     assert_true(n > 0 && (size_t)n < sizeof text);
-    char head[128];
-    snprintf(head, sizeof head, "%s{pattern=\"", family);
-    char sub[48];
-    snprintf(sub, sizeof sub, "\",sub=\"%llu\",", (unsigned long long)rbus_sub_id(s));
-    for (const char *p = text; (p = strstr(p, head)) != NULL; p++) {
-        const char *end = strchr(p, '\n');
-        const char *at = strstr(p, sub);
-        if (at && at < end)
-            return strtoull(strstr(p, "} ") + 2, NULL, 10);
-    }
-    fail_msg("no %s sample for sub %llu", family, (unsigned long long)rbus_sub_id(s));
-    return 0;
+    return strtoull(rbus_test_prom_sample(text, family, s), NULL, 10);
 }
 
 static void drain_handles_everything_queued_under_retries_and_keys(void **state)

@@ -177,6 +177,25 @@ static inline void rbus_test_assert_no_keys(const rbus_msg *m, size_t poison)
     assert_null(rbus_msg_order_key(m, NULL));
 }
 
+/* The value (text) of subscription sub's sample of `family` in a
+ * Prometheus exposition from rbus_stats_prometheus; fails the test when
+ * there is none. */
+static inline const char *rbus_test_prom_sample(const char *text, const char *family,
+                                                const rbus_sub *sub)
+{
+    char head[128], id[48];
+    snprintf(head, sizeof head, "\n%s{", family);
+    snprintf(id, sizeof id, ",sub=\"%llu\",", (unsigned long long)rbus_sub_id(sub));
+    for (const char *p = text; (p = strstr(p, head)) != NULL; p++) {
+        const char *end = strchr(p + 1, '\n');
+        const char *at = strstr(p, id);
+        if (at && end && at < end)
+            return strstr(p, "} ") + 2;
+    }
+    fail_msg("no %s sample for sub %llu", family, (unsigned long long)rbus_sub_id(sub));
+    return NULL;
+}
+
 /* ------------------------------------------------- a counting allocator */
 
 /* Hooks for rbus_config.allocator, the one every test uses. Each block
