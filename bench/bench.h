@@ -23,7 +23,6 @@ struct bench_opts {
     uint32_t capacity;
     size_t payload;
     bool payload_set; /* --payload given: sweeps use only that size */
-    int policy; /* -1 = every policy */
     uint64_t messages;
     bool messages_set;
     double duration_s; /* upper bound per run */
@@ -33,7 +32,20 @@ struct bench_opts {
     enum bench_format format;
     const char *out_dir;
     int reps;
-    bool no_zmq; /* policies: leave out the ZeroMQ PUB row */
+    /* policies (the study; docs/benchmarks.md): */
+    double loads[16]; /* offered load as a fraction of the service rate; 0 = unthrottled */
+    int nloads;
+    uint32_t caps[8]; /* --capacity LIST; caps[0] is `capacity` */
+    int ncaps;
+    int arrivals;           /* 0 Poisson, 1 paced, 2 bursty */
+    uint32_t burst;         /* messages per burst (bursty) */
+    bool exp_service;       /* service time exponential around work_ns, not fixed */
+    unsigned policy_mask;   /* bit per enum study_policy */
+    unsigned peer_mask;     /* bit per system: ringbus, mutex-queue, nng, zmq */
+    unsigned scenario_mask; /* load, capacity, isolation; 0 = chosen from the other flags */
+    bool quick, grid, duration_set, caps_set, loads_set, peers_set;
+    double iso_load;      /* isolation: load on the fast subscribers */
+    uint64_t iso_work_ns; /* isolation: a fast subscriber's (sleeping) service time */
 };
 
 uint64_t bench_now_ns(void);
@@ -69,11 +81,11 @@ void bench_alloc_init(struct bench_alloc *a);
 
 /* A result row: named columns of numbers and strings, printed as a table,
  * csv or json by the caller's chosen format. */
-#define BENCH_MAX_COLS 24
+#define BENCH_MAX_COLS 64
 struct bench_row {
     int ncols;
     const char *names[BENCH_MAX_COLS];
-    char values[BENCH_MAX_COLS][48];
+    char values[BENCH_MAX_COLS][96];
     bool numeric[BENCH_MAX_COLS];
 };
 void bench_row_str(struct bench_row *r, const char *name, const char *value);
@@ -86,9 +98,6 @@ int bench_mode_policies(const struct bench_opts *o);
 int bench_mode_throughput(const struct bench_opts *o); /* modes.c */
 int bench_mode_latency(const struct bench_opts *o);    /* modes.c */
 int bench_mode_peers(const struct bench_opts *o);      /* peers.c */
-/* The policies workload on a ZeroMQ PUB (drops at its HWM): one more row
- * for `policies`; -1 when built without ZeroMQ. */
-int bench_zmq_overload(const struct bench_opts *o, struct bench_row *row);
 
 /* ------------------------------------------------ implementations */
 
@@ -102,7 +111,7 @@ int bench_zmq_overload(const struct bench_opts *o, struct bench_row *row);
 struct scenario {
     int publishers;
     int subscribers;
-    size_t payload; /* >= 16 */
+    size_t payload;    /* >= 16 */
     uint64_t messages; /* per publisher */
     uint32_t capacity; /* per queue, same for every implementation */
     int64_t spin_ns;   /* ringbus receivers' spin (0 = default) */
@@ -138,8 +147,7 @@ static inline void bench_stamp(unsigned char *buf, uint64_t publisher, uint64_t 
     __builtin_memcpy(buf + 8, &counter, 8);
 }
 
-static inline void bench_unstamp(const unsigned char *buf, uint64_t *publisher,
-                                 uint64_t *counter)
+static inline void bench_unstamp(const unsigned char *buf, uint64_t *publisher, uint64_t *counter)
 {
     __builtin_memcpy(publisher, buf, 8);
     __builtin_memcpy(counter, buf + 8, 8);

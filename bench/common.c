@@ -160,9 +160,13 @@ void bench_print_rows(FILE *out, enum bench_format fmt, const struct bench_row *
             fprintf(out, "%s%s", c ? "," : "", h->names[c]);
         fputc('\n', out);
         for (int i = 0; i < n; i++)
-            for (int c = 0; c < rows[i].ncols; c++)
-                fprintf(out, "%s%s%s", c ? "," : "", rows[i].values[c],
+            for (int c = 0; c < rows[i].ncols; c++) {
+                const char *v = rows[i].values[c];
+                /* A text with a comma is quoted (RFC 4180); it has no quotes. */
+                bool quote = !rows[i].numeric[c] && strchr(v, ',');
+                fprintf(out, "%s%s%s%s%s", c ? "," : "", quote ? "\"" : "", v, quote ? "\"" : "",
                         c + 1 == rows[i].ncols ? "\n" : "");
+            }
         return;
     }
     if (fmt == FORMAT_JSON) {
