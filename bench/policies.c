@@ -278,16 +278,19 @@ static void *pub_loop(void *arg)
     }
     double mean = r->load > 0 ? (double)r->work_ns / r->load : 0;
     uint64_t t0 = bench_now_ns(), t_end = t0 + r->dur_ns, t_warm = t0 + r->dur_ns / 5;
-    uint64_t seq = 0, unsent = 0;
+    uint64_t seq = 0, unsent = 0, after = t0;
     double next = (double)t0;
     r->t_first = t0;
     for (;;) {
         uint64_t sched, now;
         if (mean == 0) {
-            now = bench_now_ns();
+            /* Unthrottled: no schedule to fall behind; the clock read that
+             * ended the last publish starts this one (a read costs ~26 ns
+             * on a VM, as much as a publish). */
+            now = after;
             if (now >= t_end)
                 break;
-            sched = now; /* unthrottled: no schedule to fall behind */
+            sched = now;
         } else {
             sched = (uint64_t)next;
             if (sched >= t_end)
@@ -315,7 +318,7 @@ static void *pub_loop(void *arg)
             r->failed = true;
             break;
         }
-        uint64_t after = bench_now_ns();
+        after = bench_now_ns();
         hist_add(&r->stall, after - now); /* time the publish call held the publisher */
         seq++;
         if (mean > 0)
@@ -376,15 +379,18 @@ static void run_once(const struct bench_opts *o, const struct iso_cal *cal,
     if (!r)
         return;
     bool iso = p->sc == SC_ISOLATION;
-    *r = (struct study_run){.sys = sys,
-                            .payload = cfg.payload,
-                            .load = p->load,
-                            .work_ns = iso ? cal->fast_ns : o->work_ns,
-                            .arrivals = iso ? 0 : o->arrivals,
-                            .burst = o->burst,
-                            .dur_ns = (uint64_t)(o->duration_s * 1e9),
-                            .alloc = sys == &study_ringbus ? &alloc : NULL,
-                            .rng = {seed}};
+    *r = (struct study_run){
+        .sys = sys,
+        .payload = cfg.payload,
+        .load = p->load,
+        .work_ns = iso ? cal->fast_ns : o->work_ns,
+        .arrivals = iso ? 0 : o->arrivals,
+        .burst = o->burst,
+        /* Isolation: long enough for the slow one to fill
+                             * its queue, or block would look harmless. */
+        .dur_ns = (uint64_t)((iso && o->duration_s < 0.5 ? 0.5 : o->duration_s) * 1e9),
+        .alloc = sys == &study_ringbus ? &alloc : NULL,
+        .rng = {seed}};
     atomic_init(&r->pub_done, false);
     if (sys->open(&cfg, &r->st) != 0) {
         free(r);
@@ -991,7 +997,7 @@ static void fill_row(const struct study *s, const struct point *p, struct bench_
     /* Isolation: the fast ones' service as measured (the load's base). */
     bench_row_num(row, "work_ns", "%.0f", (double)(iso ? s->cal.fast_ns : o->work_ns));
     bench_row_num(row, "payload", "%.0f", (double)o->payload);
-    bench_row_num(row, "seconds", "%.3f", o->duration_s);
+    bench_row_num(row, "seconds", "%.3f", iso && o->duration_s < 0.5 ? 0.5 : o->duration_s);
     bench_row_num(row, "reps", "%.0f", p->nreps);
     bench_row_str(row, "configured", p->config);
     bench_row_str(row, "status", p->na ? p->na : "run");
@@ -1060,8 +1066,12 @@ static void put_val(FILE *f, const struct point *q, int k)
         fprintf(f, " %.6g", q->med.v[k]);
 }
 
-/* A data file: one row per x (load or capacity), then the drop % of every
- * series, then their p99 ages. */
+/* The plotted figures, in this order in every data file. */
+static const int plotted[] = {M_DROP_PCT, M_DELIVERED_PCT, M_AGE_P99};
+#define NPLOTTED 3
+
+/* A data file: one row per x (load or capacity), then for each plotted
+ * figure its value for every series. */
 static bool write_dat(const struct study *s, const char *name, bool by_load, uint32_t cap,
                       double load, int ser[][2], int nser)
 {
@@ -1070,9 +1080,10 @@ static bool write_dat(const struct study *s, const char *name, bool by_load, uin
     if (!f)
         return false;
     fputs(by_load ? "load" : "capacity", f);
-    for (int j = 0; j < 2; j++)
+    for (int j = 0; j < NPLOTTED; j++)
         for (int i = 0; i < nser; i++)
-            fprintf(f, " \"%s %s\"", sys_names[ser[i][0]], study_policy_names[ser[i][1]]);
+            fprintf(f, " \"%s %s %s\"", sys_names[ser[i][0]], study_policy_names[ser[i][1]],
+                    mdef[plotted[j]].name);
     fputc('\n', f);
     int nx = by_load ? s->o->nloads : s->nsweep_caps;
     for (int x = 0; x < nx; x++) {
@@ -1083,14 +1094,44 @@ static bool write_dat(const struct study *s, const char *name, bool by_load, uin
             fprintf(f, "%s", fmt_load(l, lb, sizeof lb));
         else
             fprintf(f, "%u", c);
-        for (int i = 0; i < nser; i++)
-            put_val(f, find(s, false, ser[i][0], ser[i][1], c, l), M_DROP_PCT);
-        for (int i = 0; i < nser; i++)
-            put_val(f, find(s, false, ser[i][0], ser[i][1], c, l), M_AGE_P99);
+        for (int j = 0; j < NPLOTTED; j++)
+            for (int i = 0; i < nser; i++)
+                put_val(f, find(s, false, ser[i][0], ser[i][1], c, l), plotted[j]);
         fputc('\n', f);
     }
     fclose(f);
     return true;
+}
+
+/* One plot of figure j (index into plotted) for every series: colour by
+ * system, dashes and points by policy, so that a reader can follow either. */
+static void plot_lines(FILE *gp, const struct study *s, const char *dat, bool by_load, int j,
+                       int ser[][2], int nser)
+{
+    static const char *const colour[NSYS] = {"#0072b2", "#e69f00", "#009e73", "#d55e00"};
+    static const int dash[POL_COUNT] = {1, 4, 2, 3}, point[POL_COUNT] = {7, 9, 5, 13};
+    fputs("plot", gp);
+    for (int i = 0; i < nser; i++)
+        fprintf(gp,
+                "%s '%s/%s' using %s:%d%s with linespoints lw 2 lc rgb '%s' dt %d pt %d "
+                "title '%s %s'",
+                i ? ", \\\n    " : " ", s->o->out_dir, dat, by_load ? "0" : "1", 2 + j * nser + i,
+                by_load ? ":xtic(1)" : "", colour[ser[i][0]], dash[ser[i][1]], point[ser[i][1]],
+                sys_names[ser[i][0]], study_policy_names[ser[i][1]]);
+    fputc('\n', gp);
+}
+
+static void plot_panels(FILE *gp, const struct study *s, const char *dat, bool by_load,
+                        const char *what, int ser[][2], int nser)
+{
+    fprintf(gp, "set ylabel 'dropped, %% of scheduled%s'\nunset logscale y\nset yrange [0:100]\n",
+            what);
+    plot_lines(gp, s, dat, by_load, 0, ser, nser);
+    fprintf(gp, "set ylabel 'delivered, %% of scheduled%s'\n", what);
+    plot_lines(gp, s, dat, by_load, 1, ser, nser);
+    fprintf(gp, "set ylabel 'p99 age of delivered (us)%s'\nset logscale y\nset yrange [*:*]\n",
+            what);
+    plot_lines(gp, s, dat, by_load, 2, ser, nser);
 }
 
 static void write_plots(const struct study *s)
@@ -1105,9 +1146,9 @@ static void write_plots(const struct study *s)
         snprintf(arr, sizeof arr, "bursts of %u", o->burst);
     else
         snprintf(arr, sizeof arr, "%s arrivals", arrival_names[o->arrivals]);
-    fprintf(gp, "# Written by ringbus-bench policies; run with gnuplot from any folder.\n"
-                "set terminal pngcairo size 1400,520 noenhanced font ',10'\n"
-                "set datafile missing '?'\nset grid\nset key outside right top\n");
+    fputs("# Written by ringbus-bench policies; run with gnuplot from any folder.\n"
+          "set datafile missing '?'\nset grid\nset key below\n",
+          gp);
     int ser[NSYS * POL_COUNT][2];
     int nplots = 0;
     for (int c = 0; c < s->nload_caps && o->nloads > 1 && (o->scenario_mask & 1u); c++) {
@@ -1117,46 +1158,32 @@ static void write_plots(const struct study *s)
         if (!n || !write_dat(s, dat, true, s->load_caps[c], 0, ser, n))
             continue;
         fprintf(gp,
+                "set terminal pngcairo size 1500,640 noenhanced font ',10'\n"
                 "set output '%s/policies-load-cap%u.png'\n"
-                "set multiplot layout 1,2 title 'drop %% and p99 age against offered load "
-                "(fraction of the service rate; max = unthrottled): capacity %u, %s, "
-                "%llu ns service'\n"
-                "set xlabel 'offered load'\nset logscale y\nunset logscale x\n"
-                "set ylabel 'dropped, %% of scheduled'\nunset logscale y\nset yrange [0:*]\n"
-                "plot for [i=2:%d] '%s/%s' using 0:i:xtic(1) with linespoints title "
-                "columnhead(i)\n"
-                "set ylabel 'p99 age of delivered messages (us)'\nset logscale y\n"
-                "set yrange [*:*]\n"
-                "plot for [i=%d:%d] '%s/%s' using 0:i:xtic(1) with linespoints "
-                "title columnhead(i)\n"
-                "unset multiplot\nunset logscale y\n",
-                o->out_dir, s->load_caps[c], s->load_caps[c], arr, (unsigned long long)o->work_ns,
-                1 + n, o->out_dir, dat, 2 + n, 1 + 2 * n, o->out_dir, dat);
+                "set multiplot layout 1,3 title 'against offered load (a fraction of the "
+                "service rate; max = unthrottled): capacity %u, %s, %llu ns service'\n"
+                "set xlabel 'offered load'\nunset logscale x\n",
+                o->out_dir, s->load_caps[c], s->load_caps[c], arr, (unsigned long long)o->work_ns);
+        plot_panels(gp, s, dat, true, "", ser, n);
+        fputs("unset multiplot\nunset logscale\n", gp);
         nplots++;
     }
     if ((o->scenario_mask & (1u << SC_CAPACITY)) && s->nsweep_caps > 1) {
         int n = series_of(s, false, 0, ser);
         fprintf(gp,
+                "set terminal pngcairo size 1500,%d noenhanced font ',10'\n"
                 "set output '%s/policies-capacity.png'\n"
-                "set multiplot layout %d,2 title 'drop %% and p99 age against capacity, "
-                "%s, %llu ns service'\n"
+                "set multiplot layout %d,3 title 'against capacity: %s, %llu ns service'\n"
                 "set logscale x 2\nset xlabel 'capacity (messages)'\n",
-                o->out_dir, s->nsweep, arr, (unsigned long long)o->work_ns);
+                300 + 340 * s->nsweep, o->out_dir, s->nsweep, arr, (unsigned long long)o->work_ns);
         for (int l = 0; l < s->nsweep; l++) {
-            char dat[64];
+            char dat[64], what[32];
             snprintf(dat, sizeof dat, "policies-capacity-load%g.dat", s->sweep_loads[l]);
-            if (!write_dat(s, dat, false, 0, s->sweep_loads[l], ser, n))
-                continue;
-            fprintf(gp,
-                    "set ylabel 'dropped %%, load %g'\nunset logscale y\nset yrange [0:*]\n"
-                    "plot for [i=2:%d] '%s/%s' using 1:i with linespoints title columnhead(i)\n"
-                    "set ylabel 'p99 age (us), load %g'\nset logscale y\nset yrange [*:*]\n"
-                    "plot for [i=%d:%d] '%s/%s' using 1:i with linespoints title "
-                    "columnhead(i)\n",
-                    s->sweep_loads[l], 1 + n, o->out_dir, dat, s->sweep_loads[l], 2 + n, 1 + 2 * n,
-                    o->out_dir, dat);
+            snprintf(what, sizeof what, ", load %g", s->sweep_loads[l]);
+            if (write_dat(s, dat, false, 0, s->sweep_loads[l], ser, n))
+                plot_panels(gp, s, dat, false, what, ser, n);
         }
-        fprintf(gp, "unset multiplot\nunset logscale\n");
+        fputs("unset multiplot\nunset logscale\n", gp);
         nplots++;
     }
     int n = series_of(s, true, 0, ser);
@@ -1179,11 +1206,13 @@ static void write_plots(const struct study *s)
             }
             fclose(f);
             fprintf(gp,
+                    "set terminal pngcairo size 1500,520 noenhanced font ',10'\n"
                     "set output '%s/policies-isolation.png'\n"
                     "set multiplot layout 1,3 title 'one slow subscriber among three fast "
                     "ones: what each policy does to the fast ones and to the publisher'\n"
                     "set style fill solid 0.6\nset boxwidth 0.6\nset xtics rotate by -35\n"
-                    "unset key\nunset xlabel\nset yrange [0:105]\n"
+                    "unset key\nunset xlabel\nunset ylabel\nunset logscale\n"
+                    "set yrange [0:105]\n"
                     "set title 'fast subscribers: delivered %%'\n"
                     "plot '%s/policies-isolation.dat' every ::1 using 0:2:xtic(1) with boxes\n"
                     "set title 'fast subscribers: p99 age (us)'\nset logscale y\n"
@@ -1228,13 +1257,32 @@ static void derive(const struct study *s)
     char a[4][16], l[16];
     printf("\nfrom this run%s:\n", o->reps > 1 ? " (medians; nothing lost in any repetition)" : "");
     uint32_t cap = s->load_caps[0];
+    /* Loads are fractions of 1/work_ns; what a subscriber really took per
+     * message adds each system's receive to the work. */
+    bool first = true;
+    for (int i = 0; i < NSYS; i++) {
+        double v[256];
+        int nv = 0;
+        for (int k = 0; k < s->n && nv < 256; k++)
+            if (s->pts[k].sc != SC_ISOLATION && s->pts[k].sys == i && !s->pts[k].na &&
+                !isnan(s->pts[k].med.v[M_SERVICE]))
+                v[nv++] = s->pts[k].med.v[M_SERVICE];
+        if (!nv)
+            continue;
+        qsort(v, (size_t)nv, sizeof v[0], cmp_dbl);
+        printf("%s %s %s", first ? "  service time a message as measured (work + receive):" : ",",
+               sys_names[i], fmt_us(v[nv / 2], a[0], 16));
+        first = false;
+    }
+    if (!first)
+        printf("\n");
     int n = (o->scenario_mask & 1u) ? series_of(s, false, cap, ser) : 0;
     /* The highest throttled load measured, for "what overload does". */
     double top = 0;
     for (int i = 0; i < o->nloads; i++)
         if (o->loads[i] > top)
             top = o->loads[i];
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && top > 0; i++) {
         double best = -1;
         const struct point *bp = NULL;
         for (int x = 0; x < o->nloads; x++) {
@@ -1259,8 +1307,6 @@ static void derive(const struct study *s)
                 printf("lost messages at every load measured (at load %g, up to %.3f%% "
                        "dropped and %.3f%% unsent)",
                        low, q->hi.v[M_DROP_PCT], q->hi.v[M_UNSENT_PCT]);
-            else
-                printf("no throttled load measured");
         }
         const struct point *t =
             top > 0 && top > best ? find(s, false, ser[i][0], ser[i][1], cap, top) : NULL;
@@ -1274,6 +1320,39 @@ static void derive(const struct study *s)
         n = series_of(s, false, 0, ser);
         for (int li = 0; li < s->nsweep; li++) {
             double load = s->sweep_loads[li];
+            /* Above the service rate, a capacity only buys time: how much,
+             * from ringbus's measured service time. */
+            double svc = NAN;
+            for (int k = 0; k < s->n; k++)
+                if (s->pts[k].sys == 0 && s->pts[k].sc != SC_ISOLATION && s->pts[k].nreps &&
+                    s->pts[k].load == load)
+                    svc = s->pts[k].med.v[M_SERVICE];
+            double excess = load / (double)o->work_ns - (svc > 0 ? 1.0 / (svc * 1e3) : 0);
+            if (excess > 0) {
+                printf("  at load %g the backlog grows by %.0f messages a second: capacity", load,
+                       excess * 1e9);
+                for (int c = 0; c < s->nsweep_caps; c++)
+                    printf("%s %u fills in %s", c ? "," : "", s->sweep_caps[c],
+                           fmt_us((double)s->sweep_caps[c] / excess / 1e3, a[1], 16));
+                printf(" (a point lasts %.2f s)\n", o->duration_s);
+            }
+            /* What capacity buys at this load: ringbus's own policies. */
+            for (int i = 0; i < n; i++) {
+                if (ser[i][0] != 0)
+                    continue;
+                printf("  ringbus %s at load %g, by capacity:", study_policy_names[ser[i][1]],
+                       load);
+                for (int c = 0; c < s->nsweep_caps; c++) {
+                    const struct point *q =
+                        find(s, false, ser[i][0], ser[i][1], s->sweep_caps[c], load);
+                    if (q)
+                        printf("%s %u: %.2f%% delivered, p99 %s", c ? ";" : "", s->sweep_caps[c],
+                               q->med.v[M_DELIVERED_PCT], fmt_us(q->med.v[M_AGE_P99], a[0], 16));
+                }
+                printf("\n");
+            }
+            if (load >= 1)
+                continue; /* above the service rate no capacity keeps up for long */
             printf("  smallest capacity that lost nothing at load %g:", load);
             for (int i = 0; i < n; i++) {
                 uint32_t best = 0;
@@ -1287,12 +1366,9 @@ static void derive(const struct study *s)
                 }
                 if (!any)
                     continue;
-                if (best)
-                    printf("%s %s %s %u", i ? "," : "", sys_names[ser[i][0]],
-                           study_policy_names[ser[i][1]], best);
-                else
-                    printf("%s %s %s none", i ? "," : "", sys_names[ser[i][0]],
-                           study_policy_names[ser[i][1]]);
+                printf("%s %s %s %s", i ? "," : "", sys_names[ser[i][0]],
+                       study_policy_names[ser[i][1]],
+                       best ? (snprintf(l, sizeof l, "%u", best), l) : "none");
             }
             printf("\n");
         }
@@ -1348,6 +1424,23 @@ static void derive(const struct study *s)
 
 /* ------------------------------------------------------------- the mode */
 
+/* How often this machine takes the CPU away from a spinning thread, and
+ * for how long: on a shared or small machine these pauses, not the queue,
+ * set the tail of every system's ages. */
+static void noise_probe(uint64_t ns, int *pauses, uint64_t *longest)
+{
+    uint64_t t0 = bench_now_ns(), last = t0, now;
+    *pauses = 0;
+    *longest = 0;
+    while ((now = bench_now_ns()) - t0 < ns) {
+        if (now - last > 100000)
+            ++*pauses;
+        if (now - last > *longest)
+            *longest = now - last;
+        last = now;
+    }
+}
+
 int bench_mode_policies(const struct bench_opts *o)
 {
     struct study s = {.o = o};
@@ -1371,6 +1464,13 @@ int bench_mode_policies(const struct bench_opts *o)
                "deliv%%, drop%% and unsent%% are of the messages scheduled.\n",
                arr, o->exp_service ? "exponential" : "fixed", (unsigned long long)o->work_ns,
                o->payload, o->duration_s, runs);
+        int pauses;
+        uint64_t longest;
+        char lg[16];
+        noise_probe(300000000u, &pauses, &longest);
+        printf("this machine paused a spinning thread %d times for over 100us in 0.3 s "
+               "(longest %s):\nthe tails of all systems' ages include such pauses.\n",
+               pauses, fmt_us((double)longest / 1e3, lg, sizeof lg));
     }
     for (int i = 0; i < NSYS; i++)
         if (!all_systems[i] && (o->peer_mask & (1u << i)) && o->format == FORMAT_TABLE)

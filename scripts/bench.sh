@@ -6,7 +6,7 @@
 # to ringbus-bench (see `build-release/bench/ringbus-bench --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh gnuplot-nox libzmq3-dev libglib2.0-dev
+scripts/deps.sh gnuplot-nox libzmq3-dev libnng-dev libglib2.0-dev
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DRBUS_BUILD_TESTS=OFF \
   -DRBUS_BUILD_EXAMPLES=OFF -DRBUS_BUILD_BENCH=ON >/dev/null

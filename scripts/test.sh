@@ -13,12 +13,12 @@
 # and RBUS_TSAN_SCALE (default 0.05).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# zmq and glib: the bench's peers (smoke-tested); prometheus: promtool, which
+# zmq, nng and glib: the bench's peers (smoke-tested); prometheus: promtool, which
 # checks rbus_stats_prometheus's output (test_prometheus); doxygen: the API
 # reference, which must document every public declaration; libnats-dev and
 # nats-server: the NATS bridge and the server its tests run against;
 # relacy-dev: the ring's model check (tests/model).
-scripts/deps.sh libzmq3-dev libglib2.0-dev prometheus doxygen libnats-dev nats-server relacy-dev
+scripts/deps.sh libzmq3-dev libnng-dev libglib2.0-dev prometheus doxygen libnats-dev nats-server relacy-dev
 
 jobs=$(nproc 2>/dev/null || echo 2)
 plain_scale=${RBUS_STRESS_SCALE:-1}
