@@ -108,8 +108,7 @@ static double measure(struct run *r, bool with_key)
     return (double)timed_ns / (double)r->messages;
 }
 
-static int run_mode(bool inline_drain, uint64_t messages, int reps, int nsubs,
-                    uint32_t dedup_keys)
+static int run_mode(bool inline_drain, uint64_t messages, int reps, int nsubs, uint32_t dedup_keys)
 {
     rbus_config cfg;
     rbus_config_init(&cfg);
@@ -132,7 +131,10 @@ static int run_mode(bool inline_drain, uint64_t messages, int reps, int nsubs,
     printf("drain %s: %s\n", inline_drain ? "inline" : "thread",
            inline_drain ? "the publisher drains between timed batches of 256 (no other thread)"
                         : "one receiver thread per subscription drains concurrently");
-    struct run r = {.topic = t, .subs = subs, .nsubs = nsubs, .inline_drain = inline_drain,
+    struct run r = {.topic = t,
+                    .subs = subs,
+                    .nsubs = nsubs,
+                    .inline_drain = inline_drain,
                     .messages = messages};
     double plain[MAX_REPS], keyed[MAX_REPS], ratios[MAX_REPS];
     /* Warm-up, untimed: builds the key window and fills the message pool. */

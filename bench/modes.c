@@ -27,8 +27,7 @@ int bench_mode_throughput(const struct bench_opts *o)
     const size_t nshapes = o->shape_set ? 1 : sizeof sweep / sizeof sweep[0];
     const size_t chosen_payload[] = {o->payload};
     const size_t *payloads = o->payload_set ? chosen_payload : sweep_payloads;
-    const size_t npayloads =
-        o->payload_set ? 1 : sizeof sweep_payloads / sizeof sweep_payloads[0];
+    const size_t npayloads = o->payload_set ? 1 : sizeof sweep_payloads / sizeof sweep_payloads[0];
     int reps = o->reps > 0 ? o->reps : 3;
     bench_print_machine(stdout, o->format);
     if (o->format == FORMAT_TABLE)
@@ -42,9 +41,12 @@ int bench_mode_throughput(const struct bench_opts *o)
     uint64_t started = bench_now_ns();
     for (size_t s = 0; s < nshapes; s++) {
         for (size_t p = 0; p < npayloads; p++) {
-            struct scenario sc = {.publishers = shapes[s][0], .subscribers = shapes[s][1],
-                                  .payload = payloads[p], .messages = o->messages,
-                                  .capacity = o->capacity, .spin_ns = o->spin_ns};
+            struct scenario sc = {.publishers = shapes[s][0],
+                                  .subscribers = shapes[s][1],
+                                  .payload = payloads[p],
+                                  .messages = o->messages,
+                                  .capacity = o->capacity,
+                                  .spin_ns = o->spin_ns};
             double r[16];
             for (int k = 0; k < reps && k < 16; k++) {
                 r[k] = bench_impl_ringbus.throughput(&sc);
@@ -155,8 +157,10 @@ int bench_mode_latency(const struct bench_opts *o)
         for (int sleeping = 0; sleeping < 2; sleeping++) {
             /* About 0.2 s per run at 10 us, 1 s at 100 us. */
             uint64_t rounds = paces[p] == 10000 ? 20000 : 10000;
-            struct latency_run lr = {.pace_ns = paces[p], .rounds = rounds,
-                                     .sleeping_receiver = sleeping, .capacity = o->capacity};
+            struct latency_run lr = {.pace_ns = paces[p],
+                                     .rounds = rounds,
+                                     .sleeping_receiver = sleeping,
+                                     .capacity = o->capacity};
             uint64_t *lat = malloc(rounds * (size_t)reps * sizeof *lat);
             if (!lat)
                 return 1;

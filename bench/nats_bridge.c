@@ -292,7 +292,8 @@ int main(int argc, char **argv)
             csv_path = argv[++i];
         else {
             printf("usage: %s [--messages N (200000)] [--payload BYTES (64)] [--reps R (5)] "
-                   "[--csv FILE]\n", argv[0]);
+                   "[--csv FILE]\n",
+                   argv[0]);
             return strcmp(argv[i], "--help") == 0 ? 0 : 2;
         }
     }
@@ -309,19 +310,20 @@ int main(int argc, char **argv)
     if (csv)
         fprintf(csv, "rep,mode,impl,messages,payload,delivered,msgs_per_s\n");
 
-    const char *names[4] = {"core: cnats publish->subscribe", "core: ringbus->bridge->NATS->bridge->ringbus",
-                            "jetstream: cnats publish async, acked", "jetstream: ringbus->bridge, acked"};
+    const char *names[4] = {
+        "core: cnats publish->subscribe", "core: ringbus->bridge->NATS->bridge->ringbus",
+        "jetstream: cnats publish async, acked", "jetstream: ringbus->bridge, acked"};
     double *rates[4];
     uint64_t lost[4] = {0};
     for (int k = 0; k < 4; k++)
         rates[k] = calloc((size_t)reps, sizeof(double));
-    printf("# nats_bridge: %d messages of %d bytes, %d interleaved repetitions, nats-server on %s\n",
-           n, len, reps, srv.url);
+    printf(
+        "# nats_bridge: %d messages of %d bytes, %d interleaved repetitions, nats-server on %s\n",
+        n, len, reps, srv.url);
     for (int r = 0; r < reps; r++) {
-        struct run runs[4] = {raw_core(srv.url, n, payload, len),
-                              bridge_core(srv.url, n, payload, len),
-                              raw_js(srv.url, n, payload, len),
-                              bridge_js(srv.url, n, payload, len)};
+        struct run runs[4] = {
+            raw_core(srv.url, n, payload, len), bridge_core(srv.url, n, payload, len),
+            raw_js(srv.url, n, payload, len), bridge_js(srv.url, n, payload, len)};
         for (int k = 0; k < 4; k++) {
             rates[k][r] = runs[k].rate;
             lost[k] += (uint64_t)n - runs[k].delivered;

@@ -237,9 +237,9 @@ static const struct peer peers[] = {
 /* The cases of one peers run: throughput scenarios, then latency runs. */
 struct pcase {
     const char *name;
-    int np, ns;          /* throughput */
-    uint64_t messages;   /* default per publisher, or rounds */
-    uint64_t pace_ns;    /* latency: > 0 */
+    int np, ns;        /* throughput */
+    uint64_t messages; /* default per publisher, or rounds */
+    uint64_t pace_ns;  /* latency: > 0 */
     bool sleeping;
 };
 
@@ -338,13 +338,19 @@ static bool run_one(const struct bench_opts *o, const struct peer *p, const stru
     bool ok;
     size_t payload = c->pace_ns ? LAT_PAYLOAD : o->payload;
     if (!c->pace_ns) {
-        struct scenario sc = {.publishers = c->np, .subscribers = c->ns, .payload = o->payload,
-                              .messages = n, .capacity = o->capacity, .spin_ns = o->spin_ns};
+        struct scenario sc = {.publishers = c->np,
+                              .subscribers = c->ns,
+                              .payload = o->payload,
+                              .messages = n,
+                              .capacity = o->capacity,
+                              .spin_ns = o->spin_ns};
         v = p->impl->throughput(&sc);
         ok = v > 0;
     } else {
-        struct latency_run lr = {.pace_ns = c->pace_ns, .rounds = n,
-                                 .sleeping_receiver = c->sleeping, .capacity = o->capacity};
+        struct latency_run lr = {.pace_ns = c->pace_ns,
+                                 .rounds = n,
+                                 .sleeping_receiver = c->sleeping,
+                                 .capacity = o->capacity};
         uint64_t *lat = calloc(n, sizeof *lat);
         ok = lat && p->impl->latency(&lr, lat) == 0;
         if (ok) {
@@ -381,7 +387,7 @@ static void fill_row(struct bench_row *row, const struct peer *p, const struct p
     bench_row_str(row, "impl", p->impl->name);
     bench_row_str(row, "unit", c->pace_ns ? "p50 ns" : "M msg/s");
     if (cell->n == 0) {
-        static const char *const cols[] = {"median", "min",    "max",
+        static const char *const cols[] = {"median",     "min",    "max",
                                            "vs_ringbus", "p99_ns", "p999_ns"};
         for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
             bench_row_str(row, cols[k], "FAILED");
@@ -408,8 +414,7 @@ static void fill_row(struct bench_row *row, const struct peer *p, const struct p
     }
     bench_row_num(row, "reps_ok", "%.0f", (double)cell->n);
     bench_row_num(row, "messages", "%.0f", (double)cell->messages);
-    bench_row_str(row, "wait",
-                  !c->pace_ns ? p->tp_wait : c->sleeping ? p->rx_sleep : p->rx_spin);
+    bench_row_str(row, "wait", !c->pace_ns ? p->tp_wait : c->sleeping ? p->rx_sleep : p->rx_spin);
 }
 
 /* Median of one implementation in one case, or 0 when it has none. */
@@ -467,7 +472,7 @@ int bench_mode_peers(const struct bench_opts *o)
         fprintf(stderr, "ringbus-bench: peers needs --payload >= 16\n");
         return 2;
     }
-    struct cell (*cells)[NPEERS] = calloc(NCASES, sizeof *cells);
+    struct cell(*cells)[NPEERS] = calloc(NCASES, sizeof *cells);
     struct bench_row *rows = calloc((size_t)NCASES * NPEERS, sizeof *rows);
     if (!cells || !rows) {
         free(cells);
@@ -537,8 +542,8 @@ int bench_mode_peers(const struct bench_opts *o)
         for (int c = 0; c < NCASES; c++)
             for (int p = 0; p < NPEERS; p++)
                 if (cells[c][p].failed)
-                    fprintf(stderr, "  %s %s: %d of %d repetitions failed\n",
-                            peers[p].impl->name, cases[c].name, cells[c][p].failed, reps);
+                    fprintf(stderr, "  %s %s: %d of %d repetitions failed\n", peers[p].impl->name,
+                            cases[c].name, cells[c][p].failed, reps);
     }
     free(cells);
     free(rows);

@@ -52,6 +52,10 @@ struct study_sys {
     /* One message of len bytes; 0 when the system took it (delivered,
      * queued or dropped by its policy), non-zero on a failure. */
     int (*publish)(void *state, const void *buf, size_t len);
+    /* Optional: called once by the publisher thread before its first
+     * publish, to grow what the system pools per thread to what the run
+     * will need, so that allocations counted later are per message. */
+    void (*warm)(void *state, size_t len);
     /* Subscriber `sub`'s next message, waiting at most timeout_ms: copies
      * its first 16 bytes to hdr and returns 1; 0 when none came in time;
      * -1 when the system is finished and this subscriber has nothing left. */

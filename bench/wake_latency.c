@@ -57,8 +57,8 @@ int main(int argc, char **argv)
         rounds = strtoull(argv[2], NULL, 10);
     const int64_t spins[] = {-1, 5000, 10000, 20000, 50000, 100000};
     const uint64_t paces[] = {10000, 100000, 1000000};
-    printf("%-10s %-9s %10s %10s %10s %12s\n", "spin_ns", "pace", "p50 us", "p99 us",
-           "p99.9 us", "rx cpu %");
+    printf("%-10s %-9s %10s %10s %10s %12s\n", "spin_ns", "pace", "p50 us", "p99 us", "p99.9 us",
+           "rx cpu %");
     for (size_t pi = 0; pi < sizeof paces / sizeof paces[0]; pi++) {
         for (size_t si = 0; si < sizeof spins / sizeof spins[0]; si++) {
             rbus *bus;
@@ -85,9 +85,11 @@ int main(int argc, char **argv)
             pthread_join(th, NULL);
             qsort(r.lat, r.n, sizeof *r.lat, cmp);
             printf("%-10lld %-9s %10.2f %10.2f %10.2f %12.1f\n", (long long)spins[si],
-                   paces[pi] == 10000 ? "10us" : paces[pi] == 100000 ? "100us" : "1ms",
-                   r.lat[r.n / 2] / 1e3, r.lat[r.n * 99 / 100] / 1e3,
-                   r.lat[r.n * 999 / 1000] / 1e3, 100.0 * (double)r.cpu_ns / (double)wall);
+                   paces[pi] == 10000    ? "10us"
+                   : paces[pi] == 100000 ? "100us"
+                                         : "1ms",
+                   r.lat[r.n / 2] / 1e3, r.lat[r.n * 99 / 100] / 1e3, r.lat[r.n * 999 / 1000] / 1e3,
+                   100.0 * (double)r.cpu_ns / (double)wall);
             free(r.lat);
             rbus_destroy(bus);
         }
