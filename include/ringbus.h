@@ -136,16 +136,16 @@ typedef struct rbus_allocator {
  * rbus_create() copies it.
  */
 typedef struct rbus_config {
-    uint32_t default_capacity; /**< messages per subscription when the sub asks 0;
+    uint32_t default_capacity;       /**< messages per subscription when the sub asks 0;
                                     default 1024; at most RBUS_MAX_CAPACITY */
-    uint32_t max_payload;      /**< largest payload in bytes; default 65536; at most
+    uint32_t max_payload;            /**< largest payload in bytes; default 65536; at most
                                     RBUS_MAX_PAYLOAD_LIMIT; larger publishes -> -EMSGSIZE */
-    uint32_t dedup_keys;       /**< idempotency keys remembered per topic; default 4096;
+    uint32_t dedup_keys;             /**< idempotency keys remembered per topic; default 4096;
                                     at most RBUS_MAX_DEDUP_KEYS; RBUS_DEDUP_OFF = keys are
                                     carried, never deduplicated */
-    uint64_t dedup_window_ns;  /**< a key is forgotten this long after it was accepted;
+    uint64_t dedup_window_ns;        /**< a key is forgotten this long after it was accepted;
                                     0 (default) = only dedup_keys bounds it */
-    uint32_t max_topics;       /**< default 65536 */
+    uint32_t max_topics;             /**< default 65536 */
     const rbus_allocator *allocator; /**< NULL = malloc/free; the struct is copied */
 } rbus_config;
 
@@ -260,6 +260,11 @@ typedef struct rbus_sub_opts {
                                    fits an empty queue. A publisher stalled in the middle
                                    of a put holds the bytes it reserved until it runs
                                    again, as it holds one slot of the capacity */
+    uint32_t latency_sample;  /**< queue-wait histogram (rbus_sub_timing_get): 0 (default) =
+                                   off; 1 = every message received; N = the messages whose
+                                   sequence number is a multiple of N. It costs a receive one
+                                   clock read and two atomic adds per sampled message
+                                   (docs/metrics.md, "Cost") */
 } rbus_sub_opts;
 
 /** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
@@ -314,23 +319,23 @@ RBUS_API uint64_t rbus_sub_id(const rbus_sub *sub);
  * copied into the message; the caller keeps its buffers.
  */
 typedef struct rbus_pub_opts {
-    const void *key;          /**< idempotency key, NULL = none; 1..255 bytes */
-    size_t key_len;           /**< bytes of `key` (binary; compared exactly) */
-    const void *order_key;    /**< ordering key for dispatch, NULL = none; 1..255 bytes */
-    size_t order_key_len;     /**< bytes of `order_key` */
-    int64_t timeout_ns;       /**< 0 = each RBUS_BLOCK sub's own block_timeout_ns;
+    const void *key;       /**< idempotency key, NULL = none; 1..255 bytes */
+    size_t key_len;        /**< bytes of `key` (binary; compared exactly) */
+    const void *order_key; /**< ordering key for dispatch, NULL = none; 1..255 bytes */
+    size_t order_key_len;  /**< bytes of `order_key` */
+    int64_t timeout_ns;    /**< 0 = each RBUS_BLOCK sub's own block_timeout_ns;
                                    > 0 = the shorter of this and the sub's own;
                                    < 0 = do not wait (full block subs: dropped_timeout) */
-    uint32_t origin;          /**< publisher's tag carried to receivers; 0 = none */
+    uint32_t origin;       /**< publisher's tag carried to receivers; 0 = none */
 } rbus_pub_opts;
 
 /** What one publish did, written by rbus_publish_ex() when asked. */
 typedef struct rbus_pub_result {
-    uint32_t matched;  /**< open subscriptions whose pattern matched */
-    uint32_t queued;   /**< of those, how many got this message queued */
-    uint32_t dropped;  /**< refused: drop-newest, block timeout, closed while waiting */
-    uint32_t evicted;  /**< older messages this publish evicted (drop-oldest) */
-    bool duplicate;    /**< suppressed by the idempotency key; nothing offered, queued
+    uint32_t matched; /**< open subscriptions whose pattern matched */
+    uint32_t queued;  /**< of those, how many got this message queued */
+    uint32_t dropped; /**< refused: drop-newest, block timeout, closed while waiting */
+    uint32_t evicted; /**< older messages this publish evicted (drop-oldest) */
+    bool duplicate;   /**< suppressed by the idempotency key; nothing offered, queued
                             or counted (matched 0) */
 } rbus_pub_result;
 
@@ -439,24 +444,24 @@ RBUS_API int rbus_sub_fd(rbus_sub *sub);
 
 /** A subscription's counters, from rbus_sub_stats_get(). */
 typedef struct rbus_sub_stats {
-    uint64_t offered;         /**< once per (publish, sub) matched */
-    uint64_t received;        /**< taken out by rbus_recv* */
-    uint64_t dropped_newest;  /**< refused when full (RBUS_DROP_NEWEST) */
-    uint64_t dropped_oldest;  /**< evicted (RBUS_DROP_OLDEST) */
-    uint64_t dropped_timeout; /**< block wait ran out, or the publish would not wait */
-    uint64_t dropped_closed;  /**< a waiting publisher was woken by close */
-    uint64_t publisher_waits; /**< (publish, sub) pairs that began to wait for room */
+    uint64_t offered;            /**< once per (publish, sub) matched */
+    uint64_t received;           /**< taken out by rbus_recv* */
+    uint64_t dropped_newest;     /**< refused when full (RBUS_DROP_NEWEST) */
+    uint64_t dropped_oldest;     /**< evicted (RBUS_DROP_OLDEST) */
+    uint64_t dropped_timeout;    /**< block wait ran out, or the publish would not wait */
+    uint64_t dropped_closed;     /**< a waiting publisher was woken by close */
+    uint64_t publisher_waits;    /**< (publish, sub) pairs that began to wait for room */
     uint32_t publishers_waiting; /**< publishers waiting for room now (RBUS_BLOCK) */
     uint64_t longest_wait_ns;    /**< how long the one waiting longest has waited so far;
                                       0 when none waits. A consumer that hangs under
                                       RBUS_BLOCK with no block_timeout_ns shows here as
                                       a wait that only grows (docs/guide.md) */
-    uint32_t depth;           /**< messages queued now, read from the queue itself */
-    uint32_t high_water;      /**< largest depth seen right after an enqueue */
-    uint32_t capacity;        /**< effective capacity */
-    uint64_t bytes;           /**< with max_bytes: payload bytes queued now, and of messages
+    uint32_t depth;              /**< messages queued now, read from the queue itself */
+    uint32_t high_water;         /**< largest depth seen right after an enqueue */
+    uint32_t capacity;           /**< effective capacity */
+    uint64_t bytes;              /**< with max_bytes: payload bytes queued now, and of messages
                                    being queued; 0 without a byte bound */
-    uint64_t max_bytes;       /**< the byte bound; 0 = none */
+    uint64_t max_bytes;          /**< the byte bound; 0 = none */
     /* What threads stalled inside calls cost (docs/design.md, "Progress"): */
     uint64_t skipped;  /**< slots passed over because their publisher, preempted
                             between reserving and writing, had not written them */
@@ -504,6 +509,59 @@ RBUS_API int rbus_bus_stats_get(rbus *bus, rbus_bus_stats *out);
  * begun; *out zeroed).
  */
 RBUS_API int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out);
+
+/** Finite buckets of an rbus_hist: bucket i counts values up to
+ *  rbus_hist_bound_ns(i) = 256 ns << i, from 256 ns to 8.6 s. */
+#define RBUS_HIST_FINITE 26u
+/** Buckets of an rbus_hist: the finite ones, then +Inf. */
+#define RBUS_HIST_BUCKETS (RBUS_HIST_FINITE + 1u)
+
+/**
+ * A latency histogram snapshot, with cumulative buckets as Prometheus has
+ * them: bucket[i] counts the values <= rbus_hist_bound_ns(i), the last
+ * (+Inf) all of them, and count == bucket[RBUS_HIST_BUCKETS - 1] always.
+ * sum_ns is read apart from the buckets, so while values are recorded it
+ * may include a few that the buckets do not yet (or the other way).
+ */
+typedef struct rbus_hist {
+    uint64_t count;                     /**< values recorded */
+    uint64_t sum_ns;                    /**< their sum, ns */
+    uint64_t bucket[RBUS_HIST_BUCKETS]; /**< cumulative counts by upper bound */
+} rbus_hist;
+
+/** rbus_hist_bound_ns: the upper bound of bucket i in ns (256 << i), or
+ *  UINT64_MAX for the +Inf bucket and beyond. */
+RBUS_API uint64_t rbus_hist_bound_ns(unsigned i);
+
+/**
+ * rbus_hist_quantile_ns: the q-quantile (0 <= q <= 1) of a snapshot, by
+ * linear interpolation inside the bucket that holds it, as Prometheus's
+ * histogram_quantile() computes it; a quantile in the +Inf bucket gives
+ * the largest finite bound. Returns 0 for NULL, an empty histogram or q
+ * outside [0, 1] (or NaN).
+ */
+RBUS_API uint64_t rbus_hist_quantile_ns(const rbus_hist *h, double q);
+
+/** A subscription's latencies, from rbus_sub_timing_get(). */
+typedef struct rbus_sub_timing {
+    rbus_hist queue_wait;     /**< age of messages when received: receive time minus
+                                   acceptance (rbus_msg_time_ns); only with
+                                   rbus_sub_opts.latency_sample, sampled as it says */
+    rbus_hist publisher_wait; /**< how long each publish that found the subscription full
+                                   (RBUS_BLOCK) waited, whether it then queued, timed out
+                                   or met a close; only that slow path pays for it */
+    uint64_t lag_ns;          /**< lag: the age of the oldest message queued now; 0 when
+                                   none is */
+    uint32_t depth;           /**< messages queued now */
+} rbus_sub_timing;
+
+/**
+ * rbus_sub_timing_get: the subscription's latency histograms and its lag
+ * now into *out. Never blocks publishers or receivers. Returns 0, -EINVAL,
+ * or -ESHUTDOWN (rbus_unsubscribe has begun; *out zeroed).
+ */
+RBUS_API int rbus_sub_timing_get(const rbus_sub *sub, rbus_sub_timing *out);
+
 /**
  * rbus_topic_stats_get: the topic's counters into *out (published ==
  * the last sequence number taken). Never blocks publishers. Returns 0 or
@@ -620,6 +678,18 @@ RBUS_API int rbus_dispatch_drain(rbus_dispatcher *d, int64_t timeout_ns,
 /** rbus_dispatch_stats_get: the dispatcher's counters. Returns 0, -EINVAL, or
  *  -ESHUTDOWN when rbus_dispatch_stop finished meanwhile (*out zeroed). */
 RBUS_API int rbus_dispatch_stats_get(const rbus_dispatcher *d, rbus_dispatch_stats *out);
+
+/** A dispatcher's latencies, from rbus_dispatch_timing_get(). */
+typedef struct rbus_dispatch_timing {
+    rbus_hist handler;     /**< time inside the handler, per call (every attempt) */
+    rbus_hist start_delay; /**< from a message's receive to its first handler call: time
+                                parked behind its order key or waiting for a worker */
+} rbus_dispatch_timing;
+
+/** rbus_dispatch_timing_get: the dispatcher's latency histograms. Returns
+ *  0, -EINVAL, or -ESHUTDOWN when rbus_dispatch_stop finished meanwhile
+ *  (*out zeroed). */
+RBUS_API int rbus_dispatch_timing_get(const rbus_dispatcher *d, rbus_dispatch_timing *out);
 
 /**
  * rbus_stats_prometheus: writes every topic's and subscription's counters,

@@ -62,18 +62,19 @@
 struct key_state;
 
 struct item {
-    rbus_msg *msg;          /* our reference */
-    uint32_t attempts;      /* attempts made so far */
-    int64_t due_ns;         /* retry: when */
-    struct item *next;      /* key FIFO, ready list or free list */
-    struct key_state *key;  /* ordered_by_key and the message has an order key */
+    rbus_msg *msg;         /* our reference */
+    int64_t received_ns;   /* when a worker received it: for start_delay */
+    uint32_t attempts;     /* attempts made so far */
+    int64_t due_ns;        /* retry: when */
+    struct item *next;     /* key FIFO, ready list or free list */
+    struct key_state *key; /* ordered_by_key and the message has an order key */
 };
 
 struct key_state {
     uint64_t hash;
-    const void *bytes;       /* the key, inside a message in hand with this key */
+    const void *bytes; /* the key, inside a message in hand with this key */
     size_t len;
-    struct item *parked;     /* later messages of this key, FIFO */
+    struct item *parked; /* later messages of this key, FIFO */
     struct item *parked_tail;
     uint32_t held;           /* messages in hand with this key */
     struct key_state *chain; /* hash chain or free list */
@@ -100,7 +101,7 @@ struct rbus_dispatcher {
      * attach to their keys in queue order. */
     bool receiver_busy;
     bool stopping;
-    bool source_done;    /* the subscription is closed and drained */
+    bool source_done; /* the subscription is closed and drained */
     /* rbus_dispatch_drain: workers take no message once the ring's head
      * has been seen past drain_mark, its tail when the drain began
      * (drain_passed, latched: head may move back a little). */
@@ -110,7 +111,7 @@ struct rbus_dispatcher {
     /* Stopping after a drain: messages in hand keep their backoff. */
     bool graceful;
     uint32_t in_hand;
-    uint32_t receiving;  /* workers inside a receive (slots reserved) */
+    uint32_t receiving; /* workers inside a receive (slots reserved) */
     uint64_t rng;
 
     struct item *items, *free_items;
@@ -122,6 +123,9 @@ struct rbus_dispatcher {
     uint32_t bucket_mask;
 
     rbus_dispatch_stats stats;
+    /* rbus_dispatch_timing: added to by workers after each attempt, under
+     * `lock` (atomics only because the type is shared with subscriptions). */
+    struct rbus__hist handler, start_delay;
 
     pthread_t *threads;
     unsigned nthreads; /* started */
@@ -218,8 +222,7 @@ static struct item *heap_pop(rbus_dispatcher *d)
 
 /* ------------------------------------------------------ order keys */
 
-static struct key_state *key_find(rbus_dispatcher *d, uint64_t hash, const void *bytes,
-                                  size_t len)
+static struct key_state *key_find(rbus_dispatcher *d, uint64_t hash, const void *bytes, size_t len)
 {
     for (struct key_state *k = d->buckets[hash & d->bucket_mask]; k; k = k->chain)
         if (k->hash == hash && k->len == len && !memcmp(k->bytes, bytes, len))
@@ -404,6 +407,7 @@ static struct item *next_work(rbus_dispatcher *d, bool *quit)
             }
             struct item *it = item_take(d, m);
             it->attempts = 0;
+            it->received_ns = rbus__now_ns();
             if (ordered && rbus_msg_order_key(m, NULL)) {
                 bool busy;
                 it->key = key_attach(d, it, &busy);
@@ -441,15 +445,18 @@ static void prepare_retry(struct rbus_thread_state *th, struct item *it)
     it->msg = copy;
 }
 
-/* Outside the lock: one attempt. Returns the handler's verdict. */
-static int run_attempt(rbus_dispatcher *d, struct item *it)
+/* Outside the lock: one attempt. Returns the handler's verdict; *began
+ * and *ended say when the handler ran. */
+static int run_attempt(rbus_dispatcher *d, struct item *it, int64_t *began, int64_t *ended)
 {
     tls_running = d;
+    *began = rbus__now_ns();
     /* Each attempt starts with an empty detail: the worker's own receives
      * and dead-letter publishes on this thread are not the handler's. */
     rbus__detail = NULL;
     rbus__msg_handler_enter(it->msg); /* misuse checks: the handler must not release it */
     int rc = d->fn(it->msg, d->arg);
+    *ended = rbus__now_ns();
     rbus__msg_handler_leave();
     tls_running = NULL;
     return rc;
@@ -469,14 +476,18 @@ static void *worker_main(void *arg)
             break;
         prepare_retry(th, it);
         pthread_mutex_unlock(&d->lock);
-        int rc = run_attempt(d, it);
+        int64_t began, ended;
+        int rc = run_attempt(d, it, &began, &ended);
         /* Again after every handler, outside the lock (attaching takes the
          * bus lock, which is taken before d->lock elsewhere): a handler
          * that published on more buses than a thread keeps states for
          * evicted ours, and another thread may have taken it over. */
         th = rbus__thread_get(d->bus);
-        it->attempts++;
         pthread_mutex_lock(&d->lock);
+        if (it->attempts == 0)
+            rbus__hist_add(&d->start_delay, began - it->received_ns);
+        rbus__hist_add(&d->handler, ended - began);
+        it->attempts++;
         if (rc >= 0) {
             d->stats.handled++;
             rbus_msg *m = it->msg;
@@ -629,6 +640,8 @@ static void detach(rbus_dispatcher *d, rbus_dispatch_stats *final)
     t->retried += d->stats.retried;
     t->dead_lettered += d->stats.dead_lettered;
     t->dropped += d->stats.dropped;
+    rbus__hist_merge(&s->dispatched_handler, &d->handler);
+    rbus__hist_merge(&s->dispatched_start_delay, &d->start_delay);
     s->had_dispatcher = true;
     atomic_store_explicit(&s->dispatcher, NULL, memory_order_release);
     pthread_mutex_unlock(&bus->lock);
@@ -882,6 +895,27 @@ int rbus_dispatch_stats_get(const rbus_dispatcher *dc, rbus_dispatch_stats *out)
     }
     *out = d->stats;
     out->in_hand = d->in_hand - d->receiving;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
+int rbus_dispatch_timing_get(const rbus_dispatcher *dc, rbus_dispatch_timing *out)
+{
+    RBUS__PAUSE(RBUS_DISPATCH_TIMING_GET);
+    if (!dc)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_timing_get: d is NULL");
+    if (!out)
+        return rbus__fail_static(-EINVAL, "rbus_dispatch_timing_get: out is NULL");
+    rbus_dispatcher *d = (rbus_dispatcher *)dc;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&d->lock);
+    if (d->retired) {
+        pthread_mutex_unlock(&d->lock);
+        return rbus__fail_static(-ESHUTDOWN, "rbus_dispatch_timing_get: rbus_dispatch_stop has "
+                                             "finished on this dispatcher");
+    }
+    rbus__hist_read(&d->handler, &out->handler);
+    rbus__hist_read(&d->start_delay, &out->start_delay);
     pthread_mutex_unlock(&d->lock);
     return 0;
 }

@@ -183,7 +183,7 @@ void rbus__spin_step_before(unsigned iteration, int64_t now_ns, int64_t deadline
  * subscription, whose yield back-off outlives the wait. */
 struct rbus_spin {
     unsigned steps;
-    bool pause_only; /* no more yields in this wait: one found nobody else
+    bool pause_only;  /* no more yields in this wait: one found nobody else
                         to run, or took a slice, or yields are backed off */
     int64_t deadline; /* the wait's, or -1: no yield close to it */
     rbus_sub *sub;
@@ -206,9 +206,43 @@ struct rbus_msg_cache;
 struct rbus_pending {
     rbus_sub *sub;
     struct rbus_tally *tally; /* the state's own node for sub, or NULL */
-    int64_t deadline_ns; /* -1 = none */
+    int64_t since_ns;         /* when the wait began: for publisher_wait */
+    int64_t deadline_ns;      /* -1 = none */
     int64_t spin_ns;
 };
+
+/*
+ * A latency histogram (stats.c reads it): per-bucket counts, not
+ * cumulative, so that a snapshot's count is the sum of what it read and
+ * equals its +Inf bucket however many adds race with it. Relaxed adds:
+ * the counts are statistics, ordered with nothing.
+ */
+struct rbus__hist {
+    _Atomic uint64_t count[RBUS_HIST_BUCKETS];
+    _Atomic uint64_t sum_ns;
+};
+
+/* Bucket of v ns: 0 for v <= 256, i for 256 << (i-1) < v <= 256 << i,
+ * RBUS_HIST_FINITE (+Inf) above 256 << (RBUS_HIST_FINITE - 1). */
+static inline unsigned rbus__hist_bucket(uint64_t v)
+{
+    if (v <= 256)
+        return 0;
+    unsigned i = 64u - (unsigned)__builtin_clzll((v - 1) >> 8);
+    return i < RBUS_HIST_FINITE ? i : RBUS_HIST_FINITE;
+}
+
+static inline void rbus__hist_add(struct rbus__hist *h, int64_t ns)
+{
+    uint64_t v = ns > 0 ? (uint64_t)ns : 0;
+    atomic_fetch_add_explicit(&h->count[rbus__hist_bucket(v)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_ns, v, memory_order_relaxed);
+}
+
+/* A snapshot into the public, cumulative form. */
+void rbus__hist_read(const struct rbus__hist *h, rbus_hist *out);
+/* into += from (both quiescent, or under a lock their writers respect). */
+void rbus__hist_merge(struct rbus__hist *into, const struct rbus__hist *from);
 
 /*
  * The tallies a publish keeps for each subscription it offers to. A tally
@@ -251,8 +285,8 @@ struct rbus_thread_state {
     ck_epoch_record_t epoch; /* first: ck_epoch_recycle gives us this pointer */
     rbus *bus;
     struct rbus_thread_state *bus_next; /* every state of this bus, under bus->lock */
-    struct rbus_msg_cache *cache;   /* msg.c */
-    struct rbus_pending *pending;   /* scratch for a publish that waits */
+    struct rbus_msg_cache *cache;       /* msg.c */
+    struct rbus_pending *pending;       /* scratch for a publish that waits */
     uint32_t pending_cap;
     uint32_t index; /* dense per bus, from 0: its place in tally tables */
     /* Held count (msg.c): references this state's threads took from
@@ -293,7 +327,10 @@ struct rbus_msg {
     rbus_topic *topic;
     const char *origin_topic;
     uint64_t seq;
-    uint64_t time_ns;
+    /* Acceptance time. Atomic (relaxed) because a lag reading (stats.c)
+     * may read a message's time while the message is being recycled: it
+     * then checks that the message was still queued. */
+    _Atomic uint64_t time_ns;
     /* payload, then key, then order key */
     _Alignas(16) unsigned char data[];
 };
@@ -458,7 +495,7 @@ struct rbus_ring_slot {
 struct rbus_ring {
     /* Producers' words and consumers' word on their own lines. */
     RBUS__CACHE_ALIGNED _Atomic uint64_t tail; /* next position to reserve */
-    _Atomic uint64_t head_seen; /* a recent value of head, for the depth */
+    _Atomic uint64_t head_seen;                /* a recent value of head, for the depth */
     RBUS__CACHE_ALIGNED _Atomic uint64_t head; /* every position below it is done with */
     RBUS__CACHE_ALIGNED struct rbus_ring_slot *slots;
     uint64_t mask;
@@ -513,12 +550,14 @@ struct rbus_sub {
     char *pattern;
     char *name;
     _Atomic uint32_t state;
-    bool listed; /* on its topics' lists; under bus->lock */
+    bool listed;                /* on its topics' lists; under bus->lock */
     _Atomic(void *) dispatcher; /* running dispatcher, if any (Handlers) */
     /* Counters of the dispatchers that ran on it and stopped, kept for
      * rbus_stats_prometheus; under bus->lock. */
     rbus_dispatch_stats dispatched;
+    struct rbus__hist dispatched_handler, dispatched_start_delay;
     bool had_dispatcher;
+    uint32_t latency_sample; /* rbus_sub_opts.latency_sample */
     /* Publishers' own tallies (struct rbus_tally), by state index; NULL
      * until the first offer. Read by every offer, written rarely: with the
      * read-mostly fields. Written only by the holder of tally_lock, a
@@ -543,6 +582,7 @@ struct rbus_sub {
 
     /* Written by publishers. */
     RBUS__CACHE_ALIGNED struct rbus_tally shared; /* when a node is out of memory */
+    struct rbus__hist publisher_wait;             /* the slow path only */
     _Atomic uint64_t dropped_timeout;
     _Atomic uint64_t dropped_closed;
     _Atomic uint64_t publisher_waits;
@@ -551,6 +591,7 @@ struct rbus_sub {
     /* Written by receivers. */
     RBUS__CACHE_ALIGNED _Atomic uint32_t callers; /* kept: threads inside calls on it */
     _Atomic uint64_t received;
+    struct rbus__hist queue_wait; /* with latency_sample only */
     /* rbus__spin_wait_step's back-off: until when receivers do not yield,
      * and which of the last 8 yields that ran somebody took a slice. Per
      * subscription, not per thread: one receiver next to a CPU hog turns
@@ -600,8 +641,7 @@ static inline struct rbus_tally *rbus__tally_of(struct rbus_thread_state *th, rb
 {
     /* Acquire: pairs with the release stores of a table or a node in
      * rbus__tally_add_node, whose initialisation we then see. */
-    const struct rbus_tally_table *tab =
-        atomic_load_explicit(&sub->tallies, memory_order_acquire);
+    const struct rbus_tally_table *tab = atomic_load_explicit(&sub->tallies, memory_order_acquire);
     if (RBUS__LIKELY(tab != NULL) && RBUS__LIKELY(th->index < tab->len)) {
         struct rbus_tally *t = atomic_load_explicit(&tab->node[th->index], memory_order_acquire);
         if (RBUS__LIKELY(t != NULL))
@@ -682,10 +722,10 @@ struct rbus {
     struct rbus_topic **buckets; /* topic registry, power-of-two buckets */
     uint32_t nbuckets;
     uint32_t ntopics;
-    struct rbus_topic *topics;   /* all topics */
-    struct rbus_sub *subs;       /* all subscriptions not yet unsubscribed */
+    struct rbus_topic *topics;         /* all topics */
+    struct rbus_sub *subs;             /* all subscriptions not yet unsubscribed */
     struct rbus_thread_state *threads; /* all per-thread states */
-    uint32_t nthreads;           /* how many: the next state's index */
+    uint32_t nthreads;                 /* how many: the next state's index */
     uint64_t next_sub_id;
     bool closed; /* close finished */
     /* Unsubscribed subscriptions' structs, oldest first (rbus_sub), and

@@ -128,7 +128,7 @@ rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const v
     m->topic = topic;
     m->origin_topic = NULL;
     m->seq = 0;
-    m->time_ns = 0;
+    atomic_store_explicit(&m->time_ns, 0, memory_order_relaxed);
     if (len)
         memcpy(m->data, data, len);
     if (key_len)
@@ -154,7 +154,8 @@ rbus_msg *rbus__msg_clone(struct rbus_thread_state *th, const rbus_msg *m, uint3
     if (!c)
         return NULL;
     c->seq = m->seq;
-    c->time_ns = m->time_ns;
+    atomic_store_explicit(&c->time_ns, atomic_load_explicit(&m->time_ns, memory_order_relaxed),
+                          memory_order_relaxed);
     c->origin_topic = m->origin_topic;
     c->attempt = attempt;
     return c;
@@ -332,7 +333,7 @@ uint64_t rbus_msg_seq(const rbus_msg *msg)
 
 uint64_t rbus_msg_time_ns(const rbus_msg *msg)
 {
-    return msg ? msg->time_ns : 0;
+    return msg ? atomic_load_explicit(&msg->time_ns, memory_order_relaxed) : 0;
 }
 
 const void *rbus_msg_key(const rbus_msg *msg, size_t *key_len)

@@ -54,6 +54,7 @@
     X(RBUS_SUB_ID, "rbus_sub_id")                                                         \
     X(RBUS_SUB_FD, "rbus_sub_fd")                                                         \
     X(RBUS_SUB_STATS_GET, "rbus_sub_stats_get")                                           \
+    X(RBUS_SUB_TIMING_GET, "rbus_sub_timing_get")                                         \
     X(RBUS_BUS_STATS_GET, "rbus_bus_stats_get")                                           \
     X(RBUS_RECV, "rbus_recv")                                                             \
     X(RBUS_RECV_BATCH, "rbus_recv_batch")                                                 \
@@ -64,6 +65,7 @@
     X(RBUS_DISPATCH_STOP, "rbus_dispatch_stop")                                           \
     X(RBUS_DISPATCH_DRAIN, "rbus_dispatch_drain")                                         \
     X(RBUS_DISPATCH_STATS_GET, "rbus_dispatch_stats_get")                                 \
+    X(RBUS_DISPATCH_TIMING_GET, "rbus_dispatch_timing_get")                               \
     X(RBUS_STATS_PROMETHEUS, "rbus_stats_prometheus")
 
 enum rbus__pp {

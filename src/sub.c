@@ -189,8 +189,7 @@ struct rbus_tally *rbus__tally_add_node(struct rbus_thread_state *th, rbus_sub *
     longer->len = len;
     longer->retired = tab;
     for (uint32_t i = 0; tab && i < tab->len; i++)
-        atomic_init(&longer->node[i],
-                    atomic_load_explicit(&tab->node[i], memory_order_relaxed));
+        atomic_init(&longer->node[i], atomic_load_explicit(&tab->node[i], memory_order_relaxed));
     atomic_init(&longer->node[th->index], t);
     /* Release: the table's contents (and our node's) before its pointer. */
     atomic_store_explicit(&s->tallies, longer, memory_order_release);
@@ -343,6 +342,23 @@ bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 /* Up to max messages. With `skip`, a slot whose writer has not committed
  * is skipped after a bounded number of polls (ring.h): for a caller that
  * found the queue empty while something was reserved. */
+/* latency_sample: the age of the sampled messages just taken, by one
+ * clock read for the batch. Sampling by sequence number needs no shared
+ * counter, and spreads the samples evenly over a topic's messages. */
+static RBUS__NOINLINE void record_queue_wait(rbus_sub *s, rbus_msg **m, size_t n)
+{
+    int64_t now = 0;
+    uint32_t every = s->latency_sample;
+    for (size_t i = 0; i < n; i++) {
+        if (every > 1 && m[i]->seq % every != 0)
+            continue;
+        if (!now)
+            now = rbus__now_ns();
+        rbus__hist_add(&s->queue_wait,
+                       now - (int64_t)atomic_load_explicit(&m[i]->time_ns, memory_order_relaxed));
+    }
+}
+
 static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
 {
     size_t got = 0;
@@ -354,6 +370,8 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
     }
     if (got) {
         atomic_fetch_add_explicit(&s->received, got, memory_order_relaxed);
+        if (RBUS__UNLIKELY(s->latency_sample != 0))
+            record_queue_wait(s, out, got);
         if (s->max_bytes) {
             uint64_t n = 0;
             for (size_t i = 0; i < got; i++)
@@ -379,8 +397,7 @@ static void fd_clear(rbus_sub *s)
     /* seq_cst store, then the seq_cst loads of ring_reserved(): the receiver
      * half of the Dekker pair with ring_put(). */
     atomic_store_explicit(&s->fd_armed, 1, memory_order_seq_cst);
-    if (ring_reserved(s) ||
-        atomic_load_explicit(&s->state, memory_order_acquire) != RBUS_SUB_OPEN)
+    if (ring_reserved(s) || atomic_load_explicit(&s->state, memory_order_acquire) != RBUS_SUB_OPEN)
         fd_make_readable(s);
 }
 
@@ -716,6 +733,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->block_timeout_ns = o.block_timeout_ns;
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
     s->max_bytes = o.max_bytes;
+    s->latency_sample = o.latency_sample;
     atomic_init(&s->bytes, 0);
 
     pthread_mutex_lock(&bus->route_lock);

@@ -546,9 +546,12 @@ static int64_t wait_deadline(const rbus_sub *s, int64_t pub_timeout_ns, int64_t 
     return t > INT64_MAX - now ? INT64_MAX : now + t;
 }
 
-static void pending_drop(struct rbus_thread_state *th, uint32_t i, uint32_t *n)
+/* The wait on pending entry i is over (queued, timed out or closed) at
+ * `now`: its time goes to the subscription's publisher_wait histogram. */
+static void pending_drop(struct rbus_thread_state *th, uint32_t i, uint32_t *n, int64_t now)
 {
     rbus_sub *s = th->pending[i].sub;
+    rbus__hist_add(&s->publisher_wait, now - th->pending[i].since_ns);
     if (th->pending[i].tally)
         atomic_store_explicit(&th->pending[i].tally->wait_since, 0, memory_order_relaxed);
     atomic_fetch_sub_explicit(&s->room_waiters, 1, memory_order_relaxed);
@@ -594,14 +597,13 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, ui
         for (uint32_t i = 0; i < n;) {
             struct rbus_pending *p = &th->pending[i];
             rbus_sub *s = p->sub;
-            if (closing ||
-                atomic_load_explicit(&s->state, memory_order_seq_cst) != RBUS_SUB_OPEN) {
+            if (closing || atomic_load_explicit(&s->state, memory_order_seq_cst) != RBUS_SUB_OPEN) {
                 atomic_fetch_add_explicit(&s->dropped_closed, 1, memory_order_relaxed);
                 if (closing)
                     rc = -ESHUTDOWN;
             } else if (rbus__sub_try_enqueue(s, m)) {
                 res->queued++;
-                pending_drop(th, i, &n);
+                pending_drop(th, i, &n, now);
                 continue;
             } else if (p->deadline_ns >= 0 && now >= p->deadline_ns) {
                 atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
@@ -622,7 +624,7 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, ui
             }
             res->dropped++;
             (*not_queued)++;
-            pending_drop(th, i, &n);
+            pending_drop(th, i, &n, now);
         }
         rbus__read_end(th);
 
@@ -844,7 +846,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     }
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;
-    m->time_ns = (uint64_t)now_ns;
+    atomic_store_explicit(&m->time_ns, (uint64_t)now_ns, memory_order_relaxed);
     if (relay) {
         m->origin_topic = relay->origin_topic;
         m->attempt = relay->attempt;
@@ -895,6 +897,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
             th->pending[waiting++] =
                 (struct rbus_pending){.sub = s,
                                       .tally = tally,
+                                      .since_ns = now,
                                       .deadline_ns = wait_deadline(s, pub_timeout, now),
                                       .spin_ns = s->spin_ns};
             break;

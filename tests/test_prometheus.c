@@ -91,12 +91,11 @@ static uint64_t sample(const char *text, const char *prefix)
     return strtoull(found + plen, NULL, 10);
 }
 
-static void sub_prefix(char *out, size_t size, const char *family, const char *pattern,
-                       uint64_t id, const char *escaped_name, const char *policy,
-                       const char *reason)
+static void sub_prefix(char *out, size_t size, const char *family, const char *pattern, uint64_t id,
+                       const char *escaped_name, const char *policy, const char *reason)
 {
-    int n = snprintf(out, size, "%s{pattern=\"%s\",sub=\"%llu\",name=\"%s\",policy=\"%s\"",
-                     family, pattern, (unsigned long long)id, escaped_name, policy);
+    int n = snprintf(out, size, "%s{pattern=\"%s\",sub=\"%llu\",name=\"%s\",policy=\"%s\"", family,
+                     pattern, (unsigned long long)id, escaped_name, policy);
     if (reason)
         snprintf(out + n, size - (size_t)n, ",reason=\"%s\"} ", reason);
     else
@@ -148,8 +147,7 @@ static void numbers_equal_the_stats_api(void **state)
             {"ringbus_sub_reoffers_total", NULL, st.reoffers},
         };
         for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
-            sub_prefix(p, sizeof p, rows[r].family, pat[i], id, escaped[i], pol[i],
-                       rows[r].reason);
+            sub_prefix(p, sizeof p, rows[r].family, pat[i], id, escaped[i], pol[i], rows[r].reason);
             assert_int_equal(sample(text, p), rows[r].want);
         }
     }
@@ -310,6 +308,82 @@ static void dispatcher_families_appear_once_one_ran(void **state)
     scene_destroy(&sc);
 }
 
+/* Histogram families: _count and the +Inf bucket equal the timing API's
+ * count, buckets never decrease, families appear only where they can hold
+ * something, and promtool accepts them. */
+static void histograms_equal_the_timing_api(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    assert_rbus_ok(rbus_topic_open(bus, "orders.created", &t));
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = 16;
+    o.latency_sample = 1;
+    rbus_sub *sampled, *dropping;
+    assert_rbus_ok(rbus_subscribe(bus, "orders.*", &o, &sampled));
+    o.latency_sample = 0;
+    o.overflow = RBUS_DROP_NEWEST;
+    assert_rbus_ok(rbus_subscribe(bus, "orders.*", &o, &dropping));
+    for (int i = 0; i < 3; i++)
+        assert_rbus_ok(rbus_publish(t, &i, sizeof i));
+    rbus_test_sleep_us(1000);
+    rbus_msg *m;
+    for (int i = 0; i < 2; i++) {
+        assert_rbus_ok(rbus_recv(sampled, &m, 0));
+        rbus_msg_release(m);
+    }
+    rbus_sub_timing tm;
+    assert_rbus_ok(rbus_sub_timing_get(sampled, &tm));
+    assert_int_equal(tm.queue_wait.count, 2);
+
+    int len;
+    char *text = render(bus, &len);
+    char p[256];
+    uint64_t id = rbus_sub_id(sampled);
+    sub_prefix(p, sizeof p, "ringbus_sub_queue_wait_seconds_count", "orders.*", id, "", "block",
+               NULL);
+    assert_int_equal(sample(text, p), 2);
+    snprintf(p, sizeof p,
+             "ringbus_sub_queue_wait_seconds_bucket{pattern=\"orders.*\",sub=\"%llu\",name=\"\","
+             "policy=\"block\",le=\"+Inf\"} ",
+             (unsigned long long)id);
+    assert_int_equal(sample(text, p), 2);
+    /* Every bucket line of that histogram, in order, never decreasing. */
+    uint64_t last = 0;
+    unsigned buckets = 0;
+    char head[96];
+    snprintf(head, sizeof head,
+             "ringbus_sub_queue_wait_seconds_bucket{pattern=\"orders.*\",sub=\"%llu\"",
+             (unsigned long long)id);
+    for (const char *l = strstr(text, head); l; l = strstr(l + 1, head)) {
+        uint64_t v = strtoull(strstr(l, "} ") + 2, NULL, 10);
+        assert_true(v >= last);
+        last = v;
+        buckets++;
+    }
+    assert_int_equal(buckets, RBUS_HIST_BUCKETS);
+    /* The lag gauge: one message still queued, a millisecond old at least. */
+    const char *lag = rbus_test_prom_sample(text, "ringbus_sub_lag_seconds", sampled);
+    assert_true(strtod(lag, NULL) >= 0.001);
+    /* Publisher waits only for block subscriptions, queue waits only where
+     * sampled. */
+    assert_non_null(
+        rbus_test_prom_sample(text, "ringbus_sub_publisher_wait_seconds_count", sampled));
+    char other[64];
+    snprintf(other, sizeof other, "sub=\"%llu\",name=\"\",policy=\"drop_newest\",le=",
+             (unsigned long long)rbus_sub_id(dropping));
+    assert_null(strstr(text, other));
+    if (have_promtool())
+        promtool_check(text, len);
+    free(text);
+    assert_rbus_ok(rbus_unsubscribe(sampled));
+    assert_rbus_ok(rbus_unsubscribe(dropping));
+    rbus_destroy(bus);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -317,6 +391,7 @@ int main(void)
         cmocka_unit_test(snprintf_semantics),
         cmocka_unit_test(promtool_accepts_the_text),
         cmocka_unit_test(dispatcher_families_appear_once_one_ran),
+        cmocka_unit_test(histograms_equal_the_timing_api),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,9 +21,11 @@ enum call_kind {
     CALL_SUB_ID,
     CALL_SUB_FD,
     CALL_SUB_STATS,
+    CALL_SUB_TIMING,
     CALL_DISPATCH_START,
     CALL_UNSUBSCRIBE,
     CALL_DISPATCH_STATS,
+    CALL_DISPATCH_TIMING,
     CALL_DISPATCH_STOP,
     CALL_PUBLISH,
     CALL_PUBLISH_EX,
@@ -76,8 +78,10 @@ static long run_call(struct call *k)
     struct world *w = k->w;
     rbus_msg *m = NULL, *batch[4];
     rbus_sub_stats ss;
+    rbus_sub_timing st;
     rbus_topic_stats ts;
     rbus_dispatch_stats ds;
+    rbus_dispatch_timing dt;
     rbus_dispatcher *d2 = NULL;
     rbus_sub *s2 = NULL;
     rbus_topic *t2 = NULL;
@@ -98,6 +102,8 @@ static long run_call(struct call *k)
         return rbus_sub_fd(w->sub);
     case CALL_SUB_STATS:
         return rbus_sub_stats_get(w->sub, &ss);
+    case CALL_SUB_TIMING:
+        return rbus_sub_timing_get(w->sub, &st);
     case CALL_DISPATCH_START:
         rc = rbus_dispatch_start(&d2, w->sub, handler_ok, NULL, NULL);
         if (d2)
@@ -107,6 +113,8 @@ static long run_call(struct call *k)
         return rbus_unsubscribe(w->sub);
     case CALL_DISPATCH_STATS:
         return rbus_dispatch_stats_get(w->d, &ds);
+    case CALL_DISPATCH_TIMING:
+        return rbus_dispatch_timing_get(w->d, &dt);
     case CALL_DISPATCH_STOP:
         return rbus_dispatch_stop(w->d);
     case CALL_PUBLISH:
@@ -228,6 +236,7 @@ static const struct lifetime_case subscription_cases[] = {
     CASE(SUB_ID, RBUS_SUB_ID, UNSUBSCRIBE, 0),
     CASE(SUB_FD, RBUS_SUB_FD, UNSUBSCRIBE, -ESHUTDOWN),
     CASE(SUB_STATS, RBUS_SUB_STATS_GET, UNSUBSCRIBE, -ESHUTDOWN),
+    CASE(SUB_TIMING, RBUS_SUB_TIMING_GET, UNSUBSCRIBE, -ESHUTDOWN),
     CASE(DISPATCH_START, RBUS_DISPATCH_START, UNSUBSCRIBE, -ESHUTDOWN),
     /* A second unsubscribe that began before the first. */
     CASE(UNSUBSCRIBE, RBUS_UNSUBSCRIBE, UNSUBSCRIBE, -EINVAL),
@@ -235,6 +244,7 @@ static const struct lifetime_case subscription_cases[] = {
 
 static const struct lifetime_case dispatcher_cases[] = {
     CASE(DISPATCH_STATS, RBUS_DISPATCH_STATS_GET, DISPATCH_STOP, -ESHUTDOWN),
+    CASE(DISPATCH_TIMING, RBUS_DISPATCH_TIMING_GET, DISPATCH_STOP, -ESHUTDOWN),
     CASE(DISPATCH_STOP, RBUS_DISPATCH_STOP, DISPATCH_STOP, -EINVAL),
 };
 
