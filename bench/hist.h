@@ -7,6 +7,7 @@
 #ifndef RBUS_BENCH_HIST_H
 #define RBUS_BENCH_HIST_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -69,7 +70,7 @@ static inline uint64_t hist_percentile(const struct hist *h, double p)
 {
     if (!h->n)
         return 0;
-    uint64_t rank = (uint64_t)((double)h->n * p / 100.0 + 0.5);
+    uint64_t rank = (uint64_t)ceil((double)h->n * p / 100.0); /* nearest rank */
     if (rank < 1)
         rank = 1;
     if (rank > h->n)

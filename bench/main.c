@@ -28,8 +28,8 @@ static void usage(FILE *out)
           "policies options:\n"
           "  --load LIST         offered loads, fractions of the service rate, and max for\n"
           "                      unthrottled (default 0.5,0.8,0.95,1,1.2,2,max)\n"
-          "  --capacity LIST     capacities (default 1024, and a sweep of 64,1024,16384 at\n"
-          "                      loads 0.95 and 1.2)\n"
+          "  --capacity LIST     capacities, powers of two (default 1024, and a sweep of\n"
+          "                      64,1024,16384 at loads 0.95 and 1.2)\n"
           "  --grid              every load at every capacity\n"
           "  --policy LIST       block, block-timeout, drop-oldest, drop-newest, all\n"
           "                      (default block,drop-oldest,drop-newest)\n"
@@ -37,7 +37,8 @@ static void usage(FILE *out)
           "  --scenario LIST     load, capacity, isolation (default: all three, or only\n"
           "                      load when --load or --capacity is given)\n"
           "  --arrivals A        poisson (default), paced, bursty\n"
-          "  --burst N           bursty arrivals, N messages a burst (default 64)\n"
+          "  --burst N           messages a burst of bursty arrivals (default 64; alone, it\n"
+          "                      means --arrivals bursty)\n"
           "  --service S         fixed (default) or exp: service time around --work-ns\n"
           "  --work-ns NS        subscriber service time per message (default 2000)\n"
           "  --duration S        seconds per point (default 0.5)\n"
@@ -46,7 +47,8 @@ static void usage(FILE *out)
           "  --iso-load X        isolation: load on the fast subscribers (default 0.5)\n"
           "  --iso-work-ns NS    isolation: a fast subscriber's sleep per message (default\n"
           "                      20000; the slow one sleeps ten times as long)\n"
-          "  --block-timeout NS  the block-timeout policy's timeout (default 50000)\n"
+          "  --block-timeout NS  the block-timeout policy's timeout, 1000..100000000\n"
+          "                      (default 50000)\n"
           "  --payload BYTES     message size, 16..4096 (default 64)\n"
           "\n"
           "other options:\n"
@@ -58,7 +60,7 @@ static void usage(FILE *out)
           "  --messages N        publishes per publisher (default 200000)\n"
           "  --reps N            repetitions (throughput/latency 3, peers 5)\n"
           "  --spin-ns NS        receivers' spin before sleeping (0 = library default,\n"
-          "                      < 0 = sleep at once)\n"
+          "                      < 0 = sleep at once; not for policies)\n"
           "  --format F          table (default), csv or json\n"
           "  --out DIR           results folder for csv, json and plots (default results)\n"
           "  --help              this text\n",
@@ -79,8 +81,8 @@ static bool parse_u64(const char *s, uint64_t *v)
     char *end;
     errno = 0;
     unsigned long long x = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-')
-        return false;
+    if (errno || end == s || *end || s[0] < '0' || s[0] > '9')
+        return false; /* digits only: no sign, no leading space */
     *v = x;
     return true;
 }
@@ -123,7 +125,9 @@ static bool one_cap(const char *t, void *ctx)
 {
     struct bench_opts *o = ctx;
     uint64_t n;
-    if (o->ncaps == 8 || !parse_u64(t, &n) || n < 2 || n > RBUS_MAX_CAPACITY)
+    /* A power of two: ringbus rounds a capacity up to one, and every system
+     * in the study must get the same capacity. */
+    if (o->ncaps == 8 || !parse_u64(t, &n) || n < 2 || n > RBUS_MAX_CAPACITY || (n & (n - 1)))
         return false;
     o->caps[o->ncaps++] = (uint32_t)n;
     return true;
@@ -202,6 +206,7 @@ int main(int argc, char **argv)
     if (argc > 1 && argv[1][0] != '-')
         o.mode = argv[i++];
     bool policies = !strcmp(o.mode, "policies");
+    bool arrivals_set = false, burst_set = false;
     for (; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -221,7 +226,7 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        if (!v) {
+        if (!v || !strncmp(v, "--", 2)) {
             fprintf(stderr, "ringbus-bench: %s needs a value (or is unknown)\n", a);
             usage(stderr);
             return 2;
@@ -252,15 +257,17 @@ int main(int argc, char **argv)
             o.nloads = 0;
             ok = policies && each_item(v, one_load, &o);
             o.loads_set = true;
-        } else if (!strcmp(a, "--arrivals"))
+        } else if (!strcmp(a, "--arrivals")) {
             ok = policies && (!strcmp(v, "poisson")  ? (o.arrivals = 0, true)
                               : !strcmp(v, "paced")  ? (o.arrivals = 1, true)
                               : !strcmp(v, "bursty") ? (o.arrivals = 2, true)
                                                      : false);
-        else if (!strcmp(a, "--burst"))
+            arrivals_set = true;
+        } else if (!strcmp(a, "--burst")) {
             ok = policies && parse_u64(v, &n) && n >= 1 && n <= 1000000 &&
-                 ((o.burst = (uint32_t)n), (o.arrivals = 2), true);
-        else if (!strcmp(a, "--service"))
+                 ((o.burst = (uint32_t)n), true);
+            burst_set = true;
+        } else if (!strcmp(a, "--service"))
             ok = policies && (!strcmp(v, "fixed") ? (o.exp_service = false, true)
                               : !strcmp(v, "exp") ? (o.exp_service = true, true)
                                                   : false);
@@ -286,10 +293,15 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--work-ns"))
             ok = parse_u64(v, &n) && n <= 100000000 && ((o.work_ns = n), true) &&
                  (!policies || n >= 100);
-        else if (!strcmp(a, "--spin-ns"))
-            o.spin_ns = strtoll(v, NULL, 10);
-        else if (!strcmp(a, "--block-timeout"))
-            ok = parse_u64(v, &n) && n >= 1 && ((o.block_timeout_ns = (int64_t)n), true);
+        else if (!strcmp(a, "--spin-ns")) {
+            char *end;
+            errno = 0;
+            o.spin_ns = strtoll(v, &end, 10);
+            ok = !policies && !errno && end != v && !*end && o.spin_ns <= 1000000000;
+        } else if (!strcmp(a, "--block-timeout"))
+            /* At most 100 ms: the policy check waits out up to 128 of them. */
+            ok = parse_u64(v, &n) && n >= 1000 && n <= 100000000 &&
+                 ((o.block_timeout_ns = (int64_t)n), true);
         else if (!strcmp(a, "--format"))
             ok = !strcmp(v, "table")  ? (o.format = FORMAT_TABLE, true)
                  : !strcmp(v, "csv")  ? (o.format = FORMAT_CSV, true)
@@ -326,6 +338,18 @@ int main(int argc, char **argv)
             o.scenario_mask = o.loads_set || o.caps_set ? 1u : 7u;
         if (o.quick && !o.duration_set)
             o.duration_s = 0.1;
+        if (burst_set && !arrivals_set)
+            o.arrivals = 2; /* --burst N alone means bursty arrivals */
+        else if (burst_set && o.arrivals != 2)
+            return bad_args("--burst goes with --arrivals bursty", NULL);
+        /* Every throttled point must schedule a few messages at least. */
+        for (int k = 0; k < o.nloads; k++)
+            if (o.loads[k] > 0 && (double)o.work_ns / o.loads[k] > o.duration_s * 1e8)
+                return bad_args("a load that schedules fewer than 10 messages a point: raise "
+                                "--load, --duration, or lower --work-ns",
+                                NULL);
+        if (strchr(o.out_dir, '\''))
+            return bad_args("--out with a quote in it (the plot script quotes paths)", NULL);
         return bench_mode_policies(&o);
     }
     if (!strcmp(o.mode, "throughput"))

@@ -104,8 +104,12 @@ static void mq_put(struct mq_state *s, struct mq *q, const void *buf, size_t len
     if (q->count == q->cap) {
         switch (s->cfg.policy) {
         case POL_BLOCK:
-            while (q->count == q->cap)
+            while (q->count == q->cap && !q->closed)
                 pthread_cond_wait(&q->not_full, &q->mu);
+            if (q->closed) { /* finished early: a receiver failed */
+                pthread_mutex_unlock(&q->mu);
+                return;
+            }
             break;
         case POL_BLOCK_TIMEOUT: {
             struct timespec until = deadline_in(s->cfg.block_timeout_ns);
@@ -187,6 +191,7 @@ static void mq_finish(void *state)
         pthread_mutex_lock(&s->q[i].mu);
         s->q[i].closed = true;
         pthread_cond_broadcast(&s->q[i].not_empty);
+        pthread_cond_broadcast(&s->q[i].not_full);
         pthread_mutex_unlock(&s->q[i].mu);
     }
 }
