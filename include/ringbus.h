@@ -147,7 +147,39 @@ typedef struct rbus_config {
                                     0 (default) = only dedup_keys bounds it */
     uint32_t max_topics;             /**< default 65536 */
     const rbus_allocator *allocator; /**< NULL = malloc/free; the struct is copied */
+    bool drop_advisories;            /**< publish drop advisories on RBUS_ADVISORY_DROPS
+                                    (rbus_drop_advisory): a bus thread, started only when
+                                    true, reads every subscription's drop counters once per
+                                    advisory_interval_ns; default false */
+    uint64_t advisory_interval_ns;   /**< at most one advisory per subscription per interval;
+                                    0 = 1 s; from 1 ms to 1 hour */
 } rbus_config;
+
+/** The topic drop advisories are published on. */
+#define RBUS_ADVISORY_DROPS "_rbus.drops"
+
+/**
+ * A drop advisory: the payload of each message on RBUS_ADVISORY_DROPS,
+ * published by the bus (with rbus_config.drop_advisories) for a
+ * subscription that dropped messages since its last advisory. Fixed
+ * layout: rbus_msg_data() of such a message is one of these, and its
+ * size is sizeof(rbus_drop_advisory). Counts are the drops since the
+ * previous advisory about the same subscription, by cause, exactly as its
+ * rbus_sub_stats counts them; summed over its advisories they equal its
+ * stats (up to drops made after the last one).
+ */
+typedef struct rbus_drop_advisory {
+    uint64_t sub_id;          /**< rbus_sub_id of the subscription */
+    uint64_t dropped_newest;  /**< since the previous advisory about it */
+    uint64_t dropped_oldest;  /**< since the previous advisory about it */
+    uint64_t dropped_timeout; /**< since the previous advisory about it */
+    uint64_t dropped_closed;  /**< since the previous advisory about it */
+    uint64_t since_ns;        /**< CLOCK_MONOTONIC time of the previous advisory about it,
+                                   or of its subscribe */
+    uint64_t time_ns;         /**< CLOCK_MONOTONIC time this one was made */
+    char pattern[128];        /**< its pattern, NUL-terminated, cut at 127 bytes */
+    char name[64];            /**< rbus_sub_opts.name, NUL-terminated, cut at 63 bytes */
+} rbus_drop_advisory;
 
 /** rbus_config_init: fills every field with its default. NULL is a no-op. */
 RBUS_API void rbus_config_init(rbus_config *cfg);

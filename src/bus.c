@@ -182,6 +182,8 @@ void rbus_config_init(rbus_config *cfg)
     cfg->dedup_window_ns = 0;
     cfg->max_topics = RBUS_DEFAULT_MAX_TOPICS;
     cfg->allocator = NULL;
+    cfg->drop_advisories = false;
+    cfg->advisory_interval_ns = UINT64_C(1000000000);
 }
 
 static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocator *alloc)
@@ -199,7 +201,15 @@ static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocato
         if (in->max_topics)
             out->max_topics = in->max_topics;
         out->allocator = NULL;
+        out->drop_advisories = in->drop_advisories;
+        if (in->advisory_interval_ns)
+            out->advisory_interval_ns = in->advisory_interval_ns;
     }
+    if (out->advisory_interval_ns < UINT64_C(1000000) ||
+        out->advisory_interval_ns > UINT64_C(3600000000000))
+        return rbus__fail(-EINVAL,
+                          "rbus_create: advisory_interval_ns %" PRIu64 " outside 1 ms..1 hour",
+                          out->advisory_interval_ns);
     if (out->default_capacity > RBUS_MAX_CAPACITY)
         return rbus__fail(-EINVAL,
                           "rbus_create: default_capacity %" PRIu32
@@ -275,6 +285,10 @@ int rbus_create(rbus **out, const rbus_config *cfg)
     pthread_mutex_init(&bus->lock, NULL);
     pthread_mutex_init(&bus->dedup_lock, NULL);
     rbus__registry_add(bus);
+    if ((rc = rbus__advisor_start(bus)) != 0) {
+        rbus_destroy(bus);
+        return rc;
+    }
     *out = bus;
     return 0;
 }
@@ -317,6 +331,8 @@ void rbus_close(rbus *bus)
     RBUS__PAUSE(RBUS_CLOSE);
     if (!bus)
         return;
+    /* First: the advisory thread publishes, and a closed bus refuses. */
+    rbus__advisor_stop(bus);
     /* The routing lock: no subscribe or sub_close runs meanwhile, and
      * bus->lock stays free for stats, Prometheus and topic_open while we
      * wait for the grace period and the blocked publishers. */
@@ -376,6 +392,7 @@ void rbus_destroy(rbus *bus)
     rbus__sub_pool_free(bus);
     rbus__dispatch_pool_free(bus);
     rbus__topics_free_all(bus);
+    rbus__advisor_free(bus);
     rbus__thread_free_all(bus);
     rbus__free(bus, bus->buckets);
     pthread_mutex_destroy(&bus->dedup_lock);

@@ -558,6 +558,10 @@ struct rbus_sub {
     struct rbus__hist dispatched_handler, dispatched_start_delay;
     bool had_dispatcher;
     uint32_t latency_sample; /* rbus_sub_opts.latency_sample */
+    /* Drop advisories (advisory.c, under bus->lock): the counts told so
+     * far, by cause, and when. */
+    uint64_t advised[4];
+    int64_t advised_ns;
     /* Publishers' own tallies (struct rbus_tally), by state index; NULL
      * until the first offer. Read by every offer, written rarely: with the
      * read-mostly fields. Written only by the holder of tally_lock, a
@@ -742,7 +746,18 @@ struct rbus {
     _Atomic int64_t held_stateless;
 
     rbus *registry_next;
+
+    /* Drop advisories (advisory.c): the thread, and what it waits on. */
+    struct rbus_advisor *advisor;
 };
+
+/* Starts the advisory thread when cfg.drop_advisories is set; 0 or a
+ * negative errno. */
+int rbus__advisor_start(rbus *bus);
+/* Stops and joins it (close, destroy); idempotent. */
+void rbus__advisor_stop(rbus *bus);
+/* Frees it (destroy, once stopped). */
+void rbus__advisor_free(rbus *bus);
 
 /* A read section: subscription lists loaded inside stay valid until its
  * end. Never sleep inside one (an unsubscribe waiting in rbus__synchronize

@@ -734,6 +734,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
     s->max_bytes = o.max_bytes;
     s->latency_sample = o.latency_sample;
+    s->advised_ns = rbus__now_ns(); /* the first advisory's since_ns */
     atomic_init(&s->bytes, 0);
 
     pthread_mutex_lock(&bus->route_lock);

@@ -161,6 +161,8 @@ static inline void rbus_test_assert_config_defaults(const rbus_config *cfg)
     assert_int_equal(cfg->dedup_window_ns, 0);
     assert_int_equal(cfg->max_topics, 65536);
     assert_null(cfg->allocator);
+    assert_false(cfg->drop_advisories);
+    assert_int_equal(cfg->advisory_interval_ns, 1000000000);
 }
 
 /* m (a message, or NULL) has no key and no order key: NULL, with the
