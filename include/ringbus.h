@@ -350,6 +350,29 @@ RBUS_API uint64_t rbus_sub_id(const rbus_sub *sub);
  * Per-publish options for rbus_publish_ex(); zero it for defaults. Keys are
  * copied into the message; the caller keeps its buffers.
  */
+/**
+ * A message header, given to rbus_publish_ex in rbus_pub_opts.headers:
+ * text metadata that travels with the message (W3C `traceparent`, a
+ * tenant, a content type), copied with the payload, kept on retries and
+ * dead letters, and carried by the NATS bridge as NATS headers (a NATS
+ * header set is a map: across the bridge the values of one name keep
+ * their order, but different names may come in another order).
+ */
+typedef struct rbus_header {
+    const char *name;  /**< NUL-terminated; 1..RBUS_MAX_HEADER_NAME bytes of printable
+                            ASCII (0x21..0x7e) except ':' */
+    const void *value; /**< value_len bytes, none of them NUL, CR or LF; NULL only when
+                            value_len is 0 */
+    size_t value_len;  /**< bytes of value */
+} rbus_header;
+
+/** Most headers one message may carry. */
+#define RBUS_MAX_HEADERS 16u
+/** Longest header name, in bytes. */
+#define RBUS_MAX_HEADER_NAME 64u
+/** Most bytes of names and values together in one message's headers. */
+#define RBUS_MAX_HEADER_BYTES 4096u
+
 typedef struct rbus_pub_opts {
     const void *key;       /**< idempotency key, NULL = none; 1..255 bytes */
     size_t key_len;        /**< bytes of `key` (binary; compared exactly) */
@@ -359,6 +382,9 @@ typedef struct rbus_pub_opts {
                                    > 0 = the shorter of this and the sub's own;
                                    < 0 = do not wait (full block subs: dropped_timeout) */
     uint32_t origin;       /**< publisher's tag carried to receivers; 0 = none */
+    const rbus_header *headers; /**< header_count headers, copied into the message; names
+                                     may repeat, and keep their order */
+    size_t header_count;        /**< 0 (default) .. RBUS_MAX_HEADERS */
 } rbus_pub_opts;
 
 /** What one publish did, written by rbus_publish_ex() when asked. */
@@ -378,7 +404,10 @@ typedef struct rbus_pub_result {
  * Returns 0 when accepted (drops are counted, not errors), RBUS_DUPLICATE
  * when suppressed by its key, or in this order of precedence: -EINVAL
  * (NULL topic, data NULL with len > 0, key or order key NULL with a length
- * or a length outside 1..255), -EMSGSIZE (len > max_payload), -ESHUTDOWN
+ * or a length outside 1..255, headers NULL with header_count > 0, more than
+ * RBUS_MAX_HEADERS, a header name or value not as rbus_header says),
+ * -EMSGSIZE (len > max_payload, or header names and values over
+ * RBUS_MAX_HEADER_BYTES); such a refusal changes nothing. Then -ESHUTDOWN
  * (bus closed; or the bus was closed while this publish waited for room,
  * after it was accepted; an rbus_sub_close while it waits is only a drop,
  * counted as dropped_closed, and the publish returns 0), -ENOMEM (the
@@ -439,6 +468,28 @@ RBUS_API void rbus_msg_release(rbus_msg *msg);
  * every accessor is thread-safe and never fails.
  */
 RBUS_API const void *rbus_msg_data(const rbus_msg *msg);
+/** rbus_msg_header_count: how many headers the message carries; 0 for NULL. */
+RBUS_API size_t rbus_msg_header_count(const rbus_msg *msg);
+
+/**
+ * rbus_msg_header_at: header i of the message (0-based, in the order they
+ * were published): its name as a NUL-terminated string, and its value,
+ * also followed by a NUL (so a text value can be used as a string) that
+ * value_len does not count. Valid while the caller holds a reference.
+ * Any of name, value, value_len may be NULL. Returns 0, -EINVAL (msg
+ * NULL) or -ENOENT (no header i).
+ */
+RBUS_API int rbus_msg_header_at(const rbus_msg *msg, size_t i, const char **name,
+                                const void **value, size_t *value_len);
+
+/**
+ * rbus_msg_header: the value of the message's first header named `name`
+ * (exact, case-sensitive match), as rbus_msg_header_at gives it. Returns
+ * 0, -EINVAL (msg or name NULL) or -ENOENT (no such header).
+ */
+RBUS_API int rbus_msg_header(const rbus_msg *msg, const char *name, const void **value,
+                             size_t *value_len);
+
 /** rbus_msg_size: the payload's size in bytes; 0 for NULL. */
 RBUS_API size_t rbus_msg_size(const rbus_msg *msg);
 /** rbus_msg_topic: the concrete topic it was published to (valid until

@@ -127,7 +127,8 @@ typedef struct rbus_nats_stats {
     uint64_t import_duplicates; /**< suppressed by the local bus's dedup window */
     uint64_t import_own;      /**< JetStream: this bridge's own exports, not imported */
     uint64_t import_invalid;  /**< subjects that are not valid topics (or lack the
-                                   prefix) and undecodable keys: skipped */
+                                   prefix), undecodable keys, and headers a ringbus
+                                   message cannot carry (rbus_header): skipped */
     uint64_t import_failed;   /**< local publish errors (too large, bus closed) */
     uint64_t import_dropped;  /**< core: messages the client dropped as a slow consumer */
     /* connection */

@@ -511,7 +511,7 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&d->lock);
         int prc = -1;
         if (d->dead_letters) {
-            struct rbus_relay relay = {rbus_msg_topic(it->msg), it->attempts};
+            struct rbus_relay relay = {rbus_msg_topic(it->msg), it->attempts, it->msg};
             prc = rbus__publish_relay(d->dead_letters, it->msg, &relay, DEAD_LETTER_WAIT_NS);
         }
         rbus_msg *m = it->msg;

@@ -318,6 +318,8 @@ struct rbus_msg {
     uint8_t size_class;
     uint8_t key_len;
     uint8_t order_key_len;
+    uint8_t header_count;
+    uint16_t headers_size; /* bytes of the header block (msg.c) */
     uint32_t size;
     uint32_t origin;
     uint32_t attempt;
@@ -331,14 +333,15 @@ struct rbus_msg {
      * may read a message's time while the message is being recycled: it
      * then checks that the message was still queued. */
     _Atomic uint64_t time_ns;
-    /* payload, then key, then order key */
+    /* payload, then key, then order key, then the header block */
     _Alignas(16) unsigned char data[];
 };
 
 /* Takes a message from the thread's cache (allocating only when the cache
- * and its return stack are empty), copies payload and keys, refs = 1. */
-rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const void *data,
-                        size_t len, const rbus_pub_opts *opts);
+ * and its return stack are empty), copies payload and keys, and the
+ * headers of opts, or hdr_src's when it is not NULL; refs = 1. */
+rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const rbus_msg *hdr_src,
+                        const void *data, size_t len, const rbus_pub_opts *opts);
 /* Drops n references at once; the last one returns it to its home cache. */
 void rbus__msg_unref(rbus_msg *msg, uint32_t n);
 /* The publish options that carry m's keys and origin tag over to another
@@ -420,7 +423,10 @@ int rbus__subject_check(const char *fn, const char *what, const char *s, bool pa
 struct rbus_relay {
     const char *origin_topic; /* the topic it failed on (lives until destroy) */
     uint32_t attempt;         /* attempts made */
+    const rbus_msg *orig;     /* whose headers the copy carries */
 };
+/* Headers of a publish: 0, or -EINVAL/-EMSGSIZE with the detail set. */
+int rbus__headers_check(const rbus_pub_opts *opts);
 /* Publishes a copy of orig (payload, keys, origin tag) to topic, never
  * deduplicated, carrying relay's origin topic and attempt count; waits for
  * room in full RBUS_BLOCK subscriptions as rbus_pub_opts.timeout_ns says.

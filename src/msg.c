@@ -27,8 +27,9 @@
 #define RBUS_NUM_CLASSES 22    /* up to 64 << 21 = 128 MiB: max payload + both keys */
 
 _Static_assert((UINT64_C(64) << (RBUS_NUM_CLASSES - 1)) >=
-                   (uint64_t)RBUS_MAX_PAYLOAD_LIMIT + 2 * RBUS_MAX_KEY_LEN,
-               "size classes must cover the largest payload plus both keys");
+                   (uint64_t)RBUS_MAX_PAYLOAD_LIMIT + 2 * RBUS_MAX_KEY_LEN + RBUS_MAX_HEADER_BYTES +
+                       5 * RBUS_MAX_HEADERS,
+               "size classes must cover the largest payload, both keys and the headers");
 
 struct rbus_msg_cache {
     rbus_msg *local[RBUS_NUM_CLASSES];
@@ -92,12 +93,100 @@ static inline void copy_key(unsigned char *dst, const unsigned char *src, size_t
     }
 }
 
-rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const void *data,
-                        size_t len, const rbus_pub_opts *opts)
+/*
+ * Headers. A message's header block follows its keys: per header, one
+ * byte of name length, two of value length (host order), the name and a
+ * NUL, the value and a NUL. The NULs make both usable as C strings; names
+ * and values contain none (rbus__headers_check).
+ */
+#define HDR_FIXED 5u /* per header: lengths (3) and the two NULs */
+
+static size_t headers_size(const rbus_pub_opts *opts)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < opts->header_count; i++)
+        n += HDR_FIXED + strlen(opts->headers[i].name) + opts->headers[i].value_len;
+    return n;
+}
+
+static void headers_write(unsigned char *p, const rbus_pub_opts *opts)
+{
+    for (size_t i = 0; i < opts->header_count; i++) {
+        const rbus_header *h = &opts->headers[i];
+        size_t nl = strlen(h->name);
+        uint16_t vl = (uint16_t)h->value_len;
+        *p++ = (unsigned char)nl;
+        memcpy(p, &vl, 2);
+        p += 2;
+        memcpy(p, h->name, nl + 1);
+        p += nl + 1;
+        if (vl)
+            memcpy(p, h->value, vl);
+        p[vl] = '\0';
+        p += vl + 1u;
+    }
+}
+
+_Static_assert(RBUS_MAX_HEADER_NAME < 256, "a header name's length fits one byte");
+_Static_assert(RBUS_MAX_HEADER_BYTES < 65536, "a header value's length fits two bytes");
+
+int rbus__headers_check(const rbus_pub_opts *opts)
+{
+    if (!opts->header_count)
+        return 0;
+    if (!opts->headers)
+        return rbus__fail(-EINVAL, "headers is NULL with header_count %zu", opts->header_count);
+    if (opts->header_count > RBUS_MAX_HEADERS)
+        return rbus__fail(-EINVAL, "header_count %zu above RBUS_MAX_HEADERS (%u)",
+                          opts->header_count, RBUS_MAX_HEADERS);
+    size_t bytes = 0;
+    char q[RBUS__QUOTE_CAP];
+    for (size_t i = 0; i < opts->header_count; i++) {
+        const rbus_header *h = &opts->headers[i];
+        if (!h->name)
+            return rbus__fail(-EINVAL, "headers[%zu].name is NULL", i);
+        size_t nl = strnlen(h->name, RBUS_MAX_HEADER_NAME + 1);
+        if (nl == 0 || nl > RBUS_MAX_HEADER_NAME)
+            return rbus__fail(-EINVAL, "headers[%zu].name %s, not 1..%u bytes", i,
+                              rbus__quote(q, h->name), RBUS_MAX_HEADER_NAME);
+        for (size_t k = 0; k < nl; k++) {
+            unsigned char c = (unsigned char)h->name[k];
+            if (c < 0x21 || c > 0x7e || c == ':')
+                return rbus__fail(-EINVAL,
+                                  "headers[%zu].name %s: byte %zu is not printable ASCII "
+                                  "other than ':'",
+                                  i, rbus__quote(q, h->name), k);
+        }
+        if (!h->value && h->value_len)
+            return rbus__fail(-EINVAL, "headers[%zu].value is NULL with value_len %zu", i,
+                              h->value_len);
+        if (h->value_len > RBUS_MAX_HEADER_BYTES)
+            return rbus__fail(-EMSGSIZE, "headers[%zu].value_len %zu above %u", i, h->value_len,
+                              RBUS_MAX_HEADER_BYTES);
+        const unsigned char *v = h->value;
+        for (size_t k = 0; k < h->value_len; k++)
+            if (v[k] == 0 || v[k] == '\r' || v[k] == '\n')
+                return rbus__fail(-EINVAL, "headers[%zu] %s: value byte %zu is NUL, CR or LF", i,
+                                  rbus__quote(q, h->name), k);
+        bytes += nl + h->value_len;
+    }
+    if (bytes > RBUS_MAX_HEADER_BYTES)
+        return rbus__fail(-EMSGSIZE,
+                          "headers: %zu bytes of names and values, above RBUS_MAX_HEADER_BYTES "
+                          "(%u)",
+                          bytes, RBUS_MAX_HEADER_BYTES);
+    return 0;
+}
+
+rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const rbus_msg *hdr_src,
+                        const void *data, size_t len, const rbus_pub_opts *opts)
 {
     size_t key_len = opts && opts->key ? opts->key_len : 0;
     size_t okey_len = opts && opts->order_key ? opts->order_key_len : 0;
-    size_t bytes = len + key_len + okey_len;
+    size_t hdr_size = hdr_src                           ? hdr_src->headers_size
+                      : opts && opts->header_count != 0 ? headers_size(opts)
+                                                        : 0;
+    size_t bytes = len + key_len + okey_len + hdr_size;
     unsigned cls = size_class_of(bytes);
     struct rbus_msg_cache *cache = th->cache;
 
@@ -135,6 +224,19 @@ rbus_msg *rbus__msg_new(struct rbus_thread_state *th, rbus_topic *topic, const v
         copy_key((unsigned char *)m->data + len, opts->key, key_len);
     if (okey_len)
         copy_key((unsigned char *)m->data + len + key_len, opts->order_key, okey_len);
+    m->headers_size = (uint16_t)hdr_size;
+    m->header_count = 0;
+    if (RBUS__UNLIKELY(hdr_size != 0)) {
+        unsigned char *p = m->data + len + key_len + okey_len;
+        if (hdr_src) {
+            memcpy(p, hdr_src->data + hdr_src->size + hdr_src->key_len + hdr_src->order_key_len,
+                   hdr_size);
+            m->header_count = hdr_src->header_count;
+        } else {
+            headers_write(p, opts);
+            m->header_count = (uint8_t)opts->header_count;
+        }
+    }
     return m;
 }
 
@@ -150,7 +252,7 @@ rbus_msg *rbus__msg_clone(struct rbus_thread_state *th, const rbus_msg *m, uint3
 {
     rbus_pub_opts o;
     rbus__msg_opts(m, &o);
-    rbus_msg *c = rbus__msg_new(th, m->topic, m->data, m->size, &o);
+    rbus_msg *c = rbus__msg_new(th, m->topic, m, m->data, m->size, &o);
     if (!c)
         return NULL;
     c->seq = m->seq;
@@ -334,6 +436,53 @@ uint64_t rbus_msg_seq(const rbus_msg *msg)
 uint64_t rbus_msg_time_ns(const rbus_msg *msg)
 {
     return msg ? atomic_load_explicit(&msg->time_ns, memory_order_relaxed) : 0;
+}
+
+size_t rbus_msg_header_count(const rbus_msg *msg)
+{
+    return msg ? msg->header_count : 0;
+}
+
+int rbus_msg_header_at(const rbus_msg *msg, size_t i, const char **name, const void **value,
+                       size_t *value_len)
+{
+    if (!msg)
+        return rbus__fail_static(-EINVAL, "rbus_msg_header_at: msg is NULL");
+    if (i >= msg->header_count)
+        return rbus__fail(-ENOENT, "rbus_msg_header_at: no header %zu (the message has %u)", i,
+                          (unsigned)msg->header_count);
+    const unsigned char *p = msg->data + msg->size + msg->key_len + msg->order_key_len;
+    for (size_t k = 0;; k++) {
+        size_t nl = p[0];
+        uint16_t vl;
+        memcpy(&vl, p + 1, 2);
+        if (k == i) {
+            if (name)
+                *name = (const char *)p + 3;
+            if (value)
+                *value = p + 3 + nl + 1;
+            if (value_len)
+                *value_len = vl;
+            return 0;
+        }
+        p += HDR_FIXED + nl + vl;
+    }
+}
+
+int rbus_msg_header(const rbus_msg *msg, const char *name, const void **value, size_t *value_len)
+{
+    if (!msg)
+        return rbus__fail_static(-EINVAL, "rbus_msg_header: msg is NULL");
+    if (!name)
+        return rbus__fail_static(-EINVAL, "rbus_msg_header: name is NULL");
+    for (size_t i = 0; i < msg->header_count; i++) {
+        const char *n;
+        rbus_msg_header_at(msg, i, &n, value, value_len);
+        if (!strcmp(n, name))
+            return 0;
+    }
+    char q[RBUS__QUOTE_CAP];
+    return rbus__fail(-ENOENT, "rbus_msg_header: no header %s", rbus__quote(q, name));
 }
 
 const void *rbus_msg_key(const rbus_msg *msg, size_t *key_len)

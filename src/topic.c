@@ -726,7 +726,7 @@ static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th,
     uint32_t hint = atomic_load_explicit(&topic->listed_hint, memory_order_relaxed);
     if (RBUS__UNLIKELY(hint > th->pending_cap && rbus__thread_reserve_pending(th, hint) != 0))
         return no_pending(hint);
-    if (RBUS__UNLIKELY(!(*m = rbus__msg_new(th, topic, data, len, opts))))
+    if (RBUS__UNLIKELY(!(*m = rbus__msg_new(th, topic, NULL, data, len, opts))))
         return no_message(len, opts);
     /* Between the hash's prefetches and the check, as late as it can be:
      * reading the clock gives those lines time to arrive. */
@@ -781,6 +781,9 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
         return key_bad("key", opts->key, opts->key_len);
     if (opts && !key_ok(opts->order_key, opts->order_key_len))
         return key_bad("order_key", opts->order_key, opts->order_key_len);
+    int hrc;
+    if (opts && RBUS__UNLIKELY(opts->header_count != 0) && (hrc = rbus__headers_check(opts)) != 0)
+        return hrc;
     rbus *bus = topic->bus;
     if (len > bus->cfg.max_payload)
         return rbus__fail(-EMSGSIZE, "len %zu above max_payload %" PRIu32, len,
@@ -838,7 +841,8 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
             rbus__read_end(th);
             return no_pending(n);
         }
-        if (RBUS__UNLIKELY(!(m = rbus__msg_new(th, topic, data, len, opts)))) {
+        if (RBUS__UNLIKELY(
+                !(m = rbus__msg_new(th, topic, relay ? relay->orig : NULL, data, len, opts)))) {
             rbus__read_end(th);
             return no_message(len, opts);
         }
@@ -939,7 +943,9 @@ int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rb
     rbus_pub_opts o;
     rbus__msg_opts(orig, &o);
     o.timeout_ns = timeout_ns;
-    return publish(topic, rbus_msg_data(orig), rbus_msg_size(orig), &o, NULL, relay);
+    struct rbus_relay r = *relay;
+    r.orig = orig; /* its headers, copied as they are */
+    return publish(topic, rbus_msg_data(orig), rbus_msg_size(orig), &o, NULL, &r);
 }
 
 int rbus_publish(rbus_topic *topic, const void *data, size_t len)

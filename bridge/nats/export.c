@@ -156,7 +156,7 @@ static void export_one(rbus_nats *b, const rbus_msg *m, uint64_t pos)
         count_done(&b->send_failed);
         return;
     }
-    if (b->mode == RBUS_NATS_CORE && !key && !okey) {
+    if (b->mode == RBUS_NATS_CORE && !key && !okey && !rbus_msg_header_count(m)) {
         natsStatus s = natsConnection_Publish(b->nc, subject, rbus_msg_data(m), (int)size);
         count_done(s == NATS_OK ? &b->sent : &b->send_failed);
         return;
@@ -168,6 +168,14 @@ static void export_one(rbus_nats *b, const rbus_msg *m, uint64_t pos)
         s = rbus_nats__set_key_header(nm, RBUS_NATS_KEY_HEADER, key, key_len);
     if (s == NATS_OK && okey)
         s = rbus_nats__set_key_header(nm, RBUS_NATS_ORDER_KEY_HEADER, okey, okey_len);
+    /* The message's headers as NATS headers, in order; their values are
+     * NUL-terminated text (rbus_msg_header_at). */
+    for (size_t i = 0; s == NATS_OK && i < rbus_msg_header_count(m); i++) {
+        const char *hname;
+        const void *hvalue;
+        rbus_msg_header_at(m, i, &hname, &hvalue, NULL);
+        s = natsMsgHeader_Add(nm, hname, hvalue);
+    }
     if (s == NATS_OK && b->mode == RBUS_NATS_JETSTREAM)
         s = natsMsgHeader_Set(nm, RBUS_NATS_BRIDGE_HEADER, b->bridge_id);
     if (s != NATS_OK) {

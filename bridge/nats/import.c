@@ -2,6 +2,7 @@
  * a JetStream pull consumer) and publishes them into the bus. */
 #include "internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define IMPORT_BATCH 128
@@ -67,17 +68,49 @@ static bool import_one(rbus_nats *b, natsMsg *nm)
         po.order_key = okey;
     }
 
+    /* NATS headers other than the bridge's own become the message's. */
+    rbus_header hdrs[RBUS_MAX_HEADERS];
+    const char **keys = NULL;
+    int nkeys = 0;
+    size_t nh = 0;
+    bool too_many = false;
+    if (natsMsgHeader_Keys(nm, &keys, &nkeys) == NATS_OK) {
+        for (int k = 0; k < nkeys && !too_many; k++) {
+            if (!strcmp(keys[k], RBUS_NATS_KEY_HEADER) ||
+                !strcmp(keys[k], RBUS_NATS_ORDER_KEY_HEADER) ||
+                !strcmp(keys[k], RBUS_NATS_BRIDGE_HEADER))
+                continue;
+            const char **values = NULL;
+            int nvalues = 0;
+            if (natsMsgHeader_Values(nm, keys[k], &values, &nvalues) != NATS_OK)
+                continue;
+            for (int v = 0; v < nvalues; v++) {
+                if (nh == RBUS_MAX_HEADERS) {
+                    too_many = true;
+                    break;
+                }
+                hdrs[nh++] = (rbus_header){keys[k], values[v], strlen(values[v])};
+            }
+            free((void *)values);
+        }
+    }
+    po.headers = hdrs;
+    po.header_count = nh;
+
     rbus_topic *topic = NULL;
-    int rc = open_topic(b, topic_name, &topic);
+    int rc = too_many ? -EINVAL : open_topic(b, topic_name, &topic);
     if (rc == 0) {
         const char *data = natsMsg_GetData(nm);
         int len = natsMsg_GetDataLength(nm);
         rc = rbus_publish_ex(topic, len > 0 ? data : NULL, len > 0 ? (size_t)len : 0, &po, NULL);
     }
+    free((void *)keys);
     if (rc == 0)
         count(&b->imported);
     else if (rc == RBUS_DUPLICATE)
         count(&b->import_duplicates);
+    else if ((rc == -EINVAL || rc == -EMSGSIZE) && (nh || too_many))
+        count(&b->import_invalid); /* headers ringbus cannot carry */
     else
         count(&b->import_failed);
     return rc != -ESHUTDOWN;

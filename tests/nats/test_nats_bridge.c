@@ -656,6 +656,113 @@ static void keys_travel_as_base64url(void **state)
     rbus_destroy(c);
 }
 
+/* Message headers travel as NATS headers both ways: a ringbus message's
+ * headers arrive on a raw NATS subscriber and on the importing bus,
+ * repeated names with their values in order; a foreign NATS message's headers become
+ * the imported message's; NATS headers a ringbus message cannot carry
+ * (too many) are counted as invalid and skipped. */
+static void headers_travel_both_ways(void **state)
+{
+    (void)state;
+    rbus *a = new_bus(0), *c = new_bus(0);
+    rbus_sub *sc = subscribe(c, "hd.>", 64);
+    rbus_nats *ba, *bc;
+    core_pair(a, c, "hd.>", &ba, &bc);
+    natsConnection *raw = NULL;
+    natsSubscription *rs = NULL;
+    assert_int_equal(natsConnection_ConnectTo(&raw, g_server.url), NATS_OK);
+    assert_int_equal(natsConnection_SubscribeSync(&rs, raw, "hd.out"), NATS_OK);
+    assert_int_equal(natsConnection_Flush(raw), NATS_OK);
+
+    static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    rbus_header h[3] = {
+        {"traceparent", tp, sizeof tp - 1}, {"tenant", "acme", 4}, {"tenant", "beta", 4}};
+    rbus_pub_opts po = {.headers = h, .header_count = 3};
+    rbus_topic *t = NULL;
+    assert_int_equal(rbus_topic_open(a, "hd.out", &t), 0);
+    assert_int_equal(rbus_publish_ex(t, "x", 1, &po, NULL), 0);
+    assert_int_equal(rbus_nats_flush(ba, 10 * SEC), 0);
+
+    /* On the wire: NATS headers. */
+    natsMsg *nm = NULL;
+    assert_int_equal(natsSubscription_NextMsg(&nm, rs, 10000), NATS_OK);
+    const char *value = NULL;
+    assert_int_equal(natsMsgHeader_Get(nm, "traceparent", &value), NATS_OK);
+    assert_string_equal(value, tp);
+    const char **values = NULL;
+    int nvalues = 0;
+    assert_int_equal(natsMsgHeader_Values(nm, "tenant", &values, &nvalues), NATS_OK);
+    assert_int_equal(nvalues, 2);
+    assert_string_equal(values[0], "acme");
+    assert_string_equal(values[1], "beta");
+    free((void *)values);
+    natsMsg_Destroy(nm);
+
+    /* On the importing bus: the same headers. */
+    rbus_msg *m = NULL;
+    assert_int_equal(rbus_recv(sc, &m, 10 * SEC), 0);
+    assert_int_equal(rbus_msg_header_count(m), 3);
+    const void *v;
+    size_t len;
+    assert_int_equal(rbus_msg_header(m, "traceparent", &v, &len), 0);
+    assert_string_equal(v, tp);
+    /* NATS headers are a map: the values of a name keep their order, the
+     * names need not. */
+    const char *tenants[2];
+    int nt = 0;
+    for (size_t i = 0; i < 3; i++) {
+        const char *name;
+        assert_int_equal(rbus_msg_header_at(m, i, &name, &v, &len), 0);
+        if (!strcmp(name, "tenant"))
+            tenants[nt++] = v;
+    }
+    assert_int_equal(nt, 2);
+    assert_string_equal(tenants[0], "acme");
+    assert_string_equal(tenants[1], "beta");
+    rbus_msg_release(m);
+
+    /* A foreign NATS message's headers. */
+    assert_int_equal(natsMsg_Create(&nm, "hd.foreign", NULL, "y", 1), NATS_OK);
+    assert_int_equal(natsMsgHeader_Set(nm, "traceparent", tp), NATS_OK);
+    assert_int_equal(natsConnection_PublishMsg(raw, nm), NATS_OK);
+    natsMsg_Destroy(nm);
+    assert_int_equal(rbus_recv(sc, &m, 10 * SEC), 0);
+    assert_string_equal(rbus_msg_topic(m), "hd.foreign");
+    assert_int_equal(rbus_msg_header_count(m), 1);
+    assert_int_equal(rbus_msg_header(m, "traceparent", &v, &len), 0);
+    assert_string_equal(v, tp);
+    rbus_msg_release(m);
+
+    /* More headers than a ringbus message may carry: skipped, counted. */
+    rbus_nats_stats st;
+    assert_int_equal(rbus_nats_stats_get(bc, &st), 0);
+    uint64_t invalid = st.import_invalid;
+    assert_int_equal(natsMsg_Create(&nm, "hd.many", NULL, "z", 1), NATS_OK);
+    for (unsigned i = 0; i <= RBUS_MAX_HEADERS; i++) {
+        char hn[16];
+        snprintf(hn, sizeof hn, "h%u", i);
+        assert_int_equal(natsMsgHeader_Set(nm, hn, "v"), NATS_OK);
+    }
+    assert_int_equal(natsConnection_PublishMsg(raw, nm), NATS_OK);
+    natsMsg_Destroy(nm);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(rbus_nats_stats_get(bc, &st), 0);
+        if (st.import_invalid > invalid)
+            break;
+        rbus_test_sleep_us(10000);
+    }
+    assert_int_equal(st.import_invalid, invalid + 1);
+    assert_int_equal(rbus_recv(sc, &m, 0), -EAGAIN);
+
+    natsSubscription_Destroy(rs);
+    natsConnection_Destroy(raw);
+    rbus_nats_stop(ba);
+    rbus_nats_stop(bc);
+    rbus_unsubscribe(sc);
+    rbus_destroy(a);
+    rbus_destroy(c);
+}
+
 /* NATS subjects that are not valid topics (here: longer than 255 bytes)
  * and ids too long to be keys are counted and skipped; the prefix is
  * stripped on import. */
@@ -1158,6 +1265,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(start_errors_are_clear_and_fast),
         cmocka_unit_test(keys_travel_as_base64url),
+        cmocka_unit_test(headers_travel_both_ways),
         cmocka_unit_test(invalid_subjects_are_counted_and_skipped),
         cmocka_unit_test(two_processes_both_ways_core),
         cmocka_unit_test(two_processes_both_ways_jetstream),
