@@ -7,6 +7,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -345,6 +346,79 @@ static void dispatcher_timing_live(void **state)
     rbus_destroy(bus);
 }
 
+/* Lag and histograms read while a publisher and a receiver run flat out:
+ * the lag read races receivers taking (and recycling) the very message it
+ * looks at; every reading must still be a real age, and the sanitizers
+ * must see nothing. */
+struct churn {
+    rbus_topic *t;
+    rbus_sub *s;
+    uint64_t n;
+    atomic_int done;
+};
+
+static void *churn_publish(void *arg)
+{
+    struct churn *c = arg;
+    for (uint64_t i = 0; i < c->n; i++)
+        assert_rbus_ok(rbus_publish(c->t, &i, sizeof i));
+    return NULL;
+}
+
+static void *churn_receive(void *arg)
+{
+    struct churn *c = arg;
+    for (uint64_t i = 0; i < c->n; i++) {
+        rbus_msg *m;
+        assert_rbus_ok(rbus_recv(c->s, &m, -1));
+        rbus_msg_release(m);
+    }
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+static void lag_read_while_receiving(void **state)
+{
+    (void)state;
+    rbus *bus;
+    rbus_topic *t = rbus_test_bus_and_topic(&bus, "churn.t");
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = 64;
+    o.latency_sample = 1;
+    rbus_sub *s;
+    assert_rbus_ok(rbus_subscribe(bus, ">", &o, &s));
+    struct churn c = {t, s, rbus_test_scaled(200000, 2000), 0};
+    print_message("lag_read_while_receiving: %llu messages\n", (unsigned long long)c.n);
+    pthread_t p, r;
+    uint64_t start = rbus_test_now_ns(); /* before the first publish */
+    assert_int_equal(pthread_create(&r, NULL, churn_receive, &c), 0);
+    assert_int_equal(pthread_create(&p, NULL, churn_publish, &c), 0);
+    unsigned reads = 0;
+    char buf[1 << 14];
+    while (!atomic_load(&c.done)) {
+        rbus_sub_timing tm;
+        assert_rbus_ok(rbus_sub_timing_get(s, &tm));
+        /* No queued message is older than the test: a time read from a
+         * message being recycled (0, or garbage) would be. */
+        if (tm.lag_ns > rbus_test_now_ns() - start)
+            fail_msg("lag %llu, elapsed %llu", (unsigned long long)tm.lag_ns,
+                     (unsigned long long)(rbus_test_now_ns() - start));
+        sched_yield(); /* valgrind runs one thread at a time */
+        assert_int_equal(tm.queue_wait.count, tm.queue_wait.bucket[RBUS_HIST_BUCKETS - 1]);
+        if ((++reads & 63) == 0)
+            assert_true(rbus_stats_prometheus(bus, buf, sizeof buf) > 0);
+    }
+    assert_int_equal(pthread_join(p, NULL), 0);
+    assert_int_equal(pthread_join(r, NULL), 0);
+    rbus_sub_timing tm;
+    assert_rbus_ok(rbus_sub_timing_get(s, &tm));
+    assert_int_equal(tm.queue_wait.count, c.n);
+    assert_int_equal(tm.lag_ns, 0);
+    assert_rbus_ok(rbus_unsubscribe(s));
+    rbus_destroy(bus);
+}
+
 static void bad_input(void **state)
 {
     (void)state;
@@ -363,13 +437,10 @@ static void bad_input(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(bounds_and_quantiles),
-        cmocka_unit_test(queue_wait_and_lag),
-        cmocka_unit_test(sampling_by_sequence),
-        cmocka_unit_test(publisher_wait),
-        cmocka_unit_test(dispatcher_timing),
-        cmocka_unit_test(dispatcher_timing_live),
-        cmocka_unit_test(bad_input),
+        cmocka_unit_test(bounds_and_quantiles),     cmocka_unit_test(queue_wait_and_lag),
+        cmocka_unit_test(sampling_by_sequence),     cmocka_unit_test(publisher_wait),
+        cmocka_unit_test(dispatcher_timing),        cmocka_unit_test(dispatcher_timing_live),
+        cmocka_unit_test(lag_read_while_receiving), cmocka_unit_test(bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
