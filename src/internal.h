@@ -552,6 +552,9 @@ struct rbus_sub {
     int64_t block_timeout_ns; /* <= 0 = forever */
     int64_t spin_ns;          /* resolved: >= 0 */
     uint64_t max_bytes;       /* byte bound on what is queued; 0 = none */
+    /* rbus_sub_opts.latency_sample: next to max_bytes, which every receive
+     * reads too, so that testing it costs no other line. */
+    uint32_t latency_sample;
     uint64_t id;
     char *pattern;
     char *name;
@@ -563,7 +566,6 @@ struct rbus_sub {
     rbus_dispatch_stats dispatched;
     struct rbus__hist dispatched_handler, dispatched_start_delay;
     bool had_dispatcher;
-    uint32_t latency_sample; /* rbus_sub_opts.latency_sample */
     /* Drop advisories (advisory.c, under bus->lock): the counts told so
      * far, by cause, and when. */
     uint64_t advised[4];
