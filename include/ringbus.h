@@ -226,7 +226,20 @@ typedef struct rbus_topic_opts {
                      power of two), so that no publish ever builds it. A topic
                      not declared keyed builds it at its first keyed publish,
                      and publishers racing that one wait for it, once. */
+    double rate_per_s;   /**< rate limit: publishes a second this topic accepts, on
+                              average; 0 (default) = no limit; else from
+                              RBUS_MIN_RATE to RBUS_MAX_RATE, with rate_burst */
+    uint32_t rate_burst; /**< how many publishes the limit accepts at once after a
+                              quiet spell (the bucket's size); 1..RBUS_MAX_RATE_BURST
+                              with a rate, 0 without */
 } rbus_topic_opts;
+
+/** Lowest rbus_topic_opts.rate_per_s (one publish in 1000 s). */
+#define RBUS_MIN_RATE 0.001
+/** Highest rbus_topic_opts.rate_per_s. */
+#define RBUS_MAX_RATE 1e9
+/** Largest rbus_topic_opts.rate_burst. */
+#define RBUS_MAX_RATE_BURST 1000000u
 
 /** rbus_topic_opts_init: fills every field with its default (nothing
  *  declared). NULL is a no-op. */
@@ -236,8 +249,12 @@ RBUS_API void rbus_topic_opts_init(rbus_topic_opts *opts);
  * rbus_topic_open_ex: rbus_topic_open with options; NULL opts = defaults.
  * With opts->keyed, on a bus that deduplicates, the topic's window exists
  * when it returns 0: built now if the topic had none, or -ENOMEM and the
- * topic is not created (nor changed, if it existed). Same errors, in the
- * same order, as rbus_topic_open.
+ * topic is not created (nor changed, if it existed). With a rate limit,
+ * the topic has it when this returns 0 (a limit is set once: asking an
+ * existing topic for another one is -EINVAL and changes nothing; asking
+ * for the one it has is fine). A publish beyond the limit returns -EAGAIN
+ * (rbus_publish_ex). Same errors, in the same order, as rbus_topic_open,
+ * and -EINVAL for a rate or burst out of range, or one without the other.
  */
 RBUS_API int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
                                 rbus_topic **out);
@@ -395,6 +412,9 @@ typedef struct rbus_pub_result {
     uint32_t evicted; /**< older messages this publish evicted (drop-oldest) */
     bool duplicate;   /**< suppressed by the idempotency key; nothing offered, queued
                             or counted (matched 0) */
+    uint64_t retry_after_ns; /**< refused by the topic's rate limit (-EAGAIN): how long
+                                  until it accepts one again (HTTP 429's Retry-After);
+                                  0 otherwise */
 } rbus_pub_result;
 
 /**
@@ -415,6 +435,11 @@ typedef struct rbus_pub_result {
  * built), -ENOBUFS (keyed: every slot of the topic's key window near this
  * key was remembered or held by another keyed publish in flight, which
  * takes hundreds of them at once; retry). Only 0 records a key.
+ * On a topic with a rate limit (rbus_topic_open_ex), a publish beyond it
+ * returns -EAGAIN after the argument checks and -ESHUTDOWN: it is counted
+ * (rbus_topic_stats.rate_limited), queues nothing, takes no sequence
+ * number and records no key (a duplicate's publish uses a token too), and
+ * result->retry_after_ns says when the next would pass.
  * `result`, when not NULL, is always written; matched == queued + dropped.
  */
 RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);
@@ -559,6 +584,7 @@ typedef struct rbus_topic_stats {
     uint64_t published;     /**< accepted publishes (== last sequence number) */
     uint64_t duplicates;    /**< suppressed by idempotency key */
     uint32_t subscriptions; /**< matching open subscriptions now */
+    uint64_t rate_limited;  /**< publishes refused by the topic's rate limit */
 } rbus_topic_stats;
 
 /** A bus's figures, from rbus_bus_stats_get(). */

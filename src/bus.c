@@ -31,7 +31,8 @@ const char *rbus_strerror(int rc)
     case RBUS_DUPLICATE: return "duplicate: suppressed by idempotency key";
     case -EINVAL: return "invalid argument";
     case -ENOMEM: return "out of memory";
-    case -EAGAIN: return "no message queued";
+    case -EAGAIN:
+        return "try again: no message queued, or over the topic's rate limit";
     case -ETIMEDOUT: return "timed out";
     case -EMSGSIZE: return "payload larger than max_payload";
     case -ESHUTDOWN: return "closed";

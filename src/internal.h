@@ -405,12 +405,30 @@ struct rbus_topic {
     struct rbus_sublist *spare;   /* retired list kept for the next list update */
     /* Built by rbus_topic_open_ex (keyed) or at the first keyed publish. */
     _Atomic(struct rbus_dedup *) dedup;
+    /* Rate limit (rbus_topic_open_ex), set once; NULL = none. */
+    _Atomic(struct rbus_limit *) limit;
     /* The count of the current list, for a keyed publish to size its
      * pending array before it accepts its key (relaxed: only a hint). */
     _Atomic uint32_t listed_hint;
     /* Written by every accepted publish. */
     RBUS__CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
+};
+
+/*
+ * A topic's rate limit: GCRA, the token bucket as one word. `tat` is when
+ * the bucket would be full again; a publish at `now` is accepted when
+ * max(tat, now) - now <= tolerance (burst - 1 intervals), and moves tat on
+ * by one interval with a CAS. Each accepted publish moves it exactly once,
+ * so over any window no more than burst + window / interval are accepted,
+ * however many publishers race (a failed CAS means another was accepted).
+ */
+struct rbus_limit {
+    double rate_per_s;
+    uint32_t burst;
+    uint64_t interval_ns, tolerance_ns;
+    RBUS__CACHE_ALIGNED _Atomic uint64_t tat;
+    _Atomic uint64_t limited;
 };
 
 bool rbus__match_unchecked(const char *pattern, const char *name);

@@ -207,6 +207,9 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
     memset(out, 0, sizeof *out);
     out->published = atomic_load_explicit(&t->seq, memory_order_relaxed);
     out->duplicates = atomic_load_explicit(&t->duplicates, memory_order_relaxed);
+    struct rbus_limit *lim = atomic_load_explicit(&t->limit, memory_order_acquire);
+    if (lim)
+        out->rate_limited = atomic_load_explicit(&lim->limited, memory_order_relaxed);
     /* Read the current list the way a publisher does, inside a read
      * section (never blocked by a subscribe or close holding the bus lock);
      * only if this thread cannot get a state (out of memory) fall back to
@@ -554,6 +557,27 @@ static void prom_topic_family(struct prom_out *o, rbus *bus, bool duplicates)
     }
 }
 
+/* Rate-limited publishes, for the topics that have a limit. */
+static void prom_topic_limited(struct prom_out *o, rbus *bus)
+{
+    bool header = false;
+    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        struct rbus_limit *lim = atomic_load_explicit(&t->limit, memory_order_acquire);
+        if (!lim)
+            continue;
+        if (!header) {
+            prom_family(o, "ringbus_topic_rate_limited_total", "counter",
+                        "Publishes refused by the topic's rate limit.");
+            header = true;
+        }
+        prom_str(o, "ringbus_topic_rate_limited_total{topic=\"");
+        prom_escaped(o, t->name);
+        prom_str(o, "\"} ");
+        prom_u64(o, atomic_load_explicit(&lim->limited, memory_order_relaxed));
+        prom_str(o, "\n");
+    }
+}
+
 enum dispatch_field {
     D_HANDLED,
     D_FAILED,
@@ -702,6 +726,7 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
     prom_str(&o, "\n");
     prom_topic_family(&o, bus, false);
     prom_topic_family(&o, bus, true);
+    prom_topic_limited(&o, bus);
     for (size_t i = 0; i < sizeof sub_families / sizeof sub_families[0]; i++)
         prom_sub_family(&o, snaps, nsubs, sub_families[i].field, sub_families[i].name,
                         sub_families[i].type, sub_families[i].help);

@@ -328,6 +328,42 @@ void rbus_topic_opts_init(rbus_topic_opts *opts)
         memset(opts, 0, sizeof *opts);
 }
 
+/* The rate and burst of opts: 0 (none, or valid), or -EINVAL. */
+static int rate_check(const rbus_topic_opts *o)
+{
+    if (o->rate_per_s == 0 && o->rate_burst == 0)
+        return 0;
+    if (!(o->rate_per_s >= RBUS_MIN_RATE && o->rate_per_s <= RBUS_MAX_RATE))
+        return rbus__fail(-EINVAL, "rbus_topic_open_ex: rate_per_s %g outside %g..%g",
+                          o->rate_per_s, RBUS_MIN_RATE, RBUS_MAX_RATE);
+    if (o->rate_burst < 1 || o->rate_burst > RBUS_MAX_RATE_BURST)
+        return rbus__fail(-EINVAL, "rbus_topic_open_ex: rate_burst %" PRIu32 " outside 1..%u",
+                          o->rate_burst, RBUS_MAX_RATE_BURST);
+    return 0;
+}
+
+/* Sets t's limit to l, once: 0 when t has l's (set now, or before), or
+ * -EINVAL when it has another. Frees l unless it became t's. */
+static int limit_set(rbus_topic *t, struct rbus_limit *l)
+{
+    struct rbus_limit *had = NULL;
+    /* Release: the limit's fields before a publisher's acquire load sees
+     * the pointer (publish()). */
+    if (atomic_compare_exchange_strong_explicit(&t->limit, &had, l, memory_order_release,
+                                                memory_order_acquire))
+        return 0;
+    rbus *bus = t->bus;
+    bool same = had->rate_per_s == l->rate_per_s && had->burst == l->burst;
+    rbus__free_aligned(bus, l);
+    if (same)
+        return 0;
+    char q[RBUS__QUOTE_CAP];
+    return rbus__fail(-EINVAL,
+                      "rbus_topic_open_ex: topic %s has a rate limit already (%g a second, burst "
+                      "%" PRIu32 "); a limit is set once",
+                      rbus__quote(q, t->name), had->rate_per_s, had->burst);
+}
+
 int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts, rbus_topic **out)
 {
     RBUS__PAUSE(RBUS_TOPIC_OPEN_EX);
@@ -338,12 +374,53 @@ int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
     if (!out)
         return rbus__fail_static(-EINVAL, "rbus_topic_open_ex: out is NULL");
     int rc = rbus__subject_check("rbus_topic_open_ex", "name", name, false);
-    if (rc != 0)
+    if (rc != 0 || (opts && (rc = rate_check(opts)) != 0))
         return rc;
+    /* The limit is made before the topic, so that no failure can follow
+     * the topic's creation. */
+    struct rbus_limit *l = NULL;
+    if (opts && opts->rate_per_s > 0) {
+        if (!(l = rbus__zalloc_aligned(bus, sizeof *l)))
+            return rbus__fail_static(-ENOMEM, "rbus_topic_open_ex: out of memory for the rate "
+                                              "limit");
+        l->rate_per_s = opts->rate_per_s;
+        l->burst = opts->rate_burst;
+        double interval = 1e9 / opts->rate_per_s;
+        l->interval_ns = interval < 1 ? 1 : (uint64_t)interval;
+        l->tolerance_ns = (uint64_t)(opts->rate_burst - 1) * l->interval_ns;
+        atomic_init(&l->tat, 0);
+        atomic_init(&l->limited, 0);
+    }
     bool keyed = opts && opts->keyed && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
-    if ((rc = topic_open(bus, name, keyed, out)) != 0)
+    if ((rc = topic_open(bus, name, keyed, out)) != 0) {
+        rbus__free_aligned(bus, l);
         rbus__fail_prefix("rbus_topic_open_ex");
+        return rc;
+    }
+    if (l && (rc = limit_set(*out, l)) != 0)
+        *out = NULL;
     return rc;
+}
+
+/* A publish at `now` under limit l: 0 when accepted (a token taken), or
+ * -EAGAIN with *retry_ns set to when one would be. Lock-free: a CAS that
+ * fails saw another publish accepted, and retries with its tat. */
+static int limit_take(struct rbus_limit *l, uint64_t now, uint64_t *retry_ns)
+{
+    uint64_t tat = atomic_load_explicit(&l->tat, memory_order_relaxed);
+    for (;;) {
+        uint64_t base = tat > now ? tat : now;
+        if (base - now > l->tolerance_ns) {
+            *retry_ns = base - now - l->tolerance_ns;
+            atomic_fetch_add_explicit(&l->limited, 1, memory_order_relaxed);
+            return -EAGAIN;
+        }
+        /* Relaxed: the counter orders nothing else; its atomicity is the
+         * whole guarantee. */
+        if (atomic_compare_exchange_weak_explicit(&l->tat, &tat, base + l->interval_ns,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return 0;
+    }
 }
 
 /* ------------------------------------------------- subscription lists */
@@ -511,6 +588,7 @@ void rbus__topics_free_all(rbus *bus)
         rbus__free(bus, atomic_load_explicit(&t->subs, memory_order_relaxed));
         rbus__free(bus, t->spare);
         rbus__dedup_free(bus, atomic_load_explicit(&t->dedup, memory_order_relaxed));
+        rbus__free_aligned(bus, atomic_load_explicit(&t->limit, memory_order_relaxed));
         rbus__free(bus, t->name);
         rbus__free_aligned(bus, t);
         t = next;
@@ -793,6 +871,20 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
      * read section. */
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
+    /* Acquire: pairs with the release CAS in limit_set. */
+    struct rbus_limit *lim = atomic_load_explicit(&topic->limit, memory_order_acquire);
+    if (RBUS__UNLIKELY(lim != NULL)) {
+        uint64_t retry;
+        if (limit_take(lim, (uint64_t)rbus__now_ns(), &retry) != 0) {
+            if (result)
+                result->retry_after_ns = retry;
+            char q[RBUS__QUOTE_CAP];
+            return rbus__fail(-EAGAIN,
+                              "topic %s is over its rate limit (%g a second, burst %" PRIu32
+                              "): the next publish passes in %" PRIu64 " ns",
+                              rbus__quote(q, topic->name), lim->rate_per_s, lim->burst, retry);
+        }
+    }
     /* The key's hash first: it starts loading the window's lines, which
      * then arrive while the thread state is found and the message built. */
     const bool keyed = key_checked(bus, opts, relay);
