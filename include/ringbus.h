@@ -364,10 +364,6 @@ RBUS_API uint64_t rbus_sub_id(const rbus_sub *sub);
 /* ----------------------------------------------------------- publishing */
 
 /**
- * Per-publish options for rbus_publish_ex(); zero it for defaults. Keys are
- * copied into the message; the caller keeps its buffers.
- */
-/**
  * A message header, given to rbus_publish_ex in rbus_pub_opts.headers:
  * text metadata that travels with the message (W3C `traceparent`, a
  * tenant, a content type), copied with the payload, kept on retries and
@@ -390,6 +386,10 @@ typedef struct rbus_header {
 /** Most bytes of names and values together in one message's headers. */
 #define RBUS_MAX_HEADER_BYTES 4096u
 
+/**
+ * Per-publish options for rbus_publish_ex(); zero it for defaults. Keys and
+ * headers are copied into the message; the caller keeps its buffers.
+ */
 typedef struct rbus_pub_opts {
     const void *key;       /**< idempotency key, NULL = none; 1..255 bytes */
     size_t key_len;        /**< bytes of `key` (binary; compared exactly) */
