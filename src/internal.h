@@ -394,19 +394,20 @@ struct rbus_sublist {
 };
 
 struct rbus_topic {
-    /* Read by every publish, written only under bus->lock. */
+    /* Read by every publish, written only under bus->lock; in the first
+     * line with subs and limit, which every publish reads. */
     rbus *bus;
     _Atomic(struct rbus_sublist *) subs;
+    /* Rate limit (rbus_topic_open_ex), set once; NULL = none. */
+    _Atomic(struct rbus_limit *) limit;
     char *name;
     uint32_t name_len;
     uint32_t hash;
     struct rbus_topic *hash_next; /* registry chain, under bus->lock */
     struct rbus_topic *all_next;  /* every topic, under bus->lock */
-    struct rbus_sublist *spare;   /* retired list kept for the next list update */
     /* Built by rbus_topic_open_ex (keyed) or at the first keyed publish. */
     _Atomic(struct rbus_dedup *) dedup;
-    /* Rate limit (rbus_topic_open_ex), set once; NULL = none. */
-    _Atomic(struct rbus_limit *) limit;
+    struct rbus_sublist *spare; /* retired list kept for the next list update */
     /* The count of the current list, for a keyed publish to size its
      * pending array before it accepts its key (relaxed: only a hint). */
     _Atomic uint32_t listed_hint;
