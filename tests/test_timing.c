@@ -234,22 +234,28 @@ static int gated_handler(const rbus_msg *m, void *arg)
     return 0;
 }
 
-static void dispatcher_timing(void **state)
-{
-    (void)state;
+/* A dispatcher (two workers, ordered by key) on a fresh bus, handed two
+ * messages of one order key: the first's handler waits at the gate, the
+ * second is received and parks behind it. Once both are in hand, 20 ms
+ * pass and the gate opens: the second's start delay is at least that. */
+struct gated_run {
     rbus *bus;
-    rbus_topic *t = rbus_test_bus_and_topic(&bus, "orders.created");
-    rbus_sub *s = rbus_test_subscribe(bus, ">", 16, RBUS_BLOCK, 0);
-    struct gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    atomic_init(&g.calls, 0);
+    rbus_sub *s;
+    rbus_dispatcher *d;
+    struct gate g;
+};
+
+static void gated_run_start(struct gated_run *r)
+{
+    rbus_topic *t = rbus_test_bus_and_topic(&r->bus, "orders.created");
+    r->s = rbus_test_subscribe(r->bus, ">", 16, RBUS_BLOCK, 0);
+    r->g = (struct gate){.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    atomic_init(&r->g.calls, 0);
     rbus_dispatch_opts o;
     rbus_dispatch_opts_init(&o);
     o.threads = 2;
     o.ordered_by_key = true;
-    rbus_dispatcher *d;
-    assert_rbus_ok(rbus_dispatch_start(&d, s, gated_handler, &g, &o));
-    /* Two messages of one order key: the second is received, parks behind
-     * the first, and starts only after the first's handler returns. */
+    assert_rbus_ok(rbus_dispatch_start(&r->d, r->s, gated_handler, &r->g, &o));
     rbus_pub_opts po;
     memset(&po, 0, sizeof po);
     po.order_key = "k";
@@ -259,18 +265,28 @@ static void dispatcher_timing(void **state)
     assert_rbus_ok(rbus_publish_ex(t, &v, sizeof v, &po, NULL));
     rbus_dispatch_stats ds;
     for (int i = 0; i < 10000; i++) {
-        assert_rbus_ok(rbus_dispatch_stats_get(d, &ds));
+        assert_rbus_ok(rbus_dispatch_stats_get(r->d, &ds));
         if (ds.in_hand == 2)
             break;
         rbus_test_sleep_us(500);
     }
     assert_int_equal(ds.in_hand, 2); /* both received: the second waits from here */
     rbus_test_sleep_us(SLEEP_US);
-    pthread_mutex_lock(&g.mu);
-    g.go = true;
-    pthread_cond_broadcast(&g.cv);
-    pthread_mutex_unlock(&g.mu);
-    assert_rbus_ok(rbus_dispatch_drain(d, INT64_C(10000000000), &ds));
+    pthread_mutex_lock(&r->g.mu);
+    r->g.go = true;
+    pthread_cond_broadcast(&r->g.cv);
+    pthread_mutex_unlock(&r->g.mu);
+}
+
+static void dispatcher_timing(void **state)
+{
+    (void)state;
+    struct gated_run r;
+    gated_run_start(&r);
+    rbus *bus = r.bus;
+    rbus_sub *s = r.s;
+    rbus_dispatch_stats ds;
+    assert_rbus_ok(rbus_dispatch_drain(r.d, INT64_C(10000000000), &ds));
     assert_int_equal(ds.handled, 2);
 
     /* Drained and stopped: the figures live on in the Prometheus text. */
@@ -293,37 +309,12 @@ static void dispatcher_timing(void **state)
 static void dispatcher_timing_live(void **state)
 {
     (void)state;
-    rbus *bus;
-    rbus_topic *t = rbus_test_bus_and_topic(&bus, "orders.created");
-    rbus_sub *s = rbus_test_subscribe(bus, ">", 16, RBUS_BLOCK, 0);
-    struct gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    atomic_init(&g.calls, 0);
-    rbus_dispatch_opts o;
-    rbus_dispatch_opts_init(&o);
-    o.threads = 2;
-    o.ordered_by_key = true;
-    rbus_dispatcher *d;
-    assert_rbus_ok(rbus_dispatch_start(&d, s, gated_handler, &g, &o));
-    rbus_pub_opts po;
-    memset(&po, 0, sizeof po);
-    po.order_key = "k";
-    po.order_key_len = 1;
-    int v = 0;
-    assert_rbus_ok(rbus_publish_ex(t, &v, sizeof v, &po, NULL));
-    assert_rbus_ok(rbus_publish_ex(t, &v, sizeof v, &po, NULL));
+    struct gated_run r;
+    gated_run_start(&r);
+    rbus *bus = r.bus;
+    rbus_sub *s = r.s;
+    rbus_dispatcher *d = r.d;
     rbus_dispatch_stats ds;
-    for (int i = 0; i < 10000; i++) {
-        assert_rbus_ok(rbus_dispatch_stats_get(d, &ds));
-        if (ds.in_hand == 2)
-            break;
-        rbus_test_sleep_us(500);
-    }
-    assert_int_equal(ds.in_hand, 2);
-    rbus_test_sleep_us(SLEEP_US);
-    pthread_mutex_lock(&g.mu);
-    g.go = true;
-    pthread_cond_broadcast(&g.cv);
-    pthread_mutex_unlock(&g.mu);
     for (int i = 0; i < 10000; i++) {
         assert_rbus_ok(rbus_dispatch_stats_get(d, &ds));
         if (ds.handled == 2)
