@@ -31,10 +31,11 @@ status=0
 
 run() { # name scale cmake-args...
   local name=$1 scale=$2; shift 2
-  local dir=build-test-$name
+  local dir=build-test-$name t0=$SECONDS
   echo "=== $name build (RBUS_STRESS_SCALE=$scale) ==="
   cmake -S . -B "$dir" -DRBUS_WERROR=ON -DRBUS_BUILD_BENCH=ON -DRBUS_BUILD_EXAMPLES=ON "$@" >/dev/null
   cmake --build "$dir" -j"$jobs" >"$dir.build.log" 2>&1 || { cat "$dir.build.log"; echo "=== $name: BUILD FAILED ==="; status=1; return; }
+  echo "=== $name: built in $((SECONDS - t0)) s ==="
   if [ "$name" = plain ]; then
     if cmake --build "$dir" --target docs; then
       echo "=== docs: API reference built, every public declaration documented ==="
@@ -49,7 +50,9 @@ run() { # name scale cmake-args...
   fi
 }
 
+t_all=$SECONDS
 for v in $only; do
+  t_v=$SECONDS
   case $v in
     format)
       # The lines HEAD's last commit changed, as .clang-format says.
@@ -92,6 +95,8 @@ for v in $only; do
       fi ;;
     *) echo "unknown variant $v"; exit 2 ;;
   esac
+  echo "=== $v: $((SECONDS - t_v)) s ==="
 done
+echo "=== total: $((SECONDS - t_all)) s (after installing what was missing) ==="
 [ $status -eq 0 ] && echo "test.sh: every variant passed ($only)" || echo "test.sh: FAILURES (see above)"
 exit $status
