@@ -153,7 +153,15 @@ typedef struct rbus_config {
                                     advisory_interval_ns; default false */
     uint64_t advisory_interval_ns;   /**< at most one advisory per subscription per interval;
                                     0 = 1 s; from 1 ms to 1 hour */
+    uint32_t retain;                 /**< retained history: how many of its newest messages each
+                                    topic keeps for late subscribers (rbus_sub_opts.replay)
+                                    and rbus_topic_last, unless rbus_topic_opts.retain says
+                                    otherwise; 0 (default) = none; at most RBUS_MAX_RETAIN */
 } rbus_config;
+
+/** Largest history a topic keeps (rbus_config.retain, rbus_topic_opts.retain), and
+ *  largest rbus_sub_opts.replay. */
+#define RBUS_MAX_RETAIN 65536u
 
 /** The topic drop advisories are published on. */
 #define RBUS_ADVISORY_DROPS "_rbus.drops"
@@ -232,6 +240,10 @@ typedef struct rbus_topic_opts {
     uint32_t rate_burst; /**< how many publishes the limit accepts at once after a
                               quiet spell (the bucket's size); 1..RBUS_MAX_RATE_BURST
                               with a rate, 0 without */
+    uint32_t retain;     /**< retained history: the topic keeps its newest `retain`
+                              messages (1..RBUS_MAX_RETAIN) for rbus_sub_opts.replay and
+                              rbus_topic_last; 0 (default) = the bus's rbus_config.retain.
+                              Set once, like the rate limit */
 } rbus_topic_opts;
 
 /** Lowest rbus_topic_opts.rate_per_s (one publish in 1000 s). */
@@ -258,6 +270,16 @@ RBUS_API void rbus_topic_opts_init(rbus_topic_opts *opts);
  */
 RBUS_API int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
                                 rbus_topic **out);
+
+/**
+ * rbus_topic_last: the newest message the topic's history holds (a last-
+ * value cache: the last config, the last price), without subscribing.
+ * On 0, *out is a reference of the caller's: rbus_msg_release it. Readers
+ * of one topic's history take turns on a lock; publishers never take it.
+ * Returns 0, -ENOENT (nothing retained yet) or -EINVAL (NULL argument, or
+ * a topic that keeps no history); *out is NULL on failure.
+ */
+RBUS_API int rbus_topic_last(rbus_topic *topic, rbus_msg **out);
 
 /** rbus_topic_name: the topic's name; NULL for NULL. */
 RBUS_API const char *rbus_topic_name(const rbus_topic *topic);
@@ -314,6 +336,16 @@ typedef struct rbus_sub_opts {
                                    sequence number is a multiple of N. It costs a receive one
                                    clock read and two atomic adds per sampled message
                                    (docs/metrics.md, "Cost") */
+    uint32_t replay;          /**< late joiners: of each matching topic's retained history,
+                                   the newest `replay` messages published before this
+                                   subscription existed are queued first, in sequence order,
+                                   and every later one live: each message is replayed or
+                                   delivered live, never both, and from each publisher the
+                                   subscription gets an unbroken run. 0 (default) = none; at
+                                   most RBUS_MAX_RETAIN; -EINVAL on a bus where no topic
+                                   retains anything. Never blocks: at most the capacity is
+                                   replayed (the newest, across topics), and what did not fit
+                                   is counted in rbus_sub_stats.replay_skipped */
 } rbus_sub_opts;
 
 /** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
@@ -577,6 +609,11 @@ typedef struct rbus_sub_stats {
                             the slot */
     uint64_t reoffers; /**< messages offered again by a publisher whose slot was
                             skipped (each still counts once in offered) */
+    uint64_t replayed; /**< retained messages queued at subscribe
+                                  (rbus_sub_opts.replay); counted in offered too */
+    uint64_t replay_skipped; /**< retained messages the replay asked for that did not fit
+                                  (capacity, max_bytes, or evicted by drop-oldest
+                                  publishes before the subscribe returned); not offered */
 } rbus_sub_stats;
 
 /** A topic's counters, from rbus_topic_stats_get(). */
@@ -585,6 +622,8 @@ typedef struct rbus_topic_stats {
     uint64_t duplicates;    /**< suppressed by idempotency key */
     uint32_t subscriptions; /**< matching open subscriptions now */
     uint64_t rate_limited;  /**< publishes refused by the topic's rate limit */
+    uint32_t retain;        /**< messages its history keeps; 0 = none */
+    uint32_t retained;      /**< messages its history holds now (at most retain) */
 } rbus_topic_stats;
 
 /** A bus's figures, from rbus_bus_stats_get(). */

@@ -205,7 +205,12 @@ static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocato
         out->drop_advisories = in->drop_advisories;
         if (in->advisory_interval_ns)
             out->advisory_interval_ns = in->advisory_interval_ns;
+        out->retain = in->retain;
     }
+    if (out->retain > RBUS_MAX_RETAIN)
+        return rbus__fail(-EINVAL,
+                          "rbus_create: retain %" PRIu32 " above RBUS_MAX_RETAIN (%" PRIu32 ")",
+                          out->retain, RBUS_MAX_RETAIN);
     if (out->advisory_interval_ns < UINT64_C(1000000) ||
         out->advisory_interval_ns > UINT64_C(3600000000000))
         return rbus__fail(-EINVAL,
@@ -281,6 +286,7 @@ int rbus_create(rbus **out, const rbus_config *cfg)
         (ssize_t)sizeof bus->dedup_seed)
         bus->dedup_seed = (uint64_t)rbus__now_ns() * 0x9E3779B97F4A7C15u ^ bus->id;
     bus->next_sub_id = 1;
+    atomic_init(&bus->retains, resolved.retain != 0);
     ck_epoch_init(&bus->epoch);
     pthread_mutex_init(&bus->route_lock, NULL);
     pthread_mutex_init(&bus->lock, NULL);

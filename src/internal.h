@@ -329,6 +329,10 @@ struct rbus_msg {
     rbus_topic *topic;
     const char *origin_topic;
     uint64_t seq;
+    /* On a topic with history: the generation of the subscription list it
+     * was offered to (struct rbus_sublist), which tells a replay whether
+     * the new subscription got it live (history.c). */
+    uint64_t gen;
     /* Acceptance time. Atomic (relaxed) because a lag reading (stats.c)
      * may read a message's time while the message is being recycled: it
      * then checks that the message was still queued. */
@@ -390,16 +394,30 @@ struct rbus_sublist {
     struct rbus_topic *owner;          /* writers only, after the swap */
     uint32_t cap;                      /* slots allocated */
     uint32_t count;                    /* slots in use: what publishers read */
+    /* Set before the list is published, from the topic's list_gen: each
+     * list a topic publishes has a higher one than the one before. */
+    uint64_t gen;
     rbus_sub *subs[];
 };
 
+/* rbus_topic.features: what a publish on the topic must do besides the
+ * common path. One word that every publish loads, so that a topic with
+ * none of them pays one test. */
+#define RBUS__TOPIC_LIMITED 1u  /* a rate limit (rbus_limit) */
+#define RBUS__TOPIC_RETAINED 2u /* a history (rbus_history) */
+
 struct rbus_topic {
     /* Read by every publish, written only under bus->lock; in the first
-     * line with subs and limit, which every publish reads. */
+     * line with subs and features, which every publish reads. */
     rbus *bus;
     _Atomic(struct rbus_sublist *) subs;
+    /* RBUS__TOPIC_*: set (under bus->lock) after the pointer it stands
+     * for, which the publish then loads with acquire. */
+    _Atomic uint32_t features;
     /* Rate limit (rbus_topic_open_ex), set once; NULL = none. */
     _Atomic(struct rbus_limit *) limit;
+    /* Retained history (history.c), set once; NULL = none. */
+    _Atomic(struct rbus_history *) hist;
     char *name;
     uint32_t name_len;
     uint32_t hash;
@@ -411,6 +429,7 @@ struct rbus_topic {
     /* The count of the current list, for a keyed publish to size its
      * pending array before it accepts its key (relaxed: only a hint). */
     _Atomic uint32_t listed_hint;
+    uint64_t list_gen; /* the newest list's gen; under bus->lock */
     /* Written by every accepted publish. */
     RBUS__CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
@@ -452,12 +471,26 @@ int rbus__headers_check(const rbus_pub_opts *opts);
  * Same returns as rbus_publish. */
 int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rbus_relay *relay,
                         int64_t timeout_ns);
+/* What a new subscription's replay needs from the list update that adds
+ * it (history.c): for each matching topic with history, the generation of
+ * the first list that holds the subscription; and how many positions at
+ * the front of its ring were reserved for the replay. */
+struct rbus_replay {
+    uint32_t want; /* rbus_sub_opts.replay: per topic, at most */
+    uint32_t ntopics;
+    rbus_topic **topics;
+    uint64_t *gens;
+    uint32_t reserved; /* positions [0, reserved) of the ring */
+    rbus_msg **buf;    /* 3 x reserved: rbus__replay_run's scratch */
+};
 /* Holding bus->route_lock (not bus->lock, which it takes for the swap):
  * swaps in new lists for every topic `sub` matches, with the sub added or
  * removed and sub->listed set to match, then waits for a grace period and
  * keeps the retired lists as spares. Adding returns 0 or -ENOMEM (nothing
- * changed); removing never fails and never allocates. */
-int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add);
+ * changed); removing never fails and never allocates. Adding with
+ * `replay` (want > 0) also fills it, and reserves the ring's first
+ * positions before any publisher can see the subscription. */
+int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add, struct rbus_replay *replay);
 void rbus__topics_free_all(rbus *bus);
 
 /* ------------------------------------------------------------ dedup.c */
@@ -574,6 +607,7 @@ struct rbus_sub {
     /* rbus_sub_opts.latency_sample: next to max_bytes, which every receive
      * reads too, so that testing it costs no other line. */
     uint32_t latency_sample;
+    uint32_t replay; /* rbus_sub_opts.replay, for Prometheus */
     uint64_t id;
     char *pattern;
     char *name;
@@ -618,6 +652,9 @@ struct rbus_sub {
     _Atomic uint64_t dropped_closed;
     _Atomic uint64_t publisher_waits;
     _Atomic uint32_t high_water;
+    /* Replay (history.c), written once by rbus_subscribe: retained
+     * messages queued first, and those it collected that did not fit. */
+    _Atomic uint64_t replayed, replay_skipped;
 
     /* Written by receivers. */
     RBUS__CACHE_ALIGNED _Atomic uint32_t callers; /* kept: threads inside calls on it */
@@ -700,6 +737,12 @@ int64_t rbus__tally_oldest_wait(const rbus_sub *sub);
 /* Offers msg to sub's ring under its policy (inside a read section). */
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *msg,
                                 uint32_t *evicted);
+/* A replayed message m (the caller's reference, which becomes the
+ * subscription's) into reserved position pos of a new subscription's ring;
+ * false when it does not fit its byte bound or a drop-oldest publisher
+ * skipped the slot: the position is given back and m stays the caller's.
+ * Counted as offered. */
+bool rbus__sub_replay_put(rbus_sub *s, uint64_t pos, rbus_msg *m);
 /* Block policy retry (inside a read section): true if queued. */
 bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
 /* Whether m would find no room right now: no free slot (reservations
@@ -720,6 +763,51 @@ void rbus__sub_stats_read(rbus_sub *sub, rbus_sub_stats *out);
  * rbus__msg_unref_by). */
 int rbus__sub_recv_unheld(rbus_sub *s, rbus_msg **out, int64_t timeout_ns);
 
+/* ---------------------------------------------------------- history.c */
+
+/*
+ * A topic's retained history: its last `keep` messages, for late joiners
+ * (rbus_sub_opts.replay) and rbus_topic_last. A drop-oldest ring of its
+ * own (ring.h), written by publishers inside their read sections, holding
+ * one reference per message. Readers never take from it: they look at a
+ * slot and take a reference of their own, and `hazard` keeps the message
+ * alive meanwhile (history.c explains the hand-off). Readers of one
+ * history take turns on read_lock; publishers never take it.
+ */
+struct rbus_history {
+    struct rbus_ring ring;
+    uint32_t keep; /* rbus_topic_opts.retain: readers look at the newest `keep` */
+    pthread_mutex_t read_lock;
+    /* The message a reader is about to reference, | 1 once an evictor
+     * has handed the history's reference of it to that reader. */
+    RBUS__CACHE_ALIGNED _Atomic uintptr_t hazard;
+};
+
+/* A history of `keep` messages (1..RBUS_MAX_RETAIN), or NULL. */
+struct rbus_history *rbus__history_new(rbus *bus, uint32_t keep);
+/* Releases every message it holds and frees it (rbus_destroy). */
+void rbus__history_free(rbus *bus, struct rbus_history *h);
+/* Inside a read section: m, which carries a reference for the history,
+ * becomes its newest message (the oldest leaves when it is full), or,
+ * when every slot is held by a stalled writer, is released. */
+void rbus__history_put(struct rbus_thread_state *th, struct rbus_history *h, rbus_msg *m);
+/* The retained messages a replay gets from h: the newest `want` offered
+ * to lists older than `gen` (the first list holding the new
+ * subscription), of which the newest `max` go into out as references of
+ * the caller's, in sequence order, and the rest are added to *more. Takes
+ * h->read_lock. Returns how many it stored. */
+uint32_t rbus__history_collect(struct rbus_history *h, uint64_t gen, uint32_t want, uint32_t max,
+                               rbus_msg **out, uint64_t *more);
+/* Messages it holds now (stats): O(keep). */
+uint32_t rbus__history_count(struct rbus_history *h);
+/* The replay of a new subscription, after the list update that added it
+ * (holding route_lock): collects from each topic, keeps the newest that
+ * fit, commits them into the reserved positions and gives back the
+ * rest. Never fails (its buffers are allocated with the replay). */
+void rbus__replay_run(rbus_sub *s, struct rbus_replay *r);
+/* Frees what a replay allocated. */
+void rbus__replay_free(rbus *bus, struct rbus_replay *r);
+
 /* --------------------------------------------------------- dispatch.c */
 
 /* rbus_destroy: stops every dispatcher still running on the bus. */
@@ -737,6 +825,9 @@ struct rbus {
     uint64_t id;
     uint64_t dedup_seed; /* per bus, so key hashes cannot be predicted */
     _Atomic uint32_t closing;
+    /* Some topic has (or every new topic gets) a history: replay is
+     * allowed. Only ever set, with release. */
+    _Atomic uint32_t retains;
     ck_epoch_t epoch;
 
     /* Everything below is touched only at subscribe/unsubscribe/topic_open/

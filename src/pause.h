@@ -34,6 +34,11 @@
     X(DEDUP_CLAIMED, "dedup.claimed")   /* owns a slot, identity not yet written */       \
     X(DEDUP_PROPOSED, "dedup.proposed") /* INTENT stored, about to CAS `accepted` */      \
     X(DEDUP_ACCEPTED, "dedup.accepted") /* won the CAS, slot not yet published */         \
+    /* retained history (history.c) */                                                    \
+    X(HISTORY_PUT, "history.put")       /* a publisher about to put in a history */       \
+    X(HISTORY_HAZARD, "history.hazard") /* a reader announced a message, unchecked */     \
+    X(REPLAY_COLLECT, "replay.collect") /* a subscribe, grace period over, about */       \
+                                        /* to read the histories */                       \
     /* routing changes, after the new lists are in place and before the grace */          \
     /* period that retires the old ones (topic.c) */                                      \
     X(UPDATE_SWAPPED, "update.swapped")                                                   \
@@ -45,6 +50,7 @@
     X(RBUS_TOPIC_OPEN, "rbus_topic_open")                                                 \
     X(RBUS_TOPIC_OPEN_EX, "rbus_topic_open_ex")                                           \
     X(RBUS_TOPIC_NAME, "rbus_topic_name")                                                 \
+    X(RBUS_TOPIC_LAST, "rbus_topic_last")                                                 \
     X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                       \
     X(RBUS_PUBLISH, "rbus_publish")                                                       \
     X(RBUS_PUBLISH_EX, "rbus_publish_ex")                                                 \

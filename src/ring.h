@@ -145,7 +145,7 @@ static inline void rbus__ring_head_to(struct rbus_ring *r, uint64_t to)
 /* A writer whose commit failed: its slot was skipped, and is HOLE(q) for its
  * position or a later one that met the held slot. It frees the slot for the
  * lap after q. Retried only when a passer moved q on meanwhile. */
-static inline void rbus__ring_acknowledge(struct rbus_ring *r, struct rbus_ring_slot *s)
+static inline void rbus__ring_unhold(struct rbus_ring *r, struct rbus_ring_slot *s)
 {
     uint64_t v = atomic_load_explicit(&s->seq, memory_order_relaxed);
     /* Release: our store of the message word happens before the next
@@ -154,6 +154,12 @@ static inline void rbus__ring_acknowledge(struct rbus_ring *r, struct rbus_ring_
         &s->seq, &v, RBUS__SEQ(RBUS__SEQ_POS(v) + rbus__ring_size(r), RBUS__SLOT_EMPTY),
         memory_order_release, memory_order_relaxed))
         ;
+}
+
+/* The same, for a writer that will offer its message again: counted. */
+static inline void rbus__ring_acknowledge(struct rbus_ring *r, struct rbus_ring_slot *s)
+{
+    rbus__ring_unhold(r, s);
     atomic_fetch_add_explicit(&r->reoffers, 1, memory_order_relaxed);
 }
 
@@ -288,6 +294,50 @@ static inline enum rbus_put rbus__ring_put(struct rbus_ring *r, rbus_msg *m, rbu
     }
     *depth = rbus__ring_depth_after(r, t, exact_above);
     return RBUS__PUT_QUEUED;
+}
+
+/*
+ * A replay's positions (sub.c). A new subscription's ring, before any
+ * publisher can see it, reserves its first n positions at once, as n
+ * writers would: tail starts at n, their slots EMPTY. Publishers then
+ * queue behind them, and find the ring full n positions early. Each is
+ * then committed or forgone by the replay, the only writer they have.
+ */
+static inline void rbus__ring_reserve_first(struct rbus_ring *r, uint64_t n)
+{
+    /* Relaxed: the list update that makes the ring visible publishes it. */
+    atomic_store_explicit(&r->tail, n, memory_order_relaxed);
+}
+
+/* Commits m at reserved position pos; false when a drop-oldest publisher
+ * found the ring full and skipped the slot meanwhile (its message went in
+ * behind ours, so ours is the oldest, and goes): the slot is freed, and m
+ * is not queued. */
+static inline bool rbus__ring_commit_at(struct rbus_ring *r, uint64_t pos, rbus_msg *m)
+{
+    struct rbus_ring_slot *s = rbus__ring_slot(r, pos);
+    atomic_store_explicit(&s->msg, m, memory_order_relaxed);
+    uint64_t v = RBUS__SEQ(pos, RBUS__SLOT_EMPTY);
+    /* Release: the message word (and the message) before FULL. A failed
+     * CAS saw HOLE, the only other state a reserved slot can take. */
+    if (atomic_compare_exchange_strong_explicit(&s->seq, &v, RBUS__SEQ(pos, RBUS__SLOT_FULL),
+                                                memory_order_release, memory_order_relaxed))
+        return true;
+    rbus__ring_unhold(r, s);
+    return false;
+}
+
+/* Gives back reserved position pos without a message: the slot moves on
+ * to the next lap, which receivers pass as a position done with. */
+static inline void rbus__ring_forgo(struct rbus_ring *r, uint64_t pos)
+{
+    struct rbus_ring_slot *s = rbus__ring_slot(r, pos);
+    uint64_t v = RBUS__SEQ(pos, RBUS__SLOT_EMPTY);
+    /* Release, as in rbus__ring_unhold (which a skipped slot takes). */
+    if (!atomic_compare_exchange_strong_explicit(
+            &s->seq, &v, RBUS__SEQ(pos + rbus__ring_size(r), RBUS__SLOT_EMPTY),
+            memory_order_release, memory_order_relaxed))
+        rbus__ring_unhold(r, s);
 }
 
 /* Take; NULL when empty. With `skip`, a slot reserved and not committed is

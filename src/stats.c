@@ -57,6 +57,8 @@ void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
     out->skipped = atomic_load_explicit(&s->ring.skipped, memory_order_relaxed);
     out->holes = atomic_load_explicit(&s->ring.holes, memory_order_relaxed);
     out->reoffers = atomic_load_explicit(&s->ring.reoffers, memory_order_relaxed);
+    out->replayed = atomic_load_explicit(&s->replayed, memory_order_relaxed);
+    out->replay_skipped = atomic_load_explicit(&s->replay_skipped, memory_order_relaxed);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
     out->max_bytes = s->max_bytes;
@@ -210,6 +212,12 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
     struct rbus_limit *lim = atomic_load_explicit(&t->limit, memory_order_acquire);
     if (lim)
         out->rate_limited = atomic_load_explicit(&lim->limited, memory_order_relaxed);
+    /* Acquire: pairs with the release that installed it (topic.c). */
+    struct rbus_history *h = atomic_load_explicit(&t->hist, memory_order_acquire);
+    if (h) {
+        out->retain = h->keep;
+        out->retained = rbus__history_count(h);
+    }
     /* Read the current list the way a publisher does, inside a read
      * section (never blocked by a subscribe or close holding the bus lock);
      * only if this thread cannot get a state (out of memory) fall back to
@@ -459,6 +467,8 @@ enum sub_field {
     F_SKIPPED,
     F_HOLES,
     F_REOFFERS,
+    F_REPLAYED,
+    F_REPLAY_SKIPPED,
     F_LAG,
     F_QUEUE_WAIT,
     F_PUBLISHER_WAIT,
@@ -474,7 +484,8 @@ static void prom_sub_family(struct prom_out *o, const struct sub_snap *snaps, si
         /* Histograms only where they can hold something: queue waits
          * where they are sampled, publisher waits where publishers wait. */
         if ((f == F_QUEUE_WAIT && !s->latency_sample) ||
-            (f == F_PUBLISHER_WAIT && s->overflow != RBUS_BLOCK))
+            (f == F_PUBLISHER_WAIT && s->overflow != RBUS_BLOCK) ||
+            ((f == F_REPLAYED || f == F_REPLAY_SKIPPED) && !s->replay))
             continue;
         if (!header) {
             prom_family(o, name, type, help);
@@ -526,6 +537,12 @@ static void prom_sub_family(struct prom_out *o, const struct sub_snap *snaps, si
         case F_REOFFERS:
             prom_sub_sample(o, name, s, NULL, st->reoffers);
             break;
+        case F_REPLAYED:
+            prom_sub_sample(o, name, s, NULL, st->replayed);
+            break;
+        case F_REPLAY_SKIPPED:
+            prom_sub_sample(o, name, s, NULL, st->replay_skipped);
+            break;
         case F_LAG:
             prom_sub_seconds(o, name, s, snaps[i].tm.lag_ns);
             break;
@@ -557,23 +574,36 @@ static void prom_topic_family(struct prom_out *o, rbus *bus, bool duplicates)
     }
 }
 
-/* Rate-limited publishes, for the topics that have a limit. */
-static void prom_topic_limited(struct prom_out *o, rbus *bus)
+enum topic_field { T_RATE_LIMITED, T_RETAIN, T_RETAINED };
+
+/* A family of the topics that have the feature it counts (a rate limit, a
+ * history); none at all when no topic has it. */
+static void prom_topic_feature(struct prom_out *o, rbus *bus, enum topic_field f)
 {
+    static const char *const names[] = {"ringbus_topic_rate_limited_total", "ringbus_topic_retain",
+                                        "ringbus_topic_retained"};
+    static const char *const types[] = {"counter", "gauge", "gauge"};
+    static const char *const helps[] = {"Publishes refused by the topic's rate limit.",
+                                        "Messages the topic's history keeps at most.",
+                                        "Messages the topic's history holds now."};
     bool header = false;
     for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        /* Acquire: pairs with the release stores that installed them. */
         struct rbus_limit *lim = atomic_load_explicit(&t->limit, memory_order_acquire);
-        if (!lim)
+        struct rbus_history *h = atomic_load_explicit(&t->hist, memory_order_acquire);
+        if (f == T_RATE_LIMITED ? !lim : !h)
             continue;
         if (!header) {
-            prom_family(o, "ringbus_topic_rate_limited_total", "counter",
-                        "Publishes refused by the topic's rate limit.");
+            prom_family(o, names[f], types[f], helps[f]);
             header = true;
         }
-        prom_str(o, "ringbus_topic_rate_limited_total{topic=\"");
+        prom_str(o, names[f]);
+        prom_str(o, "{topic=\"");
         prom_escaped(o, t->name);
         prom_str(o, "\"} ");
-        prom_u64(o, atomic_load_explicit(&lim->limited, memory_order_relaxed));
+        prom_u64(o, f == T_RATE_LIMITED ? atomic_load_explicit(&lim->limited, memory_order_relaxed)
+                    : f == T_RETAIN     ? h->keep
+                                        : rbus__history_count(h));
         prom_str(o, "\n");
     }
 }
@@ -659,6 +689,10 @@ static const struct {
      "Positions passed because such a publisher still held the slot."},
     {F_REOFFERS, "ringbus_sub_reoffers_total", "counter",
      "Messages offered again by a publisher whose slot was skipped."},
+    {F_REPLAYED, "ringbus_sub_replayed_total", "counter",
+     "Retained messages queued first at subscribe (subscriptions with replay only)."},
+    {F_REPLAY_SKIPPED, "ringbus_sub_replay_skipped_total", "counter",
+     "Retained messages a replay asked for that did not fit."},
     {F_LAG, "ringbus_sub_lag_seconds", "gauge",
      "Age of the oldest message queued now; 0 when none is."},
     {F_QUEUE_WAIT, "ringbus_sub_queue_wait_seconds", "histogram",
@@ -726,7 +760,9 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
     prom_str(&o, "\n");
     prom_topic_family(&o, bus, false);
     prom_topic_family(&o, bus, true);
-    prom_topic_limited(&o, bus);
+    prom_topic_feature(&o, bus, T_RATE_LIMITED);
+    prom_topic_feature(&o, bus, T_RETAIN);
+    prom_topic_feature(&o, bus, T_RETAINED);
     for (size_t i = 0; i < sizeof sub_families / sizeof sub_families[0]; i++)
         prom_sub_family(&o, snaps, nsubs, sub_families[i].field, sub_families[i].name,
                         sub_families[i].type, sub_families[i].help);

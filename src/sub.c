@@ -325,6 +325,29 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
     }
 }
 
+bool rbus__sub_replay_put(rbus_sub *s, uint64_t pos, rbus_msg *m)
+{
+    if (s->max_bytes && !bytes_reserve(s, m)) {
+        rbus__ring_forgo(&s->ring, pos);
+        return false;
+    }
+    if (!rbus__ring_commit_at(&s->ring, pos, m)) {
+        if (s->max_bytes)
+            bytes_give_back(s, m->size);
+        return false;
+    }
+    /* Offered and queued, on the shared tally: this thread publishes
+     * nothing here. */
+    atomic_fetch_add_explicit(&s->shared.offered, 1, memory_order_relaxed);
+    uint32_t depth = (uint32_t)pos + 1;
+    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
+    while (depth > hw &&
+           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+    return true;
+}
+
 bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
 {
     if (s->max_bytes && !bytes_reserve(s, m))
@@ -702,6 +725,15 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
                           " below the bus's max_payload (%" PRIu32
                           "): a message of max_payload could never be queued",
                           o.max_bytes, bus->cfg.max_payload);
+    if (o.replay > RBUS_MAX_RETAIN)
+        return rbus__fail(-EINVAL,
+                          "rbus_subscribe: replay %" PRIu32 " above RBUS_MAX_RETAIN (%" PRIu32 ")",
+                          o.replay, RBUS_MAX_RETAIN);
+    /* Acquire: pairs with the release that set it (topic.c). */
+    if (o.replay && !atomic_load_explicit(&bus->retains, memory_order_acquire))
+        return rbus__fail_static(-EINVAL, "rbus_subscribe: replay on a bus without retained "
+                                          "history (rbus_config.retain is 0 and no topic was "
+                                          "opened with rbus_topic_opts.retain)");
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return rbus__fail_static(-ESHUTDOWN, "rbus_subscribe: the bus is closed");
 
@@ -734,6 +766,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->spin_ns = o.spin_ns == 0 ? RBUS_DEFAULT_SPIN_NS : (o.spin_ns < 0 ? 0 : o.spin_ns);
     s->max_bytes = o.max_bytes;
     s->latency_sample = o.latency_sample;
+    s->replay = o.replay;
     s->advised_ns = rbus__now_ns(); /* the first advisory's since_ns */
     atomic_init(&s->bytes, 0);
 
@@ -751,11 +784,17 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
         bus->subs = s;
     }
     pthread_mutex_unlock(&bus->lock);
-    if (!rc && (rc = rbus__topics_update(bus, s, true)) != 0) {
+    struct rbus_replay replay = {.want = o.replay};
+    if (!rc && (rc = rbus__topics_update(bus, s, true, &replay)) != 0) {
         pthread_mutex_lock(&bus->lock);
         subs_unlink(bus, s);
         pthread_mutex_unlock(&bus->lock);
     }
+    /* Under the routing lock: no close marks the subscription closed
+     * while its first positions are being written. */
+    if (!rc && replay.reserved)
+        rbus__replay_run(s, &replay);
+    rbus__replay_free(bus, &replay);
     pthread_mutex_unlock(&bus->route_lock);
     if (rc) {
         rbus__fail_static(rc, rc == -ESHUTDOWN ? "rbus_subscribe: the bus is closed"
@@ -803,7 +842,7 @@ static void sub_close(rbus_sub *sub)
     /* A bus close marks subscriptions CLOSED but leaves them listed, so
      * unlisting may still be due when the state says closed. */
     if (sub->listed)
-        rbus__topics_update(bus, sub, false); /* removal cannot fail; unlists it */
+        rbus__topics_update(bus, sub, false, NULL); /* removal cannot fail; unlists it */
     else if (was_open)
         rbus__synchronize(bus);
     if (was_open) {

@@ -202,6 +202,19 @@ static struct rbus_sublist *sublist_new(rbus *bus, uint32_t count)
     return l;
 }
 
+/* Under bus->lock: the list `next` that topic t publishes now gets the
+ * topic's next generation; a replay notes it for a topic with history. */
+static void list_stamp(rbus_topic *t, struct rbus_sublist *next, struct rbus_replay *r)
+{
+    if (!next)
+        return;
+    next->gen = ++t->list_gen;
+    if (r && r->reserved && atomic_load_explicit(&t->hist, memory_order_relaxed)) {
+        r->topics[r->ntopics] = t;
+        r->gens[r->ntopics++] = next->gen;
+    }
+}
+
 /* The listed (open) subscriptions whose pattern matches `name`: counted,
  * and stored into `fill` when it is not NULL. Under bus->lock. */
 static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
@@ -226,9 +239,10 @@ static int topic_no_window(const rbus *bus, const char *name)
 
 /* Finds or creates the topic `name` (checked by the caller). `keyed`: the
  * topic has its dedup window when this returns 0; a topic created here gets
- * it before anyone can see the topic. Failures set the detail without a
+ * it before anyone can see the topic. A topic created here keeps a history
+ * of `retain` messages, or with 0 the bus's default. Failures set the detail without a
  * function name, which the public callers put in front. */
-static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
+static int topic_open(rbus *bus, const char *name, bool keyed, uint32_t retain, rbus_topic **out)
 {
     size_t len = strlen(name);
     uint32_t h = hash_name(name, len);
@@ -260,12 +274,15 @@ static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
         }
 
         uint32_t count = listed_matching(bus, name, NULL);
+        uint32_t keep = retain ? retain : bus->cfg.retain;
+        struct rbus_history *hist = keep ? rbus__history_new(bus, keep) : NULL;
         t = rbus__zalloc_aligned(bus, sizeof *t);
         struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
         /* The first spare, so that a later removal never allocates. */
         struct rbus_sublist *spare = count > 1 ? sublist_new(bus, count) : NULL;
         char *copy = rbus__strdup(bus, name);
-        if (!t || !copy || (count && !list) || (count > 1 && !spare)) {
+        if (!t || !copy || (count && !list) || (count > 1 && !spare) || (keep && !hist)) {
+            rbus__history_free(bus, hist);
             rbus__free_aligned(bus, t);
             rbus__free(bus, list);
             rbus__free(bus, spare);
@@ -282,8 +299,15 @@ static int topic_open(rbus *bus, const char *name, bool keyed, rbus_topic **out)
         t->name_len = (uint32_t)len;
         t->hash = h;
         t->spare = spare;
+        list_stamp(t, list, NULL);
         /* No publisher can see the topic before we return it: relaxed. */
         atomic_store_explicit(&t->subs, list, memory_order_relaxed);
+        atomic_store_explicit(&t->hist, hist, memory_order_relaxed);
+        atomic_store_explicit(&t->features, hist ? RBUS__TOPIC_RETAINED : 0, memory_order_relaxed);
+        /* Release: pairs with rbus_subscribe's acquire (a replay then
+         * finds the topic under bus->lock anyway). */
+        if (hist)
+            atomic_store_explicit(&bus->retains, 1, memory_order_release);
         atomic_store_explicit(&t->listed_hint, count, memory_order_relaxed);
         atomic_store_explicit(&t->dedup, window, memory_order_relaxed);
         window = NULL;
@@ -317,7 +341,7 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
     if (!out)
         return rbus__fail_static(-EINVAL, "rbus_topic_open: out is NULL");
     int rc = rbus__subject_check("rbus_topic_open", "name", name, false);
-    if (rc == 0 && (rc = topic_open(bus, name, false, out)) != 0)
+    if (rc == 0 && (rc = topic_open(bus, name, false, 0, out)) != 0)
         rbus__fail_prefix("rbus_topic_open");
     return rc;
 }
@@ -342,26 +366,51 @@ static int rate_check(const rbus_topic_opts *o)
     return 0;
 }
 
-/* Sets t's limit to l, once: 0 when t has l's (set now, or before), or
- * -EINVAL when it has another. Frees l unless it became t's. */
-static int limit_set(rbus_topic *t, struct rbus_limit *l)
+/* Gives t the limit l and a history of `retain` messages (h, made for it)
+ * where it has none; each is set once. Under bus->lock, so that both are
+ * checked before either is set: 0, or -EINVAL (nothing changed) when t
+ * has a different one already. Frees what did not become t's. */
+static int topic_features_set(rbus_topic *t, struct rbus_limit *l, uint32_t retain,
+                              struct rbus_history *h)
 {
-    struct rbus_limit *had = NULL;
-    /* Release: the limit's fields before a publisher's acquire load sees
-     * the pointer (publish()). */
-    if (atomic_compare_exchange_strong_explicit(&t->limit, &had, l, memory_order_release,
-                                                memory_order_acquire))
-        return 0;
     rbus *bus = t->bus;
-    bool same = had->rate_per_s == l->rate_per_s && had->burst == l->burst;
-    rbus__free_aligned(bus, l);
-    if (same)
-        return 0;
     char q[RBUS__QUOTE_CAP];
-    return rbus__fail(-EINVAL,
-                      "rbus_topic_open_ex: topic %s has a rate limit already (%g a second, burst "
-                      "%" PRIu32 "); a limit is set once",
-                      rbus__quote(q, t->name), had->rate_per_s, had->burst);
+    int rc = 0;
+    pthread_mutex_lock(&bus->lock);
+    struct rbus_limit *had = atomic_load_explicit(&t->limit, memory_order_relaxed);
+    struct rbus_history *kept = atomic_load_explicit(&t->hist, memory_order_relaxed);
+    if (l && had && !(had->rate_per_s == l->rate_per_s && had->burst == l->burst)) {
+        rc = rbus__fail(-EINVAL,
+                        "rbus_topic_open_ex: topic %s has a rate limit already (%g a second, "
+                        "burst %" PRIu32 "); a limit is set once",
+                        rbus__quote(q, t->name), had->rate_per_s, had->burst);
+    } else if (retain && kept && kept->keep != retain) {
+        rc = rbus__fail(-EINVAL,
+                        "rbus_topic_open_ex: topic %s retains %" PRIu32
+                        " messages already; a history is set once",
+                        rbus__quote(q, t->name), kept->keep);
+    } else {
+        uint32_t f = atomic_load_explicit(&t->features, memory_order_relaxed);
+        /* Release stores of the pointers: a publisher's acquire load then
+         * sees what they point to. `features` follows them (a publisher
+         * that sees the bit but not yet the pointer does without). */
+        if (l && !had) {
+            atomic_store_explicit(&t->limit, l, memory_order_release);
+            f |= RBUS__TOPIC_LIMITED;
+            l = NULL;
+        }
+        if (h && !kept) {
+            atomic_store_explicit(&t->hist, h, memory_order_release);
+            f |= RBUS__TOPIC_RETAINED;
+            atomic_store_explicit(&bus->retains, 1, memory_order_release);
+            h = NULL;
+        }
+        atomic_store_explicit(&t->features, f, memory_order_release);
+    }
+    pthread_mutex_unlock(&bus->lock);
+    rbus__free_aligned(bus, l);
+    rbus__history_free(bus, h);
+    return rc;
 }
 
 int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts, rbus_topic **out)
@@ -376,9 +425,15 @@ int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
     int rc = rbus__subject_check("rbus_topic_open_ex", "name", name, false);
     if (rc != 0 || (opts && (rc = rate_check(opts)) != 0))
         return rc;
-    /* The limit is made before the topic, so that no failure can follow
-     * the topic's creation. */
+    uint32_t retain = opts ? opts->retain : 0;
+    if (retain > RBUS_MAX_RETAIN)
+        return rbus__fail(
+            -EINVAL, "rbus_topic_open_ex: retain %" PRIu32 " above RBUS_MAX_RETAIN (%" PRIu32 ")",
+            retain, RBUS_MAX_RETAIN);
+    /* The limit and the history are made before the topic, so that no
+     * failure for memory can follow the topic's creation. */
     struct rbus_limit *l = NULL;
+    struct rbus_history *h = NULL;
     if (opts && opts->rate_per_s > 0) {
         if (!(l = rbus__zalloc_aligned(bus, sizeof *l)))
             return rbus__fail_static(-ENOMEM, "rbus_topic_open_ex: out of memory for the rate "
@@ -391,13 +446,20 @@ int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
         atomic_init(&l->tat, 0);
         atomic_init(&l->limited, 0);
     }
-    bool keyed = opts && opts->keyed && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
-    if ((rc = topic_open(bus, name, keyed, out)) != 0) {
+    if (retain && !(h = rbus__history_new(bus, retain))) {
         rbus__free_aligned(bus, l);
+        return rbus__fail(-ENOMEM,
+                          "rbus_topic_open_ex: out of memory for a history of %" PRIu32 " messages",
+                          retain);
+    }
+    bool keyed = opts && opts->keyed && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
+    if ((rc = topic_open(bus, name, keyed, retain, out)) != 0) {
+        rbus__free_aligned(bus, l);
+        rbus__history_free(bus, h);
         rbus__fail_prefix("rbus_topic_open_ex");
         return rc;
     }
-    if (l && (rc = limit_set(*out, l)) != 0)
+    if ((l || h) && (rc = topic_features_set(*out, l, retain, h)) != 0)
         *out = NULL;
     return rc;
 }
@@ -466,7 +528,39 @@ static bool lists_sub(const struct rbus_sublist *l, const rbus_sub *sub)
 /* Under bus->lock: swaps in new lists for every topic `sub` matches, and
  * returns the retired ones in *retired. Adding returns 0 or -ENOMEM
  * (nothing changed). */
-static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **retired)
+/* Under bus->lock, adding a subscription with a replay: the topics with
+ * history it matches, the ring positions reserved for the replay (at most
+ * its capacity, at most `want` per topic) and the replay's buffers. The
+ * positions are reserved before the swap makes the ring visible.
+ * -ENOMEM changes nothing. */
+static int replay_prepare(rbus *bus, rbus_sub *sub, struct rbus_replay *r)
+{
+    uint64_t total = 0;
+    uint32_t n = 0;
+    for (rbus_topic *t = bus->topics; t; t = t->all_next) {
+        struct rbus_history *h = atomic_load_explicit(&t->hist, memory_order_relaxed);
+        if (h && rbus__match_unchecked(sub->pattern, t->name)) {
+            n++;
+            total += r->want < h->keep ? r->want : h->keep;
+        }
+    }
+    uint32_t reserve = total < sub->capacity ? (uint32_t)total : sub->capacity;
+    if (reserve == 0)
+        return 0;
+    r->topics = rbus__alloc(bus, n * sizeof *r->topics);
+    r->gens = rbus__alloc(bus, n * sizeof *r->gens);
+    r->buf = rbus__alloc(bus, 3 * (size_t)reserve * sizeof *r->buf);
+    if (!r->topics || !r->gens || !r->buf) {
+        rbus__replay_free(bus, r);
+        return -ENOMEM;
+    }
+    r->reserved = reserve;
+    rbus__ring_reserve_first(&sub->ring, reserve);
+    return 0;
+}
+
+static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist **retired,
+                       struct rbus_replay *replay)
 {
     uint32_t n = 0;
     for (rbus_topic *t = bus->topics; t; t = t->all_next)
@@ -477,14 +571,21 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
         sub->listed = add;
         return 0;
     }
+    if (add && replay && replay->want && replay_prepare(bus, sub, replay) != 0)
+        return -ENOMEM;
 
     /* Adding: get every buffer before swapping any, so -ENOMEM changes
      * nothing. */
     struct rbus_sublist **fresh = NULL;
     if (add) {
         fresh = rbus__zalloc(bus, n * sizeof *fresh);
-        if (!fresh)
+        if (!fresh) {
+            if (replay && replay->reserved) {
+                rbus__ring_reserve_first(&sub->ring, 0);
+                rbus__replay_free(bus, replay);
+            }
             return -ENOMEM;
+        }
         uint32_t i = 0;
         for (rbus_topic *t = bus->topics; t; t = t->all_next) {
             if (!rbus__match_unchecked(sub->pattern, t->name))
@@ -497,6 +598,10 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
                     for (uint32_t j = 0; j < i; j++)
                         rbus__free(bus, fresh[j]);
                     rbus__free(bus, fresh);
+                    if (replay && replay->reserved) {
+                        rbus__ring_reserve_first(&sub->ring, 0);
+                        rbus__replay_free(bus, replay);
+                    }
                     return -ENOMEM;
                 }
             }
@@ -537,6 +642,7 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
             continue; /* not listed here (nothing to remove) */
         }
         i++;
+        list_stamp(t, next, add ? replay : NULL);
         /* Release: the new list's contents, and the subscription it points
          * to, are complete for a publisher that loads it (acquire). */
         struct rbus_sublist *old = atomic_exchange_explicit(&t->subs, next, memory_order_release);
@@ -559,11 +665,11 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
     return 0;
 }
 
-int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add)
+int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add, struct rbus_replay *replay)
 {
     struct rbus_sublist *garbage;
     pthread_mutex_lock(&bus->lock);
-    int rc = update_swap(bus, sub, add, &garbage);
+    int rc = update_swap(bus, sub, add, &garbage, replay);
     pthread_mutex_unlock(&bus->lock);
     if (rc < 0)
         return rc;
@@ -589,6 +695,7 @@ void rbus__topics_free_all(rbus *bus)
         rbus__free(bus, t->spare);
         rbus__dedup_free(bus, atomic_load_explicit(&t->dedup, memory_order_relaxed));
         rbus__free_aligned(bus, atomic_load_explicit(&t->limit, memory_order_relaxed));
+        rbus__history_free(bus, atomic_load_explicit(&t->hist, memory_order_relaxed));
         rbus__free(bus, t->name);
         rbus__free_aligned(bus, t);
         t = next;
@@ -841,6 +948,36 @@ static void reserve_pending_accepted(struct rbus_thread_state *th, uint32_t n)
     }
 }
 
+/* A publish on a topic with a rate limit: 0 when it may go on, or -EAGAIN
+ * with result->retry_after_ns. Out of line, so that topics without a limit
+ * pay only the test of `features`. */
+static RBUS__NOINLINE int limit_check(rbus_topic *topic, rbus_pub_result *result)
+{
+    /* Acquire: pairs with the release store in topic_features_set. */
+    struct rbus_limit *lim = atomic_load_explicit(&topic->limit, memory_order_acquire);
+    uint64_t retry;
+    if (!lim || limit_take(lim, (uint64_t)rbus__now_ns(), &retry) == 0)
+        return 0;
+    if (result)
+        result->retry_after_ns = retry;
+    char q[RBUS__QUOTE_CAP];
+    return rbus__fail(-EAGAIN,
+                      "topic %s is over its rate limit (%g a second, burst %" PRIu32
+                      "): the next publish passes in %" PRIu64 " ns",
+                      rbus__quote(q, topic->name), lim->rate_per_s, lim->burst, retry);
+}
+
+/* A message accepted on a topic with history: stamped with the generation
+ * of the list it is offered to, then put in the history, which owns one
+ * of its references (counted in refs already). Inside the read section,
+ * before the offers. */
+static RBUS__NOINLINE void retain(struct rbus_thread_state *th, struct rbus_history *h,
+                                  const struct rbus_sublist *list, rbus_msg *m)
+{
+    m->gen = list ? list->gen : 0;
+    rbus__history_put(th, h, m);
+}
+
 /* `relay` (dispatch.c's dead letters): not deduplicated, and the message
  * carries its origin topic and attempt count; NULL for a plain publish.
  * Failures set the detail without a function name, which the public
@@ -871,20 +1008,11 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
      * read section. */
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
-    /* Acquire: pairs with the release CAS in limit_set. */
-    struct rbus_limit *lim = atomic_load_explicit(&topic->limit, memory_order_acquire);
-    if (RBUS__UNLIKELY(lim != NULL)) {
-        uint64_t retry;
-        if (limit_take(lim, (uint64_t)rbus__now_ns(), &retry) != 0) {
-            if (result)
-                result->retry_after_ns = retry;
-            char q[RBUS__QUOTE_CAP];
-            return rbus__fail(-EAGAIN,
-                              "topic %s is over its rate limit (%g a second, burst %" PRIu32
-                              "): the next publish passes in %" PRIu64 " ns",
-                              rbus__quote(q, topic->name), lim->rate_per_s, lim->burst, retry);
-        }
-    }
+    /* Relaxed: only a hint of which pointers to load (with acquire). */
+    const uint32_t features = atomic_load_explicit(&topic->features, memory_order_relaxed);
+    int lrc;
+    if (RBUS__UNLIKELY(features & RBUS__TOPIC_LIMITED) && (lrc = limit_check(topic, result)) != 0)
+        return lrc;
     /* The key's hash first: it starts loading the window's lines, which
      * then arrive while the thread state is found and the message built. */
     const bool keyed = key_checked(bus, opts, relay);
@@ -926,7 +1054,13 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
         rbus__read_end(th);
         reserve_pending_accepted(th, n);
     }
-    if (n && !relay && RBUS__UNLIKELY(subs_refuse_newest(list)))
+    /* A topic with history keeps even a message every subscription
+     * refuses. Acquire: pairs with the release store in topic_open or
+     * topic_features_set. */
+    struct rbus_history *hist = RBUS__UNLIKELY(features & RBUS__TOPIC_RETAINED)
+                                    ? atomic_load_explicit(&topic->hist, memory_order_acquire)
+                                    : NULL;
+    if (n && !relay && !hist && RBUS__UNLIKELY(subs_refuse_newest(list)))
         return publish_refused(topic, th, list, m, result);
     if (!m) {
         if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0)) {
@@ -954,8 +1088,10 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
      * not queue it are given back in one step at the end — so the common
      * case, queued everywhere, costs no atomic here at all. With no
      * subscription at all the message is simply ours to recycle. */
-    uint32_t own = n == 0;
-    atomic_store_explicit(&m->refs, n + own, memory_order_relaxed);
+    uint32_t kept = hist != NULL, own = n == 0 && !kept;
+    atomic_store_explicit(&m->refs, n + own + kept, memory_order_relaxed);
+    if (RBUS__UNLIKELY(kept))
+        retain(th, hist, list, m);
 
     int64_t pub_timeout = opts ? opts->timeout_ns : 0;
     uint32_t not_queued = 0, waiting = 0;
