@@ -281,6 +281,30 @@ RBUS_API int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_op
  */
 RBUS_API int rbus_topic_last(rbus_topic *topic, rbus_msg **out);
 
+/**
+ * rbus_topic_fd: publisher readiness for event loops, as a socket's
+ * writability: a descriptor (an eventfd, level-triggered, close-on-exec)
+ * that is readable while the topic is ready: every open RBUS_BLOCK
+ * subscription that matches it is under its high watermark
+ * (rbus_sub_opts). Once one reaches it, the topic is not ready until each
+ * has drained below its low watermark, so a loop does not wake per
+ * message. A topic no RBUS_BLOCK subscription matches is ready. Made at
+ * the first call, the same one after; the bus owns it (rbus_destroy
+ * closes it): poll it, never read or close it. The descriptor follows the
+ * subscriptions within the time one change takes; a thread preempted in
+ * the middle of updating it delays the update until it runs again, which
+ * a loop that publishes with RBUS_PUB_ALL_OR_NONE meets as -EAGAIN (it
+ * loses nothing). Returns the descriptor, or -EINVAL (NULL topic) or the
+ * negative errno of eventfd().
+ */
+RBUS_API int rbus_topic_fd(rbus_topic *topic);
+
+/**
+ * rbus_topic_ready: the state rbus_topic_fd shows, read now from the
+ * subscriptions: 1 ready, 0 not, -EINVAL for NULL.
+ */
+RBUS_API int rbus_topic_ready(rbus_topic *topic);
+
 /** rbus_topic_name: the topic's name; NULL for NULL. */
 RBUS_API const char *rbus_topic_name(const rbus_topic *topic);
 
@@ -346,6 +370,14 @@ typedef struct rbus_sub_opts {
                                    retains anything. Never blocks: at most the capacity is
                                    replayed (the newest, across topics), and what did not fit
                                    is counted in rbus_sub_stats.replay_skipped */
+    uint32_t high_watermark;  /**< RBUS_BLOCK only: publisher readiness (rbus_topic_fd).
+                                   The subscription holds its topics "not ready" once
+                                   its depth reaches this, until it has drained below
+                                   low_watermark. 0 (default) = the effective capacity;
+                                   at most the effective capacity */
+    uint32_t low_watermark;   /**< RBUS_BLOCK only: see high_watermark. 0 (default) =
+                                   high_watermark / 2 (at least 1); at most
+                                   high_watermark */
 } rbus_sub_opts;
 
 /** The spin time used when rbus_sub_opts.spin_ns is 0 (docs/waiting.md). */
@@ -434,7 +466,25 @@ typedef struct rbus_pub_opts {
     const rbus_header *headers; /**< header_count headers, copied into the message; names
                                      may repeat, and keep their order */
     size_t header_count;        /**< 0 (default) .. RBUS_MAX_HEADERS */
+    uint32_t flags;             /**< RBUS_PUB_* flags; 0 = none */
 } rbus_pub_opts;
+
+/**
+ * rbus_pub_opts.flags: queue to every matching RBUS_BLOCK subscription or
+ * to none, without waiting. When one has no room (or its byte bound would
+ * be passed), the publish returns -EAGAIN and changes nothing: nothing
+ * queued anywhere, nothing counted, no sequence number, nothing retained
+ * (a rate limit's token is spent, though). For an event loop that must
+ * never block nor lose a message: it keeps the message and retries once
+ * the topic is ready again (rbus_topic_fd). Drop-oldest and drop-newest
+ * subscriptions apply their policies as usual. The one exception: a
+ * publisher preempted between reserving its slot and writing it for longer
+ * than a receiver waits for it (design.md, "Progress") loses that slot and
+ * offers again; if the subscription is full by then, it waits for room
+ * there as the subscription's block_timeout_ns says, rather than drop.
+ * Not with a key (-EINVAL): an accepted key cannot be taken back.
+ */
+#define RBUS_PUB_ALL_OR_NONE 1u
 
 /** What one publish did, written by rbus_publish_ex() when asked. */
 typedef struct rbus_pub_result {
@@ -447,6 +497,11 @@ typedef struct rbus_pub_result {
     uint64_t retry_after_ns; /**< refused by the topic's rate limit (-EAGAIN): how long
                                   until it accepts one again (HTTP 429's Retry-After);
                                   0 otherwise */
+    uint32_t at_high_watermark;  /**< matched RBUS_BLOCK subscriptions at or over their high
+                                      watermark after this publish (or, refused by
+                                      RBUS_PUB_ALL_OR_NONE, the ones with no room): while
+                                      any is, the topic is not ready (rbus_topic_fd) */
+    uint64_t high_watermark_sub; /**< rbus_sub_id of the first of them; 0 = none */
 } rbus_pub_result;
 
 /**
@@ -614,6 +669,12 @@ typedef struct rbus_sub_stats {
     uint64_t replay_skipped; /**< retained messages the replay asked for that did not fit
                                   (capacity, max_bytes, or evicted by drop-oldest
                                   publishes before the subscribe returned); not offered */
+    uint32_t high_watermark; /**< effective (RBUS_BLOCK; 0 for the other policies) */
+    uint32_t low_watermark;  /**< effective (RBUS_BLOCK; 0 for the other policies) */
+    bool over_high;          /**< reached high_watermark and not yet drained below
+                                  low_watermark: its topics are not ready */
+    uint64_t high_crossings; /**< times it reached high_watermark (from under it) */
+    uint64_t low_crossings;  /**< times it then drained below low_watermark */
 } rbus_sub_stats;
 
 /** A topic's counters, from rbus_topic_stats_get(). */

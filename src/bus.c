@@ -368,6 +368,9 @@ void rbus_close(rbus *bus)
     pthread_mutex_unlock(&bus->lock);
     bus->closed = true;
     pthread_mutex_unlock(&bus->route_lock);
+    /* Every topic is ready now: a loop waiting to publish wakes, and
+     * meets -ESHUTDOWN. */
+    rbus__ready_refresh_all(bus);
 }
 
 void rbus_destroy(rbus *bus)

@@ -135,7 +135,10 @@ static rbus_msg *history_ref(struct rbus_history *h, uint64_t pos, uint64_t *v)
     *v = atomic_load_explicit(&s->seq, memory_order_acquire);
     if (*v != RBUS__SEQ(pos, RBUS__SLOT_FULL))
         return NULL;
-    rbus_msg *m = atomic_load_explicit(&s->msg, memory_order_relaxed);
+    /* Acquire: pairs with the writer's release store of the word (ring.h),
+     * so a message of a later lap read here comes with the CAS that made
+     * the slot its writer's, and the re-check below sees it. */
+    rbus_msg *m = atomic_load_explicit(&s->msg, memory_order_acquire);
     hazard_set(h, m);
     RBUS__PAUSE(HISTORY_HAZARD);
     /* Positions are never reused, so an unchanged word means the slot
@@ -151,6 +154,17 @@ static rbus_msg *history_ref(struct rbus_history *h, uint64_t pos, uint64_t *v)
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
     hazard_set(h, NULL);
     return m;
+}
+
+/* Whether position pos has left the ring's window (tail - size, tail]:
+ * then every older one has too. A slot that serves a later position while
+ * pos is still in the window was a hole that a skipped writer handed on,
+ * not an eviction: evictions happen at the window's far end only. */
+static bool left_window(struct rbus_history *h, uint64_t pos)
+{
+    /* Acquire: pairs with the tail moves after a slot was taken. */
+    uint64_t tail = atomic_load_explicit(&h->ring.tail, memory_order_acquire);
+    return pos + rbus__ring_size(&h->ring) < tail;
 }
 
 static int by_seq(const void *a, const void *b)
@@ -181,7 +195,7 @@ uint32_t rbus__history_collect(struct rbus_history *h, uint64_t gen, uint32_t wa
         uint64_t v;
         rbus_msg *m = history_ref(h, pos, &v);
         if (!m) {
-            if (RBUS__SEQ_POS(v) > pos)
+            if (RBUS__SEQ_POS(v) > pos && left_window(h, pos))
                 break; /* evicted, and all before it */
             continue;  /* a hole, or a write in flight (a newer list's) */
         }
@@ -228,35 +242,26 @@ static uint32_t merge_newest(rbus_msg **a, uint32_t na, rbus_msg **b, uint32_t n
 
 void rbus__replay_run(rbus_sub *s, struct rbus_replay *r)
 {
-    uint32_t cap = r->reserved, n = 0;
-    rbus_msg **best = r->buf, **got = r->buf + cap, **merged = r->buf + 2 * (size_t)cap;
+    uint32_t cap = r->cap, n = 0;
+    int best = 0, got = 1, merged = 2;
     uint64_t skipped = 0;
     RBUS__PAUSE(REPLAY_COLLECT);
     for (uint32_t i = 0; i < r->ntopics; i++) {
         /* Acquire: pairs with the release that installed it (topic.c). */
         struct rbus_history *h = atomic_load_explicit(&r->topics[i]->hist, memory_order_acquire);
-        uint32_t ngot = rbus__history_collect(h, r->gens[i], r->want, cap, got, &skipped);
-        n = merge_newest(best, n, got, ngot, merged, cap, &skipped);
-        rbus_msg **t = best;
+        uint32_t ngot = rbus__history_collect(h, r->gens[i], r->want, cap, r->buf[got], &skipped);
+        n = merge_newest(r->buf[best], n, r->buf[got], ngot, r->buf[merged], cap, &skipped);
+        int t = best;
         best = merged;
         merged = t;
     }
-    /* Oldest first into the positions reserved for it; the ones left over
-     * are given back, and receivers pass them. */
-    uint64_t placed = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (rbus__sub_replay_put(s, i, best[i])) {
-            placed++;
-        } else {
-            skipped++;
-            rbus__msg_unref(best[i], 1);
-        }
-    }
-    for (uint64_t pos = n; pos < cap; pos++)
-        rbus__ring_forgo(&s->ring, pos);
+    /* The queue takes the buffer it is in; the others go with the rest. */
+    uint32_t kept = rbus__sub_replay_set(s, r->buf[best], n);
+    r->buf[best] = NULL;
+    skipped += n - kept;
     /* Relaxed: statistics, read by stats after this call returns or
      * racing it (Prometheus), which then sees either value. */
-    atomic_store_explicit(&s->replayed, placed, memory_order_relaxed);
+    atomic_store_explicit(&s->replayed, kept, memory_order_relaxed);
     atomic_store_explicit(&s->replay_skipped, skipped, memory_order_relaxed);
 }
 
@@ -264,11 +269,13 @@ void rbus__replay_free(rbus *bus, struct rbus_replay *r)
 {
     rbus__free(bus, r->topics);
     rbus__free(bus, r->gens);
-    rbus__free(bus, r->buf);
+    for (int i = 0; i < 3; i++) {
+        rbus__free(bus, r->buf[i]);
+        r->buf[i] = NULL;
+    }
     r->topics = NULL;
     r->gens = NULL;
-    r->buf = NULL;
-    r->ntopics = r->reserved = 0;
+    r->ntopics = r->cap = 0;
 }
 
 int rbus_topic_last(rbus_topic *topic, rbus_msg **out)
@@ -292,14 +299,21 @@ int rbus_topic_last(rbus_topic *topic, rbus_msg **out)
     rbus_msg *m = NULL;
     pthread_mutex_lock(&h->read_lock);
     /* The newest committed position: a write still in flight above it is
-     * not retained yet. */
-    uint64_t tail = atomic_load_explicit(&h->ring.tail, memory_order_acquire);
+     * not retained yet. A position that left the window while we looked
+     * means publishers moved on: start again from the new tail (each
+     * round follows their progress). */
     uint64_t size = rbus__ring_size(&h->ring);
-    for (uint64_t pos = tail; pos > 0 && tail - pos < size && !m;) {
-        uint64_t v;
-        m = history_ref(h, --pos, &v);
-        if (!m && RBUS__SEQ_POS(v) > pos)
-            break; /* evicted: everything older is gone too */
+    for (bool again = true; again && !m;) {
+        again = false;
+        uint64_t tail = atomic_load_explicit(&h->ring.tail, memory_order_acquire);
+        for (uint64_t pos = tail; pos > 0 && tail - pos < size && !m;) {
+            uint64_t v;
+            m = history_ref(h, --pos, &v);
+            if (!m && RBUS__SEQ_POS(v) > pos && left_window(h, pos)) {
+                again = true;
+                break;
+            }
+        }
     }
     pthread_mutex_unlock(&h->read_lock);
     if (!m) {

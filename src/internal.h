@@ -281,13 +281,27 @@ struct rbus_tally_table {
     _Atomic(struct rbus_tally *) node[];
 };
 
+/* A position an all-or-none publish reserved in a subscription's ring
+ * before it was accepted (sub.c): committed once every RBUS_BLOCK
+ * subscription has one, else given back. */
+struct rbus_ring_slot;
+struct rbus_resv {
+    struct rbus_ring_slot *slot;
+    uint64_t pos;
+};
+
 struct rbus_thread_state {
     ck_epoch_record_t epoch; /* first: ck_epoch_recycle gives us this pointer */
     rbus *bus;
     struct rbus_thread_state *bus_next; /* every state of this bus, under bus->lock */
     struct rbus_msg_cache *cache;       /* msg.c */
     struct rbus_pending *pending;       /* scratch for a publish that waits */
-    uint32_t pending_cap;
+    struct rbus_resv *resv;             /* scratch for an all-or-none publish */
+    uint32_t pending_cap;               /* entries of both */
+    /* A publish or receive made a subscription cross a watermark: the
+     * topics' readiness descriptors are refreshed before the call returns
+     * (outside any read section). */
+    bool ready_dirty;
     uint32_t index; /* dense per bus, from 0: its place in tally tables */
     /* Held count (msg.c): references this state's threads took from
      * receives and rbus_msg_ref minus those they released. Written only
@@ -430,6 +444,15 @@ struct rbus_topic {
      * pending array before it accepts its key (relaxed: only a hint). */
     _Atomic uint32_t listed_hint;
     uint64_t list_gen; /* the newest list's gen; under bus->lock */
+    /* Readiness (ready.c): the eventfd, -1 until rbus_topic_fd; the next
+     * topic that has one (immutable once the topic is on the bus's list). */
+    _Atomic int ready_fd;
+    struct rbus_topic *ready_next;
+    /* The descriptor's updater (ready.c): one at a time (busy), and a
+     * request for another round (dirty). readable: what the descriptor
+     * shows, touched only by the updater. */
+    _Atomic uint32_t ready_busy, ready_dirty;
+    bool readable;
     /* Written by every accepted publish. */
     RBUS__CACHE_ALIGNED _Atomic uint64_t seq;
     _Atomic uint64_t duplicates;
@@ -473,23 +496,23 @@ int rbus__publish_relay(rbus_topic *topic, const rbus_msg *orig, const struct rb
                         int64_t timeout_ns);
 /* What a new subscription's replay needs from the list update that adds
  * it (history.c): for each matching topic with history, the generation of
- * the first list that holds the subscription; and how many positions at
- * the front of its ring were reserved for the replay. */
+ * the first list that holds the subscription; and, allocated with them,
+ * room for `cap` messages three times over (the replay queue and two
+ * buffers for merging). */
 struct rbus_replay {
     uint32_t want; /* rbus_sub_opts.replay: per topic, at most */
     uint32_t ntopics;
     rbus_topic **topics;
     uint64_t *gens;
-    uint32_t reserved; /* positions [0, reserved) of the ring */
-    rbus_msg **buf;    /* 3 x reserved: rbus__replay_run's scratch */
+    uint32_t cap; /* most it replays: the capacity; 0 = nothing to do */
+    rbus_msg **buf[3];
 };
 /* Holding bus->route_lock (not bus->lock, which it takes for the swap):
  * swaps in new lists for every topic `sub` matches, with the sub added or
  * removed and sub->listed set to match, then waits for a grace period and
  * keeps the retired lists as spares. Adding returns 0 or -ENOMEM (nothing
  * changed); removing never fails and never allocates. Adding with
- * `replay` (want > 0) also fills it, and reserves the ring's first
- * positions before any publisher can see the subscription. */
+ * `replay` (want > 0) also fills it. */
 int rbus__topics_update(rbus *bus, rbus_sub *sub, bool add, struct rbus_replay *replay);
 void rbus__topics_free_all(rbus *bus);
 
@@ -608,6 +631,8 @@ struct rbus_sub {
      * reads too, so that testing it costs no other line. */
     uint32_t latency_sample;
     uint32_t replay; /* rbus_sub_opts.replay, for Prometheus */
+    /* Watermarks (RBUS_BLOCK; high UINT32_MAX otherwise: never reached). */
+    uint32_t high_mark, low_mark;
     uint64_t id;
     char *pattern;
     char *name;
@@ -640,6 +665,9 @@ struct rbus_sub {
     _Atomic uint32_t fd_armed;     /* 1: fd unreadable, next enqueue must write */
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
+    /* 1 from reaching high_mark until drained below low_mark (sub.c,
+     * "Watermarks"): its topics are not ready. */
+    _Atomic uint32_t over;
 
     /* With max_bytes: payload bytes queued, or reserved by publishers about
      * to queue (sub.c, "Byte bound"). Written by publishers and receivers. */
@@ -655,10 +683,18 @@ struct rbus_sub {
     /* Replay (history.c), written once by rbus_subscribe: retained
      * messages queued first, and those it collected that did not fit. */
     _Atomic uint64_t replayed, replay_skipped;
+    /* Watermark crossings, up and down (rare: hysteresis). */
+    _Atomic uint64_t high_hits, low_hits;
 
     /* Written by receivers. */
     RBUS__CACHE_ALIGNED _Atomic uint32_t callers; /* kept: threads inside calls on it */
     _Atomic uint64_t received;
+    /* Replay (sub.c): replay_q[0..replay_count), set before the handle is
+     * returned, is taken before the ring; replay_next is the next entry a
+     * receiver claims (it may run past replay_count). */
+    _Atomic uint32_t replay_next;
+    _Atomic uint32_t replay_count; /* relaxed: see take_replayed */
+    rbus_msg **replay_q;
     struct rbus__hist queue_wait; /* with latency_sample only */
     /* rbus__spin_wait_step's back-off: until when receivers do not yield,
      * and which of the last 8 yields that ran somebody took a slice. Per
@@ -737,14 +773,24 @@ int64_t rbus__tally_oldest_wait(const rbus_sub *sub);
 /* Offers msg to sub's ring under its policy (inside a read section). */
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *msg,
                                 uint32_t *evicted);
-/* A replayed message m (the caller's reference, which becomes the
- * subscription's) into reserved position pos of a new subscription's ring;
- * false when it does not fit its byte bound or a drop-oldest publisher
- * skipped the slot: the position is given back and m stays the caller's.
- * Counted as offered. */
-bool rbus__sub_replay_put(rbus_sub *s, uint64_t pos, rbus_msg *m);
+/* A new subscription's replay queue: q[0..n) (references that become
+ * the subscription's; q its own allocation, freed with it), oldest first.
+ * Under a byte bound it keeps the newest run that fits and releases the
+ * older rest. Returns how many it kept, counted as offered. */
+uint32_t rbus__sub_replay_set(rbus_sub *s, rbus_msg **q, uint32_t n);
 /* Block policy retry (inside a read section): true if queued. */
-bool rbus__sub_try_enqueue(rbus_sub *sub, rbus_msg *msg);
+bool rbus__sub_try_enqueue(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *msg);
+/* An all-or-none publish (inside a read section, before acceptance): a
+ * position in s's ring, and room for len bytes under its byte bound;
+ * false when there is none. */
+bool rbus__sub_reserve(rbus_sub *s, size_t len, struct rbus_resv *r);
+/* Gives back what rbus__sub_reserve took (the publish was refused). */
+void rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r);
+/* Writes msg into the reserved position: an offer, counted as one. If a
+ * receiver skipped the slot meanwhile (this publisher was stalled there),
+ * it offers again as rbus__sub_offer does, which may find no room. */
+enum rbus_offer rbus__sub_commit(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *msg,
+                                 struct rbus_resv *r);
 /* Whether m would find no room right now: no free slot (reservations
  * count), or, with a byte bound, not its bytes. */
 bool rbus__sub_full(rbus_sub *sub, const rbus_msg *m);
@@ -802,11 +848,26 @@ uint32_t rbus__history_collect(struct rbus_history *h, uint64_t gen, uint32_t wa
 uint32_t rbus__history_count(struct rbus_history *h);
 /* The replay of a new subscription, after the list update that added it
  * (holding route_lock): collects from each topic, keeps the newest that
- * fit, commits them into the reserved positions and gives back the
- * rest. Never fails (its buffers are allocated with the replay). */
+ * fit, and makes them the subscription's replay queue (taking one of
+ * r's buffers). Never fails (its buffers come with the replay). */
 void rbus__replay_run(rbus_sub *s, struct rbus_replay *r);
 /* Frees what a replay allocated. */
 void rbus__replay_free(rbus *bus, struct rbus_replay *r);
+
+/* ------------------------------------------------------------ ready.c */
+
+/* Brings every topic's readiness descriptor up to date with its
+ * subscriptions' watermark states. Outside any read section: it makes
+ * system calls. Never waits: an update in progress elsewhere is asked to
+ * run again instead. */
+void rbus__ready_refresh_all(rbus *bus);
+/* Whether every open RBUS_BLOCK subscription on t's list is under its
+ * watermarks. */
+bool rbus__topic_ready_now(rbus_topic *t);
+/* The same, holding bus->lock (which keeps the list alive). */
+bool rbus__topic_ready_locked(rbus_topic *t);
+/* rbus_destroy: closes t's descriptor. */
+void rbus__topic_fd_close(rbus_topic *t);
 
 /* --------------------------------------------------------- dispatch.c */
 
@@ -864,6 +925,10 @@ struct rbus {
     _Atomic int64_t held_stateless;
 
     rbus *registry_next;
+
+    /* Topics with a readiness descriptor, newest first (ready.c): pushed
+     * under bus->lock, read without it. */
+    _Atomic(struct rbus_topic *) ready_topics;
 
     /* Drop advisories (advisory.c): the thread, and what it waits on. */
     struct rbus_advisor *advisor;

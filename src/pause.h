@@ -51,6 +51,8 @@
     X(RBUS_TOPIC_OPEN_EX, "rbus_topic_open_ex")                                           \
     X(RBUS_TOPIC_NAME, "rbus_topic_name")                                                 \
     X(RBUS_TOPIC_LAST, "rbus_topic_last")                                                 \
+    X(RBUS_TOPIC_FD, "rbus_topic_fd")                                                     \
+    X(RBUS_TOPIC_READY, "rbus_topic_ready")                                               \
     X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                       \
     X(RBUS_PUBLISH, "rbus_publish")                                                       \
     X(RBUS_PUBLISH_EX, "rbus_publish_ex")                                                 \

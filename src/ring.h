@@ -274,9 +274,13 @@ static inline enum rbus_put rbus__ring_put(struct rbus_ring *r, rbus_msg *m, rbu
     if (rc != RBUS__PUT_QUEUED)
         return rc;
     RBUS__PAUSE(RING_PUT_RESERVED);
-    /* Relaxed: the commit's release publishes it. Nobody else stores this
-     * word until the slot is claimed, or acknowledged if we are skipped. */
-    atomic_store_explicit(&s->msg, m, memory_order_relaxed);
+    /* The commit's release publishes it to receivers. Release here too,
+     * for readers that look without claiming (history.c): one that reads
+     * this message word also sees the CAS that gave us the slot, so its
+     * re-check of the slot word cannot pass on an older value. Nobody
+     * else stores this word until the slot is claimed, or acknowledged
+     * if we are skipped. */
+    atomic_store_explicit(&s->msg, m, memory_order_release);
     uint64_t v = atomic_load_explicit(&s->seq, memory_order_relaxed);
     for (;;) {
         if (RBUS__SEQ_POS(v) == t && RBUS__SEQ_STATE(v) != RBUS__SLOT_HOLE &&
@@ -296,27 +300,15 @@ static inline enum rbus_put rbus__ring_put(struct rbus_ring *r, rbus_msg *m, rbu
     return RBUS__PUT_QUEUED;
 }
 
-/*
- * A replay's positions (sub.c). A new subscription's ring, before any
- * publisher can see it, reserves its first n positions at once, as n
- * writers would: tail starts at n, their slots EMPTY. Publishers then
- * queue behind them, and find the ring full n positions early. Each is
- * then committed or forgone by the replay, the only writer they have.
- */
-static inline void rbus__ring_reserve_first(struct rbus_ring *r, uint64_t n)
-{
-    /* Relaxed: the list update that makes the ring visible publishes it. */
-    atomic_store_explicit(&r->tail, n, memory_order_relaxed);
-}
-
-/* Commits m at reserved position pos; false when a drop-oldest publisher
- * found the ring full and skipped the slot meanwhile (its message went in
- * behind ours, so ours is the oldest, and goes): the slot is freed, and m
- * is not queued. */
+/* Commits m at position pos, which the caller reserved with
+ * rbus__ring_reserve (an all-or-none publish, sub.c); false when a
+ * receiver skipped the slot meanwhile (the caller was stalled there): the
+ * slot is freed, and m is not queued. */
 static inline bool rbus__ring_commit_at(struct rbus_ring *r, uint64_t pos, rbus_msg *m)
 {
     struct rbus_ring_slot *s = rbus__ring_slot(r, pos);
-    atomic_store_explicit(&s->msg, m, memory_order_relaxed);
+    /* Release, as in rbus__ring_put. */
+    atomic_store_explicit(&s->msg, m, memory_order_release);
     uint64_t v = RBUS__SEQ(pos, RBUS__SLOT_EMPTY);
     /* Release: the message word (and the message) before FULL. A failed
      * CAS saw HOLE, the only other state a reserved slot can take. */
@@ -327,8 +319,9 @@ static inline bool rbus__ring_commit_at(struct rbus_ring *r, uint64_t pos, rbus_
     return false;
 }
 
-/* Gives back reserved position pos without a message: the slot moves on
- * to the next lap, which receivers pass as a position done with. */
+/* Gives back reserved position pos without a message (an all-or-none
+ * publish that found another subscription full): the slot moves on to
+ * the next lap, which receivers pass as a position done with. */
 static inline void rbus__ring_forgo(struct rbus_ring *r, uint64_t pos)
 {
     struct rbus_ring_slot *s = rbus__ring_slot(r, pos);

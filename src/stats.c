@@ -54,11 +54,23 @@ void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
     /* From the ring itself, never derived from the counters, so the
      * accounting equation is a real check. */
     out->depth = rbus__ring_depth(&s->ring);
+    /* And the replayed messages not yet taken (their own queue). */
+    uint32_t next = atomic_load_explicit(&s->replay_next, memory_order_relaxed);
+    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
+    if (next < count)
+        out->depth += count - next;
     out->skipped = atomic_load_explicit(&s->ring.skipped, memory_order_relaxed);
     out->holes = atomic_load_explicit(&s->ring.holes, memory_order_relaxed);
     out->reoffers = atomic_load_explicit(&s->ring.reoffers, memory_order_relaxed);
     out->replayed = atomic_load_explicit(&s->replayed, memory_order_relaxed);
     out->replay_skipped = atomic_load_explicit(&s->replay_skipped, memory_order_relaxed);
+    if (s->overflow == RBUS_BLOCK) {
+        out->high_watermark = s->high_mark;
+        out->low_watermark = s->low_mark;
+    }
+    out->over_high = atomic_load_explicit(&s->over, memory_order_relaxed) != 0;
+    out->high_crossings = atomic_load_explicit(&s->high_hits, memory_order_relaxed);
+    out->low_crossings = atomic_load_explicit(&s->low_hits, memory_order_relaxed);
     out->high_water = atomic_load_explicit(&s->high_water, memory_order_relaxed);
     out->capacity = s->capacity;
     out->max_bytes = s->max_bytes;
@@ -167,6 +179,11 @@ static void sub_timing_read(rbus_sub *s, rbus_sub_timing *out)
     rbus__hist_read(&s->publisher_wait, &out->publisher_wait);
     out->lag_ns = sub_lag_ns(s);
     out->depth = rbus__ring_depth(&s->ring);
+    /* And the replayed messages not yet taken (their own queue). */
+    uint32_t next = atomic_load_explicit(&s->replay_next, memory_order_relaxed);
+    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
+    if (next < count)
+        out->depth += count - next;
 }
 
 int rbus_sub_timing_get(const rbus_sub *sub, rbus_sub_timing *out)
@@ -469,6 +486,8 @@ enum sub_field {
     F_REOFFERS,
     F_REPLAYED,
     F_REPLAY_SKIPPED,
+    F_HIGH_CROSSINGS,
+    F_LOW_CROSSINGS,
     F_LAG,
     F_QUEUE_WAIT,
     F_PUBLISHER_WAIT,
@@ -485,7 +504,8 @@ static void prom_sub_family(struct prom_out *o, const struct sub_snap *snaps, si
          * where they are sampled, publisher waits where publishers wait. */
         if ((f == F_QUEUE_WAIT && !s->latency_sample) ||
             (f == F_PUBLISHER_WAIT && s->overflow != RBUS_BLOCK) ||
-            ((f == F_REPLAYED || f == F_REPLAY_SKIPPED) && !s->replay))
+            ((f == F_REPLAYED || f == F_REPLAY_SKIPPED) && !s->replay) ||
+            ((f == F_HIGH_CROSSINGS || f == F_LOW_CROSSINGS) && s->overflow != RBUS_BLOCK))
             continue;
         if (!header) {
             prom_family(o, name, type, help);
@@ -543,6 +563,12 @@ static void prom_sub_family(struct prom_out *o, const struct sub_snap *snaps, si
         case F_REPLAY_SKIPPED:
             prom_sub_sample(o, name, s, NULL, st->replay_skipped);
             break;
+        case F_HIGH_CROSSINGS:
+            prom_sub_sample(o, name, s, NULL, st->high_crossings);
+            break;
+        case F_LOW_CROSSINGS:
+            prom_sub_sample(o, name, s, NULL, st->low_crossings);
+            break;
         case F_LAG:
             prom_sub_seconds(o, name, s, snaps[i].tm.lag_ns);
             break;
@@ -574,24 +600,28 @@ static void prom_topic_family(struct prom_out *o, rbus *bus, bool duplicates)
     }
 }
 
-enum topic_field { T_RATE_LIMITED, T_RETAIN, T_RETAINED };
+enum topic_field { T_RATE_LIMITED, T_RETAIN, T_RETAINED, T_READY };
 
 /* A family of the topics that have the feature it counts (a rate limit, a
- * history); none at all when no topic has it. */
+ * history, a readiness descriptor); none at all when no topic has it. */
 static void prom_topic_feature(struct prom_out *o, rbus *bus, enum topic_field f)
 {
     static const char *const names[] = {"ringbus_topic_rate_limited_total", "ringbus_topic_retain",
-                                        "ringbus_topic_retained"};
-    static const char *const types[] = {"counter", "gauge", "gauge"};
-    static const char *const helps[] = {"Publishes refused by the topic's rate limit.",
-                                        "Messages the topic's history keeps at most.",
-                                        "Messages the topic's history holds now."};
+                                        "ringbus_topic_retained", "ringbus_topic_ready"};
+    static const char *const types[] = {"counter", "gauge", "gauge", "gauge"};
+    static const char *const helps[] = {
+        "Publishes refused by the topic's rate limit.",
+        "Messages the topic's history keeps at most.", "Messages the topic's history holds now.",
+        "1 while every RBUS_BLOCK subscription of the topic is under its watermarks."};
     bool header = false;
     for (rbus_topic *t = bus->topics; t; t = t->all_next) {
         /* Acquire: pairs with the release stores that installed them. */
         struct rbus_limit *lim = atomic_load_explicit(&t->limit, memory_order_acquire);
         struct rbus_history *h = atomic_load_explicit(&t->hist, memory_order_acquire);
-        if (f == T_RATE_LIMITED ? !lim : !h)
+        bool has = f == T_RATE_LIMITED ? lim != NULL
+                   : f == T_READY ? atomic_load_explicit(&t->ready_fd, memory_order_relaxed) >= 0
+                                  : h != NULL;
+        if (!has)
             continue;
         if (!header) {
             prom_family(o, names[f], types[f], helps[f]);
@@ -603,7 +633,8 @@ static void prom_topic_feature(struct prom_out *o, rbus *bus, enum topic_field f
         prom_str(o, "\"} ");
         prom_u64(o, f == T_RATE_LIMITED ? atomic_load_explicit(&lim->limited, memory_order_relaxed)
                     : f == T_RETAIN     ? h->keep
-                                        : rbus__history_count(h));
+                    : f == T_RETAINED   ? rbus__history_count(h)
+                                        : rbus__topic_ready_locked(t));
         prom_str(o, "\n");
     }
 }
@@ -693,6 +724,10 @@ static const struct {
      "Retained messages queued first at subscribe (subscriptions with replay only)."},
     {F_REPLAY_SKIPPED, "ringbus_sub_replay_skipped_total", "counter",
      "Retained messages a replay asked for that did not fit."},
+    {F_HIGH_CROSSINGS, "ringbus_sub_high_watermark_crossings_total", "counter",
+     "Times the subscription reached its high watermark (RBUS_BLOCK only)."},
+    {F_LOW_CROSSINGS, "ringbus_sub_low_watermark_crossings_total", "counter",
+     "Times it then drained below its low watermark (RBUS_BLOCK only)."},
     {F_LAG, "ringbus_sub_lag_seconds", "gauge",
      "Age of the oldest message queued now; 0 when none is."},
     {F_QUEUE_WAIT, "ringbus_sub_queue_wait_seconds", "histogram",
@@ -763,6 +798,7 @@ int rbus_stats_prometheus(rbus *bus, char *buf, size_t size)
     prom_topic_feature(&o, bus, T_RATE_LIMITED);
     prom_topic_feature(&o, bus, T_RETAIN);
     prom_topic_feature(&o, bus, T_RETAINED);
+    prom_topic_feature(&o, bus, T_READY);
     for (size_t i = 0; i < sizeof sub_families / sizeof sub_families[0]; i++)
         prom_sub_family(&o, snaps, nsubs, sub_families[i].field, sub_families[i].name,
                         sub_families[i].type, sub_families[i].help);

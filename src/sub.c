@@ -27,9 +27,13 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+/* Whether anything is queued or being queued: the ring's reserved
+ * positions, or replayed messages not yet taken. */
 static inline bool ring_reserved(rbus_sub *s)
 {
-    return rbus__ring_reserved(&s->ring) != 0;
+    return rbus__ring_reserved(&s->ring) != 0 ||
+           atomic_load_explicit(&s->replay_next, memory_order_relaxed) <
+               atomic_load_explicit(&s->replay_count, memory_order_relaxed);
 }
 
 /*
@@ -46,15 +50,20 @@ static inline bool ring_reserved(rbus_sub *s)
  * (a receiver's, or a failed put's in bytes_put_failed) before a read of
  * room_waiters, is the room Dekker pair again, for bytes.
  */
-static inline bool bytes_reserve(rbus_sub *s, const rbus_msg *m)
+static inline bool bytes_reserve_len(rbus_sub *s, uint64_t len)
 {
     uint64_t b = atomic_load_explicit(&s->bytes, memory_order_seq_cst);
     do {
-        if (m->size > s->max_bytes - b)
+        if (len > s->max_bytes - b)
             return false;
-    } while (!atomic_compare_exchange_weak_explicit(&s->bytes, &b, b + m->size,
-                                                    memory_order_seq_cst, memory_order_seq_cst));
+    } while (!atomic_compare_exchange_weak_explicit(&s->bytes, &b, b + len, memory_order_seq_cst,
+                                                    memory_order_seq_cst));
     return true;
+}
+
+static inline bool bytes_reserve(rbus_sub *s, const rbus_msg *m)
+{
+    return bytes_reserve_len(s, m->size);
 }
 
 static inline void bytes_give_back(rbus_sub *s, uint64_t n)
@@ -102,9 +111,67 @@ static RBUS__NOINLINE void wake_receivers(rbus_sub *s)
         fd_make_readable(s);
 }
 
-/* One put (ring.h) and, when it queued, the wake-up and the high-water
- * mark. `evicted` non-NULL: drop-oldest. */
-static inline enum rbus_put ring_put(rbus_sub *s, rbus_msg *m, rbus_msg **evicted)
+/* ----------------------------------------------------------- watermarks */
+
+/*
+ * Watermarks (RBUS_BLOCK subscriptions; ready.c turns them into the
+ * topics' readiness). `over` goes 0 -> 1 when a put leaves the ring at
+ * high_mark or more, and 1 -> 0 when a take leaves it under low_mark;
+ * each change is one CAS, counted, and asks for the descriptors to be
+ * refreshed. The depth is positions reserved (ring.h), read with seq_cst
+ * loads. Stuck states are ruled out by two Dekker pairs: a publisher sets
+ * `over` (seq_cst CAS) and then reads the depth again, and a receiver
+ * moves head (its seq_cst CAS) and then reads `over` (seq_cst) in
+ * after_take: either the receiver sees `over` and clears it, or the
+ * publisher sees the drained depth and clears it itself. A receiver that
+ * cleared it likewise reads the depth again, and sets it back if puts
+ * raced it past high_mark meanwhile.
+ */
+static bool over_set(rbus_sub *s)
+{
+    uint32_t no = 0;
+    if (!atomic_compare_exchange_strong_explicit(&s->over, &no, 1, memory_order_seq_cst,
+                                                 memory_order_relaxed))
+        return false;
+    atomic_fetch_add_explicit(&s->high_hits, 1, memory_order_relaxed);
+    return true;
+}
+
+static bool over_clear(rbus_sub *s)
+{
+    uint32_t yes = 1;
+    if (!atomic_compare_exchange_strong_explicit(&s->over, &yes, 0, memory_order_seq_cst,
+                                                 memory_order_relaxed))
+        return false;
+    atomic_fetch_add_explicit(&s->low_hits, 1, memory_order_relaxed);
+    return true;
+}
+
+/* After a put whose depth estimate (an upper bound) reached high_mark:
+ * true when `over` changed. */
+static RBUS__NOINLINE bool watermark_after_put(rbus_sub *s)
+{
+    if (rbus__ring_reserved(&s->ring) < s->high_mark || !over_set(s))
+        return false;
+    if (rbus__ring_reserved(&s->ring) < s->low_mark)
+        over_clear(s); /* drained meanwhile, by a take that did not see `over` */
+    return true;
+}
+
+/* After a take, with `over` set: true when it changed. */
+static RBUS__NOINLINE bool watermark_after_take(rbus_sub *s)
+{
+    if (rbus__ring_reserved(&s->ring) >= s->low_mark || !over_clear(s))
+        return false;
+    if (rbus__ring_reserved(&s->ring) >= s->high_mark)
+        over_set(s); /* filled again meanwhile, by a put that saw `over` set */
+    return true;
+}
+
+/* One put (ring.h) and, when it queued, the wake-up, the high-water mark
+ * and the high watermark. `evicted` non-NULL: drop-oldest. */
+static inline enum rbus_put ring_put(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
+                                     rbus_msg **evicted)
 {
     /* Relaxed: high_water is a statistic; only its monotonicity matters,
      * which the CAS loop below keeps. */
@@ -122,6 +189,8 @@ static inline enum rbus_put ring_put(rbus_sub *s, rbus_msg *m, rbus_msg **evicte
            !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
                                                   memory_order_relaxed))
         ;
+    if (RBUS__UNLIKELY(depth >= s->high_mark) && watermark_after_put(s))
+        th->ready_dirty = true;
     return rc;
 }
 
@@ -298,7 +367,7 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
     bool may_evict = s->overflow == RBUS_DROP_OLDEST;
     for (;;) {
         rbus_msg *old = NULL;
-        enum rbus_put rc = ring_put(s, m, may_evict ? &old : NULL);
+        enum rbus_put rc = ring_put(th, s, m, may_evict ? &old : NULL);
         if (old) {
             drop_oldest(th, s, tally, old, evicted);
             may_evict = false;
@@ -325,39 +394,94 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
     }
 }
 
-bool rbus__sub_replay_put(rbus_sub *s, uint64_t pos, rbus_msg *m)
+uint32_t rbus__sub_replay_set(rbus_sub *s, rbus_msg **q, uint32_t n)
 {
-    if (s->max_bytes && !bytes_reserve(s, m)) {
-        rbus__ring_forgo(&s->ring, pos);
-        return false;
-    }
-    if (!rbus__ring_commit_at(&s->ring, pos, m)) {
-        if (s->max_bytes)
-            bytes_give_back(s, m->size);
-        return false;
-    }
-    /* Offered and queued, on the shared tally: this thread publishes
-     * nothing here. */
-    atomic_fetch_add_explicit(&s->shared.offered, 1, memory_order_relaxed);
-    uint32_t depth = (uint32_t)pos + 1;
-    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
-    while (depth > hw &&
-           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
-                                                  memory_order_relaxed))
-        ;
-    return true;
+    /* Under a byte bound, the newest run that fits: a message that does
+     * not fit ends it, so that no publisher's run has a gap. */
+    uint32_t first = 0;
+    for (uint32_t i = n; s->max_bytes && i-- > 0;)
+        if (!bytes_reserve(s, q[i])) {
+            first = i + 1;
+            break;
+        }
+    for (uint32_t i = 0; i < first; i++)
+        rbus__msg_unref(q[i], 1);
+    memmove(q, q + first, (size_t)(n - first) * sizeof *q);
+    s->replay_q = q;
+    atomic_store_explicit(&s->replay_next, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->replay_count, n - first, memory_order_relaxed);
+    /* Offered, on the shared tally: this thread publishes nothing here.
+     * The handle's publication (rbus_subscribe) orders all of it before
+     * any receive. */
+    atomic_fetch_add_explicit(&s->shared.offered, n - first, memory_order_relaxed);
+    return n - first;
 }
 
-bool rbus__sub_try_enqueue(rbus_sub *s, rbus_msg *m)
+bool rbus__sub_try_enqueue(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m)
 {
     if (s->max_bytes && !bytes_reserve(s, m))
         return false;
     enum rbus_put rc;
-    while ((rc = ring_put(s, m, NULL)) == RBUS__PUT_SKIPPED) {
+    while ((rc = ring_put(th, s, m, NULL)) == RBUS__PUT_SKIPPED) {
     }
     if (rc != RBUS__PUT_QUEUED && s->max_bytes)
         bytes_put_failed(s, m);
     return rc == RBUS__PUT_QUEUED;
+}
+
+bool rbus__sub_reserve(rbus_sub *s, size_t len, struct rbus_resv *r)
+{
+    if (s->max_bytes && !bytes_reserve_len(s, len))
+        return false;
+    /* Without eviction (RBUS_BLOCK): FULL or a position. Its tail CAS is
+     * seq_cst, as a put's: the receivers' sleep pair holds for it. */
+    if (rbus__ring_reserve(&s->ring, NULL, &r->slot, &r->pos) == RBUS__PUT_QUEUED)
+        return true;
+    if (s->max_bytes) {
+        bytes_give_back(s, len);
+        after_dequeue(s); /* a publisher may wait for those bytes: bytes_put_failed */
+    }
+    return false;
+}
+
+void rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r)
+{
+    rbus__ring_forgo(&s->ring, r->pos);
+    if (s->max_bytes) {
+        bytes_give_back(s, len);
+        after_dequeue(s);
+    }
+}
+
+enum rbus_offer rbus__sub_commit(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
+                                 struct rbus_resv *r)
+{
+    if (!rbus__ring_commit_at(&s->ring, r->pos, m)) {
+        /* Skipped while we were stalled between reserving and writing:
+         * our bytes are still reserved, and rbus__sub_offer reserves its
+         * own, so give these back first. Counted as a put offered again. */
+        atomic_fetch_add_explicit(&s->ring.reoffers, 1, memory_order_relaxed);
+        if (s->max_bytes)
+            bytes_give_back(s, m->size);
+        uint32_t evicted = 0; /* RBUS_BLOCK evicts nothing */
+        return rbus__sub_offer(th, s, m, &evicted);
+    }
+    struct rbus_tally *tally = rbus__tally_of(th, s);
+    rbus__tally_add(s, tally, &tally->offered);
+    /* As ring_put after its commit: the reservation's tail CAS was
+     * seq_cst, so these loads are the publisher half of the wake pairs. */
+    if (RBUS__UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
+                       atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
+        wake_receivers(s);
+    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
+    uint32_t depth = rbus__ring_depth_after(&s->ring, r->pos, hw);
+    while (depth > hw &&
+           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+    if (RBUS__UNLIKELY(depth >= s->high_mark) && watermark_after_put(s))
+        th->ready_dirty = true;
+    return RBUS_OFFER_QUEUED;
 }
 
 /* -------------------------------------------------------------- receive */
@@ -382,9 +506,28 @@ static RBUS__NOINLINE void record_queue_wait(rbus_sub *s, rbus_msg **m, size_t n
     }
 }
 
+/* Takes from the replay queue: each entry once, whoever races for it. */
+static RBUS__NOINLINE size_t take_replayed(rbus_sub *s, rbus_msg **out, size_t max)
+{
+    size_t got = 0;
+    while (got < max) {
+        /* Relaxed: the entries were written before the handle was
+         * published; the RMW hands each index to one receiver. */
+        uint32_t i = atomic_fetch_add_explicit(&s->replay_next, 1, memory_order_relaxed);
+        if (i >= atomic_load_explicit(&s->replay_count, memory_order_relaxed))
+            break;
+        out[got++] = s->replay_q[i];
+    }
+    return got;
+}
+
 static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
 {
     size_t got = 0;
+    /* Replayed messages come first. Relaxed: see take_replayed. */
+    if (RBUS__UNLIKELY(atomic_load_explicit(&s->replay_next, memory_order_relaxed) <
+                       atomic_load_explicit(&s->replay_count, memory_order_relaxed)))
+        got = take_replayed(s, out, max);
     while (got < max) {
         rbus_msg *m = rbus__ring_take(&s->ring, skip);
         if (!m)
@@ -402,6 +545,11 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
             bytes_give_back(s, n); /* before after_dequeue's read: see above */
         }
         after_dequeue(s);
+        /* seq_cst: the receiver half of the watermark Dekker pair, after
+         * the claim's seq_cst CAS. */
+        if (RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&
+            watermark_after_take(s))
+            rbus__ready_refresh_all(s->bus);
     }
     return got;
 }
@@ -627,6 +775,12 @@ static void sub_release_parts(rbus_sub *s)
     rbus_msg *m;
     while (s->capacity && (m = rbus__ring_take(&s->ring, true))) /* capacity: ring initialised */
         rbus__msg_unref(m, 1);
+    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
+    for (uint32_t i = atomic_load_explicit(&s->replay_next, memory_order_relaxed); i < count; i++)
+        rbus__msg_unref(s->replay_q[i], 1);
+    rbus__free(bus, s->replay_q);
+    s->replay_q = NULL;
+    atomic_store_explicit(&s->replay_count, 0, memory_order_relaxed);
     int fd = atomic_load_explicit(&s->fd, memory_order_relaxed);
     if (fd >= 0)
         close(fd);
@@ -739,6 +893,20 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
 
     uint32_t capacity = o.capacity ? o.capacity : bus->cfg.default_capacity;
     uint32_t size = ring_size_for(capacity);
+    if ((o.high_watermark || o.low_watermark) && o.overflow != RBUS_BLOCK)
+        return rbus__fail_static(-EINVAL, "rbus_subscribe: high_watermark and low_watermark "
+                                          "are for RBUS_BLOCK subscriptions only");
+    uint32_t high = o.high_watermark ? o.high_watermark : size;
+    uint32_t low = o.low_watermark ? o.low_watermark : (high / 2 ? high / 2 : 1);
+    if (high > size)
+        return rbus__fail(-EINVAL,
+                          "rbus_subscribe: high_watermark %" PRIu32
+                          " above the effective capacity (%" PRIu32 ")",
+                          high, size);
+    if (low > high)
+        return rbus__fail(-EINVAL,
+                          "rbus_subscribe: low_watermark %" PRIu32 " above high_watermark %" PRIu32,
+                          low, high);
     rbus_sub *s = sub_struct_get(bus);
     if (!s)
         return rbus__fail_static(-ENOMEM, "rbus_subscribe: out of memory for the subscription");
@@ -767,6 +935,8 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     s->max_bytes = o.max_bytes;
     s->latency_sample = o.latency_sample;
     s->replay = o.replay;
+    s->high_mark = o.overflow == RBUS_BLOCK ? high : UINT32_MAX;
+    s->low_mark = o.overflow == RBUS_BLOCK ? low : 0;
     s->advised_ns = rbus__now_ns(); /* the first advisory's since_ns */
     atomic_init(&s->bytes, 0);
 
@@ -792,7 +962,7 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     }
     /* Under the routing lock: no close marks the subscription closed
      * while its first positions are being written. */
-    if (!rc && replay.reserved)
+    if (!rc && replay.cap)
         rbus__replay_run(s, &replay);
     rbus__replay_free(bus, &replay);
     pthread_mutex_unlock(&bus->route_lock);
@@ -807,6 +977,9 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     /* Release: a call that finds `dying` clear sees the subscription
      * initialised (acquire in rbus__sub_enter's seq_cst load). */
     atomic_store_explicit(&s->dying, 0, memory_order_release);
+    /* A new RBUS_BLOCK subscription counts in its topics' readiness. */
+    if (s->overflow == RBUS_BLOCK)
+        rbus__ready_refresh_all(bus);
     *out = s;
     return 0;
 }
@@ -850,6 +1023,9 @@ static void sub_close(rbus_sub *sub)
         rbus__sub_finish_close(sub);
     }
     pthread_mutex_unlock(&bus->route_lock);
+    /* It no longer holds its topics back. */
+    if (was_open && sub->overflow == RBUS_BLOCK)
+        rbus__ready_refresh_all(bus);
 }
 
 int rbus_sub_close(rbus_sub *sub)

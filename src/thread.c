@@ -194,10 +194,16 @@ int rbus__thread_reserve_pending(struct rbus_thread_state *th, uint32_t n)
     while (cap < n)
         cap *= 2;
     struct rbus_pending *p = rbus__alloc(th->bus, cap * sizeof *p);
-    if (!p)
+    struct rbus_resv *r = rbus__alloc(th->bus, cap * sizeof *r);
+    if (!p || !r) {
+        rbus__free(th->bus, p);
+        rbus__free(th->bus, r);
         return -ENOMEM;
+    }
     rbus__free(th->bus, th->pending);
+    rbus__free(th->bus, th->resv);
     th->pending = p;
+    th->resv = r;
     th->pending_cap = cap;
     return 0;
 }
@@ -209,6 +215,7 @@ void rbus__thread_free_all(rbus *bus)
         struct rbus_thread_state *next = th->bus_next;
         rbus__msg_cache_free(bus, th->cache);
         rbus__free(bus, th->pending);
+        rbus__free(bus, th->resv);
         rbus__free_aligned(bus, th);
         th = next;
     }

@@ -209,7 +209,7 @@ static void list_stamp(rbus_topic *t, struct rbus_sublist *next, struct rbus_rep
     if (!next)
         return;
     next->gen = ++t->list_gen;
-    if (r && r->reserved && atomic_load_explicit(&t->hist, memory_order_relaxed)) {
+    if (r && r->cap && atomic_load_explicit(&t->hist, memory_order_relaxed)) {
         r->topics[r->ntopics] = t;
         r->gens[r->ntopics++] = next->gen;
     }
@@ -300,6 +300,7 @@ static int topic_open(rbus *bus, const char *name, bool keyed, uint32_t retain, 
         t->hash = h;
         t->spare = spare;
         list_stamp(t, list, NULL);
+        atomic_init(&t->ready_fd, -1);
         /* No publisher can see the topic before we return it: relaxed. */
         atomic_store_explicit(&t->subs, list, memory_order_relaxed);
         atomic_store_explicit(&t->hist, hist, memory_order_relaxed);
@@ -529,10 +530,9 @@ static bool lists_sub(const struct rbus_sublist *l, const rbus_sub *sub)
  * returns the retired ones in *retired. Adding returns 0 or -ENOMEM
  * (nothing changed). */
 /* Under bus->lock, adding a subscription with a replay: the topics with
- * history it matches, the ring positions reserved for the replay (at most
- * its capacity, at most `want` per topic) and the replay's buffers. The
- * positions are reserved before the swap makes the ring visible.
- * -ENOMEM changes nothing. */
+ * history it matches, how many it may replay (at most its capacity, at
+ * most `want` per topic), and the replay's buffers. -ENOMEM changes
+ * nothing. */
 static int replay_prepare(rbus *bus, rbus_sub *sub, struct rbus_replay *r)
 {
     uint64_t total = 0;
@@ -544,18 +544,18 @@ static int replay_prepare(rbus *bus, rbus_sub *sub, struct rbus_replay *r)
             total += r->want < h->keep ? r->want : h->keep;
         }
     }
-    uint32_t reserve = total < sub->capacity ? (uint32_t)total : sub->capacity;
-    if (reserve == 0)
+    uint32_t cap = total < sub->capacity ? (uint32_t)total : sub->capacity;
+    if (cap == 0)
         return 0;
     r->topics = rbus__alloc(bus, n * sizeof *r->topics);
     r->gens = rbus__alloc(bus, n * sizeof *r->gens);
-    r->buf = rbus__alloc(bus, 3 * (size_t)reserve * sizeof *r->buf);
-    if (!r->topics || !r->gens || !r->buf) {
+    for (int i = 0; i < 3; i++)
+        r->buf[i] = rbus__alloc(bus, (size_t)cap * sizeof *r->buf[i]);
+    if (!r->topics || !r->gens || !r->buf[0] || !r->buf[1] || !r->buf[2]) {
         rbus__replay_free(bus, r);
         return -ENOMEM;
     }
-    r->reserved = reserve;
-    rbus__ring_reserve_first(&sub->ring, reserve);
+    r->cap = cap;
     return 0;
 }
 
@@ -580,10 +580,8 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
     if (add) {
         fresh = rbus__zalloc(bus, n * sizeof *fresh);
         if (!fresh) {
-            if (replay && replay->reserved) {
-                rbus__ring_reserve_first(&sub->ring, 0);
+            if (replay)
                 rbus__replay_free(bus, replay);
-            }
             return -ENOMEM;
         }
         uint32_t i = 0;
@@ -598,10 +596,8 @@ static int update_swap(rbus *bus, rbus_sub *sub, bool add, struct rbus_sublist *
                     for (uint32_t j = 0; j < i; j++)
                         rbus__free(bus, fresh[j]);
                     rbus__free(bus, fresh);
-                    if (replay && replay->reserved) {
-                        rbus__ring_reserve_first(&sub->ring, 0);
+                    if (replay)
                         rbus__replay_free(bus, replay);
-                    }
                     return -ENOMEM;
                 }
             }
@@ -696,6 +692,7 @@ void rbus__topics_free_all(rbus *bus)
         rbus__dedup_free(bus, atomic_load_explicit(&t->dedup, memory_order_relaxed));
         rbus__free_aligned(bus, atomic_load_explicit(&t->limit, memory_order_relaxed));
         rbus__history_free(bus, atomic_load_explicit(&t->hist, memory_order_relaxed));
+        rbus__topic_fd_close(t);
         rbus__free(bus, t->name);
         rbus__free_aligned(bus, t);
         t = next;
@@ -786,7 +783,7 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, ui
                 atomic_fetch_add_explicit(&s->dropped_closed, 1, memory_order_relaxed);
                 if (closing)
                     rc = -ESHUTDOWN;
-            } else if (rbus__sub_try_enqueue(s, m)) {
+            } else if (rbus__sub_try_enqueue(th, s, m)) {
                 res->queued++;
                 pending_drop(th, i, &n, now);
                 continue;
@@ -948,6 +945,70 @@ static void reserve_pending_accepted(struct rbus_thread_state *th, uint32_t n)
     }
 }
 
+/* -EINVAL for flags a publish cannot take. */
+static RBUS__NOINLINE int flags_check(const rbus_pub_opts *opts)
+{
+    if (opts->flags & ~RBUS_PUB_ALL_OR_NONE)
+        return rbus__fail(-EINVAL, "flags 0x%" PRIx32 " has bits that are no RBUS_PUB_* flag",
+                          opts->flags);
+    if (opts->key)
+        return rbus__fail_static(-EINVAL, "RBUS_PUB_ALL_OR_NONE with a key (an accepted key "
+                                          "cannot be taken back)");
+    return 0;
+}
+
+/* The RBUS_BLOCK subscriptions on the list that are at their high
+ * watermark now, into res (inside the read section). */
+static RBUS__NOINLINE void at_high_watermark(const struct rbus_sublist *list, rbus_pub_result *res)
+{
+    for (uint32_t i = 0; list && i < list->count; i++) {
+        rbus_sub *s = list->subs[i];
+        /* Relaxed: a report, ordered with nothing. */
+        if (s->overflow == RBUS_BLOCK && atomic_load_explicit(&s->over, memory_order_relaxed)) {
+            if (!res->at_high_watermark++)
+                res->high_watermark_sub = s->id;
+        }
+    }
+}
+
+/*
+ * RBUS_PUB_ALL_OR_NONE, inside the read section, before acceptance: a
+ * position (and the bytes) in every RBUS_BLOCK subscription on the list,
+ * which the offers then fill; 0, or -EAGAIN having given back what it
+ * took, with the read section ended and *result saying which had no room.
+ */
+static RBUS__NOINLINE int reserve_all(struct rbus_thread_state *th, rbus_topic *topic,
+                                      const struct rbus_sublist *list, size_t len,
+                                      rbus_pub_result *result)
+{
+    uint32_t n = list ? list->count : 0;
+    if (rbus__thread_reserve_pending(th, n) != 0) {
+        rbus__read_end(th);
+        return no_pending(n);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        rbus_sub *s = list->subs[i];
+        if (s->overflow != RBUS_BLOCK || rbus__sub_reserve(s, len, &th->resv[i]))
+            continue;
+        uint64_t full = s->id;
+        while (i-- > 0)
+            if (list->subs[i]->overflow == RBUS_BLOCK)
+                rbus__sub_unreserve(list->subs[i], len, &th->resv[i]);
+        rbus__read_end(th);
+        if (result) {
+            result->matched = n;
+            result->at_high_watermark = 1;
+            result->high_watermark_sub = full;
+        }
+        char q[RBUS__QUOTE_CAP];
+        return rbus__fail(-EAGAIN,
+                          "RBUS_PUB_ALL_OR_NONE: subscription %" PRIu64
+                          " of topic %s has no room; nothing was queued",
+                          full, rbus__quote(q, topic->name));
+    }
+    return 0;
+}
+
 /* A publish on a topic with a rate limit: 0 when it may go on, or -EAGAIN
  * with result->retry_after_ns. Out of line, so that topics without a limit
  * pay only the test of `features`. */
@@ -998,6 +1059,9 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
         return key_bad("order_key", opts->order_key, opts->order_key_len);
     int hrc;
     if (opts && RBUS__UNLIKELY(opts->header_count != 0) && (hrc = rbus__headers_check(opts)) != 0)
+        return hrc;
+    const bool all_or_none = opts && (opts->flags & RBUS_PUB_ALL_OR_NONE);
+    if (opts && RBUS__UNLIKELY(opts->flags != 0) && (hrc = flags_check(opts)) != 0)
         return hrc;
     rbus *bus = topic->bus;
     if (len > bus->cfg.max_payload)
@@ -1074,6 +1138,12 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
         }
         now_ns = rbus__now_ns();
     }
+    /* Last before acceptance, so that the positions it reserves wait for
+     * their messages as briefly as a put's would. */
+    if (RBUS__UNLIKELY(all_or_none) && (hrc = reserve_all(th, topic, list, len, result)) != 0) {
+        rbus__msg_unref_by(th, m, 1);
+        return hrc;
+    }
     /* Accepted from here on. */
     m->seq = atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed) + 1;
     atomic_store_explicit(&m->time_ns, (uint64_t)now_ns, memory_order_relaxed);
@@ -1098,7 +1168,10 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     int64_t now = 0;
     for (uint32_t i = 0; i < n; i++) {
         rbus_sub *s = list->subs[i];
-        switch (rbus__sub_offer(th, s, m, &res.evicted)) {
+        enum rbus_offer offer = all_or_none && s->overflow == RBUS_BLOCK
+                                    ? rbus__sub_commit(th, s, m, &th->resv[i])
+                                    : rbus__sub_offer(th, s, m, &res.evicted);
+        switch (offer) {
         case RBUS_OFFER_QUEUED:
             res.queued++;
             break;
@@ -1107,7 +1180,11 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
             not_queued++;
             break;
         case RBUS_OFFER_FULL:
-            if (pub_timeout < 0) {
+            /* All-or-none keeps its promise to a subscription whose slot
+             * was skipped while this publisher stalled (rbus__sub_commit):
+             * it waits for room there, as the subscription's own policy
+             * says, rather than drop. */
+            if (pub_timeout < 0 && !(all_or_none && s->overflow == RBUS_BLOCK)) {
                 atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
                 res.dropped++;
                 not_queued++;
@@ -1126,16 +1203,18 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
                 tally = NULL;
             else
                 atomic_store_explicit(&tally->wait_since, now, memory_order_relaxed);
-            th->pending[waiting++] =
-                (struct rbus_pending){.sub = s,
-                                      .tally = tally,
-                                      .since_ns = now,
-                                      .deadline_ns = wait_deadline(s, pub_timeout, now),
-                                      .spin_ns = s->spin_ns};
+            th->pending[waiting++] = (struct rbus_pending){
+                .sub = s,
+                .tally = tally,
+                .since_ns = now,
+                .deadline_ns = wait_deadline(s, all_or_none ? 0 : pub_timeout, now),
+                .spin_ns = s->spin_ns};
             break;
         }
     }
     res.matched = n;
+    if (result)
+        at_high_watermark(list, &res);
     if (waiting)
         atomic_fetch_add_explicit(&bus->blocked_publishers, 1, memory_order_seq_cst);
     rbus__read_end(th);
@@ -1146,6 +1225,10 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
                    "the bus was closed while this publish waited for room; it was accepted "
                    "and queued for %" PRIu32 " of %" PRIu32 " subscriptions",
                    res.queued, res.matched);
+    if (RBUS__UNLIKELY(th->ready_dirty)) {
+        th->ready_dirty = false;
+        rbus__ready_refresh_all(bus);
+    }
     /* Not a byte of m may be read after this point unless we still hold a
      * reference: a receiver may already have recycled it. */
     if (not_queued + own)
