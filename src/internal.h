@@ -30,10 +30,12 @@
 
 #if defined(__GNUC__)
 #define RBUS__NOINLINE __attribute__((noinline))
+#define RBUS__ALWAYS_INLINE inline __attribute__((always_inline))
 #define RBUS__LIKELY(x) __builtin_expect(!!(x), 1)
 #define RBUS__UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
 #define RBUS__NOINLINE
+#define RBUS__ALWAYS_INLINE inline
 #define RBUS__LIKELY(x) (x)
 #define RBUS__UNLIKELY(x) (x)
 #endif

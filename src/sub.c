@@ -506,16 +506,23 @@ static RBUS__NOINLINE void record_queue_wait(rbus_sub *s, rbus_msg **m, size_t n
     }
 }
 
-/* Takes from the replay queue: each entry once, whoever races for it. */
+/* Takes from the replay queue: each entry once, whoever races for it.
+ * The count drops to 0 once every entry is claimed, so that the common
+ * receive tests one word. */
 static RBUS__NOINLINE size_t take_replayed(rbus_sub *s, rbus_msg **out, size_t max)
 {
     size_t got = 0;
+    /* Relaxed: the entries were written before the handle was published;
+     * the fetch-and-add hands each index to one receiver. The count read
+     * first: it becomes 0 only after every index below it was handed out,
+     * so an index below the count read is a valid claim. */
+    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
     while (got < max) {
-        /* Relaxed: the entries were written before the handle was
-         * published; the RMW hands each index to one receiver. */
         uint32_t i = atomic_fetch_add_explicit(&s->replay_next, 1, memory_order_relaxed);
-        if (i >= atomic_load_explicit(&s->replay_count, memory_order_relaxed))
+        if (i >= count) {
+            atomic_store_explicit(&s->replay_count, 0, memory_order_relaxed);
             break;
+        }
         out[got++] = s->replay_q[i];
     }
     return got;
@@ -525,8 +532,7 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
 {
     size_t got = 0;
     /* Replayed messages come first. Relaxed: see take_replayed. */
-    if (RBUS__UNLIKELY(atomic_load_explicit(&s->replay_next, memory_order_relaxed) <
-                       atomic_load_explicit(&s->replay_count, memory_order_relaxed)))
+    if (RBUS__UNLIKELY(atomic_load_explicit(&s->replay_count, memory_order_relaxed) != 0))
         got = take_replayed(s, out, max);
     while (got < max) {
         rbus_msg *m = rbus__ring_take(&s->ring, skip);

@@ -1039,18 +1039,15 @@ static RBUS__NOINLINE void retain(struct rbus_thread_state *th, struct rbus_hist
     rbus__history_put(th, h, m);
 }
 
-/* `relay` (dispatch.c's dead letters): not deduplicated, and the message
- * carries its origin topic and attempt count; NULL for a plain publish.
- * Failures set the detail without a function name, which the public
- * callers put in front. */
-static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
-                   rbus_pub_result *result, const struct rbus_relay *relay)
+/* The publish itself (see publish()); `featured` is a constant in each
+ * of its two copies. */
+static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data, size_t len,
+                                            const rbus_pub_opts *opts, rbus_pub_result *result,
+                                            const struct rbus_relay *relay, const bool featured)
 {
     rbus_pub_result res = {0};
     if (result)
         *result = res;
-    if (!topic)
-        return rbus__fail_static(-EINVAL, "topic is NULL");
     if (!data && len)
         return rbus__fail(-EINVAL, "data is NULL with len %zu", len);
     if (opts && !key_ok(opts->key, opts->key_len))
@@ -1060,8 +1057,8 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     int hrc;
     if (opts && RBUS__UNLIKELY(opts->header_count != 0) && (hrc = rbus__headers_check(opts)) != 0)
         return hrc;
-    const bool all_or_none = opts && (opts->flags & RBUS_PUB_ALL_OR_NONE);
-    if (opts && RBUS__UNLIKELY(opts->flags != 0) && (hrc = flags_check(opts)) != 0)
+    const bool all_or_none = featured && opts && (opts->flags & RBUS_PUB_ALL_OR_NONE);
+    if (featured && opts && opts->flags != 0 && (hrc = flags_check(opts)) != 0)
         return hrc;
     rbus *bus = topic->bus;
     if (len > bus->cfg.max_payload)
@@ -1073,9 +1070,10 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
         return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
     /* Relaxed: only a hint of which pointers to load (with acquire). */
-    const uint32_t features = atomic_load_explicit(&topic->features, memory_order_relaxed);
+    const uint32_t features =
+        featured ? atomic_load_explicit(&topic->features, memory_order_relaxed) : 0;
     int lrc;
-    if (RBUS__UNLIKELY(features & RBUS__TOPIC_LIMITED) && (lrc = limit_check(topic, result)) != 0)
+    if ((features & RBUS__TOPIC_LIMITED) && (lrc = limit_check(topic, result)) != 0)
         return lrc;
     /* The key's hash first: it starts loading the window's lines, which
      * then arrive while the thread state is found and the message built. */
@@ -1121,7 +1119,7 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     /* A topic with history keeps even a message every subscription
      * refuses. Acquire: pairs with the release store in topic_open or
      * topic_features_set. */
-    struct rbus_history *hist = RBUS__UNLIKELY(features & RBUS__TOPIC_RETAINED)
+    struct rbus_history *hist = (features & RBUS__TOPIC_RETAINED)
                                     ? atomic_load_explicit(&topic->hist, memory_order_acquire)
                                     : NULL;
     if (n && !relay && !hist && RBUS__UNLIKELY(subs_refuse_newest(list)))
@@ -1236,6 +1234,36 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
     if (result)
         *result = res;
     return rc;
+}
+
+/* A publish on a topic with a rate limit or a history, or with flags:
+ * everything the plain path leaves out. */
+static RBUS__NOINLINE int publish_featured(rbus_topic *topic, const void *data, size_t len,
+                                           const rbus_pub_opts *opts, rbus_pub_result *result,
+                                           const struct rbus_relay *relay)
+{
+    return publish_body(topic, data, len, opts, result, relay, true);
+}
+
+/* Two copies of one body: a topic with none of the features, published
+ * without flags, runs one that has no test for them at all. `relay`
+ * (dispatch.c's dead letters): not deduplicated, and the message carries
+ * its origin topic and attempt count; NULL for a plain publish. Failures
+ * set the detail without a function name, which the public callers put in
+ * front. */
+static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
+                   rbus_pub_result *result, const struct rbus_relay *relay)
+{
+    if (RBUS__UNLIKELY(!topic)) {
+        if (result)
+            memset(result, 0, sizeof *result);
+        return rbus__fail_static(-EINVAL, "topic is NULL");
+    }
+    /* Relaxed: which copy to run; the featured one loads what it needs. */
+    if (RBUS__UNLIKELY(atomic_load_explicit(&topic->features, memory_order_relaxed) |
+                       (opts ? opts->flags : 0)))
+        return publish_featured(topic, data, len, opts, result, relay);
+    return publish_body(topic, data, len, opts, result, relay, false);
 }
 
 int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,

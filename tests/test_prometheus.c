@@ -25,8 +25,12 @@ static void scene_build(struct scene *sc)
 {
     memset(sc, 0, sizeof *sc);
     assert_rbus_ok(rbus_create(&sc->bus, NULL));
-    assert_rbus_ok(rbus_topic_open(sc->bus, "orders.created", &sc->orders));
+    rbus_topic_opts to;
+    rbus_topic_opts_init(&to);
+    to.retain = 4; /* a history, so that its families appear */
+    assert_rbus_ok(rbus_topic_open_ex(sc->bus, "orders.created", &to, &sc->orders));
     assert_rbus_ok(rbus_topic_open(sc->bus, "audit.log", &sc->audit));
+    assert_true(rbus_topic_fd(sc->orders) >= 0); /* and readiness */
     static const rbus_overflow pol[3] = {RBUS_BLOCK, RBUS_DROP_NEWEST, RBUS_DROP_OLDEST};
     static const char *const pat[3] = {"orders.*", "orders.>", ">"};
     for (int i = 0; i < 3; i++) {
@@ -35,6 +39,7 @@ static void scene_build(struct scene *sc)
         o.capacity = 4;
         o.overflow = pol[i];
         o.name = sub_names[i];
+        o.replay = i == 0 ? 2 : 0;
         assert_rbus_ok(rbus_subscribe(sc->bus, pat[i], &o, &sc->subs[i]));
     }
     rbus_pub_opts po;
@@ -151,6 +156,32 @@ static void numbers_equal_the_stats_api(void **state)
             assert_int_equal(sample(text, p), rows[r].want);
         }
     }
+    /* History, readiness and replay: the block subscription (0) replays,
+     * and is over its high watermark (4 of 4 queued, then 3). */
+    assert_rbus_ok(rbus_topic_stats_get(sc.orders, &ts));
+    assert_int_equal(sample(text, "ringbus_topic_retain{topic=\"orders.created\"} "), 4);
+    assert_int_equal(sample(text, "ringbus_topic_retained{topic=\"orders.created\"} "),
+                     ts.retained);
+    assert_int_equal(ts.retained, 4);
+    assert_int_equal(sample(text, "ringbus_topic_ready{topic=\"orders.created\"} "), 0);
+    assert_null(strstr(text, "ringbus_topic_retain{topic=\"audit.log\"}"));
+    {
+        rbus_sub_stats st;
+        assert_rbus_ok(rbus_sub_stats_get(sc.subs[0], &st));
+        uint64_t id = rbus_sub_id(sc.subs[0]);
+        sub_prefix(p, sizeof p, "ringbus_sub_replayed_total", pat[0], id, escaped[0], pol[0], NULL);
+        assert_int_equal(sample(text, p), st.replayed);
+        sub_prefix(p, sizeof p, "ringbus_sub_high_watermark_crossings_total", pat[0], id,
+                   escaped[0], pol[0], NULL);
+        assert_int_equal(sample(text, p), st.high_crossings);
+        assert_int_equal(st.high_crossings, 1);
+        sub_prefix(p, sizeof p, "ringbus_sub_low_watermark_crossings_total", pat[0], id, escaped[0],
+                   pol[0], NULL);
+        assert_int_equal(sample(text, p), st.low_crossings);
+        assert_null(strstr(text, "ringbus_sub_replayed_total{pattern=\"orders.>\""));
+        assert_null(
+            strstr(text, "ringbus_sub_high_watermark_crossings_total{pattern=\"orders.>\""));
+    }
     /* The scene produced every kind of figure it was built for. */
     rbus_sub_stats st;
     assert_rbus_ok(rbus_sub_stats_get(sc.subs[0], &st));
@@ -174,6 +205,13 @@ static void numbers_equal_the_stats_api(void **state)
         "ringbus_sub_skipped_total",
         "ringbus_sub_holes_total",
         "ringbus_sub_reoffers_total",
+        "ringbus_topic_retain",
+        "ringbus_topic_retained",
+        "ringbus_topic_ready",
+        "ringbus_sub_replayed_total",
+        "ringbus_sub_replay_skipped_total",
+        "ringbus_sub_high_watermark_crossings_total",
+        "ringbus_sub_low_watermark_crossings_total",
     };
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
         char help[128], type[128];
