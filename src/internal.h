@@ -430,6 +430,10 @@ struct rbus_topic {
     /* RBUS__TOPIC_*: set (under bus->lock) after the pointer it stands
      * for, which the publish then loads with acquire. */
     _Atomic uint32_t features;
+    /* max_payload + 1 while `features` is 0, else 0: a publish whose len
+     * is below it takes the plain path, in the one test that checks the
+     * payload size (topic.c, publish()). */
+    _Atomic uint64_t plain_below;
     /* Rate limit (rbus_topic_open_ex), set once; NULL = none. */
     _Atomic(struct rbus_limit *) limit;
     /* Retained history (history.c), set once; NULL = none. */

@@ -305,6 +305,8 @@ static int topic_open(rbus *bus, const char *name, bool keyed, uint32_t retain, 
         atomic_store_explicit(&t->subs, list, memory_order_relaxed);
         atomic_store_explicit(&t->hist, hist, memory_order_relaxed);
         atomic_store_explicit(&t->features, hist ? RBUS__TOPIC_RETAINED : 0, memory_order_relaxed);
+        atomic_store_explicit(&t->plain_below, hist ? 0 : (uint64_t)bus->cfg.max_payload + 1,
+                              memory_order_relaxed);
         /* Release: pairs with rbus_subscribe's acquire (a replay then
          * finds the topic under bus->lock anyway). */
         if (hist)
@@ -407,6 +409,8 @@ static int topic_features_set(rbus_topic *t, struct rbus_limit *l, uint32_t reta
             h = NULL;
         }
         atomic_store_explicit(&t->features, f, memory_order_release);
+        atomic_store_explicit(&t->plain_below, f ? 0 : (uint64_t)bus->cfg.max_payload + 1,
+                              memory_order_release);
     }
     pthread_mutex_unlock(&bus->lock);
     rbus__free_aligned(bus, l);
@@ -1061,7 +1065,8 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
     if (featured && opts && opts->flags != 0 && (hrc = flags_check(opts)) != 0)
         return hrc;
     rbus *bus = topic->bus;
-    if (len > bus->cfg.max_payload)
+    /* The plain copy runs only for a len under plain_below (publish()). */
+    if (featured && len > bus->cfg.max_payload)
         return rbus__fail(-EMSGSIZE, "len %zu above max_payload %" PRIu32, len,
                           bus->cfg.max_payload);
     /* Relaxed pre-check only orders the error codes (-ESHUTDOWN before
@@ -1236,8 +1241,8 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
     return rc;
 }
 
-/* A publish on a topic with a rate limit or a history, or with flags:
- * everything the plain path leaves out. */
+/* A publish on a topic with a rate limit or a history, with flags, or of
+ * a payload above max_payload: everything the plain path leaves out. */
 static RBUS__NOINLINE int publish_featured(rbus_topic *topic, const void *data, size_t len,
                                            const rbus_pub_opts *opts, rbus_pub_result *result,
                                            const struct rbus_relay *relay)
@@ -1246,13 +1251,16 @@ static RBUS__NOINLINE int publish_featured(rbus_topic *topic, const void *data, 
 }
 
 /* Two copies of one body: a topic with none of the features, published
- * without flags, runs one that has no test for them at all. `relay`
- * (dispatch.c's dead letters): not deduplicated, and the message carries
- * its origin topic and attempt count; NULL for a plain publish. Failures
- * set the detail without a function name, which the public callers put in
- * front. */
-static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_pub_opts *opts,
-                   rbus_pub_result *result, const struct rbus_relay *relay)
+ * without flags, runs one that has no test for them at all. The choice
+ * costs the plain path nothing: plain_below folds the features into the
+ * payload-size check that every publish makes anyway (docs/benchmarks.md
+ * has the A/B). `relay` (dispatch.c's dead letters): not deduplicated,
+ * and the message carries its origin topic and attempt count; NULL for a
+ * plain publish. Failures set the detail without a function name, which
+ * the public callers put in front. */
+static RBUS__ALWAYS_INLINE int publish(rbus_topic *topic, const void *data, size_t len,
+                                       const rbus_pub_opts *opts, rbus_pub_result *result,
+                                       const struct rbus_relay *relay)
 {
     if (RBUS__UNLIKELY(!topic)) {
         if (result)
@@ -1260,8 +1268,8 @@ static int publish(rbus_topic *topic, const void *data, size_t len, const rbus_p
         return rbus__fail_static(-EINVAL, "topic is NULL");
     }
     /* Relaxed: which copy to run; the featured one loads what it needs. */
-    if (RBUS__UNLIKELY(atomic_load_explicit(&topic->features, memory_order_relaxed) |
-                       (opts ? opts->flags : 0)))
+    if (RBUS__UNLIKELY(len >= atomic_load_explicit(&topic->plain_below, memory_order_relaxed)) ||
+        (opts && RBUS__UNLIKELY(opts->flags != 0)))
         return publish_featured(topic, data, len, opts, result, relay);
     return publish_body(topic, data, len, opts, result, relay, false);
 }

@@ -421,11 +421,17 @@ static void *pub_main(void *arg)
     return NULL;
 }
 
+struct sub_ctx {
+    struct handover *h;
+    int first; /* this thread makes subscriptions first, first + 2, ... */
+};
+
 static void *subscriber_main(void *arg)
 {
-    struct handover *h = arg;
-    /* Subscriptions at spread moments of the run, and one after it. */
-    for (int i = 0; i < h->nsubs; i++) {
+    struct sub_ctx *c = arg;
+    struct handover *h = c->h;
+    /* Subscriptions at spread moments of the run, two threads racing. */
+    for (int i = c->first; i < h->nsubs; i += 2) {
         rbus_sub_opts o;
         rbus_sub_opts_init(&o);
         o.capacity = 1u << 15;
@@ -487,7 +493,8 @@ static void handover_under_publishers(uint32_t retain)
     memset(&h, 0, sizeof h);
     h.per_pub = rbus_test_scaled(10000, 300); /* all fit the capacity: 3 x 10000 < 2^15 */
     h.nsubs = 12;
-    printf("handover: %d publishers x %llu messages, %d late subscriptions, retain %u\n",
+    printf("handover: %d publishers x %llu messages, %d late subscriptions from 2 threads, "
+           "retain %u\n",
            HANDOVER_PUBS, (unsigned long long)h.per_pub, h.nsubs, retain);
     assert_rbus_ok(rbus_create(&h.bus, NULL));
     h.topic = retained_topic(h.bus, "state.x", retain);
@@ -499,7 +506,9 @@ static void handover_under_publishers(uint32_t retain)
         pc[i] = (struct pub_ctx){.h = &h, .id = i};
         rbus_test_threads_add(team, pub_main, &pc[i]);
     }
-    rbus_test_threads_add(team, subscriber_main, &h);
+    struct sub_ctx sc[2] = {{&h, 0}, {&h, 1}};
+    for (int i = 0; i < 2; i++)
+        rbus_test_threads_add(team, subscriber_main, &sc[i]);
     rbus_test_threads_start(team);
     rbus_test_threads_join(team);
     free(team);
