@@ -481,7 +481,10 @@ typedef struct rbus_pub_opts {
  * publisher preempted between reserving its slot and writing it for longer
  * than a receiver waits for it (design.md, "Progress") loses that slot and
  * offers again; if the subscription is full by then, it waits for room
- * there as the subscription's block_timeout_ns says, rather than drop.
+ * there as long as the subscription's block_timeout_ns allows (forever
+ * without one), and only then counts a drop (dropped_timeout). Under a
+ * byte bound a subscription can refuse (-EAGAIN) while under its high
+ * watermark, which counts messages: the descriptor then stays readable.
  * Not with a key (-EINVAL): an accepted key cannot be taken back.
  */
 #define RBUS_PUB_ALL_OR_NONE 1u

@@ -790,8 +790,9 @@ bool rbus__sub_try_enqueue(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg
  * position in s's ring, and room for len bytes under its byte bound;
  * false when there is none. */
 bool rbus__sub_reserve(rbus_sub *s, size_t len, struct rbus_resv *r);
-/* Gives back what rbus__sub_reserve took (the publish was refused). */
-void rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r);
+/* Gives back what rbus__sub_reserve took (the publish was refused); true
+ * when that brought s under its low watermark (readiness to refresh). */
+bool rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r);
 /* Writes msg into the reserved position: an offer, counted as one. If a
  * receiver skipped the slot meanwhile (this publisher was stalled there),
  * it offers again as rbus__sub_offer does, which may find no room. */

@@ -39,6 +39,10 @@
     X(HISTORY_HAZARD, "history.hazard") /* a reader announced a message, unchecked */     \
     X(REPLAY_COLLECT, "replay.collect") /* a subscribe, grace period over, about */       \
                                         /* to read the histories */                       \
+    /* a receive took messages, about to look at the watermark flag (sub.c) */            \
+    X(RECV_WATERMARK, "recv.watermark")                                                   \
+    /* an all-or-none publish holds a reserved position, before its next (topic.c) */     \
+    X(ALL_OR_NONE_RESERVED, "all_or_none.reserved")                                       \
     /* routing changes, after the new lists are in place and before the grace */          \
     /* period that retires the old ones (topic.c) */                                      \
     X(UPDATE_SWAPPED, "update.swapped")                                                   \

@@ -30,7 +30,7 @@ static bool list_ready(const struct rbus_sublist *l)
         /* seq_cst: after the caller's change of `over` (or of the list),
          * so that the last refresher sees every change made before it. */
         if (s->overflow == RBUS_BLOCK &&
-            atomic_load_explicit(&s->state, memory_order_relaxed) == RBUS_SUB_OPEN &&
+            atomic_load_explicit(&s->state, memory_order_seq_cst) == RBUS_SUB_OPEN &&
             atomic_load_explicit(&s->over, memory_order_seq_cst))
             return false;
     }

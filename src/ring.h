@@ -326,10 +326,11 @@ static inline void rbus__ring_forgo(struct rbus_ring *r, uint64_t pos)
 {
     struct rbus_ring_slot *s = rbus__ring_slot(r, pos);
     uint64_t v = RBUS__SEQ(pos, RBUS__SLOT_EMPTY);
-    /* Release, as in rbus__ring_unhold (which a skipped slot takes). */
+    /* Release, as in rbus__ring_unhold (which a skipped slot takes);
+     * seq_cst for the watermark pair its caller then completes (sub.c). */
     if (!atomic_compare_exchange_strong_explicit(
             &s->seq, &v, RBUS__SEQ(pos + rbus__ring_size(r), RBUS__SLOT_EMPTY),
-            memory_order_release, memory_order_relaxed))
+            memory_order_seq_cst, memory_order_relaxed))
         rbus__ring_unhold(r, s);
 }
 
@@ -424,6 +425,33 @@ static inline uint64_t rbus__ring_reserved(struct rbus_ring *r)
      * what the ring can hold. */
     uint64_t n = tail > head ? tail - head : 0;
     return n > r->mask + 1 ? r->mask + 1 : n;
+}
+
+/* Positions not yet done with: reserved, written or not, and not yet
+ * claimed, evicted, passed or given back. Exact where `head` is only a
+ * hint (it may lag, even move back): from it, slots whose word shows the
+ * position done with are walked over, reading each word seq_cst, so that
+ * a caller's seq_cst store before this meets a receiver's claim CAS on
+ * the slot (the watermark pairs in sub.c). O(lag of head): for rare
+ * paths only. */
+static inline uint64_t rbus__ring_pending(struct rbus_ring *r)
+{
+    const uint64_t size = rbus__ring_size(r);
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_seq_cst);
+    uint64_t t = atomic_load_explicit(&r->tail, memory_order_seq_cst);
+    while (h < t) {
+        uint64_t v = atomic_load_explicit(&rbus__ring_slot(r, h)->seq, memory_order_seq_cst);
+        uint64_t p = RBUS__SEQ_POS(v);
+        if (!(p > h || (p == h && RBUS__SEQ_STATE(v) == RBUS__SLOT_HOLE)))
+            break; /* FULL, or reserved and not yet written: pending */
+        h++;
+        /* Writers may have moved tail on meanwhile: read it again at the
+         * end, so that positions reserved since count too. */
+        if (h == t)
+            t = atomic_load_explicit(&r->tail, memory_order_seq_cst);
+    }
+    uint64_t n = t > h ? t - h : 0;
+    return n > size ? size : n;
 }
 
 /* Messages in the ring (stats): the committed slots among the positions

@@ -118,14 +118,16 @@ static RBUS__NOINLINE void wake_receivers(rbus_sub *s)
  * topics' readiness). `over` goes 0 -> 1 when a put leaves the ring at
  * high_mark or more, and 1 -> 0 when a take leaves it under low_mark;
  * each change is one CAS, counted, and asks for the descriptors to be
- * refreshed. The depth is positions reserved (ring.h), read with seq_cst
- * loads. Stuck states are ruled out by two Dekker pairs: a publisher sets
- * `over` (seq_cst CAS) and then reads the depth again, and a receiver
- * moves head (its seq_cst CAS) and then reads `over` (seq_cst) in
- * after_take: either the receiver sees `over` and clears it, or the
- * publisher sees the drained depth and clears it itself. A receiver that
- * cleared it likewise reads the depth again, and sets it back if puts
- * raced it past high_mark meanwhile.
+ * refreshed. The depth is the ring's pending positions, counted exactly
+ * by rbus__ring_pending (head alone may lag behind, or move back, when
+ * receivers race), which reads the slot words seq_cst. Stuck states are
+ * ruled out by Dekker pairs that meet on the slot words: a publisher sets
+ * `over` (seq_cst CAS) and then counts; a receiver claims a slot (its
+ * seq_cst CAS) and then reads `over` (seq_cst) in take_batch; an
+ * all-or-none publish that gives a position back (seq_cst CAS) then
+ * reads `over` too. Either the one that made room sees `over` and counts,
+ * or the one that set `over` counts the room made. Whoever clears it
+ * counts again, and sets it back if puts raced it past high_mark.
  */
 static bool over_set(rbus_sub *s)
 {
@@ -151,19 +153,20 @@ static bool over_clear(rbus_sub *s)
  * true when `over` changed. */
 static RBUS__NOINLINE bool watermark_after_put(rbus_sub *s)
 {
-    if (rbus__ring_reserved(&s->ring) < s->high_mark || !over_set(s))
+    if (rbus__ring_pending(&s->ring) < s->high_mark || !over_set(s))
         return false;
-    if (rbus__ring_reserved(&s->ring) < s->low_mark)
+    if (rbus__ring_pending(&s->ring) < s->low_mark)
         over_clear(s); /* drained meanwhile, by a take that did not see `over` */
     return true;
 }
 
-/* After a take, with `over` set: true when it changed. */
+/* After room was made (a take, a position given back), with `over` set:
+ * true when it changed. */
 static RBUS__NOINLINE bool watermark_after_take(rbus_sub *s)
 {
-    if (rbus__ring_reserved(&s->ring) >= s->low_mark || !over_clear(s))
+    if (rbus__ring_pending(&s->ring) >= s->low_mark || !over_clear(s))
         return false;
-    if (rbus__ring_reserved(&s->ring) >= s->high_mark)
+    if (rbus__ring_pending(&s->ring) >= s->high_mark)
         over_set(s); /* filled again meanwhile, by a put that saw `over` set */
     return true;
 }
@@ -444,13 +447,17 @@ bool rbus__sub_reserve(rbus_sub *s, size_t len, struct rbus_resv *r)
     return false;
 }
 
-void rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r)
+bool rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r)
 {
     rbus__ring_forgo(&s->ring, r->pos);
     if (s->max_bytes) {
         bytes_give_back(s, len);
         after_dequeue(s);
     }
+    /* The position counted in the depth until now: room made, as by a
+     * take (the watermark pairs above; forgo's CAS is seq_cst). */
+    return RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&
+           watermark_after_take(s);
 }
 
 enum rbus_offer rbus__sub_commit(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
@@ -551,6 +558,7 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
             bytes_give_back(s, n); /* before after_dequeue's read: see above */
         }
         after_dequeue(s);
+        RBUS__PAUSE(RECV_WATERMARK);
         /* seq_cst: the receiver half of the watermark Dekker pair, after
          * the claim's seq_cst CAS. */
         if (RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&

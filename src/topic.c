@@ -992,13 +992,20 @@ static RBUS__NOINLINE int reserve_all(struct rbus_thread_state *th, rbus_topic *
     }
     for (uint32_t i = 0; i < n; i++) {
         rbus_sub *s = list->subs[i];
-        if (s->overflow != RBUS_BLOCK || rbus__sub_reserve(s, len, &th->resv[i]))
+        if (s->overflow != RBUS_BLOCK)
             continue;
+        if (rbus__sub_reserve(s, len, &th->resv[i])) {
+            RBUS__PAUSE(ALL_OR_NONE_RESERVED);
+            continue;
+        }
         uint64_t full = s->id;
+        bool ready_changed = false;
         while (i-- > 0)
             if (list->subs[i]->overflow == RBUS_BLOCK)
-                rbus__sub_unreserve(list->subs[i], len, &th->resv[i]);
+                ready_changed |= rbus__sub_unreserve(list->subs[i], len, &th->resv[i]);
         rbus__read_end(th);
+        if (RBUS__UNLIKELY(ready_changed))
+            rbus__ready_refresh_all(topic->bus);
         if (result) {
             result->matched = n;
             result->at_high_watermark = 1;
@@ -1221,6 +1228,12 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
     if (waiting)
         atomic_fetch_add_explicit(&bus->blocked_publishers, 1, memory_order_seq_cst);
     rbus__read_end(th);
+    /* Before any wait for room: a loop watching the descriptor should not
+     * learn late that this publish made the topic not ready. */
+    if (RBUS__UNLIKELY(th->ready_dirty)) {
+        th->ready_dirty = false;
+        rbus__ready_refresh_all(bus);
+    }
 
     int rc = 0;
     if (RBUS__UNLIKELY(waiting) && (rc = publish_wait(bus, th, m, waiting, &res, &not_queued)) != 0)
