@@ -2,7 +2,9 @@
  * impl_ck.c - the raw ck_ring peers of `ringbus-bench peers`: raw-ck-ring,
  * the busy-polling floor, and raw-ck-yield, the same ring with
  * sched_yield() instead of a pause (the floor that survives more threads
- * than cores).
+ * than cores); and for 1->1 the floor under those, single-producer
+ * single-consumer rings: raw-spsc-ptr (pointers to preallocated slots)
+ * and raw-spsc-inline (the 64-byte message copied into the ring's slot).
  */
 #define _GNU_SOURCE
 #include "peers.h"
@@ -58,6 +60,7 @@ struct ck_peer {
     size_t stride;
     unsigned int bound; /* = capacity */
     bool yield;         /* raw-ck-yield: sched_yield() instead of a pause */
+    bool spsc;          /* raw-spsc-ptr: the single-producer, single-consumer calls */
 };
 
 /* A failed enqueue or dequeue: busy-poll (a pause), or give the core away. */
@@ -94,7 +97,8 @@ static void *ck_pub(void *arg)
             struct ck_q *q = ck_ring_of(k, j);
             PEER_TSAN_RELEASE(m); /* hand-off through the ring */
             while (ck_ring_size(&q->ring) >= k->bound ||
-                   !ck_ring_enqueue_mpmc(&q->ring, q->buf, m)) {
+                   !(k->spsc ? ck_ring_enqueue_spsc(&q->ring, q->buf, m)
+                             : ck_ring_enqueue_mpmc(&q->ring, q->buf, m))) {
                 ck_idle(k);
                 if (aborted(r))
                     return NULL;
@@ -117,7 +121,8 @@ static void *ck_rx(void *arg)
     run_wait_start(r);
     while (v.received < want) {
         void *m;
-        while (!ck_ring_dequeue_mpmc(&q->ring, q->buf, &m)) {
+        while (!(k->spsc ? ck_ring_dequeue_spsc(&q->ring, q->buf, &m)
+                         : ck_ring_dequeue_mpmc(&q->ring, q->buf, &m))) {
             ck_idle(k);
             if (aborted(r))
                 return NULL;
@@ -136,11 +141,13 @@ static void ck_wake(struct run *r)
     (void)r; /* everybody spins and checks the abort flag */
 }
 
-static uint64_t ck_run(struct run *r, const char *who, int yield)
+/* Variants: 0 MPMC busy-poll, 1 MPMC sched_yield, 2 SPSC (pointers). */
+static uint64_t ck_run(struct run *r, const char *who, int variant)
 {
     struct ck_peer k;
     memset(&k, 0, sizeof k);
-    k.yield = yield != 0;
+    k.yield = variant == 1;
+    k.spsc = variant == 2;
     unsigned int size = 2;
     while (size < r->capacity + 1u)
         size <<= 1;
@@ -170,6 +177,122 @@ static uint64_t ck_run(struct run *r, const char *who, int yield)
     free(k.slots);
     return elapsed;
 }
+
+/* ------------------------------------- raw SPSC of inline 64-byte slots */
+
+/* The message itself in the ring's slot: one copy in, one copy out, no
+ * pointer chased; the floor for handing 64 bytes to another core. */
+struct inline_msg {
+    unsigned char b[64];
+};
+CK_RING_PROTOTYPE(inline_msg, inline_msg)
+
+struct inl_peer {
+    ck_ring_t ring;
+    struct inline_msg *buf;
+    unsigned int bound;
+};
+
+static void *inl_pub(void *arg)
+{
+    struct thr *t = arg;
+    struct run *r = t->run;
+    struct inl_peer *k = r->impl;
+    struct inline_msg m;
+    memset(&m, 0, sizeof m);
+    uint64_t last = 0;
+    run_pub_started(r, t->id);
+    for (uint64_t c = 0; c < r->messages; c++) {
+        run_stamp(r, m.b, t->id, c, &last);
+        while (ck_ring_size(&k->ring) >= k->bound ||
+               !ck_ring_enqueue_spsc_inline_msg(&k->ring, k->buf, &m)) {
+            ck_pr_stall();
+            if (aborted(r))
+                return NULL;
+        }
+        PEER_TSAN_RELEASE(&k->ring); /* the slot's bytes, to the receiver */
+    }
+    return NULL;
+}
+
+static void *inl_rx(void *arg)
+{
+    struct thr *t = arg;
+    struct run *r = t->run;
+    struct inl_peer *k = r->impl;
+    struct bench_verify v;
+    memset(&v, 0, sizeof v);
+    uint64_t want = r->messages;
+    run_wait_start(r);
+    while (v.received < want) {
+        struct inline_msg m;
+        PEER_TSAN_ACQUIRE(&k->ring);
+        while (!ck_ring_dequeue_spsc_inline_msg(&k->ring, k->buf, &m)) {
+            ck_pr_stall();
+            if (aborted(r))
+                return NULL;
+            PEER_TSAN_ACQUIRE(&k->ring);
+        }
+        rx_one(r, &v, m.b);
+    }
+    run_rx_done(r, t->id, &v);
+    return NULL;
+}
+
+static uint64_t inl_run(struct run *r, const char *who, int variant)
+{
+    (void)variant;
+    struct inl_peer k;
+    memset(&k, 0, sizeof k);
+    unsigned int size = 2;
+    while (size < r->capacity + 1u)
+        size <<= 1;
+    k.bound = r->capacity;
+    ck_ring_init(&k.ring, size);
+    k.buf = zalloc_aligned(size * sizeof *k.buf);
+    uint64_t elapsed = 0;
+    if (k.buf) {
+        r->impl = &k;
+        elapsed = run_threads(r, who, inl_pub, inl_rx, ck_wake);
+    } else {
+        fprintf(stderr, "ringbus-bench: %s: out of memory\n", who);
+    }
+    free(k.buf);
+    return elapsed;
+}
+
+/* Single producer, single consumer, and (inline) a message that fits. */
+static bool spsc_ok(const struct scenario *sc, bool inline_slots)
+{
+    return scenario_ok(sc) && sc->publishers == 1 && sc->subscribers == 1 &&
+           (!inline_slots || sc->payload <= sizeof(struct inline_msg));
+}
+
+static double spsc_ptr_throughput(const struct scenario *sc)
+{
+    return spsc_ok(sc, false) ? peer_throughput(sc, ck_run, 2, "raw-spsc-ptr") : -1;
+}
+
+static double spsc_inline_throughput(const struct scenario *sc)
+{
+    return spsc_ok(sc, true) ? peer_throughput(sc, inl_run, 0, "raw-spsc-inline") : -1;
+}
+
+const struct bench_impl bench_impl_spsc_ptr = {
+    .name = "raw-spsc-ptr",
+    .throughput = spsc_ptr_throughput,
+    .latency = NULL,
+    .wait_strategy = "ck_ring SPSC of pointers to preallocated slots (1->1 only); "
+                     "busy-poll (ck_pr_stall)",
+};
+
+const struct bench_impl bench_impl_spsc_inline = {
+    .name = "raw-spsc-inline",
+    .throughput = spsc_inline_throughput,
+    .latency = NULL,
+    .wait_strategy = "ck_ring SPSC whose slots hold the 64-byte message itself (1->1, "
+                     "payload <= 64 B only); busy-poll (ck_pr_stall)",
+};
 
 static double ck_throughput(const struct scenario *sc)
 {

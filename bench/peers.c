@@ -221,6 +221,8 @@ static const struct peer peers[] = {
      "spin_ns < 0"},
     {&bench_impl_ck, 0, 0, true, false, "busy-poll", "busy-poll", NULL},
     {&bench_impl_ck_yield, 0, 0, false, false, "sched_yield poll", NULL, NULL},
+    {&bench_impl_spsc_ptr, 1, 1, false, false, "busy-poll", NULL, NULL},
+    {&bench_impl_spsc_inline, 1, 1, false, false, "busy-poll", NULL, NULL},
 #ifdef RBUS_BENCH_HAVE_ZMQ
     {&bench_impl_zmq_pubsub, 1, 0, true, true, "blocking send/recv", "recv DONTWAIT loop",
      "blocking zmq_recv"},
@@ -494,7 +496,7 @@ int bench_mode_peers(const struct bench_opts *o)
                pre);
         printf("%swait strategies:\n", pre);
         for (int p = 0; p < NPEERS; p++)
-            printf("%s  %-13s %s\n", pre, peers[p].impl->name, peers[p].impl->wait_strategy);
+            printf("%s  %-15s %s\n", pre, peers[p].impl->name, peers[p].impl->wait_strategy);
 #ifndef RBUS_BENCH_HAVE_ZMQ
         printf("%s  (ZeroMQ peers not built: libzmq not found by pkg-config)\n", pre);
 #endif

@@ -139,6 +139,8 @@ int peer_latency(const struct latency_run *lr, peer_run_fn run, int variant, con
 /* The peers; the ZeroMQ and GLib ones only when pkg-config found them. */
 extern const struct bench_impl bench_impl_ck;       /* impl_ck.c */
 extern const struct bench_impl bench_impl_ck_yield; /* impl_ck.c */
+extern const struct bench_impl bench_impl_spsc_ptr; /* impl_ck.c */
+extern const struct bench_impl bench_impl_spsc_inline; /* impl_ck.c */
 #ifdef RBUS_BENCH_HAVE_ZMQ
 extern const struct bench_impl bench_impl_zmq_pubsub;   /* impl_zmq.c */
 extern const struct bench_impl bench_impl_zmq_pushpull; /* impl_zmq.c */
