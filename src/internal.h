@@ -481,6 +481,11 @@ struct rbus_limit {
 };
 
 bool rbus__match_unchecked(const char *pattern, const char *name);
+/* How many subscriptions on t's current list `pred` holds for. Read as a
+ * publisher reads the list, inside a read section (without a thread
+ * state, under bus->lock); `locked`: the caller holds bus->lock, which
+ * keeps the current list alive. */
+uint32_t rbus__topic_count_subs(rbus_topic *t, bool (*pred)(const rbus_sub *s), bool locked);
 /* 0 when s is a valid topic name (with `pattern`: a valid pattern); else
  * -EINVAL, with the detail "fn: what 'quoted s': the rule it breaks" from
  * the validator that rbus_topic_valid and rbus_pattern_valid use. */
@@ -734,6 +739,15 @@ static inline bool rbus__sub_enter(rbus_sub *s)
     return false;
 }
 
+/* Replayed messages not yet taken (sub.c, take_replayed). Relaxed: a
+ * count, exact when no receive is in flight. */
+static inline uint32_t rbus__sub_replay_left(rbus_sub *s)
+{
+    uint32_t next = atomic_load_explicit(&s->replay_next, memory_order_relaxed);
+    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
+    return next < count ? count - next : 0;
+}
+
 /* Leaves it. Release: everything the call did to the subscription happens
  * before rbus_unsubscribe, which acquires callers == 0, frees what hangs
  * off it. */
@@ -869,10 +883,8 @@ void rbus__replay_free(rbus *bus, struct rbus_replay *r);
  * run again instead. */
 void rbus__ready_refresh_all(rbus *bus);
 /* Whether every open RBUS_BLOCK subscription on t's list is under its
- * watermarks. */
-bool rbus__topic_ready_now(rbus_topic *t);
-/* The same, holding bus->lock (which keeps the list alive). */
-bool rbus__topic_ready_locked(rbus_topic *t);
+ * watermarks; `locked` as in rbus__topic_count_subs. */
+bool rbus__topic_ready(rbus_topic *t, bool locked);
 /* rbus_destroy: closes t's descriptor. */
 void rbus__topic_fd_close(rbus_topic *t);
 

@@ -21,43 +21,19 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-/* Whether every open RBUS_BLOCK subscription on l is under its
- * watermarks; l is kept alive by the caller. */
-static bool list_ready(const struct rbus_sublist *l)
+/* An open RBUS_BLOCK subscription over its high watermark: it holds its
+ * topics back. seq_cst: after the caller's change of `over` (or of the
+ * list), so that the last refresher sees every change made before it. */
+static bool holds_back(const rbus_sub *s)
 {
-    for (uint32_t i = 0; l && i < l->count; i++) {
-        rbus_sub *s = l->subs[i];
-        /* seq_cst: after the caller's change of `over` (or of the list),
-         * so that the last refresher sees every change made before it. */
-        if (s->overflow == RBUS_BLOCK &&
-            atomic_load_explicit(&s->state, memory_order_seq_cst) == RBUS_SUB_OPEN &&
-            atomic_load_explicit(&s->over, memory_order_seq_cst))
-            return false;
-    }
-    return true;
+    return s->overflow == RBUS_BLOCK &&
+           atomic_load_explicit(&s->state, memory_order_seq_cst) == RBUS_SUB_OPEN &&
+           atomic_load_explicit(&s->over, memory_order_seq_cst);
 }
 
-bool rbus__topic_ready_now(rbus_topic *t)
+bool rbus__topic_ready(rbus_topic *t, bool locked)
 {
-    struct rbus_thread_state *th = rbus__thread_get(t->bus);
-    /* The list as a publisher reads it, inside a read section; without a
-     * state (out of memory), under bus->lock, which keeps it alive too.
-     * Acquire: pairs with the release exchange in rbus__topics_update. */
-    if (!th) {
-        pthread_mutex_lock(&t->bus->lock);
-        bool ready = rbus__topic_ready_locked(t);
-        pthread_mutex_unlock(&t->bus->lock);
-        return ready;
-    }
-    rbus__read_begin(th);
-    bool ready = list_ready(atomic_load_explicit(&t->subs, memory_order_acquire));
-    rbus__read_end(th);
-    return ready;
-}
-
-bool rbus__topic_ready_locked(rbus_topic *t)
-{
-    return list_ready(atomic_load_explicit(&t->subs, memory_order_acquire));
+    return rbus__topic_count_subs(t, holds_back, locked) == 0;
 }
 
 /* Makes the descriptor show `ready`; only the owner calls it. */
@@ -89,7 +65,7 @@ static void refresh(rbus_topic *t)
         if (atomic_exchange_explicit(&t->ready_busy, 1, memory_order_seq_cst))
             return; /* the owner runs again for us */
         atomic_store_explicit(&t->ready_dirty, 0, memory_order_seq_cst);
-        fd_show(t, fd, rbus__topic_ready_now(t));
+        fd_show(t, fd, rbus__topic_ready(t, false));
         atomic_store_explicit(&t->ready_busy, 0, memory_order_seq_cst);
     }
 }
@@ -139,7 +115,7 @@ int rbus_topic_ready(rbus_topic *topic)
     RBUS__PAUSE(RBUS_TOPIC_READY);
     if (!topic)
         return rbus__fail_static(-EINVAL, "rbus_topic_ready: topic is NULL");
-    return rbus__topic_ready_now(topic) ? 1 : 0;
+    return rbus__topic_ready(topic, false) ? 1 : 0;
 }
 
 void rbus__topic_fd_close(rbus_topic *t)

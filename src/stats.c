@@ -31,6 +31,14 @@ int rbus_sub_stats_get(const rbus_sub *sub, rbus_sub_stats *out)
     return 0;
 }
 
+/* Messages queued: read from the ring itself (and the replay queue),
+ * never derived from the counters, so the accounting equation is a real
+ * check. */
+static uint32_t sub_depth(rbus_sub *s)
+{
+    return rbus__ring_depth(&s->ring) + rbus__sub_replay_left(s);
+}
+
 void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
 {
     memset(out, 0, sizeof *out);
@@ -51,14 +59,7 @@ void rbus__sub_stats_read(rbus_sub *s, rbus_sub_stats *out)
         int64_t now = rbus__now_ns();
         out->longest_wait_ns = now > since ? (uint64_t)(now - since) : 0;
     }
-    /* From the ring itself, never derived from the counters, so the
-     * accounting equation is a real check. */
-    out->depth = rbus__ring_depth(&s->ring);
-    /* And the replayed messages not yet taken (their own queue). */
-    uint32_t next = atomic_load_explicit(&s->replay_next, memory_order_relaxed);
-    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
-    if (next < count)
-        out->depth += count - next;
+    out->depth = sub_depth(s);
     out->skipped = atomic_load_explicit(&s->ring.skipped, memory_order_relaxed);
     out->holes = atomic_load_explicit(&s->ring.holes, memory_order_relaxed);
     out->reoffers = atomic_load_explicit(&s->ring.reoffers, memory_order_relaxed);
@@ -178,12 +179,7 @@ static void sub_timing_read(rbus_sub *s, rbus_sub_timing *out)
     rbus__hist_read(&s->queue_wait, &out->queue_wait);
     rbus__hist_read(&s->publisher_wait, &out->publisher_wait);
     out->lag_ns = sub_lag_ns(s);
-    out->depth = rbus__ring_depth(&s->ring);
-    /* And the replayed messages not yet taken (their own queue). */
-    uint32_t next = atomic_load_explicit(&s->replay_next, memory_order_relaxed);
-    uint32_t count = atomic_load_explicit(&s->replay_count, memory_order_relaxed);
-    if (next < count)
-        out->depth += count - next;
+    out->depth = sub_depth(s);
 }
 
 int rbus_sub_timing_get(const rbus_sub *sub, rbus_sub_timing *out)
@@ -205,14 +201,11 @@ int rbus_sub_timing_get(const rbus_sub *sub, rbus_sub_timing *out)
     return 0;
 }
 
-/* Subscriptions on the list that are still open: rbus_close marks them
- * closed but leaves them listed until each is closed or unsubscribed. */
-static uint32_t open_subs(const struct rbus_sublist *l)
+/* Still open: rbus_close marks subscriptions closed but leaves them
+ * listed until each is closed or unsubscribed. Relaxed: a count. */
+static bool sub_open(const rbus_sub *s)
 {
-    uint32_t n = 0;
-    for (uint32_t i = 0; l && i < l->count; i++)
-        n += atomic_load_explicit(&l->subs[i]->state, memory_order_relaxed) == RBUS_SUB_OPEN;
-    return n;
+    return atomic_load_explicit(&s->state, memory_order_relaxed) == RBUS_SUB_OPEN;
 }
 
 int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
@@ -235,20 +228,9 @@ int rbus_topic_stats_get(const rbus_topic *topic, rbus_topic_stats *out)
         out->retain = h->keep;
         out->retained = rbus__history_count(h);
     }
-    /* Read the current list the way a publisher does, inside a read
-     * section (never blocked by a subscribe or close holding the bus lock);
-     * only if this thread cannot get a state (out of memory) fall back to
-     * the lock, under which the current list is alive too. */
-    struct rbus_thread_state *th = rbus__thread_get(t->bus);
-    if (th) {
-        rbus__read_begin(th);
-        out->subscriptions = open_subs(atomic_load_explicit(&t->subs, memory_order_acquire));
-        rbus__read_end(th);
-    } else {
-        pthread_mutex_lock(&t->bus->lock);
-        out->subscriptions = open_subs(atomic_load_explicit(&t->subs, memory_order_relaxed));
-        pthread_mutex_unlock(&t->bus->lock);
-    }
+    /* Read as a publisher reads it: never blocked by a subscribe or close
+     * holding the bus lock. */
+    out->subscriptions = rbus__topic_count_subs(t, sub_open, false);
     return 0;
 }
 
@@ -634,7 +616,7 @@ static void prom_topic_feature(struct prom_out *o, rbus *bus, enum topic_field f
         prom_u64(o, f == T_RATE_LIMITED ? atomic_load_explicit(&lim->limited, memory_order_relaxed)
                     : f == T_RETAIN     ? h->keep
                     : f == T_RETAINED   ? rbus__history_count(h)
-                                        : rbus__topic_ready_locked(t));
+                                        : rbus__topic_ready(t, true));
         prom_str(o, "\n");
     }
 }

@@ -31,9 +31,7 @@
  * positions, or replayed messages not yet taken. */
 static inline bool ring_reserved(rbus_sub *s)
 {
-    return rbus__ring_reserved(&s->ring) != 0 ||
-           atomic_load_explicit(&s->replay_next, memory_order_relaxed) <
-               atomic_load_explicit(&s->replay_count, memory_order_relaxed);
+    return rbus__ring_reserved(&s->ring) != 0 || rbus__sub_replay_left(s) != 0;
 }
 
 /*
@@ -171,20 +169,13 @@ static RBUS__NOINLINE bool watermark_after_take(rbus_sub *s)
     return true;
 }
 
-/* One put (ring.h) and, when it queued, the wake-up, the high-water mark
- * and the high watermark. `evicted` non-NULL: drop-oldest. */
-static inline enum rbus_put ring_put(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
-                                     rbus_msg **evicted)
+/* After a put that queued, at `depth` (rbus__ring_depth_after, exact above
+ * hw): the wake-up, the high-water mark and the high watermark. The put's
+ * seq_cst CAS on tail came first: these loads are the publisher half of
+ * the Dekker pairs above (plain loads on x86). Relaxed for high_water: a
+ * statistic, whose monotonicity the CAS loop keeps. */
+static inline void after_put(struct rbus_thread_state *th, rbus_sub *s, uint32_t hw, uint32_t depth)
 {
-    /* Relaxed: high_water is a statistic; only its monotonicity matters,
-     * which the CAS loop below keeps. */
-    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
-    uint32_t depth;
-    enum rbus_put rc = rbus__ring_put(&s->ring, m, evicted, hw, &depth);
-    if (rc != RBUS__PUT_QUEUED)
-        return rc;
-    /* seq_cst loads after the ring's seq_cst CAS on tail: the publisher half
-     * of the Dekker pairs above (plain loads on x86). */
     if (RBUS__UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
                        atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
         wake_receivers(s);
@@ -194,6 +185,20 @@ static inline enum rbus_put ring_put(struct rbus_thread_state *th, rbus_sub *s, 
         ;
     if (RBUS__UNLIKELY(depth >= s->high_mark) && watermark_after_put(s))
         th->ready_dirty = true;
+}
+
+/* One put (ring.h) and, when it queued, after_put. `evicted` non-NULL:
+ * drop-oldest. */
+static inline enum rbus_put ring_put(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
+                                     rbus_msg **evicted)
+{
+    /* Relaxed: high_water is a statistic; only its monotonicity matters,
+     * which the CAS loop below keeps. */
+    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
+    uint32_t depth;
+    enum rbus_put rc = rbus__ring_put(&s->ring, m, evicted, hw, &depth);
+    if (rc == RBUS__PUT_QUEUED)
+        after_put(th, s, hw, depth);
     return rc;
 }
 
@@ -205,15 +210,21 @@ static inline void after_dequeue(rbus_sub *s)
         rbus__event_signal(&s->bus->room_ev);
 }
 
-/* A put that reserved bytes and then did not queue gives them back. A
- * blocked publisher may be waiting for exactly those bytes (it found them
+/* Bytes a put reserved and then did not use, given back. A blocked
+ * publisher may be waiting for exactly those bytes (it found them
  * reserved and registered), so this is a dequeue for the room Dekker
  * pair: give back (seq_cst RMW), then read room_waiters. */
+static void bytes_return(rbus_sub *s, uint64_t len)
+{
+    bytes_give_back(s, len);
+    after_dequeue(s);
+}
+
+/* A put that reserved bytes and then did not queue. */
 static void bytes_put_failed(rbus_sub *s, const rbus_msg *m)
 {
     RBUS__PAUSE(BYTES_PUT_FAILED);
-    bytes_give_back(s, m->size);
-    after_dequeue(s);
+    bytes_return(s, m->size);
 }
 
 /* ------------------------------------------------------------ tallies */
@@ -440,20 +451,16 @@ bool rbus__sub_reserve(rbus_sub *s, size_t len, struct rbus_resv *r)
      * seq_cst, as a put's: the receivers' sleep pair holds for it. */
     if (rbus__ring_reserve(&s->ring, NULL, &r->slot, &r->pos) == RBUS__PUT_QUEUED)
         return true;
-    if (s->max_bytes) {
-        bytes_give_back(s, len);
-        after_dequeue(s); /* a publisher may wait for those bytes: bytes_put_failed */
-    }
+    if (s->max_bytes)
+        bytes_return(s, len);
     return false;
 }
 
 bool rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r)
 {
     rbus__ring_forgo(&s->ring, r->pos);
-    if (s->max_bytes) {
-        bytes_give_back(s, len);
-        after_dequeue(s);
-    }
+    if (s->max_bytes)
+        bytes_return(s, len);
     /* The position counted in the depth until now: room made, as by a
      * take (the watermark pairs above; forgo's CAS is seq_cst). */
     return RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&
@@ -475,19 +482,9 @@ enum rbus_offer rbus__sub_commit(struct rbus_thread_state *th, rbus_sub *s, rbus
     }
     struct rbus_tally *tally = rbus__tally_of(th, s);
     rbus__tally_add(s, tally, &tally->offered);
-    /* As ring_put after its commit: the reservation's tail CAS was
-     * seq_cst, so these loads are the publisher half of the wake pairs. */
-    if (RBUS__UNLIKELY((atomic_load_explicit(&s->msg_ev.word, memory_order_seq_cst) & 1u) |
-                       atomic_load_explicit(&s->fd_armed, memory_order_seq_cst)))
-        wake_receivers(s);
+    /* The reservation's tail CAS was seq_cst, as a put's. */
     uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
-    uint32_t depth = rbus__ring_depth_after(&s->ring, r->pos, hw);
-    while (depth > hw &&
-           !atomic_compare_exchange_weak_explicit(&s->high_water, &hw, depth, memory_order_relaxed,
-                                                  memory_order_relaxed))
-        ;
-    if (RBUS__UNLIKELY(depth >= s->high_mark) && watermark_after_put(s))
-        th->ready_dirty = true;
+    after_put(th, s, hw, rbus__ring_depth_after(&s->ring, r->pos, hw));
     return RBUS_OFFER_QUEUED;
 }
 
@@ -991,9 +988,6 @@ int rbus_subscribe(rbus *bus, const char *pattern, const rbus_sub_opts *opts, rb
     /* Release: a call that finds `dying` clear sees the subscription
      * initialised (acquire in rbus__sub_enter's seq_cst load). */
     atomic_store_explicit(&s->dying, 0, memory_order_release);
-    /* A new RBUS_BLOCK subscription counts in its topics' readiness. */
-    if (s->overflow == RBUS_BLOCK)
-        rbus__ready_refresh_all(bus);
     *out = s;
     return 0;
 }

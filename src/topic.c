@@ -215,6 +215,36 @@ static void list_stamp(rbus_topic *t, struct rbus_sublist *next, struct rbus_rep
     }
 }
 
+uint32_t rbus__topic_count_subs(rbus_topic *t, bool (*pred)(const rbus_sub *s), bool locked)
+{
+    struct rbus_thread_state *th = locked ? NULL : rbus__thread_get(t->bus);
+    bool lock = !locked && !th;
+    if (th)
+        rbus__read_begin(th);
+    else if (lock)
+        pthread_mutex_lock(&t->bus->lock);
+    /* Acquire: pairs with the release exchange in rbus__topics_update. */
+    const struct rbus_sublist *l = atomic_load_explicit(&t->subs, memory_order_acquire);
+    uint32_t n = 0;
+    for (uint32_t i = 0; l && i < l->count; i++)
+        n += pred(l->subs[i]);
+    if (th)
+        rbus__read_end(th);
+    else if (lock)
+        pthread_mutex_unlock(&t->bus->lock);
+    return n;
+}
+
+/* Under bus->lock, or before t is visible: sets t's features, and
+ * plain_below from them (publish()). Release: after the pointers the
+ * features stand for. */
+static void features_store(rbus_topic *t, uint32_t f)
+{
+    atomic_store_explicit(&t->features, f, memory_order_release);
+    atomic_store_explicit(&t->plain_below, f ? 0 : (uint64_t)t->bus->cfg.max_payload + 1,
+                          memory_order_release);
+}
+
 /* The listed (open) subscriptions whose pattern matches `name`: counted,
  * and stored into `fill` when it is not NULL. Under bus->lock. */
 static uint32_t listed_matching(rbus *bus, const char *name, rbus_sub **fill)
@@ -239,10 +269,12 @@ static int topic_no_window(const rbus *bus, const char *name)
 
 /* Finds or creates the topic `name` (checked by the caller). `keyed`: the
  * topic has its dedup window when this returns 0; a topic created here gets
- * it before anyone can see the topic. A topic created here keeps a history
- * of `retain` messages, or with 0 the bus's default. Failures set the detail without a
+ * it before anyone can see the topic. A topic created here keeps the
+ * history *hist (which it then takes: *hist becomes NULL), or, with none,
+ * one of the bus's default size. Failures set the detail without a
  * function name, which the public callers put in front. */
-static int topic_open(rbus *bus, const char *name, bool keyed, uint32_t retain, rbus_topic **out)
+static int topic_open(rbus *bus, const char *name, bool keyed, struct rbus_history **given,
+                      rbus_topic **out)
 {
     size_t len = strlen(name);
     uint32_t h = hash_name(name, len);
@@ -274,15 +306,18 @@ static int topic_open(rbus *bus, const char *name, bool keyed, uint32_t retain, 
         }
 
         uint32_t count = listed_matching(bus, name, NULL);
-        uint32_t keep = retain ? retain : bus->cfg.retain;
-        struct rbus_history *hist = keep ? rbus__history_new(bus, keep) : NULL;
+        struct rbus_history *hist = given && *given ? *given : NULL;
+        bool own_hist = !hist && bus->cfg.retain;
+        if (own_hist)
+            hist = rbus__history_new(bus, bus->cfg.retain);
         t = rbus__zalloc_aligned(bus, sizeof *t);
         struct rbus_sublist *list = count ? sublist_new(bus, count) : NULL;
         /* The first spare, so that a later removal never allocates. */
         struct rbus_sublist *spare = count > 1 ? sublist_new(bus, count) : NULL;
         char *copy = rbus__strdup(bus, name);
-        if (!t || !copy || (count && !list) || (count > 1 && !spare) || (keep && !hist)) {
-            rbus__history_free(bus, hist);
+        if (!t || !copy || (count && !list) || (count > 1 && !spare) || (own_hist && !hist)) {
+            if (own_hist)
+                rbus__history_free(bus, hist);
             rbus__free_aligned(bus, t);
             rbus__free(bus, list);
             rbus__free(bus, spare);
@@ -304,9 +339,9 @@ static int topic_open(rbus *bus, const char *name, bool keyed, uint32_t retain, 
         /* No publisher can see the topic before we return it: relaxed. */
         atomic_store_explicit(&t->subs, list, memory_order_relaxed);
         atomic_store_explicit(&t->hist, hist, memory_order_relaxed);
-        atomic_store_explicit(&t->features, hist ? RBUS__TOPIC_RETAINED : 0, memory_order_relaxed);
-        atomic_store_explicit(&t->plain_below, hist ? 0 : (uint64_t)bus->cfg.max_payload + 1,
-                              memory_order_relaxed);
+        features_store(t, hist ? RBUS__TOPIC_RETAINED : 0);
+        if (hist && !own_hist)
+            *given = NULL; /* the topic's now */
         /* Release: pairs with rbus_subscribe's acquire (a replay then
          * finds the topic under bus->lock anyway). */
         if (hist)
@@ -344,7 +379,7 @@ int rbus_topic_open(rbus *bus, const char *name, rbus_topic **out)
     if (!out)
         return rbus__fail_static(-EINVAL, "rbus_topic_open: out is NULL");
     int rc = rbus__subject_check("rbus_topic_open", "name", name, false);
-    if (rc == 0 && (rc = topic_open(bus, name, false, 0, out)) != 0)
+    if (rc == 0 && (rc = topic_open(bus, name, false, NULL, out)) != 0)
         rbus__fail_prefix("rbus_topic_open");
     return rc;
 }
@@ -408,9 +443,7 @@ static int topic_features_set(rbus_topic *t, struct rbus_limit *l, uint32_t reta
             atomic_store_explicit(&bus->retains, 1, memory_order_release);
             h = NULL;
         }
-        atomic_store_explicit(&t->features, f, memory_order_release);
-        atomic_store_explicit(&t->plain_below, f ? 0 : (uint64_t)bus->cfg.max_payload + 1,
-                              memory_order_release);
+        features_store(t, f);
     }
     pthread_mutex_unlock(&bus->lock);
     rbus__free_aligned(bus, l);
@@ -436,7 +469,8 @@ int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
             -EINVAL, "rbus_topic_open_ex: retain %" PRIu32 " above RBUS_MAX_RETAIN (%" PRIu32 ")",
             retain, RBUS_MAX_RETAIN);
     /* The limit and the history are made before the topic, so that no
-     * failure for memory can follow the topic's creation. */
+     * failure for memory can follow the topic's creation; a topic created
+     * now takes the history at once. */
     struct rbus_limit *l = NULL;
     struct rbus_history *h = NULL;
     if (opts && opts->rate_per_s > 0) {
@@ -458,7 +492,7 @@ int rbus_topic_open_ex(rbus *bus, const char *name, const rbus_topic_opts *opts,
                           retain);
     }
     bool keyed = opts && opts->keyed && bus->cfg.dedup_keys != RBUS_DEDUP_OFF;
-    if ((rc = topic_open(bus, name, keyed, retain, out)) != 0) {
+    if ((rc = topic_open(bus, name, keyed, &h, out)) != 0) {
         rbus__free_aligned(bus, l);
         rbus__history_free(bus, h);
         rbus__fail_prefix("rbus_topic_open_ex");
@@ -949,6 +983,16 @@ static void reserve_pending_accepted(struct rbus_thread_state *th, uint32_t n)
     }
 }
 
+/* After a publish's read section: a watermark crossed during it refreshes
+ * the topics' readiness descriptors (system calls, so outside). */
+static inline void ready_flush(rbus *bus, struct rbus_thread_state *th)
+{
+    if (RBUS__UNLIKELY(th->ready_dirty)) {
+        th->ready_dirty = false;
+        rbus__ready_refresh_all(bus);
+    }
+}
+
 /* -EINVAL for flags a publish cannot take. */
 static RBUS__NOINLINE int flags_check(const rbus_pub_opts *opts)
 {
@@ -1230,20 +1274,16 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
     rbus__read_end(th);
     /* Before any wait for room: a loop watching the descriptor should not
      * learn late that this publish made the topic not ready. */
-    if (RBUS__UNLIKELY(th->ready_dirty)) {
-        th->ready_dirty = false;
-        rbus__ready_refresh_all(bus);
-    }
+    ready_flush(bus, th);
 
     int rc = 0;
-    if (RBUS__UNLIKELY(waiting) && (rc = publish_wait(bus, th, m, waiting, &res, &not_queued)) != 0)
-        rbus__fail(rc,
-                   "the bus was closed while this publish waited for room; it was accepted "
-                   "and queued for %" PRIu32 " of %" PRIu32 " subscriptions",
-                   res.queued, res.matched);
-    if (RBUS__UNLIKELY(th->ready_dirty)) {
-        th->ready_dirty = false;
-        rbus__ready_refresh_all(bus);
+    if (RBUS__UNLIKELY(waiting)) {
+        if ((rc = publish_wait(bus, th, m, waiting, &res, &not_queued)) != 0)
+            rbus__fail(rc,
+                       "the bus was closed while this publish waited for room; it was "
+                       "accepted and queued for %" PRIu32 " of %" PRIu32 " subscriptions",
+                       res.queued, res.matched);
+        ready_flush(bus, th); /* the retries' puts may have crossed a mark */
     }
     /* Not a byte of m may be read after this point unless we still hold a
      * reference: a receiver may already have recycled it. */

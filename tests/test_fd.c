@@ -18,21 +18,6 @@ static void spin_ns(uint64_t ns)
     }
 }
 
-/* poll once: 1 readable, 0 not (within timeout_ms) */
-static int fd_readable(int fd, int timeout_ms)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int rc;
-    do {
-        rc = poll(&p, 1, timeout_ms);
-    } while (rc < 0 && errno == EINTR);
-    assert_true(rc >= 0);
-    if (rc == 0)
-        return 0;
-    assert_int_equal(p.revents & (POLLERR | POLLNVAL), 0);
-    return (p.revents & POLLIN) ? 1 : 0;
-}
-
 /* Long enough to never matter when the fd is (correctly) readable at once. */
 #define READY_MS 2000
 
@@ -57,7 +42,7 @@ static void expect_drained_not_readable(rbus_sub *s, int fd)
 {
     rbus_msg *m = NULL;
     assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
-    assert_int_equal(fd_readable(fd, 0), 0);
+    assert_int_equal(rbus_test_fd_readable(fd, 0), 0);
 }
 
 static void fd_is_stable_nonblocking_and_cloexec(void **state)
@@ -102,10 +87,10 @@ static void fd_readable_when_messages_queued_before_creation(void **state)
     assert_rbus_ok(rbus_publish(t, "b", 1));
 
     int fd = sub_fd(s);
-    assert_int_equal(fd_readable(fd, 0), 1);
+    assert_int_equal(rbus_test_fd_readable(fd, 0), 1);
     recv_seq(s, 1);
     /* one still queued: still readable */
-    assert_int_equal(fd_readable(fd, 0), 1);
+    assert_int_equal(rbus_test_fd_readable(fd, 0), 1);
     recv_seq(s, 2);
     expect_drained_not_readable(s, fd);
 
@@ -128,14 +113,14 @@ static void fd_follows_queue_until_eagain(void **state)
     for (int round = 0; round < 5; round++) {
         /* one publish makes it readable */
         assert_rbus_ok(rbus_publish(t, "x", 1));
-        assert_int_equal(fd_readable(fd, READY_MS), 1);
+        assert_int_equal(rbus_test_fd_readable(fd, READY_MS), 1);
         /* polling again does not consume readiness */
-        assert_int_equal(fd_readable(fd, 0), 1);
+        assert_int_equal(rbus_test_fd_readable(fd, 0), 1);
         assert_rbus_ok(rbus_publish(t, "y", 1));
-        assert_int_equal(fd_readable(fd, 0), 1);
+        assert_int_equal(rbus_test_fd_readable(fd, 0), 1);
         recv_seq(s, ++seq);
         /* one more is queued: must be readable */
-        assert_int_equal(fd_readable(fd, 0), 1);
+        assert_int_equal(rbus_test_fd_readable(fd, 0), 1);
         if (round % 2 == 0) {
             recv_seq(s, ++seq);
             assert_rbus_rc(rbus_recv(s, &m, 0), -EAGAIN);
@@ -147,8 +132,8 @@ static void fd_follows_queue_until_eagain(void **state)
             assert_rbus_rc(rbus_recv_batch(s, b, 4, 0), -EAGAIN);
         }
         /* -EAGAIN clears it until the next message */
-        assert_int_equal(fd_readable(fd, 0), 0);
-        assert_int_equal(fd_readable(fd, 0), 0);
+        assert_int_equal(rbus_test_fd_readable(fd, 0), 0);
+        assert_int_equal(rbus_test_fd_readable(fd, 0), 0);
     }
 
     /* messages taken with a blocking receive don't leave it readable for
@@ -173,7 +158,7 @@ static void fd_readable_after_sub_close(void **state)
     expect_drained_not_readable(s, fd);
 
     assert_rbus_ok(rbus_sub_close(s));
-    assert_int_equal(fd_readable(fd, READY_MS), 1);
+    assert_int_equal(rbus_test_fd_readable(fd, READY_MS), 1);
     assert_rbus_rc(rbus_recv(s, &m, 0), -ESHUTDOWN);
 
     /* with messages queued at close: readable, drain, then -ESHUTDOWN */
@@ -181,7 +166,7 @@ static void fd_readable_after_sub_close(void **state)
     int fd2 = sub_fd(s2);
     assert_rbus_ok(rbus_publish(t, "a", 1));
     assert_rbus_ok(rbus_sub_close(s2));
-    assert_int_equal(fd_readable(fd2, READY_MS), 1);
+    assert_int_equal(rbus_test_fd_readable(fd2, READY_MS), 1);
     recv_seq(s2, 1);
     assert_rbus_rc(rbus_recv(s2, &m, 0), -ESHUTDOWN);
 
@@ -203,7 +188,7 @@ static void fd_readable_after_bus_close(void **state)
     recv_seq(s, 1);
     expect_drained_not_readable(s, fd);
     rbus_close(bus);
-    assert_int_equal(fd_readable(fd, READY_MS), 1);
+    assert_int_equal(rbus_test_fd_readable(fd, READY_MS), 1);
     rbus_msg *m = NULL;
     assert_rbus_rc(rbus_recv(s, &m, 0), -ESHUTDOWN);
     assert_rbus_ok(rbus_unsubscribe(s));

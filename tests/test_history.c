@@ -12,16 +12,6 @@
 
 #include "harness.h"
 
-static rbus_topic *retained_topic(rbus *bus, const char *name, uint32_t retain)
-{
-    rbus_topic_opts o;
-    rbus_topic_opts_init(&o);
-    o.retain = retain;
-    rbus_topic *t;
-    assert_rbus_ok(rbus_topic_open_ex(bus, name, &o, &t));
-    return t;
-}
-
 static rbus_sub *replay_sub(rbus *bus, const char *pattern, uint32_t replay, uint32_t cap,
                             rbus_overflow policy)
 {
@@ -70,7 +60,7 @@ static void last_value(void **state)
     (void)state;
     rbus *bus;
     assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = retained_topic(bus, "config.db", 1);
+    rbus_topic *t = rbus_test_open_retained(bus, "config.db", 1);
     rbus_msg *m = (rbus_msg *)&m; /* not NULL: the failure must clear it */
     assert_rbus_rc(rbus_topic_last(t, &m), -ENOENT);
     assert_null(m);
@@ -118,7 +108,7 @@ static void replay_then_live(void **state)
     (void)state;
     rbus *bus;
     assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = retained_topic(bus, "prices.eur", 8);
+    rbus_topic *t = rbus_test_open_retained(bus, "prices.eur", 8);
     rbus_sub *early = replay_sub(bus, "prices.*", 0, 64, RBUS_BLOCK);
     for (uint64_t i = 1; i <= 10; i++)
         publish_u64(t, i);
@@ -160,7 +150,7 @@ static void replay_bounded_by_capacity(void **state)
     (void)state;
     rbus *bus;
     assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = retained_topic(bus, "orders.book", 16);
+    rbus_topic *t = rbus_test_open_retained(bus, "orders.book", 16);
     for (uint64_t i = 1; i <= 10; i++)
         publish_u64(t, i);
     rbus_sub *s = replay_sub(bus, "orders.book", 16, 4, RBUS_DROP_NEWEST);
@@ -182,7 +172,7 @@ static void replay_bounded_by_capacity(void **state)
     /* A byte bound: retained messages of 40000 bytes, a bound that holds
      * one; the replay keeps the newest run that fits (an older message
      * after a gap would break the run) and counts the rest. */
-    rbus_topic *big = retained_topic(bus, "orders.big", 4);
+    rbus_topic *big = rbus_test_open_retained(bus, "orders.big", 4);
     static unsigned char blob[40000];
     for (int i = 0; i < 3; i++) {
         memset(blob, 'a' + i, sizeof blob);
@@ -265,7 +255,7 @@ static void retained_when_refused(void **state)
     (void)state;
     rbus *bus;
     assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t = retained_topic(bus, "health.db", 2);
+    rbus_topic *t = rbus_test_open_retained(bus, "health.db", 2);
     rbus_sub *s = replay_sub(bus, "health.db", 0, 2, RBUS_DROP_NEWEST);
     for (uint64_t i = 1; i <= 5; i++)
         publish_u64(t, i);
@@ -513,7 +503,7 @@ static void handover_under_publishers(uint32_t retain)
            "retain %u\n",
            HANDOVER_PUBS, (unsigned long long)h.per_pub, h.nsubs, retain);
     assert_rbus_ok(rbus_create(&h.bus, NULL));
-    h.topic = retained_topic(h.bus, "state.x", retain);
+    h.topic = rbus_test_open_retained(h.bus, "state.x", retain);
     struct pub_ctx pc[HANDOVER_PUBS];
     struct rbus_test_threads *team = malloc(sizeof *team);
     assert_non_null(team);

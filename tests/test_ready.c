@@ -5,35 +5,11 @@
  * that publishes against competing receivers and racing publishers
  * without ever waiting or losing a message.
  */
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #include "harness.h"
-
-static rbus_sub *block_sub(rbus *bus, const char *pattern, uint32_t cap, uint32_t high,
-                           uint32_t low)
-{
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.overflow = RBUS_BLOCK;
-    o.high_watermark = high;
-    o.low_watermark = low;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
-    return s;
-}
-
-/* Whether fd polls readable right now. */
-static bool readable(int fd)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    assert_true(n >= 0);
-    return n == 1 && (p.revents & POLLIN);
-}
 
 static void recv_n(rbus_sub *s, int n)
 {
@@ -54,8 +30,8 @@ static void hysteresis(void **state)
     int fd = rbus_topic_fd(t);
     assert_true(fd >= 0);
     assert_int_equal(rbus_topic_fd(t), fd); /* the same one */
-    assert_true(readable(fd));              /* nobody to hold it back */
-    rbus_sub *s = block_sub(bus, "jobs.>", 8, 0, 0);
+    assert_true(rbus_test_fd_readable(fd, 0)); /* nobody to hold it back */
+    rbus_sub *s = rbus_test_subscribe_marks(bus, "jobs.>", 8, 0, 0);
     rbus_sub_stats st;
     assert_rbus_ok(rbus_sub_stats_get(s, &st));
     assert_int_equal(st.high_watermark, 8); /* defaults: capacity, half of it */
@@ -64,22 +40,22 @@ static void hysteresis(void **state)
     for (int i = 0; i < 7; i++) {
         assert_rbus_ok(rbus_publish_ex(t, "j", 1, NULL, &res));
         assert_int_equal(res.at_high_watermark, 0);
-        assert_true(readable(fd));
+        assert_true(rbus_test_fd_readable(fd, 0));
     }
     assert_rbus_ok(rbus_publish_ex(t, "j", 1, NULL, &res)); /* the 8th: at the mark */
     assert_int_equal(res.at_high_watermark, 1);
     assert_int_equal(res.high_watermark_sub, rbus_sub_id(s));
-    assert_false(readable(fd));
+    assert_false(rbus_test_fd_readable(fd, 0));
     assert_int_equal(rbus_topic_ready(t), 0);
     assert_rbus_ok(rbus_sub_stats_get(s, &st));
     assert_true(st.over_high);
     assert_int_equal(st.high_crossings, 1);
     /* Drained to 4: not below the low mark yet. */
     recv_n(s, 4);
-    assert_false(readable(fd));
+    assert_false(rbus_test_fd_readable(fd, 0));
     /* Below it: ready again. */
     recv_n(s, 1);
-    assert_true(readable(fd));
+    assert_true(rbus_test_fd_readable(fd, 0));
     assert_int_equal(rbus_topic_ready(t), 1);
     assert_rbus_ok(rbus_sub_stats_get(s, &st));
     assert_false(st.over_high);
@@ -87,7 +63,7 @@ static void hysteresis(void **state)
     /* Back up to 7: under the high mark, still ready (no flapping). */
     for (int i = 0; i < 4; i++)
         assert_rbus_ok(rbus_publish(t, "j", 1));
-    assert_true(readable(fd));
+    assert_true(rbus_test_fd_readable(fd, 0));
     /* Prometheus agrees. */
     char text[16384];
     assert_true(rbus_stats_prometheus(bus, text, sizeof text) > 0);
@@ -97,9 +73,9 @@ static void hysteresis(void **state)
     assert_int_equal(strtoull(v, NULL, 10), 1);
     /* Closing the subscription frees the topic at once. */
     assert_rbus_ok(rbus_publish(t, "j", 1)); /* 8: over again */
-    assert_false(readable(fd));
+    assert_false(rbus_test_fd_readable(fd, 0));
     assert_rbus_ok(rbus_sub_close(s));
-    assert_true(readable(fd));
+    assert_true(rbus_test_fd_readable(fd, 0));
     assert_rbus_ok(rbus_unsubscribe(s));
     rbus_destroy(bus);
 }
@@ -123,18 +99,18 @@ static void marks_and_policies(void **state)
     assert_rbus_ok(rbus_subscribe(bus, "m.*", &o, &drop));
     for (int i = 0; i < 10; i++)
         assert_rbus_ok(rbus_publish(a, "x", 1));
-    assert_true(readable(fa)); /* a full drop-oldest queue holds nothing back */
-    rbus_sub *s = block_sub(bus, "m.*", 16, 6, 2);
+    assert_true(rbus_test_fd_readable(fa, 0)); /* a full drop-oldest queue holds nothing back */
+    rbus_sub *s = rbus_test_subscribe_marks(bus, "m.*", 16, 6, 2);
     for (int i = 0; i < 6; i++)
         assert_rbus_ok(rbus_publish(a, "x", 1));
     /* m.a's publishes filled the subscription m.b shares: both not ready. */
-    assert_false(readable(fa));
-    assert_false(readable(fb));
+    assert_false(rbus_test_fd_readable(fa, 0));
+    assert_false(rbus_test_fd_readable(fb, 0));
     recv_n(s, 3); /* 3 left: not below 2 */
-    assert_false(readable(fb));
+    assert_false(rbus_test_fd_readable(fb, 0));
     recv_n(s, 2);
-    assert_true(readable(fa));
-    assert_true(readable(fb));
+    assert_true(rbus_test_fd_readable(fa, 0));
+    assert_true(rbus_test_fd_readable(fb, 0));
     assert_rbus_ok(rbus_unsubscribe(s));
     assert_rbus_ok(rbus_unsubscribe(drop));
     rbus_destroy(bus);
@@ -147,8 +123,8 @@ static void all_or_none(void **state)
     assert_rbus_ok(rbus_create(&bus, NULL));
     rbus_topic *t;
     assert_rbus_ok(rbus_topic_open(bus, "aon.t", &t));
-    rbus_sub *a = block_sub(bus, "aon.t", 4, 0, 0);
-    rbus_sub *b = block_sub(bus, "aon.t", 4, 0, 0);
+    rbus_sub *a = rbus_test_subscribe_marks(bus, "aon.t", 4, 0, 0);
+    rbus_sub *b = rbus_test_subscribe_marks(bus, "aon.t", 4, 0, 0);
     rbus_sub_opts o;
     rbus_sub_opts_init(&o);
     o.capacity = 2;
@@ -383,7 +359,7 @@ static void event_loop_never_waits_nor_loses(void **state)
     assert_non_null(r.seen);
     assert_rbus_ok(rbus_create(&r.bus, NULL));
     assert_rbus_ok(rbus_topic_open(r.bus, "loop.out", &r.topic));
-    r.sub = block_sub(r.bus, "loop.out", 64, 48, 16);
+    r.sub = rbus_test_subscribe_marks(r.bus, "loop.out", 64, 48, 16);
     struct rbus_test_threads *team = malloc(sizeof *team);
     assert_non_null(team);
     rbus_test_threads_init(team);

@@ -60,16 +60,6 @@ static void stamp_get(const rbus_msg *m, struct stamp *s)
         assert_int_equal(rbus_msg_seq(m), s->seq);
 }
 
-static rbus_topic *retained_topic(rbus *bus, const char *name, uint32_t retain)
-{
-    rbus_topic_opts o;
-    rbus_topic_opts_init(&o);
-    o.retain = retain;
-    rbus_topic *t;
-    assert_rbus_ok(rbus_topic_open_ex(bus, name, &o, &t));
-    return t;
-}
-
 static rbus_sub *replay_sub(rbus *bus, const char *pattern, uint32_t replay, uint32_t cap)
 {
     rbus_sub_opts o;
@@ -213,7 +203,7 @@ static bool reader_parked_on_hazard(uint64_t evictions)
 {
     struct rbus_test_alloc a;
     rbus *bus = counted_bus(&a);
-    rbus_topic *t = retained_topic(bus, "hist.last", 2);
+    rbus_topic *t = rbus_test_open_retained(bus, "hist.last", 2);
     uint64_t seq = 0;
     for (int i = 0; i < 4; i++) {
         seq++;
@@ -355,7 +345,7 @@ static bool writer_parked_in_history(uint64_t pre, uint64_t k)
 {
     struct rbus_test_alloc a;
     rbus *bus = counted_bus(&a);
-    rbus_topic *t = retained_topic(bus, "hist.put", PUT_RETAIN);
+    rbus_topic *t = rbus_test_open_retained(bus, "hist.put", PUT_RETAIN);
     uint64_t seq = 0, counter = 0;
     for (uint64_t i = 0; i < pre; i++) {
         seq++;
@@ -546,7 +536,7 @@ static void replay_collect_parked_while_publishers_run(void **state)
     rbus_test_errors_reset();
     struct rbus_test_alloc a;
     rbus *bus = counted_bus(&a);
-    w.topic = retained_topic(bus, "hist.replay", COLLECT_RETAIN);
+    w.topic = rbus_test_open_retained(bus, "hist.replay", COLLECT_RETAIN);
     const uint64_t total = COLLECT_PUBS * w.per_pub;
 
     struct collect_pub pubs[COLLECT_PUBS];
@@ -656,7 +646,7 @@ static void subscribe_waits_for_publisher_parked_before_history(void **state)
            rbus__pause_name(RBUS_PP_HISTORY_PUT));
     struct rbus_test_alloc a;
     rbus *bus = counted_bus(&a);
-    rbus_topic *t = retained_topic(bus, "hist.grace", GRACE_RETAIN);
+    rbus_topic *t = rbus_test_open_retained(bus, "hist.grace", GRACE_RETAIN);
     rbus_sub *early = rbus_test_subscribe(bus, "hist.grace", 64, RBUS_BLOCK, 0);
     uint64_t seq = 0, counter = 0;
     for (int i = 0; i < 3; i++) {

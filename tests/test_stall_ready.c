@@ -14,28 +14,7 @@
 
 #include "pause.h"
 
-#include <poll.h>
-
 #define PARK_TIMEOUT_NS INT64_C(30000000000)
-
-static rbus_sub *block_sub(rbus *bus, const char *pattern, uint32_t cap, uint32_t high,
-                           uint32_t low)
-{
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.high_watermark = high;
-    o.low_watermark = low;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
-    return s;
-}
-
-static bool readable(int fd)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
-}
 
 /* The topic ready again, the flag clear, the descriptor readable. */
 static void assert_ready(rbus_topic *t, rbus_sub *s)
@@ -45,7 +24,7 @@ static void assert_ready(rbus_topic *t, rbus_sub *s)
     assert_int_equal(st.depth, 0);
     assert_false(st.over_high);
     assert_int_equal(rbus_topic_ready(t), 1);
-    assert_true(readable(rbus_topic_fd(t)));
+    assert_true(rbus_test_fd_readable(rbus_topic_fd(t), 0));
 }
 
 struct parked {
@@ -108,7 +87,7 @@ static void receiver_moves_head_back(void **state)
     assert_rbus_ok(rbus_create(&bus, NULL));
     rbus_topic *t;
     assert_rbus_ok(rbus_topic_open(bus, "rb.t", &t));
-    rbus_sub *s = block_sub(bus, "rb.t", 16, 8, 4);
+    rbus_sub *s = rbus_test_subscribe_marks(bus, "rb.t", 16, 8, 4);
     (void)rbus_topic_fd(t);
     for (int i = 0; i < 8; i++)
         assert_rbus_ok(rbus_publish(t, "x", 1));
@@ -139,11 +118,11 @@ static void refused_all_or_none_gives_room_back(void **state)
     assert_rbus_ok(rbus_create(&bus, NULL));
     rbus_topic *t;
     assert_rbus_ok(rbus_topic_open(bus, "aon.t", &t));
-    rbus_sub *a = block_sub(bus, "aon.t", 4, 2, 1);
+    rbus_sub *a = rbus_test_subscribe_marks(bus, "aon.t", 4, 2, 1);
     (void)rbus_topic_fd(t);
     for (int i = 0; i < 2; i++)
         assert_rbus_ok(rbus_publish(t, "x", 1)); /* a: 2, at its high mark */
-    rbus_sub *b = block_sub(bus, "aon.t", 2, 0, 0);
+    rbus_sub *b = rbus_test_subscribe_marks(bus, "aon.t", 2, 0, 0);
     for (int i = 0; i < 2; i++)
         assert_rbus_ok(rbus_publish(t, "y", 1)); /* b full; a: 4 */
     rbus_msg *m;

@@ -3,6 +3,7 @@
 #define RBUS_TEST_UTIL_H
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -133,6 +134,48 @@ static inline rbus_sub *rbus_test_subscribe(rbus *bus, const char *pattern, uint
     rbus_sub *s = NULL;
     assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
     return s;
+}
+
+/* An RBUS_BLOCK subscription with the given capacity and watermarks (0:
+ * the defaults). */
+static inline rbus_sub *rbus_test_subscribe_marks(rbus *bus, const char *pattern, uint32_t cap,
+                                                  uint32_t high, uint32_t low)
+{
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = cap;
+    o.overflow = RBUS_BLOCK;
+    o.high_watermark = high;
+    o.low_watermark = low;
+    rbus_sub *s = NULL;
+    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
+    return s;
+}
+
+/* A topic that retains `retain` messages. */
+static inline rbus_topic *rbus_test_open_retained(rbus *bus, const char *name, uint32_t retain)
+{
+    rbus_topic_opts o;
+    rbus_topic_opts_init(&o);
+    o.retain = retain;
+    rbus_topic *t;
+    assert_rbus_ok(rbus_topic_open_ex(bus, name, &o, &t));
+    return t;
+}
+
+/* Polls fd once: true when it is readable within timeout_ms. */
+static inline bool rbus_test_fd_readable(int fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int rc;
+    do {
+        rc = poll(&p, 1, timeout_ms);
+    } while (rc < 0 && errno == EINTR);
+    assert_true(rc >= 0);
+    if (rc == 0)
+        return false;
+    assert_int_equal(p.revents & (POLLERR | POLLNVAL), 0);
+    return (p.revents & POLLIN) != 0;
 }
 
 /* rbus_test_subscribe, then checks that the effective capacity is at least
