@@ -139,6 +139,7 @@ struct bench_impl {
 };
 
 extern const struct bench_impl bench_impl_ringbus;
+extern const struct bench_impl bench_impl_ringbus_batch;
 
 /* Payload helpers shared by every implementation. */
 static inline void bench_stamp(unsigned char *buf, uint64_t publisher, uint64_t counter)

@@ -548,6 +548,48 @@ RBUS_API int rbus_publish(rbus_topic *topic, const void *data, size_t len);
 RBUS_API int rbus_publish_ex(rbus_topic *topic, const void *data, size_t len,
                              const rbus_pub_opts *opts, rbus_pub_result *result);
 
+/** One payload of rbus_publish_batch(). */
+typedef struct rbus_payload {
+    const void *data; /**< NULL only when len is 0 */
+    size_t len;       /**< bytes of data; at most max_payload */
+} rbus_payload;
+
+/**
+ * rbus_publish_batch: publishes msgs[0..count) to one topic, in that
+ * order, as that many rbus_publish_ex calls with the same `opts` would,
+ * and at a fraction of their cost (docs/benchmarks.md): the batch goes
+ * in chunks of 64, each with one read section, one acceptance time (every
+ * message of a chunk carries the same rbus_msg_time_ns), consecutive
+ * sequence numbers, and, on each subscription, runs of consecutive ring
+ * positions reserved at once, so that a receiver can take them together.
+ * Each message is offered to each subscription under its policy exactly
+ * as a single publish is, counted the same way, and a publisher's messages
+ * stay in order on every subscription. An RBUS_BLOCK subscription with no
+ * room holds the rest of the chunk for it until there is room for each in
+ * turn; its block timeout (or opts->timeout_ns) bounds that wait as a
+ * whole, and when it runs out every message still waiting is a drop
+ * (dropped_timeout). A publisher stalled inside the call holds at most
+ * 64 positions of a ring (a quarter of a small one) where a single publish
+ * holds one (docs/design.md, "Progress"). On a topic with a rate limit or
+ * a history the messages are published one at a time (each takes its
+ * token and its place), with no gain.
+ *
+ * Returns how many messages were accepted: count, or fewer when a rate
+ * limit (-EAGAIN, result->retry_after_ns), rbus_close (-ESHUTDOWN) or
+ * memory (-ENOMEM) stopped the batch after the first; when none was
+ * accepted, that negative errno. Before publishing anything it returns
+ * -EINVAL (NULL topic, msgs NULL with count > 0, count above INT_MAX, a
+ * payload's data NULL with a length, opts with a key, any flag, or an
+ * order key or headers rbus_publish_ex refuses) or -EMSGSIZE (a payload
+ * above max_payload, or headers over RBUS_MAX_HEADER_BYTES), which change
+ * nothing; count 0 returns 0. `result`, when not NULL, is always written,
+ * with sums over the messages: matched (subscriptions the messages were
+ * offered to, counted once per message) == queued + dropped, and evicted;
+ * the watermark fields are those after the last message.
+ */
+RBUS_API int rbus_publish_batch(rbus_topic *topic, const rbus_payload *msgs, size_t count,
+                                const rbus_pub_opts *opts, rbus_pub_result *result);
+
 /* ------------------------------------------------------------ receiving */
 
 /**

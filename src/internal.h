@@ -211,6 +211,7 @@ struct rbus_pending {
     int64_t since_ns;         /* when the wait began: for publisher_wait */
     int64_t deadline_ns;      /* -1 = none */
     int64_t spin_ns;
+    uint32_t next; /* a batch's next message for sub (0 for a single message) */
 };
 
 /*
@@ -773,16 +774,21 @@ static inline struct rbus_tally *rbus__tally_of(struct rbus_thread_state *th, rb
     }
     return rbus__tally_add_node(th, sub);
 }
-/* Adds 1 to a field of t: a plain load and store on a state's own node
+/* Adds n to a field of t: a plain load and store on a state's own node
  * (its only writer), an atomic add on the shared fallback. */
+static inline void rbus__tally_add_n(const rbus_sub *sub, const struct rbus_tally *t,
+                                     _Atomic uint64_t *field, uint64_t n)
+{
+    if (RBUS__LIKELY(t != &sub->shared))
+        atomic_store_explicit(field, atomic_load_explicit(field, memory_order_relaxed) + n,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(field, n, memory_order_relaxed);
+}
 static inline void rbus__tally_add(const rbus_sub *sub, const struct rbus_tally *t,
                                    _Atomic uint64_t *field)
 {
-    if (RBUS__LIKELY(t != &sub->shared))
-        atomic_store_explicit(field, atomic_load_explicit(field, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(field, 1, memory_order_relaxed);
+    rbus__tally_add_n(sub, t, field, 1);
 }
 /* Sum of every tally of sub (stats). */
 void rbus__tally_sum(const rbus_sub *sub, uint64_t *offered, uint64_t *dropped_newest,
@@ -793,6 +799,16 @@ int64_t rbus__tally_oldest_wait(const rbus_sub *sub);
 /* Offers msg to sub's ring under its policy (inside a read section). */
 enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *msg,
                                 uint32_t *evicted);
+/* Queues a prefix of ms[0..k) (at most RBUS__RUN_MAX, and a quarter of
+ * the ring) at consecutive positions with one reservation, as that many
+ * offers (inside a read section). Returns how many; 0 when the ring has
+ * no free slot at its tail or the byte bound no room for the run: the
+ * caller offers one with rbus__sub_offer, which applies the policy. */
+uint32_t rbus__sub_offer_run(struct rbus_thread_state *th, rbus_sub *sub, rbus_msg *const *ms,
+                             uint32_t k);
+/* Longest run rbus__sub_offer_run reserves: what a stalled batch
+ * publisher may hold of a ring, and receivers may poll past. */
+#define RBUS__RUN_MAX 64u
 /* A new subscription's replay queue: q[0..n) (references that become
  * the subscription's; q its own allocation, freed with it), oldest first.
  * Under a byte bound it keeps the newest run that fits and releases the

@@ -21,6 +21,7 @@
     /* the slot protocol (ring.h) */                                                      \
     X(RING_PUT_RESERVED, "ring.put.reserved")   /* writer owns a position, uncommitted */ \
     X(RING_PUT_PASS, "ring.put.pass")           /* about to pass a held slot as a hole */ \
+    X(RING_RUN_RESERVED, "ring.run.reserved")   /* writer owns a run, none committed */   \
     X(RING_TAKE_CLAIMING, "ring.take.claiming") /* read the message, not yet claimed */   \
     X(RING_TAKE_CLAIMED, "ring.take.claimed")   /* claimed, head not yet moved on */      \
     X(RING_TAKE_SKIP, "ring.take.skip")         /* about to skip an unwritten slot */     \
@@ -60,6 +61,7 @@
     X(RBUS_TOPIC_STATS_GET, "rbus_topic_stats_get")                                       \
     X(RBUS_PUBLISH, "rbus_publish")                                                       \
     X(RBUS_PUBLISH_EX, "rbus_publish_ex")                                                 \
+    X(RBUS_PUBLISH_BATCH, "rbus_publish_batch")                                           \
     X(RBUS_SUBSCRIBE, "rbus_subscribe")                                                   \
     X(RBUS_SUB_CLOSE, "rbus_sub_close")                                                   \
     X(RBUS_UNSUBSCRIBE, "rbus_unsubscribe")                                               \

@@ -319,9 +319,42 @@ static inline bool rbus__ring_commit_at(struct rbus_ring *r, uint64_t pos, rbus_
     return false;
 }
 
+/* Up to `want` consecutive positions from tail, reserved with one CAS on
+ * tail: the run of slots after tail that are EMPTY for their position.
+ * Such a slot is free: only a writer that moves tail past its position
+ * (a plain writer's CAS, or an evictor's claim of the slot at tail) can
+ * take it, and our CAS fails if any did. Returns how many (the first in
+ * *tp), or 0 when the slot at tail is not free: full, a hole, or another
+ * put between its reservation and moving tail on, which the caller leaves
+ * to rbus__ring_reserve. */
+static inline uint64_t rbus__ring_reserve_run(struct rbus_ring *r, uint64_t want, uint64_t *tp)
+{
+    uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    for (;;) {
+        uint64_t n = 0;
+        /* Acquire: as in rbus__ring_reserve (the last claim's read of the
+         * old message word happens before we store ours). */
+        while (n < want &&
+               atomic_load_explicit(&rbus__ring_slot(r, t + n)->seq, memory_order_acquire) ==
+                   RBUS__SEQ(t + n, RBUS__SLOT_EMPTY))
+            n++;
+        if (!n)
+            return 0;
+        /* seq_cst: the writer half of the receivers' sleep pair, as a
+         * single reservation's. */
+        if (atomic_compare_exchange_weak_explicit(&r->tail, &t, t + n, memory_order_seq_cst,
+                                                  memory_order_relaxed)) {
+            *tp = t;
+            return n;
+        }
+    }
+}
+
 /* Gives back reserved position pos without a message (an all-or-none
- * publish that found another subscription full): the slot moves on to
- * the next lap, which receivers pass as a position done with. */
+ * publish that found another subscription full, or the rest of a run cut
+ * short): the slot moves on to the next lap, which receivers pass as a
+ * position done with. A receiver may have skipped it meanwhile (HOLE):
+ * then the hold is released the same way. */
 static inline void rbus__ring_forgo(struct rbus_ring *r, uint64_t pos)
 {
     struct rbus_ring_slot *s = rbus__ring_slot(r, pos);
@@ -332,6 +365,39 @@ static inline void rbus__ring_forgo(struct rbus_ring *r, uint64_t pos)
             &s->seq, &v, RBUS__SEQ(pos + rbus__ring_size(r), RBUS__SLOT_EMPTY),
             memory_order_seq_cst, memory_order_relaxed))
         rbus__ring_unhold(r, s);
+}
+
+/*
+ * Puts a prefix of ms[0..k) at consecutive positions reserved at once
+ * (rbus__ring_reserve_run), each committed as a single put's is, in order.
+ * Returns how many were queued; *lastp is the position of the last. 0 when
+ * the slot at tail was not free (the caller puts one message the ordinary
+ * way). When a receiver skipped a slot of the run before we wrote it (we
+ * were stalled there), the positions after it are given back unwritten,
+ * *cut is set and the count queued so far returned: the caller offers the
+ * rest again, behind them, so that its messages stay in order. A stalled
+ * writer of a run holds at most the run (k slots).
+ */
+static inline uint32_t rbus__ring_put_run(struct rbus_ring *r, rbus_msg *const *ms, uint32_t k,
+                                          uint64_t *lastp, bool *cut)
+{
+    uint64_t t;
+    uint32_t got = (uint32_t)rbus__ring_reserve_run(r, k, &t);
+    if (!got)
+        return 0;
+    RBUS__PAUSE(RING_RUN_RESERVED);
+    uint32_t done = 0;
+    while (done < got && rbus__ring_commit_at(r, t + done, ms[done]))
+        done++;
+    if (done < got) {
+        /* Skipped at `done`: rbus__ring_commit_at freed that slot. */
+        atomic_fetch_add_explicit(&r->reoffers, 1, memory_order_relaxed);
+        for (uint32_t i = done + 1; i < got; i++)
+            rbus__ring_forgo(r, t + i);
+        *cut = true;
+    }
+    *lastp = t + done - 1;
+    return done;
 }
 
 /* Take; NULL when empty. With `skip`, a slot reserved and not committed is

@@ -408,6 +408,47 @@ enum rbus_offer rbus__sub_offer(struct rbus_thread_state *th, rbus_sub *s, rbus_
     }
 }
 
+uint32_t rbus__sub_offer_run(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *const *ms,
+                             uint32_t k)
+{
+    uint32_t most = (uint32_t)(rbus__ring_size(&s->ring) / 4);
+    if (most > RBUS__RUN_MAX)
+        most = RBUS__RUN_MAX;
+    if (k > most)
+        k = most;
+    if (k < 2)
+        return 0; /* nothing to gain over a put */
+    uint64_t bytes = 0;
+    if (RBUS__UNLIKELY(s->max_bytes != 0)) {
+        for (uint32_t i = 0; i < k; i++)
+            bytes += ms[i]->size;
+        if (!bytes_reserve_len(s, bytes))
+            return 0;
+    }
+    /* Relaxed: a statistic, as in ring_put. */
+    uint32_t hw = atomic_load_explicit(&s->high_water, memory_order_relaxed);
+    uint64_t last = 0;
+    bool cut = false;
+    uint32_t done = rbus__ring_put_run(&s->ring, ms, k, &last, &cut);
+    if (RBUS__UNLIKELY(s->max_bytes != 0) && done < k) {
+        for (uint32_t i = 0; i < done; i++)
+            bytes -= ms[i]->size;
+        bytes_return(s, bytes); /* the rest's, which a blocked publisher may want */
+    }
+    /* Positions given back counted in the depth until now: room made, as
+     * by rbus__sub_unreserve (the forgo CAS was seq_cst). */
+    if (RBUS__UNLIKELY(cut) && atomic_load_explicit(&s->over, memory_order_seq_cst) &&
+        watermark_after_take(s))
+        th->ready_dirty = true;
+    if (!done)
+        return 0;
+    struct rbus_tally *tally = rbus__tally_of(th, s);
+    rbus__tally_add_n(s, tally, &tally->offered, done);
+    /* The run's tail CAS was seq_cst, as a put's. */
+    after_put(th, s, hw, rbus__ring_depth_after(&s->ring, last, hw));
+    return done;
+}
+
 uint32_t rbus__sub_replay_set(rbus_sub *s, rbus_msg **q, uint32_t n)
 {
     /* Under a byte bound, the newest run that fits: a message that does

@@ -781,15 +781,46 @@ static void pending_drop(struct rbus_thread_state *th, uint32_t i, uint32_t *n, 
     th->pending[i] = th->pending[--*n];
 }
 
+/* A RBUS_BLOCK subscription that was full, to wait on after the read
+ * section (publish_wait) for the message `next` of the publish and those
+ * after it; *now is read once per publish. */
+static void pending_add(struct rbus_thread_state *th, rbus_sub *s, int64_t pub_timeout,
+                        uint32_t next, int64_t *now, uint32_t *waiting)
+{
+    if (!*now)
+        *now = rbus__now_ns();
+    atomic_fetch_add_explicit(&s->publisher_waits, 1, memory_order_relaxed);
+    /* Pinned: rbus_unsubscribe waits for pins == 0 before freeing,
+     * since we keep using it after leaving the read section. */
+    atomic_fetch_add_explicit(&s->pins, 1, memory_order_relaxed);
+    /* The wait's start, on this state's own node (its only writer; the
+     * shared fallback has many, and goes untimed). */
+    struct rbus_tally *tally = rbus__tally_of(th, s);
+    if (tally == &s->shared)
+        tally = NULL;
+    else
+        atomic_store_explicit(&tally->wait_since, *now, memory_order_relaxed);
+    th->pending[(*waiting)++] =
+        (struct rbus_pending){.sub = s,
+                              .tally = tally,
+                              .since_ns = *now,
+                              .deadline_ns = wait_deadline(s, pub_timeout, *now),
+                              .spin_ns = s->spin_ns,
+                              .next = next};
+}
+
 /*
  * The slow path of a publish: wait, all at once, on the RBUS_BLOCK
  * subscriptions that were full, each up to its own deadline. Runs outside
  * any read section (it may sleep); each retry re-enters one, so that
- * sub_close and close, which synchronise, never miss an enqueue. Returns
- * -ESHUTDOWN if the bus was closed while we waited, else 0.
+ * sub_close and close, which synchronise, never miss an enqueue. The
+ * messages are ms[0..k) (a batch; k is 1 otherwise): each pending entry
+ * queues them in order from its `next`, and one that times out or is
+ * closed drops the rest of them; not_queued[j] counts message j's drops.
+ * Returns -ESHUTDOWN if the bus was closed while we waited, else 0.
  */
-static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, uint32_t n,
-                        rbus_pub_result *res, uint32_t *not_queued)
+static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *const *ms, uint32_t k,
+                        uint32_t n, rbus_pub_result *res, uint32_t *not_queued)
 {
     int rc = 0;
     int64_t spin_ns = 0;
@@ -817,16 +848,18 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, ui
         for (uint32_t i = 0; i < n;) {
             struct rbus_pending *p = &th->pending[i];
             rbus_sub *s = p->sub;
+            uint32_t left = k - p->next;
             if (closing || atomic_load_explicit(&s->state, memory_order_seq_cst) != RBUS_SUB_OPEN) {
-                atomic_fetch_add_explicit(&s->dropped_closed, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&s->dropped_closed, left, memory_order_relaxed);
                 if (closing)
                     rc = -ESHUTDOWN;
-            } else if (rbus__sub_try_enqueue(th, s, m)) {
+            } else if (rbus__sub_try_enqueue(th, s, ms[p->next])) {
                 res->queued++;
-                pending_drop(th, i, &n, now);
-                continue;
+                if (++p->next == k)
+                    pending_drop(th, i, &n, now);
+                continue; /* a batch's next message, on the same subscription */
             } else if (p->deadline_ns >= 0 && now >= p->deadline_ns) {
-                atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&s->dropped_timeout, left, memory_order_relaxed);
             } else {
                 int64_t wake = p->deadline_ns;
                 earliest_deadline = rbus__sooner(earliest_deadline, wake);
@@ -836,14 +869,15 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *m, ui
                  * CAS and releasing the slot, and may have checked
                  * room_waiters before we registered: retry soon, do not trust a
                  * wake-up. */
-                if (!rbus__sub_full(s, m))
+                if (!rbus__sub_full(s, ms[p->next]))
                     wake = rbus__sooner(wake, now + RBUS__SLOT_RETRY_NS);
                 earliest = rbus__sooner(earliest, wake);
                 i++;
                 continue;
             }
-            res->dropped++;
-            (*not_queued)++;
+            res->dropped += left;
+            for (uint32_t j = p->next; j < k; j++)
+                not_queued[j]++;
             pending_drop(th, i, &n, now);
         }
         rbus__read_end(th);
@@ -885,27 +919,28 @@ static inline bool subs_refuse_newest(const struct rbus_sublist *list)
 
 /*
  * Overload fast path, inside the caller's read section (ended here): every
- * subscription is drop-newest and full, so the publish is accepted (a
- * sequence number taken) and refused everywhere without queueing a
- * message. An unkeyed publish builds none at all, so an overloaded
- * publisher pays only for the bookkeeping; a keyed one built `m` and had
- * its key accepted before the read section, and gives `m` back here.
+ * subscription is drop-newest and full, so the publish of k messages (a
+ * batch's, or 1) is accepted (sequence numbers taken) and refused
+ * everywhere without queueing a message. An unkeyed publish builds none at
+ * all, so an overloaded publisher pays only for the bookkeeping; a keyed
+ * one built `m` and had its key accepted before the read section, and
+ * gives `m` back here.
  */
 static RBUS__NOINLINE int publish_refused(rbus_topic *topic, struct rbus_thread_state *th,
-                                          const struct rbus_sublist *list, rbus_msg *m,
+                                          const struct rbus_sublist *list, rbus_msg *m, uint32_t k,
                                           rbus_pub_result *result)
 {
-    atomic_fetch_add_explicit(&topic->seq, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&topic->seq, k, memory_order_relaxed);
     /* The tallies of an offer refused by drop-newest, one field per
      * subscription: the stats add `refused` into both `offered` and
      * `dropped_newest`. */
     for (uint32_t i = 0; i < list->count; i++) {
         rbus_sub *s = list->subs[i];
         struct rbus_tally *tally = rbus__tally_of(th, s);
-        rbus__tally_add(s, tally, &tally->refused);
+        rbus__tally_add_n(s, tally, &tally->refused, k);
     }
     if (result)
-        result->matched = result->dropped = list->count;
+        result->matched = result->dropped = list->count * k;
     rbus__read_end(th);
     if (m)
         rbus__msg_unref_by(th, m, 1);
@@ -1179,7 +1214,7 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
                                     ? atomic_load_explicit(&topic->hist, memory_order_acquire)
                                     : NULL;
     if (n && !relay && !hist && RBUS__UNLIKELY(subs_refuse_newest(list)))
-        return publish_refused(topic, th, list, m, result);
+        return publish_refused(topic, th, list, m, 1, result);
     if (!m) {
         if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0)) {
             rbus__read_end(th);
@@ -1244,25 +1279,7 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
                 not_queued++;
                 break;
             }
-            if (!now)
-                now = rbus__now_ns();
-            atomic_fetch_add_explicit(&s->publisher_waits, 1, memory_order_relaxed);
-            /* Pinned: rbus_unsubscribe waits for pins == 0 before freeing,
-             * since we keep using it after leaving the read section. */
-            atomic_fetch_add_explicit(&s->pins, 1, memory_order_relaxed);
-            /* The wait's start, on this state's own node (its only
-             * writer; the shared fallback has many, and goes untimed). */
-            struct rbus_tally *tally = rbus__tally_of(th, s);
-            if (tally == &s->shared)
-                tally = NULL;
-            else
-                atomic_store_explicit(&tally->wait_since, now, memory_order_relaxed);
-            th->pending[waiting++] = (struct rbus_pending){
-                .sub = s,
-                .tally = tally,
-                .since_ns = now,
-                .deadline_ns = wait_deadline(s, all_or_none ? 0 : pub_timeout, now),
-                .spin_ns = s->spin_ns};
+            pending_add(th, s, all_or_none ? 0 : pub_timeout, 0, &now, &waiting);
             break;
         }
     }
@@ -1278,7 +1295,7 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
 
     int rc = 0;
     if (RBUS__UNLIKELY(waiting)) {
-        if ((rc = publish_wait(bus, th, m, waiting, &res, &not_queued)) != 0)
+        if ((rc = publish_wait(bus, th, &m, 1, waiting, &res, &not_queued)) != 0)
             rbus__fail(rc,
                        "the bus was closed while this publish waited for room; it was "
                        "accepted and queued for %" PRIu32 " of %" PRIu32 " subscriptions",
@@ -1355,5 +1372,224 @@ int rbus_publish(rbus_topic *topic, const void *data, size_t len)
     int rc = publish(topic, data, len, NULL, NULL, NULL);
     if (RBUS__UNLIKELY(rc < 0))
         rbus__fail_prefix("rbus_publish");
+    return rc;
+}
+
+/* -------------------------------------------------------------- batches */
+
+/* A batch goes in chunks of this many messages: one read section each,
+ * and what the publisher keeps on its stack. */
+#define BATCH_CHUNK RBUS__RUN_MAX
+
+/*
+ * One chunk of a batch on a topic without features: one read section, one
+ * clock read and k consecutive sequence numbers for all of it, and for each
+ * subscription runs of positions taken at once (rbus__sub_offer_run), with
+ * single offers, under the policy, where no run fits. Adds to *res. Returns
+ * 0 when accepted (waits, drops and a bus closed during a wait are in
+ * *res), or a negative errno with nothing accepted.
+ */
+static int publish_chunk(rbus_topic *topic, struct rbus_thread_state *th, const rbus_payload *pl,
+                         uint32_t k, const rbus_pub_opts *opts, rbus_pub_result *res)
+{
+    rbus *bus = topic->bus;
+    rbus_msg *ms[BATCH_CHUNK];
+    uint32_t not_queued[BATCH_CHUNK];
+    rbus__read_begin(th);
+    /* After the epoch entry's full barrier, as in publish_body. */
+    if (RBUS__UNLIKELY(atomic_load_explicit(&bus->closing, memory_order_relaxed))) {
+        rbus__read_end(th);
+        return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
+    }
+    /* Acquire: pairs with the release exchange in rbus__topics_update. */
+    struct rbus_sublist *list = atomic_load_explicit(&topic->subs, memory_order_acquire);
+    uint32_t n = list ? list->count : 0;
+    if (n && RBUS__UNLIKELY(subs_refuse_newest(list))) {
+        rbus_pub_result r = {0};
+        publish_refused(topic, th, list, NULL, k, &r);
+        res->matched += r.matched;
+        res->dropped += r.dropped;
+        return 0;
+    }
+    if (RBUS__UNLIKELY(rbus__thread_reserve_pending(th, n) != 0)) {
+        rbus__read_end(th);
+        return no_pending(n);
+    }
+    for (uint32_t i = 0; i < k; i++) {
+        ms[i] = rbus__msg_new(th, topic, NULL, pl[i].data, pl[i].len, opts);
+        if (RBUS__UNLIKELY(!ms[i])) {
+            for (uint32_t j = 0; j < i; j++)
+                rbus__msg_unref_by(th, ms[j], 1);
+            rbus__read_end(th);
+            return no_message(pl[i].len, opts);
+        }
+    }
+    /* Accepted from here on: one acceptance time for the chunk. As in
+     * publish_body, every subscription holds a reference to each message
+     * until it has decided, and those that did not queue it are given
+     * back at the end; with no subscription the messages are ours. */
+    int64_t now_ns = rbus__now_ns();
+    uint64_t seq = atomic_fetch_add_explicit(&topic->seq, k, memory_order_relaxed);
+    uint32_t own = n == 0;
+    for (uint32_t i = 0; i < k; i++) {
+        ms[i]->seq = ++seq;
+        atomic_store_explicit(&ms[i]->time_ns, (uint64_t)now_ns, memory_order_relaxed);
+        atomic_store_explicit(&ms[i]->refs, n + own, memory_order_relaxed);
+        not_queued[i] = own;
+    }
+    int64_t pub_timeout = opts ? opts->timeout_ns : 0, now = 0;
+    uint32_t waiting = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        rbus_sub *s = list->subs[i];
+        for (uint32_t j = 0; j < k;) {
+            uint32_t run = rbus__sub_offer_run(th, s, ms + j, k - j);
+            if (run) {
+                j += run;
+                res->queued += run;
+                continue;
+            }
+            enum rbus_offer offer = rbus__sub_offer(th, s, ms[j], &res->evicted);
+            if (offer == RBUS_OFFER_QUEUED) {
+                res->queued++;
+                j++;
+                continue;
+            }
+            if (offer == RBUS_OFFER_FULL && pub_timeout >= 0) {
+                /* Block: the rest wait behind message j, in order, after
+                 * the read section. Offered now, as j was: each will be
+                 * queued or dropped by the wait. */
+                struct rbus_tally *tally = rbus__tally_of(th, s);
+                rbus__tally_add_n(s, tally, &tally->offered, k - j - 1);
+                pending_add(th, s, pub_timeout, j, &now, &waiting);
+                break;
+            }
+            if (offer == RBUS_OFFER_FULL)
+                atomic_fetch_add_explicit(&s->dropped_timeout, 1, memory_order_relaxed);
+            res->dropped++;
+            not_queued[j++]++;
+        }
+    }
+    res->matched += n * k;
+    res->at_high_watermark = 0;
+    res->high_watermark_sub = 0;
+    at_high_watermark(list, res);
+    if (waiting)
+        atomic_fetch_add_explicit(&bus->blocked_publishers, 1, memory_order_seq_cst);
+    rbus__read_end(th);
+    ready_flush(bus, th);
+    if (RBUS__UNLIKELY(waiting)) {
+        publish_wait(bus, th, ms, k, waiting, res, not_queued);
+        ready_flush(bus, th);
+    }
+    /* As in publish_body: what we still hold, given back last. */
+    for (uint32_t i = 0; i < k; i++)
+        if (not_queued[i])
+            rbus__msg_unref_by(th, ms[i], not_queued[i]);
+    return 0;
+}
+
+/* The checks a batch makes before it publishes anything: 0, or the
+ * error of its first bad argument. */
+static int batch_check(rbus_topic *topic, const rbus_payload *msgs, size_t count,
+                       const rbus_pub_opts *opts)
+{
+    if (!topic)
+        return rbus__fail_static(-EINVAL, "topic is NULL");
+    if (!msgs && count)
+        return rbus__fail(-EINVAL, "msgs is NULL with count %zu", count);
+    if (count > INT_MAX)
+        return rbus__fail(-EINVAL, "count %zu above INT_MAX", count);
+    for (size_t i = 0; i < count; i++)
+        if (!msgs[i].data && msgs[i].len)
+            return rbus__fail(-EINVAL, "msgs[%zu].data is NULL with len %zu", i, msgs[i].len);
+    if (opts) {
+        if (opts->key)
+            return rbus__fail_static(-EINVAL, "a batch takes no idempotency key (one key would "
+                                              "make every message after the first a duplicate)");
+        if (opts->key_len)
+            return key_bad("key", opts->key, opts->key_len);
+        if (!key_ok(opts->order_key, opts->order_key_len))
+            return key_bad("order_key", opts->order_key, opts->order_key_len);
+        if (opts->flags)
+            return rbus__fail(-EINVAL, "flags 0x%" PRIx32 ": a batch takes no RBUS_PUB_* flag",
+                              opts->flags);
+        int hrc;
+        if (opts->header_count != 0 && (hrc = rbus__headers_check(opts)) != 0)
+            return hrc;
+    }
+    uint32_t max = topic->bus->cfg.max_payload;
+    for (size_t i = 0; i < count; i++)
+        if (msgs[i].len > max)
+            return rbus__fail(-EMSGSIZE, "msgs[%zu].len %zu above max_payload %" PRIu32, i,
+                              msgs[i].len, max);
+    return 0;
+}
+
+/* A result's field from a batch's sum. */
+static uint32_t sum32(uint64_t v)
+{
+    return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+static int publish_batch(rbus_topic *topic, const rbus_payload *msgs, size_t count,
+                         const rbus_pub_opts *opts, rbus_pub_result *result)
+{
+    if (result)
+        memset(result, 0, sizeof *result);
+    int rc = batch_check(topic, msgs, count, opts);
+    if (rc != 0)
+        return rc;
+    rbus *bus = topic->bus;
+    /* Relaxed: orders the error codes only, as in publish_body. */
+    if (atomic_load_explicit(&bus->closing, memory_order_relaxed))
+        return rbus__fail_static(-ESHUTDOWN, "the bus is closed");
+    /* Sums over the chunks or messages (uint32 fields would overflow). */
+    uint64_t matched = 0, queued = 0, dropped = 0, evicted = 0;
+    rbus_pub_result r = {0};
+    size_t done = 0;
+    /* Relaxed: which path to take, as publish()'s plain_below. A topic
+     * with a rate limit or a history publishes one message at a time, so
+     * that each takes its token and its place in the history. */
+    if (atomic_load_explicit(&topic->features, memory_order_relaxed) != 0) {
+        for (; done < count; done++) {
+            rc = publish(topic, msgs[done].data, msgs[done].len, opts, &r, NULL);
+            if (rc < 0 && !r.matched)
+                break;
+            matched += r.matched, queued += r.queued, dropped += r.dropped, evicted += r.evicted;
+            if (rc < 0) { /* accepted, and the bus closed while it waited */
+                done++;
+                break;
+            }
+        }
+    } else {
+        struct rbus_thread_state *th = rbus__thread_get(bus);
+        if (RBUS__UNLIKELY(!th))
+            return rbus__fail_static(-ENOMEM, "out of memory for this thread's state on the bus");
+        while (done < count) {
+            uint32_t k = count - done < BATCH_CHUNK ? (uint32_t)(count - done) : BATCH_CHUNK;
+            r = (rbus_pub_result){0};
+            if ((rc = publish_chunk(topic, th, msgs + done, k, opts, &r)) != 0)
+                break;
+            matched += r.matched, queued += r.queued, dropped += r.dropped, evicted += r.evicted;
+            done += k;
+        }
+    }
+    if (result) {
+        *result = r;
+        result->matched = sum32(matched);
+        result->queued = sum32(queued);
+        result->dropped = sum32(dropped);
+        result->evicted = sum32(evicted);
+    }
+    return done ? (int)done : rc;
+}
+
+int rbus_publish_batch(rbus_topic *topic, const rbus_payload *msgs, size_t count,
+                       const rbus_pub_opts *opts, rbus_pub_result *result)
+{
+    RBUS__PAUSE(RBUS_PUBLISH_BATCH);
+    int rc = publish_batch(topic, msgs, count, opts, result);
+    if (RBUS__UNLIKELY(rc < 0))
+        rbus__fail_prefix("rbus_publish_batch");
     return rc;
 }

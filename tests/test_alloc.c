@@ -288,20 +288,25 @@ static uint32_t ss_size(uint32_t pub, uint32_t i)
     return ss_sizes[(i * 5 + pub * 3) % SS_NSIZES];
 }
 
+/* Publisher 1 publishes runs of SS_RUN messages to one topic with
+ * rbus_publish_batch; publisher 0 one message at a time. */
+#define SS_RUN 8
+
 static uint32_t ss_topic(uint32_t pub, uint32_t i)
 {
-    return (i + pub) % SS_NTOPICS;
+    return (pub == 1 ? i / SS_RUN + pub : i + pub) % SS_NTOPICS;
 }
 
 static void *ss_publisher(void *arg)
 {
     struct ss_worker *w = arg;
     struct ss_state *st = w->st;
-    unsigned char *buf = malloc(4096);
+    unsigned char *buf = malloc(4096 * SS_RUN);
     if (buf == NULL) {
         rbus_test_report("publisher: no buffer");
         return NULL;
     }
+    rbus_payload run[SS_RUN];
     unsigned done_gen = 0;
     for (;;) {
         unsigned gen = atomic_load(&st->pub_gen);
@@ -313,10 +318,20 @@ static void *ss_publisher(void *arg)
         }
         for (uint32_t i = 0; i < SS_PER_ROUND; i++) {
             struct ss_header h = {w->id, i, gen, ss_size(w->id, i)};
-            memset(buf, (int)((w->id + i + gen) & 0xff), h.size);
-            memcpy(buf, &h, sizeof h);
-            int rc;
-            IN_BUS(rc = rbus_publish(st->topics[ss_topic(w->id, i)], buf, h.size));
+            unsigned char *p = buf + (size_t)(i % SS_RUN) * 4096;
+            memset(p, (int)((w->id + i + gen) & 0xff), h.size);
+            memcpy(p, &h, sizeof h);
+            int rc = 0;
+            rbus_topic *t = st->topics[ss_topic(w->id, i)];
+            if (w->id != 1) {
+                IN_BUS(rc = rbus_publish(t, p, h.size));
+            } else {
+                run[i % SS_RUN] = (rbus_payload){p, h.size};
+                if (i % SS_RUN == SS_RUN - 1) {
+                    IN_BUS(rc = rbus_publish_batch(t, run, SS_RUN, NULL, NULL));
+                    rc = rc == SS_RUN ? 0 : rc < 0 ? rc : -EIO;
+                }
+            }
             if (rc != 0)
                 rbus_test_report("publisher %u round %u #%u: %d (%s)", w->id, gen, i, rc,
                                  rbus_strerror(rc));
@@ -435,10 +450,11 @@ static void test_alloc_steady_state_no_allocation_per_message(void **state)
                                             (SS_PUBS * SS_PER_ROUND));
     const unsigned measured_rounds = (unsigned)((measured_req + SS_PUBS * SS_PER_ROUND - 1) /
                                                 (SS_PUBS * SS_PER_ROUND));
-    printf("alloc: steady state: %d publishers, rounds of %d messages, sizes %u..%u B, "
+    printf("alloc: steady state: %d publishers (one in batches of %d), rounds of %d messages, "
+           "sizes %u..%u B, "
            "warm-up %u rounds (%u msgs), measured %u rounds (%u msgs)\n",
-           SS_PUBS, SS_PUBS * SS_PER_ROUND, ss_sizes[0], ss_sizes[SS_NSIZES - 1], warm_rounds,
-           warm_rounds * SS_PUBS * SS_PER_ROUND, measured_rounds,
+           SS_PUBS, SS_RUN, SS_PUBS * SS_PER_ROUND, ss_sizes[0], ss_sizes[SS_NSIZES - 1],
+           warm_rounds, warm_rounds * SS_PUBS * SS_PER_ROUND, measured_rounds,
            measured_rounds * SS_PUBS * SS_PER_ROUND);
 
     static struct ss_state st;

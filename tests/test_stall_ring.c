@@ -6,7 +6,9 @@
  * offers its message again); a drop-oldest publish never waits and evicts
  * exactly one message; a stalled thread costs at most one slot. Every
  * scene ends with exact accounting and every message received once, in
- * order. A dispatcher's drain passes a stalled writer too.
+ * order. A dispatcher's drain passes a stalled writer too, and a batch
+ * publisher stalled holding a run of positions costs that run and holds
+ * back nothing.
  */
 #include "test_util.h"
 
@@ -19,21 +21,28 @@ struct scene {
     rbus *bus;
     rbus_topic *topic;
     rbus_sub *sub;
-    uint64_t next_seq_seen; /* receivers check FIFO against it */
+    uint64_t next_seq_seen;  /* receivers check FIFO against it */
+    uint64_t next_batch_seq; /* and a parked batch's order */
 };
 
-static void scene_open(struct scene *sc, rbus_overflow policy)
+static void scene_open_cap(struct scene *sc, rbus_overflow policy, uint32_t want)
 {
     memset(sc, 0, sizeof *sc);
     sc->topic = rbus_test_bus_and_topic(&sc->bus, "stall.ring");
     uint32_t cap;
-    sc->sub = rbus_test_subscribe_checked(sc->bus, "stall.ring", CAP, policy, 0, &cap);
-    assert_int_equal(cap, CAP);
+    sc->sub = rbus_test_subscribe_checked(sc->bus, "stall.ring", want, policy, 0, &cap);
+    assert_int_equal(cap, want);
+}
+
+static void scene_open(struct scene *sc, rbus_overflow policy)
+{
+    scene_open_cap(sc, policy, CAP);
 }
 
 /* Everything left; returns how many. The main thread's messages ("m")
- * must come in the order it published them; a parked publisher's ("p") is
- * its only one, and comes after the others if its slot was skipped. */
+ * must come in the order it published them, and so must a parked batch's
+ * ("b"); a parked publisher's ("p") is its only one, and comes after the
+ * others if its slot was skipped. */
 static unsigned drain_in_order(struct scene *sc)
 {
     unsigned n = 0;
@@ -42,6 +51,9 @@ static unsigned drain_in_order(struct scene *sc)
         if (*(const char *)rbus_msg_data(m) == 'm') {
             assert_true(rbus_msg_seq(m) > sc->next_seq_seen);
             sc->next_seq_seen = rbus_msg_seq(m);
+        } else if (*(const char *)rbus_msg_data(m) == 'b') {
+            assert_true(rbus_msg_seq(m) > sc->next_batch_seq);
+            sc->next_batch_seq = rbus_msg_seq(m);
         }
         rbus_msg_release(m);
         n++;
@@ -68,7 +80,10 @@ static rbus_pub_result publish(struct scene *sc)
 
 /* ------------------------------------------------------ a parked thread */
 
-enum job { JOB_RECV, JOB_PUBLISH };
+enum job { JOB_RECV, JOB_PUBLISH, JOB_BATCH };
+
+/* What a parked JOB_BATCH publishes: a run of BATCH messages "b". */
+#define BATCH 16
 
 struct parked {
     struct scene *sc;
@@ -88,9 +103,15 @@ static void *parked_main(void *arg)
         rbus_test_sleep_us(100);
     if (p->job == JOB_RECV) {
         p->rc = rbus_recv(p->sc->sub, &p->msg, 0);
-    } else {
+    } else if (p->job == JOB_PUBLISH) {
         rbus_pub_opts o = {.timeout_ns = -1};
         p->rc = rbus_publish_ex(p->sc->topic, "p", 1, &o, &p->res);
+    } else {
+        rbus_payload v[BATCH];
+        for (int i = 0; i < BATCH; i++)
+            v[i] = (rbus_payload){"b", 1};
+        rbus_pub_opts o = {.timeout_ns = -1};
+        p->rc = rbus_publish_batch(p->sc->topic, v, BATCH, &o, &p->res);
     }
     return NULL;
 }
@@ -603,6 +624,76 @@ static void drain_survives_head_moving_back(void **state)
     scene_close(&sc);
 }
 
+/* A batch publisher stalled holding its run of positions: other
+ * publishers go on behind it, receivers skip the run (a bounded poll per
+ * slot) and take what follows, and the batch, resuming, gives back the
+ * positions it lost and offers its messages again, in order, each counted
+ * once. */
+static void stalled_batch_is_skipped(rbus_overflow policy)
+{
+    struct scene sc;
+    scene_open_cap(&sc, policy, 4 * BATCH);
+    struct parked p;
+    park(&p, &sc, JOB_BATCH, RBUS_PP_RING_RUN_RESERVED);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_int_equal(drain_in_order(&sc), 5);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.skipped, BATCH);
+    assert_int_equal(st.depth, 0);
+    unpark(&p);
+    assert_int_equal(p.rc, BATCH);
+    assert_int_equal(p.res.queued, BATCH);
+    assert_int_equal(drain_in_order(&sc), BATCH);
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.reoffers, 1);
+    assert_int_equal(st.offered, 5 + BATCH);
+    assert_int_equal(st.received, 5 + BATCH);
+    /* The ring is whole again: a full capacity fits. */
+    for (int i = 0; i < 4 * BATCH; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_int_equal(drain_in_order(&sc), 4 * BATCH);
+    scene_close(&sc);
+}
+
+static void stalled_batch_holds_back_nothing(void **state)
+{
+    (void)state;
+    stalled_batch_is_skipped(RBUS_BLOCK);
+    stalled_batch_is_skipped(RBUS_DROP_NEWEST);
+    stalled_batch_is_skipped(RBUS_DROP_OLDEST);
+}
+
+/* A stalled batch costs its run and no more: with it parked on an empty
+ * ring, a drop-newest subscription takes the rest of the capacity before
+ * refusing, and the batch then commits all of its run. */
+static void stalled_batch_costs_its_run(void **state)
+{
+    (void)state;
+    struct scene sc;
+    scene_open_cap(&sc, RBUS_DROP_NEWEST, 4 * BATCH);
+    struct parked p;
+    park(&p, &sc, JOB_BATCH, RBUS_PP_RING_RUN_RESERVED);
+    for (int i = 0; i < 3 * BATCH; i++)
+        assert_int_equal(publish(&sc).queued, 1);
+    assert_int_equal(publish(&sc).dropped, 1);
+    unpark(&p); /* nobody skipped it: it commits */
+    assert_int_equal(p.rc, BATCH);
+    assert_int_equal(p.res.queued, BATCH);
+    rbus_sub_stats st;
+    assert_rbus_ok(rbus_sub_stats_get(sc.sub, &st));
+    assert_int_equal(st.depth, 4 * BATCH);
+    assert_int_equal(st.skipped, 0);
+    /* The batch's positions came first: its messages, then the others. */
+    rbus_msg *m;
+    assert_rbus_ok(rbus_recv(sc.sub, &m, 0));
+    assert_int_equal(*(const char *)rbus_msg_data(m), 'b');
+    rbus_msg_release(m);
+    assert_int_equal(drain_in_order(&sc), 4 * BATCH - 1);
+    scene_close(&sc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -616,6 +707,8 @@ int main(void)
         cmocka_unit_test(drain_passes_a_stalled_writer),
         cmocka_unit_test(bytes_given_back_by_a_failed_put_wake_a_waiter),
         cmocka_unit_test(drain_survives_head_moving_back),
+        cmocka_unit_test(stalled_batch_holds_back_nothing),
+        cmocka_unit_test(stalled_batch_costs_its_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,8 +54,10 @@ struct rbus_ring {
 
 enum { RING = 4, PUTS = 3 }; // a ring of 4 slots; each producer puts 3 messages
 
-template <int PRODUCERS, int CONSUMERS, bool EVICT>
-struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT>, PRODUCERS + CONSUMERS> {
+// RUNS of the producers put their messages as runs (rbus__ring_put_run),
+// falling back to a single put when no run fits, as sub.c does.
+template <int PRODUCERS, int CONSUMERS, bool EVICT, int RUNS = 0>
+struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT, RUNS>, PRODUCERS + CONSUMERS> {
     rbus_ring ring;
     rbus_ring_slot slots[RING];
     rbus_msg msgs[PRODUCERS][PUTS];
@@ -79,27 +81,43 @@ struct scene : rl::test_suite<scene<PRODUCERS, CONSUMERS, EVICT>, PRODUCERS + CO
             ntaken[c] = 0;
     }
 
+    void put_one(int p, rbus_msg *m)
+    {
+        bool may_evict = EVICT;
+        for (;;) {
+            rbus_msg *old = nullptr;
+            uint32_t depth;
+            enum rbus_put rc = rbus__ring_put(&ring, m, may_evict ? &old : nullptr, 0, &depth);
+            if (old) {
+                RL_ASSERT(may_evict); // at most one eviction per put
+                evicted_msgs[p][evicted[p]++] = old;
+                may_evict = false;
+            }
+            if (rc == RBUS__PUT_SKIPPED)
+                continue; // offered again
+            if (rc == RBUS__PUT_FULL)
+                refused[p]++;
+            break;
+        }
+    }
+
     void produce(int p)
     {
+        rbus_msg *ms[PUTS];
         for (int i = 0; i < PUTS; i++) {
-            rbus_msg *m = &msgs[p][i];
-            m->payload($) = 1000 * p + i;
-            bool may_evict = EVICT;
-            for (;;) {
-                rbus_msg *old = nullptr;
-                uint32_t depth;
-                enum rbus_put rc = rbus__ring_put(&ring, m, may_evict ? &old : nullptr, 0, &depth);
-                if (old) {
-                    RL_ASSERT(may_evict); // at most one eviction per put
-                    evicted_msgs[p][evicted[p]++] = old;
-                    may_evict = false;
-                }
-                if (rc == RBUS__PUT_SKIPPED)
-                    continue; // offered again
-                if (rc == RBUS__PUT_FULL)
-                    refused[p]++;
-                break;
+            ms[i] = &msgs[p][i];
+            ms[i]->payload($) = 1000 * p + i;
+        }
+        for (int i = 0; i < PUTS;) {
+            if (p < RUNS) {
+                uint64_t last;
+                bool cut = false;
+                uint32_t got = rbus__ring_put_run(&ring, ms + i, PUTS - i, &last, &cut);
+                i += (int)got;
+                if (got || cut)
+                    continue; // the rest, again, behind what was queued
             }
+            put_one(p, ms[i++]);
         }
     }
 
@@ -274,6 +292,9 @@ int main(int argc, char **argv)
     ok &= run<scene<1, 2, false>>("1 producer, 2 consumers, no eviction", n);
     ok &= run<scene<2, 1, true>>("2 producers, 1 consumer, drop-oldest", n);
     ok &= run<scene<2, 2, true>>("2 producers, 2 consumers, drop-oldest", n);
+    ok &= run<scene<2, 1, false, 2>>("2 producers putting runs, 1 consumer", n);
+    ok &= run<scene<1, 2, false, 1>>("1 producer putting runs, 2 consumers", n);
+    ok &= run<scene<2, 2, true, 1>>("runs and single puts, 2 consumers, drop-oldest", n);
     ok &= run<sleep_pair>("a receiver going to sleep, a writer", n);
     ok &= run<room_pair>("a writer waiting for room, a receiver", n);
     std::cout << (ok ? "ring model: every scene passed" : "ring model: FAILED") << std::endl;
