@@ -28,6 +28,7 @@ struct bench_opts {
     double duration_s; /* upper bound per run */
     uint64_t work_ns;  /* consumer work per message */
     int64_t spin_ns;
+    uint32_t batch; /* throughput: messages per rbus_publish_batch (1 = rbus_publish) */
     int64_t block_timeout_ns;
     enum bench_format format;
     const char *out_dir;
@@ -115,6 +116,7 @@ struct scenario {
     uint64_t messages; /* per publisher */
     uint32_t capacity; /* per queue, same for every implementation */
     int64_t spin_ns;   /* ringbus receivers' spin (0 = default) */
+    uint32_t batch;    /* ringbus publishers: > 1 = rbus_publish_batch of this many */
 };
 
 /* One paced one-way latency run: a message every `pace_ns`, `rounds` of

@@ -86,7 +86,7 @@ out:
     return NULL;
 }
 
-static double rb_run(const struct scenario *sc, uint32_t batch)
+static double rb_throughput(const struct scenario *sc)
 {
     rbus_config cfg;
     rbus_config_init(&cfg);
@@ -114,7 +114,7 @@ static double rb_run(const struct scenario *sc, uint32_t batch)
     pthread_barrier_init(&start, NULL, (unsigned)sc->publishers + 1);
     for (int i = 0; i < sc->publishers; i++) {
         pub[i] = (struct rb_pub){
-            .topic = topic, .sc = sc, .id = (uint64_t)i, .batch = batch, .start = &start};
+            .topic = topic, .sc = sc, .id = (uint64_t)i, .batch = sc->batch, .start = &start};
         pthread_create(&pth[i], NULL, rb_publish, &pub[i]);
     }
     pthread_barrier_wait(&start);
@@ -138,15 +138,12 @@ static double rb_run(const struct scenario *sc, uint32_t batch)
     return (double)(sc->messages * (uint64_t)sc->publishers) * 1e9 / (double)(t1 - t0);
 }
 
-static double rb_throughput(const struct scenario *sc)
-{
-    return rb_run(sc, 1);
-}
-
 /* Publishers hand rbus_publish_batch 64 messages at a time. */
 static double rb_throughput_batch(const struct scenario *sc)
 {
-    return rb_run(sc, 64);
+    struct scenario b = *sc;
+    b.batch = 64;
+    return rb_throughput(&b);
 }
 
 struct rb_lat_rx {

@@ -53,6 +53,8 @@ static void usage(FILE *out)
           "\n"
           "other options:\n"
           "  --publishers N      publisher threads (throughput, peers; default 1)\n"
+          "  --batch N           throughput: publish with rbus_publish_batch, N messages a\n"
+          "                      call (1..1024; default 1 = rbus_publish)\n"
           "  --subscribers N     subscriptions, one receiver thread each (default 1)\n"
           "  --capacity N        messages per subscription (default 1024)\n"
           "  --payload BYTES     payload size, >= 16 (default 64; throughput sweeps\n"
@@ -195,6 +197,7 @@ int main(int argc, char **argv)
         .duration_s = 0.5,
         .work_ns = 2000,
         .spin_ns = 0,
+        .batch = 1,
         .block_timeout_ns = 50000,
         .format = FORMAT_TABLE,
         .out_dir = "results",
@@ -236,6 +239,8 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--publishers"))
             ok = !policies && parse_u64(v, &n) && n >= 1 && n <= 64 &&
                  ((o.publishers = (int)n), (o.shape_set = true));
+        else if (!strcmp(a, "--batch"))
+            ok = !policies && parse_u64(v, &n) && n >= 1 && n <= 1024 && ((o.batch = (uint32_t)n), true);
         else if (!strcmp(a, "--subscribers"))
             ok = !policies && parse_u64(v, &n) && n >= 1 && n <= 64 &&
                  ((o.subscribers = (int)n), (o.shape_set = true));

@@ -31,9 +31,12 @@ int bench_mode_throughput(const struct bench_opts *o)
     int reps = o->reps > 0 ? o->reps : 3;
     bench_print_machine(stdout, o->format);
     if (o->format == FORMAT_TABLE)
-        printf("throughput: lossless (block policy), %llu messages per publisher, capacity %u, "
+        printf("throughput: lossless (block policy), %llu messages per publisher%s, capacity %u, "
                "median of %d runs; rate = published messages/s\n",
-               (unsigned long long)o->messages, o->capacity, reps);
+               (unsigned long long)o->messages,
+               o->batch > 1 ? ", published with rbus_publish_batch" : "", o->capacity, reps);
+    if (o->format == FORMAT_TABLE && o->batch > 1)
+        printf("batch: %u messages per rbus_publish_batch call\n", o->batch);
     struct bench_row rows[40];
     memset(rows, 0, sizeof rows);
     int n = 0, rc = 0, done = 0;
@@ -46,7 +49,8 @@ int bench_mode_throughput(const struct bench_opts *o)
                                   .payload = payloads[p],
                                   .messages = o->messages,
                                   .capacity = o->capacity,
-                                  .spin_ns = o->spin_ns};
+                                  .spin_ns = o->spin_ns,
+                                  .batch = o->batch};
             double r[16];
             for (int k = 0; k < reps && k < 16; k++) {
                 r[k] = bench_impl_ringbus.throughput(&sc);
