@@ -117,6 +117,7 @@ struct scenario {
     uint32_t capacity; /* per queue, same for every implementation */
     int64_t spin_ns;   /* ringbus receivers' spin (0 = default) */
     uint32_t batch;    /* ringbus publishers: > 1 = rbus_publish_batch of this many */
+    bool coarse_time;  /* ringbus: RBUS_TIME_COARSE */
 };
 
 /* One paced one-way latency run: a message every `pace_ns`, `rounds` of
@@ -142,6 +143,7 @@ struct bench_impl {
 
 extern const struct bench_impl bench_impl_ringbus;
 extern const struct bench_impl bench_impl_ringbus_batch;
+extern const struct bench_impl bench_impl_ringbus_coarse;
 
 /* Payload helpers shared by every implementation. */
 static inline void bench_stamp(unsigned char *buf, uint64_t publisher, uint64_t counter)

@@ -92,6 +92,8 @@ static double rb_throughput(const struct scenario *sc)
     rbus_config_init(&cfg);
     if (sc->payload > cfg.max_payload)
         cfg.max_payload = (uint32_t)sc->payload;
+    if (sc->coarse_time)
+        cfg.time_source = RBUS_TIME_COARSE;
     rbus *bus;
     rbus_topic *topic;
     if (rbus_create(&bus, &cfg) || rbus_topic_open(bus, "bench.peers", &topic))
@@ -144,6 +146,14 @@ static double rb_throughput_batch(const struct scenario *sc)
     struct scenario b = *sc;
     b.batch = 64;
     return rb_throughput(&b);
+}
+
+/* Messages stamped with the coarse clock (RBUS_TIME_COARSE). */
+static double rb_throughput_coarse(const struct scenario *sc)
+{
+    struct scenario c = *sc;
+    c.coarse_time = true;
+    return rb_throughput(&c);
 }
 
 struct rb_lat_rx {
@@ -220,4 +230,11 @@ const struct bench_impl bench_impl_ringbus_batch = {
     .name = "ringbus-batch64",
     .throughput = rb_throughput_batch,
     .wait_strategy = "as ringbus; publishers call rbus_publish_batch with 64 messages",
+};
+
+const struct bench_impl bench_impl_ringbus_coarse = {
+    .name = "ringbus-coarse",
+    .throughput = rb_throughput_coarse,
+    .wait_strategy = "as ringbus; the bus stamps messages with CLOCK_MONOTONIC_COARSE "
+                     "(rbus_config.time_source)",
 };

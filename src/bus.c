@@ -185,6 +185,7 @@ void rbus_config_init(rbus_config *cfg)
     cfg->allocator = NULL;
     cfg->drop_advisories = false;
     cfg->advisory_interval_ns = UINT64_C(1000000000);
+    cfg->time_source = RBUS_TIME_PRECISE;
 }
 
 static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocator *alloc)
@@ -206,7 +207,11 @@ static int config_resolve(const rbus_config *in, rbus_config *out, rbus_allocato
         if (in->advisory_interval_ns)
             out->advisory_interval_ns = in->advisory_interval_ns;
         out->retain = in->retain;
+        out->time_source = in->time_source;
     }
+    if (out->time_source != RBUS_TIME_PRECISE && out->time_source != RBUS_TIME_COARSE)
+        return rbus__fail(-EINVAL, "rbus_create: time_source %d is no rbus_time_source",
+                          (int)out->time_source);
     if (out->retain > RBUS_MAX_RETAIN)
         return rbus__fail(-EINVAL,
                           "rbus_create: retain %" PRIu32 " above RBUS_MAX_RETAIN (%" PRIu32 ")",

@@ -167,6 +167,9 @@ static inline bool rbus__event_has_waiters(struct rbus_event *ev)
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t rbus__now_ns(void);
+/* A message time on `bus` (rbus_config.time_source): acceptance stamps,
+ * and the "now" that message ages and key windows are measured against. */
+int64_t rbus__stamp_ns(const rbus *bus);
 /* now + timeout, saturating; timeout < 0 gives -1 (no deadline). */
 int64_t rbus__deadline(int64_t timeout_ns);
 /* The earlier of two deadlines, where < 0 means none. */

@@ -170,7 +170,7 @@ static uint64_t sub_lag_ns(rbus_sub *s)
     uint64_t t = ring_oldest_time(&s->ring);
     if (!t)
         return 0;
-    int64_t now = rbus__now_ns();
+    int64_t now = rbus__stamp_ns(s->bus);
     return now > (int64_t)t ? (uint64_t)(now - (int64_t)t) : 0;
 }
 

@@ -545,7 +545,7 @@ static RBUS__NOINLINE void record_queue_wait(rbus_sub *s, rbus_msg **m, size_t n
         if (every > 1 && m[i]->seq % every != 0)
             continue;
         if (!now)
-            now = rbus__now_ns();
+            now = rbus__stamp_ns(s->bus);
         rbus__hist_add(&s->queue_wait,
                        now - (int64_t)atomic_load_explicit(&m[i]->time_ns, memory_order_relaxed));
     }

@@ -985,7 +985,7 @@ static int publish_keyed_accept(rbus_topic *topic, struct rbus_thread_state *th,
         return no_message(len, opts);
     /* Between the hash's prefetches and the check, as late as it can be:
      * reading the clock gives those lines time to arrive. */
-    *now_ns = rbus__now_ns();
+    *now_ns = rbus__stamp_ns(topic->bus);
     int drc = rbus__dedup_accept(topic, key_lo, key_hi, *now_ns);
     if (RBUS__UNLIKELY(drc != 0)) {
         if (drc == RBUS_DUPLICATE) {
@@ -1225,7 +1225,7 @@ static RBUS__ALWAYS_INLINE int publish_body(rbus_topic *topic, const void *data,
             rbus__read_end(th);
             return no_message(len, opts);
         }
-        now_ns = rbus__now_ns();
+        now_ns = rbus__stamp_ns(bus);
     }
     /* Last before acceptance, so that the positions it reserves wait for
      * their messages as briefly as a put's would. */
@@ -1428,7 +1428,7 @@ static int publish_chunk(rbus_topic *topic, struct rbus_thread_state *th, const 
      * publish_body, every subscription holds a reference to each message
      * until it has decided, and those that did not queue it are given
      * back at the end; with no subscription the messages are ours. */
-    int64_t now_ns = rbus__now_ns();
+    int64_t now_ns = rbus__stamp_ns(bus);
     uint64_t seq = atomic_fetch_add_explicit(&topic->seq, k, memory_order_relaxed);
     uint32_t own = n == 0;
     for (uint32_t i = 0; i < k; i++) {

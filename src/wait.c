@@ -23,6 +23,14 @@ int64_t rbus__now_ns(void)
     return (int64_t)ts.tv_sec * INT64_C(1000000000) + ts.tv_nsec;
 }
 
+int64_t rbus__stamp_ns(const rbus *bus)
+{
+    struct timespec ts;
+    clock_gettime(
+        bus->cfg.time_source == RBUS_TIME_COARSE ? CLOCK_MONOTONIC_COARSE : CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * INT64_C(1000000000) + ts.tv_nsec;
+}
+
 int64_t rbus__deadline(int64_t timeout_ns)
 {
     if (timeout_ns < 0)

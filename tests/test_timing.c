@@ -425,6 +425,59 @@ static void bad_input(void **state)
     rbus_destroy(bus);
 }
 
+static int64_t coarse_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * INT64_C(1000000000) + ts.tv_nsec;
+}
+
+/* RBUS_TIME_COARSE: messages carry the coarse clock, and the ages the bus
+ * reports (queue_wait, lag) are read against that same clock, so that
+ * they are right to a tick rather than skewed by mixing clocks. */
+static void coarse_time_source(void **state)
+{
+    (void)state;
+    rbus_config cfg;
+    rbus_config_init(&cfg);
+    cfg.time_source = RBUS_TIME_COARSE;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, &cfg));
+    rbus_topic *t;
+    assert_rbus_ok(rbus_topic_open(bus, "coarse.t", &t));
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.latency_sample = 1;
+    rbus_sub *s;
+    assert_rbus_ok(rbus_subscribe(bus, "coarse.t", &o, &s));
+    int64_t before = coarse_now();
+    for (int i = 0; i < 5; i++)
+        assert_rbus_ok(rbus_publish(t, &i, sizeof i));
+    rbus_payload pl[3] = {{"a", 1}, {"b", 1}, {"c", 1}};
+    assert_int_equal(rbus_publish_batch(t, pl, 3, NULL, NULL), 3);
+    int64_t after = coarse_now();
+    rbus_test_sleep_us(SLEEP_US);
+    rbus_sub_timing tm;
+    assert_rbus_ok(rbus_sub_timing_get(s, &tm));
+    /* A tick is at most 10 ms: the lag is the sleep give or take one. */
+    assert_true(tm.lag_ns + UINT64_C(10000000) >= SLEEP_US * UINT64_C(1000));
+    assert_true(tm.lag_ns < UINT64_C(8000000000));
+    rbus_msg *m[8];
+    assert_int_equal(rbus_recv_batch(s, m, 8, 0), 8);
+    for (int i = 0; i < 8; i++) {
+        int64_t at = (int64_t)rbus_msg_time_ns(m[i]);
+        assert_true(at >= before && at <= after);
+        rbus_msg_release(m[i]);
+    }
+    assert_rbus_ok(rbus_sub_timing_get(s, &tm));
+    assert_int_equal(tm.queue_wait.count, 8);
+    assert_true(tm.queue_wait.sum_ns + 8 * UINT64_C(10000000) >= 8 * SLEEP_US * UINT64_C(1000));
+    rbus_destroy(bus);
+
+    cfg.time_source = (rbus_time_source)2;
+    assert_rbus_rc(rbus_create(&bus, &cfg), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -432,6 +485,7 @@ int main(void)
         cmocka_unit_test(sampling_by_sequence),     cmocka_unit_test(publisher_wait),
         cmocka_unit_test(dispatcher_timing),        cmocka_unit_test(dispatcher_timing_live),
         cmocka_unit_test(lag_read_while_receiving), cmocka_unit_test(bad_input),
+        cmocka_unit_test(coarse_time_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

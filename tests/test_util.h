@@ -206,6 +206,7 @@ static inline void rbus_test_assert_config_defaults(const rbus_config *cfg)
     assert_null(cfg->allocator);
     assert_false(cfg->drop_advisories);
     assert_int_equal(cfg->advisory_interval_ns, 1000000000);
+    assert_int_equal(cfg->time_source, RBUS_TIME_PRECISE);
 }
 
 /* m (a message, or NULL) has no key and no order key: NULL, with the
