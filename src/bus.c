@@ -355,8 +355,13 @@ void rbus_close(rbus *bus)
     }
     /* 1. New publishes see `closing` inside their read section and fail. */
     atomic_store_explicit(&bus->closing, 1, memory_order_seq_cst);
-    /* 2. Publishers blocked for room re-check and give up (dropped_closed). */
+    /* 2. Publishers blocked for room re-check and give up (dropped_closed),
+     *    wherever they sleep. */
     rbus__event_broadcast(&bus->room_ev);
+    pthread_mutex_lock(&bus->lock);
+    for (rbus_sub *s = bus->subs; s; s = s->bus_next)
+        rbus__event_broadcast(&s->room_ev);
+    pthread_mutex_unlock(&bus->lock);
     /* 3. Every publish that read `closing` as 0 has left its read section;
      *    those that went on to wait registered in blocked_publishers first. */
     rbus__synchronize(bus);

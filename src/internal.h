@@ -679,6 +679,10 @@ struct rbus_sub {
     RBUS__CACHE_ALIGNED struct rbus_event msg_ev;
     _Atomic uint32_t fd_armed;     /* 1: fd unreadable, next enqueue must write */
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
+    /* Where a publisher waiting for room on this subscription alone
+     * sleeps (one waiting on several sleeps on the bus's room_ev): a
+     * dequeue here wakes it and no publisher blocked elsewhere. */
+    struct rbus_event room_ev;
     _Atomic uint32_t pins;         /* publishers holding it outside a read section */
     /* 1 from reaching high_mark until drained below low_mark (sub.c,
      * "Watermarks"): its topics are not ready. */

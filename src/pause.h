@@ -44,6 +44,8 @@
     X(RECV_WATERMARK, "recv.watermark")                                                   \
     /* an all-or-none publish holds a reserved position, before its next (topic.c) */     \
     X(ALL_OR_NONE_RESERVED, "all_or_none.reserved")                                       \
+    /* a publisher waiting for room woke from its sleep (topic.c) */                      \
+    X(PUBLISH_WAIT_WOKE, "publish_wait.woke")                                             \
     /* routing changes, after the new lists are in place and before the grace */          \
     /* period that retires the old ones (topic.c) */                                      \
     X(UPDATE_SWAPPED, "update.swapped")                                                   \

@@ -13,8 +13,9 @@
  *    until the slot is written).
  *  - The eventfd's `fd_armed` works the same way.
  *  - A publisher waiting for room registers in room_waiters and sets the
- *    flag of the bus's room_ev, then reads head; a receiver advances head
- *    with a seq_cst CAS, then reads room_waiters and room_ev's flag.
+ *    flag of the subscription's room_ev (waiting on it alone) or the bus's
+ *    (waiting on several), then reads head; a receiver advances head with
+ *    a seq_cst CAS, then reads room_waiters and both events' flags.
  */
 #include "internal.h"
 #include "ring.h"
@@ -205,9 +206,12 @@ static inline enum rbus_put ring_put(struct rbus_thread_state *th, rbus_sub *s, 
 static inline void after_dequeue(rbus_sub *s)
 {
     /* seq_cst load after the ring's seq_cst CAS on head: the receiver half
-     * of the room Dekker pair. */
-    if (RBUS__UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_seq_cst)))
+     * of the room Dekker pair. A signal costs a load of the event's word
+     * unless somebody sleeps on it. */
+    if (RBUS__UNLIKELY(atomic_load_explicit(&s->room_waiters, memory_order_seq_cst))) {
+        rbus__event_signal(&s->room_ev);
         rbus__event_signal(&s->bus->room_ev);
+    }
 }
 
 /* Bytes a put reserved and then did not use, given back. A blocked
@@ -1068,7 +1072,9 @@ static void sub_close(rbus_sub *sub)
     else if (was_open)
         rbus__synchronize(bus);
     if (was_open) {
-        rbus__event_broadcast(&bus->room_ev); /* waiting publishers: give up on it */
+        /* Waiting publishers: give up on it. */
+        rbus__event_broadcast(&sub->room_ev);
+        rbus__event_broadcast(&bus->room_ev);
         rbus__sub_finish_close(sub);
     }
     pthread_mutex_unlock(&bus->route_lock);

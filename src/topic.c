@@ -836,7 +836,10 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *const
     while (n) {
         int64_t now = rbus__now_ns();
         bool sleep_next = now >= spin_until;
-        uint32_t seen = sleep_next ? rbus__event_prepare(&bus->room_ev) : 0;
+        /* Waiting on one subscription, sleep on its own event, which only
+         * its dequeues signal; on several, on the bus's, which all do. */
+        struct rbus_event *ev = n == 1 ? &th->pending[0].sub->room_ev : &bus->room_ev;
+        uint32_t seen = sleep_next ? rbus__event_prepare(ev) : 0;
         /* The earliest wake-up (deadlines and short retries) for the sleep,
          * and the earliest deadline alone for the spin's yields: a short
          * retry is no deadline, and it is set just when a receiver may have
@@ -882,10 +885,12 @@ static int publish_wait(rbus *bus, struct rbus_thread_state *th, rbus_msg *const
         }
         rbus__read_end(th);
 
-        if (n && sleep_next)
-            rbus__event_wait(&bus->room_ev, seen, earliest);
-        else if (n)
+        if (n && sleep_next) {
+            rbus__event_wait(ev, seen, earliest);
+            RBUS__PAUSE(PUBLISH_WAIT_WOKE);
+        } else if (n) {
             rbus__spin_step_before(iter++, now, earliest_deadline);
+        }
     }
     /* RMW, full fence, then the flag: the Dekker pair with rbus_close, which
      * announces itself on close_ev before it reads blocked_publishers. */

@@ -1,0 +1,114 @@
+/*
+ * Targeted wake-ups: a publisher blocked for room on one subscription
+ * sleeps on that subscription's own event, so that receives elsewhere do
+ * not wake it; it wakes for room on its own subscription, and for a
+ * close. A trap at the point where a sleeping publisher wakes shows
+ * which publisher woke.
+ */
+#include "test_util.h"
+
+#include "pause.h"
+
+#define CAP 4
+#define WAIT_NS INT64_C(30000000000)
+
+struct blocked {
+    rbus_topic *topic;
+    pthread_t thr;
+    rbus_pub_result res;
+    int rc;
+};
+
+static void *blocked_main(void *arg)
+{
+    struct blocked *b = arg;
+    b->rc = rbus_publish_ex(b->topic, "x", 1, NULL, &b->res);
+    return NULL;
+}
+
+/* A full RBUS_BLOCK subscription on `name`, and a publisher blocked on
+ * it (asleep: its spin is long over when this returns). */
+static rbus_sub *full_and_blocked(rbus *bus, const char *name, struct blocked *b)
+{
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = CAP;
+    o.spin_ns = 1000; /* publishers sleep after 1 us */
+    rbus_sub *s;
+    assert_rbus_ok(rbus_subscribe(bus, name, &o, &s));
+    assert_rbus_ok(rbus_topic_open(bus, name, &b->topic));
+    for (int i = 0; i < CAP; i++)
+        assert_rbus_ok(rbus_publish(b->topic, "f", 1));
+    assert_int_equal(pthread_create(&b->thr, NULL, blocked_main, b), 0);
+    rbus_sub_stats st;
+    do {
+        rbus_test_sleep_us(1000);
+        assert_rbus_ok(rbus_sub_stats_get(s, &st));
+    } while (st.publishers_waiting == 0);
+    rbus_test_sleep_us(20000);
+    return s;
+}
+
+static void recv_one(rbus_sub *s)
+{
+    rbus_msg *m;
+    assert_rbus_ok(rbus_recv(s, &m, 0));
+    rbus_msg_release(m);
+}
+
+/* Room on A wakes A's publisher and not B's; room on B wakes B's. */
+static void room_wakes_only_its_own_publisher(void **state)
+{
+    (void)state;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    struct blocked pa = {0}, pb = {0};
+    rbus_sub *a = full_and_blocked(bus, "wake.a", &pa);
+    rbus_sub *b = full_and_blocked(bus, "wake.b", &pb);
+    int trap = rbus__trap_set(RBUS_PP_PUBLISH_WAIT_WOKE, &pb.thr);
+    assert_true(trap >= 0);
+    for (int i = 0; i < CAP; i++)
+        recv_one(a);
+    assert_int_equal(pthread_join(pa.thr, NULL), 0);
+    assert_rbus_ok(pa.rc);
+    assert_int_equal(pa.res.queued, 1);
+    /* B's publisher slept through all of it. */
+    assert_false(rbus__trap_wait(trap, 200 * INT64_C(1000000)));
+    recv_one(b);
+    assert_true(rbus__trap_wait(trap, WAIT_NS));
+    rbus__trap_release(trap);
+    assert_int_equal(pthread_join(pb.thr, NULL), 0);
+    assert_rbus_ok(pb.rc);
+    assert_int_equal(pb.res.queued, 1);
+    rbus_destroy(bus);
+}
+
+/* Publishers asleep on their subscriptions' events wake for a close of
+ * the bus, and for an unsubscribe of theirs. */
+static void close_wakes_publishers_asleep_on_their_subscription(void **state)
+{
+    (void)state;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    struct blocked pa = {0}, pb = {0};
+    rbus_sub *a = full_and_blocked(bus, "wake.a", &pa);
+    full_and_blocked(bus, "wake.b", &pb);
+    assert_rbus_ok(rbus_unsubscribe(a));
+    assert_int_equal(pthread_join(pa.thr, NULL), 0);
+    assert_rbus_ok(pa.rc); /* a drop (dropped_closed), not an error */
+    assert_int_equal(pa.res.dropped, 1);
+    rbus_close(bus);
+    assert_int_equal(pthread_join(pb.thr, NULL), 0);
+    assert_rbus_rc(pb.rc, -ESHUTDOWN);
+    assert_int_equal(pb.res.dropped, 1);
+    rbus_destroy(bus);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(room_wakes_only_its_own_publisher),
+        cmocka_unit_test(close_wakes_publishers_asleep_on_their_subscription),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
