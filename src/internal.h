@@ -150,6 +150,11 @@ uint32_t rbus__event_prepare(struct rbus_event *ev);
 int rbus__event_wait(struct rbus_event *ev, uint32_t seen, int64_t deadline_ns);
 /* Wakes every waiter if any announced itself. */
 void rbus__event_signal(struct rbus_event *ev);
+/* Wakes one waiter if any announced itself (wait.c: the woken one hands
+ * on what it leaves with rbus__event_wake_one). */
+void rbus__event_signal_one(struct rbus_event *ev);
+/* Wakes one sleeper, if any, changing nothing else. */
+void rbus__event_wake_one(struct rbus_event *ev);
 /* Wakes every waiter, unconditionally (close paths). */
 void rbus__event_broadcast(struct rbus_event *ev);
 
@@ -677,6 +682,7 @@ struct rbus_sub {
     /* Read by every enqueue (receivers waiting, fd armed) and every dequeue
      * (publishers waiting for room); written only on slow paths. */
     RBUS__CACHE_ALIGNED struct rbus_event msg_ev;
+    _Atomic uint32_t msg_sleepers; /* receivers in (or entering) a sleep on msg_ev */
     _Atomic uint32_t fd_armed;     /* 1: fd unreadable, next enqueue must write */
     _Atomic uint32_t room_waiters; /* publishers waiting for room here */
     /* Where a publisher waiting for room on this subscription alone

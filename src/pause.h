@@ -42,6 +42,8 @@
                                         /* to read the histories */                       \
     /* a receive took messages, about to look at the watermark flag (sub.c) */            \
     X(RECV_WATERMARK, "recv.watermark")                                                   \
+    /* a receiver woke from its sleep (sub.c) */                                          \
+    X(RECV_WOKE, "recv.woke")                                                             \
     /* an all-or-none publish holds a reserved position, before its next (topic.c) */     \
     X(ALL_OR_NONE_RESERVED, "all_or_none.reserved")                                       \
     /* a publisher waiting for room woke from its sleep (topic.c) */                      \

@@ -104,8 +104,10 @@ static void fd_make_readable(rbus_sub *s)
 
 static RBUS__NOINLINE void wake_receivers(rbus_sub *s)
 {
+    /* One receiver: any one can take the message, and it wakes the next
+     * if more are left (recv_common). */
     if (rbus__event_has_waiters(&s->msg_ev))
-        rbus__event_signal(&s->msg_ev);
+        rbus__event_signal_one(&s->msg_ev);
     if (atomic_load_explicit(&s->fd_armed, memory_order_relaxed))
         fd_make_readable(s);
 }
@@ -694,9 +696,25 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
             }
             until = rbus__sooner(now + RBUS__SLOT_RETRY_NS, deadline);
         }
+        /* Counted while we sleep, for the baton below. seq_cst: a receiver
+         * that is already asleep is seen by the baton's load; one on its
+         * way to sleep has announced itself on msg_ev first, and sleeps
+         * only on a word no signal has changed since (wait.c). */
+        atomic_fetch_add_explicit(&s->msg_sleepers, 1, memory_order_seq_cst);
         rbus__event_wait(&s->msg_ev, seen, until);
+        atomic_fetch_sub_explicit(&s->msg_sleepers, 1, memory_order_relaxed);
+        RBUS__PAUSE(RECV_WOKE);
         reserved_rounds = 0;
     }
+    /* The baton: a publish wakes one sleeping receiver (wake_receivers),
+     * so one that took messages and leaves some queued wakes the next
+     * sleeper, if any, before it returns. Otherwise a receiver that stops
+     * receiving after this call could leave them queued while others
+     * sleep. seq_cst load: after our claim's seq_cst CAS, the other half
+     * of the sleepers' count. */
+    if (rc > 0 && RBUS__UNLIKELY(atomic_load_explicit(&s->msg_sleepers, memory_order_seq_cst)) &&
+        ring_reserved(s))
+        rbus__event_wake_one(&s->msg_ev);
     if (held && rc > 0)
         rbus__held_add(s->bus, rbus__thread_get(s->bus), rc);
     rbus__sub_leave(s);

@@ -169,14 +169,14 @@ int rbus__event_wait(struct rbus_event *ev, uint32_t seen, int64_t deadline_ns)
     return 0;
 }
 
-static void event_bump_and_wake(struct rbus_event *ev, uint32_t v)
+static void event_bump_and_wake(struct rbus_event *ev, uint32_t v, int waiters)
 {
     /* Release: what made the condition true is visible to a waiter that
      * reads the new word. */
     while (!atomic_compare_exchange_weak_explicit(&ev->word, &v, (v + 2u) & ~1u,
                                                   memory_order_acq_rel, memory_order_relaxed))
         ;
-    futex(&ev->word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, 0);
+    futex(&ev->word, FUTEX_WAKE_PRIVATE, (uint32_t)waiters, NULL, 0);
 }
 
 void rbus__event_signal(struct rbus_event *ev)
@@ -185,10 +185,32 @@ void rbus__event_signal(struct rbus_event *ev)
      * (a plain load on x86). */
     uint32_t v = atomic_load_explicit(&ev->word, memory_order_seq_cst);
     if (v & 1u)
-        event_bump_and_wake(ev, v);
+        event_bump_and_wake(ev, v, INT_MAX);
+}
+
+/*
+ * The same, waking one sleeper: for waiters of which any one can take
+ * what the signal announces (competing receivers). Clearing the flag
+ * leaves the others asleep, and later signals find it clear until one of
+ * them announces itself again; so the woken one, once it has taken what
+ * it came for, wakes the next if more is left (rbus__event_wake_one: the
+ * baton; sub.c). The woken one always looks at its condition before it
+ * could sleep again, so whatever a signal announced is taken or handed on.
+ */
+void rbus__event_signal_one(struct rbus_event *ev)
+{
+    /* seq_cst: as in rbus__event_signal. */
+    uint32_t v = atomic_load_explicit(&ev->word, memory_order_seq_cst);
+    if (v & 1u)
+        event_bump_and_wake(ev, v, 1);
+}
+
+void rbus__event_wake_one(struct rbus_event *ev)
+{
+    futex(&ev->word, FUTEX_WAKE_PRIVATE, 1, NULL, 0);
 }
 
 void rbus__event_broadcast(struct rbus_event *ev)
 {
-    event_bump_and_wake(ev, atomic_load_explicit(&ev->word, memory_order_relaxed));
+    event_bump_and_wake(ev, atomic_load_explicit(&ev->word, memory_order_relaxed), INT_MAX);
 }

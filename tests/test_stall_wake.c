@@ -3,7 +3,8 @@
  * sleeps on that subscription's own event, so that receives elsewhere do
  * not wake it; it wakes for room on its own subscription, and for a
  * close. A trap at the point where a sleeping publisher wakes shows
- * which publisher woke.
+ * which publisher woke. Competing receivers asleep on one subscription
+ * are woken one per message, and each hands on what it leaves.
  */
 #include "test_util.h"
 
@@ -104,11 +105,108 @@ static void close_wakes_publishers_asleep_on_their_subscription(void **state)
     rbus_destroy(bus);
 }
 
+/* ----------------------------------------------------- competing receivers */
+
+#define RECEIVERS 4
+
+struct receiver {
+    rbus_sub *sub;
+    atomic_int *got;
+    int rc;
+};
+
+/* One message, then out (timeout WAIT_NS). */
+static void *receive_one_main(void *arg)
+{
+    struct receiver *r = arg;
+    rbus_msg *m;
+    r->rc = rbus_recv(r->sub, &m, WAIT_NS);
+    if (r->rc == 0) {
+        rbus_msg_release(m);
+        atomic_fetch_add(r->got, 1);
+    }
+    return NULL;
+}
+
+static rbus_sub *competing(rbus *bus, rbus_topic **t, struct receiver *rx, pthread_t *th,
+                           atomic_int *got)
+{
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.spin_ns = 1000; /* receivers sleep after 1 us */
+    rbus_sub *s;
+    assert_rbus_ok(rbus_subscribe(bus, "wake.rx", &o, &s));
+    assert_rbus_ok(rbus_topic_open(bus, "wake.rx", t));
+    atomic_init(got, 0);
+    for (int i = 0; i < RECEIVERS; i++) {
+        rx[i] = (struct receiver){.sub = s, .got = got};
+        assert_int_equal(pthread_create(&th[i], NULL, receive_one_main, &rx[i]), 0);
+    }
+    rbus_test_sleep_us(50000); /* all asleep */
+    return s;
+}
+
+/* A message wakes one of the sleeping receivers, not all of them. */
+static void a_message_wakes_one_receiver(void **state)
+{
+    (void)state;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    rbus_topic *t;
+    struct receiver rx[RECEIVERS];
+    pthread_t th[RECEIVERS];
+    atomic_int got;
+    rbus_sub *s = competing(bus, &t, rx, th, &got);
+    uint64_t woke = rbus__pause_passes(RBUS_PP_RECV_WOKE);
+    assert_rbus_ok(rbus_publish(t, "m", 1));
+    while (atomic_load(&got) == 0)
+        rbus_test_sleep_us(1000);
+    rbus_test_sleep_us(50000);
+    assert_int_equal(rbus__pause_passes(RBUS_PP_RECV_WOKE) - woke, 1);
+    assert_rbus_ok(rbus_sub_close(s)); /* the others wake and end */
+    for (int i = 0; i < RECEIVERS; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(atomic_load(&got), 1);
+    rbus_destroy(bus);
+}
+
+/* Receivers that each take one message and leave: a burst of as many
+ * messages reaches every one of them, though each publish woke only one
+ * sleeper (each woken receiver wakes the next while messages are left). */
+static void a_burst_reaches_every_sleeping_receiver(void **state)
+{
+    (void)state;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    rbus_topic *t;
+    struct receiver rx[RECEIVERS];
+    pthread_t th[RECEIVERS];
+    atomic_int got;
+    competing(bus, &t, rx, th, &got);
+    rbus_payload burst[RECEIVERS];
+    for (int i = 0; i < RECEIVERS; i++)
+        burst[i] = (rbus_payload){"m", 1};
+    assert_int_equal(rbus_publish_batch(t, burst, RECEIVERS, NULL, NULL), RECEIVERS);
+    /* Within seconds, not when their receives time out (WAIT_NS): a
+     * receive that times out still takes what is queued. */
+    uint64_t t0 = rbus_test_now_ns();
+    while (atomic_load(&got) < RECEIVERS && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
+        rbus_test_sleep_us(1000);
+    assert_int_equal(atomic_load(&got), RECEIVERS);
+    for (int i = 0; i < RECEIVERS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_rbus_ok(rx[i].rc);
+    }
+    rbus_destroy(bus);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(room_wakes_only_its_own_publisher),
         cmocka_unit_test(close_wakes_publishers_asleep_on_their_subscription),
+        cmocka_unit_test(a_message_wakes_one_receiver),
+        cmocka_unit_test(a_burst_reaches_every_sleeping_receiver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
