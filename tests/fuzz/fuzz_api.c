@@ -505,6 +505,101 @@ struct pub_args {
     bool opts_null_ok;   /* opts NULL when every option is the default */
 };
 
+/*
+ * The model of one publish of buf[0..len) to topic t: what the call must
+ * return, with its result added to *wr and the longest wait a full block
+ * subscription imposes in *longest_wait. `waited`, for a batch, marks the
+ * subscriptions whose wait the current chunk already counted (a batch
+ * waits once per subscription and chunk); NULL for a single publish.
+ */
+static int model_publish(int t, int key, int okey, size_t len, uint32_t origin, const uint8_t *buf,
+                         int64_t pub_timeout, bool einval, rbus_pub_result *wr,
+                         int64_t *longest_wait, bool *waited)
+{
+    struct mtopic *mt = &S.topics[t];
+    int want;
+    bool dedup_on = S.dedup_keys != RBUS_DEDUP_OFF;
+    if (einval)
+        want = -EINVAL;
+    else if (len > S.max_payload)
+        want = -EMSGSIZE;
+    else if (S.closed)
+        want = -ESHUTDOWN;
+    else if (key >= 0 && dedup_on && mt->key_ticket[key] != 0 &&
+             mt->key_ticket[key] + S.dedup_keys > mt->key_tickets)
+        want = RBUS_DUPLICATE;
+    else
+        want = 0;
+
+    if (want == RBUS_DUPLICATE) {
+        wr->duplicate = true;
+        mt->duplicates++;
+    } else if (want == 0) {
+        if (S.nrecs == S.caprecs) {
+            S.caprecs = S.caprecs ? S.caprecs * 2 : 256;
+            S.recs = realloc(S.recs, S.caprecs * sizeof *S.recs);
+            if (!S.recs)
+                abort();
+        }
+        uint32_t id = (uint32_t)S.nrecs++;
+        struct rec *rec = &S.recs[id];
+        memset(rec, 0, sizeof *rec);
+        rec->topic = (uint8_t)t;
+        rec->key = (int16_t)key;
+        rec->order_key = (int16_t)okey;
+        rec->len = (uint8_t)len;
+        rec->origin = origin;
+        rec->seq = ++mt->seq;
+        memcpy(rec->payload, buf, len);
+        if (key >= 0 && dedup_on)
+            mt->key_ticket[key] = ++mt->key_tickets;
+        for (int i = 0; i < NSLOT; i++) {
+            struct msub *s = &S.subs[i];
+            if (!sub_receives(s) || !model_match(s->pattern, topic_names[t]))
+                continue;
+            wr->matched++;
+            s->st.offered++;
+            if (s->st.depth < s->st.capacity) {
+                q_push(s, id);
+                wr->queued++;
+                continue;
+            }
+            switch (s->policy) {
+            case RBUS_DROP_NEWEST:
+                s->st.dropped_newest++;
+                wr->dropped++;
+                break;
+            case RBUS_DROP_OLDEST:
+                q_pop(s);
+                s->st.dropped_oldest++;
+                wr->evicted++;
+                q_push(s, id);
+                wr->queued++;
+                break;
+            case RBUS_BLOCK:
+            default:
+                if (pub_timeout >= 0) {
+                    /* A batch waits once per subscription and chunk. */
+                    if (!waited || !waited[i])
+                        s->st.publisher_waits++;
+                    if (waited)
+                        waited[i] = true;
+                    int64_t w = s->block_timeout_ns;
+                    if (pub_timeout > 0 && pub_timeout < w)
+                        w = pub_timeout;
+                    if (w > *longest_wait)
+                        *longest_wait = w;
+                }
+                s->st.dropped_timeout++;
+                wr->dropped++;
+                break;
+            }
+        }
+    }
+
+    return want;
+}
+
 static void publish_one(const struct pub_args *a)
 {
     int t = a->topic;
@@ -583,83 +678,10 @@ static void publish_one(const struct pub_args *a)
                     po.timeout_ns == 0 && po.origin == 0;
 
     /* ---- the model */
-    int want;
     rbus_pub_result wr = {0};
     int64_t longest_wait = 0; /* the longest wait a full block subscription imposes */
-    bool dedup_on = S.dedup_keys != RBUS_DEDUP_OFF;
-    if (einval)
-        want = -EINVAL;
-    else if (len > S.max_payload)
-        want = -EMSGSIZE;
-    else if (S.closed)
-        want = -ESHUTDOWN;
-    else if (key >= 0 && dedup_on && mt->key_ticket[key] != 0 &&
-             mt->key_ticket[key] + S.dedup_keys > mt->key_tickets)
-        want = RBUS_DUPLICATE;
-    else
-        want = 0;
-
-    if (want == RBUS_DUPLICATE) {
-        wr.duplicate = true;
-        mt->duplicates++;
-    } else if (want == 0) {
-        if (S.nrecs == S.caprecs) {
-            S.caprecs = S.caprecs ? S.caprecs * 2 : 256;
-            S.recs = realloc(S.recs, S.caprecs * sizeof *S.recs);
-            if (!S.recs)
-                abort();
-        }
-        uint32_t id = (uint32_t)S.nrecs++;
-        struct rec *rec = &S.recs[id];
-        memset(rec, 0, sizeof *rec);
-        rec->topic = (uint8_t)t;
-        rec->key = (int16_t)key;
-        rec->order_key = (int16_t)okey;
-        rec->len = (uint8_t)len;
-        rec->origin = origin;
-        rec->seq = ++mt->seq;
-        memcpy(rec->payload, buf, len);
-        if (key >= 0 && dedup_on)
-            mt->key_ticket[key] = ++mt->key_tickets;
-        for (int i = 0; i < NSLOT; i++) {
-            struct msub *s = &S.subs[i];
-            if (!sub_receives(s) || !model_match(s->pattern, topic_names[t]))
-                continue;
-            wr.matched++;
-            s->st.offered++;
-            if (s->st.depth < s->st.capacity) {
-                q_push(s, id);
-                wr.queued++;
-                continue;
-            }
-            switch (s->policy) {
-            case RBUS_DROP_NEWEST:
-                s->st.dropped_newest++;
-                wr.dropped++;
-                break;
-            case RBUS_DROP_OLDEST:
-                q_pop(s);
-                s->st.dropped_oldest++;
-                wr.evicted++;
-                q_push(s, id);
-                wr.queued++;
-                break;
-            case RBUS_BLOCK:
-            default:
-                if (pub_timeout >= 0) {
-                    s->st.publisher_waits++;
-                    int64_t w = s->block_timeout_ns;
-                    if (pub_timeout > 0 && pub_timeout < w)
-                        w = pub_timeout;
-                    if (w > longest_wait)
-                        longest_wait = w;
-                }
-                s->st.dropped_timeout++;
-                wr.dropped++;
-                break;
-            }
-        }
-    }
+    int want = model_publish(t, key, okey, len, origin, buf, pub_timeout, einval, &wr,
+                             &longest_wait, NULL);
 
     /* ---- the call */
     rbus_pub_result res;
@@ -734,6 +756,101 @@ static void op_burst(struct reader *r)
         a.len = i % 9;
         publish_one(&a);
     }
+}
+
+/* rbus_publish_batch of 0..MAX_PUB_BATCH payloads (past two chunks) to one
+ * topic, with or without a bad argument, checked against the model run
+ * once per message. */
+#define MAX_PUB_BATCH 150
+static void op_publish_batch(struct reader *r)
+{
+    uint8_t bt = rd(r), bn = rd(r), bl = rd(r), bo = rd(r);
+    static const int64_t pub_timeouts[4] = {0, -1, 500, 3000};
+    enum { BE_NONE, BE_KEY, BE_DATA_NULL, BE_TOO_LONG, BE_MSGS_NULL, BE_FLAGS };
+    int t = bt & 7;
+    unsigned n = bn % (MAX_PUB_BATCH + 1);
+    int64_t pub_timeout = pub_timeouts[bo & 3];
+    unsigned err = (bo >> 2) & 7;
+    bool no_result = (bo >> 5) & 1;
+    int okey = (bo >> 6) & 1 ? 0 : -1;
+    uint32_t origin = (bt >> 3) & 1 ? 7 : 0;
+    const char *op = "publish_batch";
+    S.op = op;
+    struct mtopic *mt = &S.topics[t];
+    if (!mt->open) {
+        S.op = "publish_batch: topic_open first";
+        do_topic_open(t);
+        S.op = op;
+    }
+    rbus_topic *h = mt->open ? mt->h : NULL;
+
+    static uint8_t bufs[MAX_PUB_BATCH][MAX_LEN + 1];
+    rbus_payload pl[MAX_PUB_BATCH];
+    bool einval = h == NULL, too_long = false;
+    for (unsigned i = 0; i < n; i++) {
+        size_t len = (bl + i * 7u) % (MAX_LEN + 1);
+        for (size_t j = 0; j < len; j++)
+            bufs[i][j] = (uint8_t)(S.payload_counter * 131u + j * 17u + 3u);
+        S.payload_counter++;
+        pl[i] = (rbus_payload){bufs[i], len};
+    }
+    if (err == BE_DATA_NULL && n) {
+        pl[n / 2].data = NULL;
+        einval |= pl[n / 2].len > 0;
+    }
+    if (err == BE_TOO_LONG && n)
+        pl[n - 1].len = S.max_payload + 1; /* refused before a byte is read */
+    for (unsigned i = 0; i < n; i++)
+        too_long |= pl[i].len > S.max_payload;
+    rbus_pub_opts po;
+    memset(&po, 0, sizeof po);
+    po.timeout_ns = pub_timeout;
+    po.origin = origin;
+    if (okey >= 0) {
+        po.order_key = order_keys[okey].p;
+        po.order_key_len = order_keys[okey].n;
+    }
+    if (err == BE_KEY) {
+        po.key = "k1";
+        po.key_len = 2;
+        einval = true;
+    }
+    if (err == BE_FLAGS) {
+        po.flags = RBUS_PUB_ALL_OR_NONE;
+        einval = true;
+    }
+    einval |= err == BE_MSGS_NULL && n > 0;
+
+    /* ---- the model: each message as a single publish, in chunks of 64 */
+    int want = einval ? -EINVAL : too_long ? -EMSGSIZE : S.closed ? -ESHUTDOWN : (int)n;
+    rbus_pub_result wr = {0};
+    int64_t longest_wait = 0;
+    bool waited[NSLOT];
+    for (unsigned i = 0; want > 0 && i < n; i++) {
+        if (i % 64 == 0)
+            memset(waited, 0, sizeof waited);
+        model_publish(t, -1, okey, pl[i].len, origin, bufs[i], pub_timeout, false, &wr,
+                      &longest_wait, waited);
+    }
+
+    /* ---- the call */
+    rbus_pub_result res;
+    memset(&res, 0xEE, sizeof res);
+    int64_t t0 = now_ns();
+    int rc =
+        rbus_publish_batch(h, err == BE_MSGS_NULL ? NULL : pl, n, &po, no_result ? NULL : &res);
+    int64_t took = now_ns() - t0;
+    trace_step(rc);
+    CHECK_EQ("publish_batch rc", rc, want);
+    if (!no_result) {
+        CHECK_EQ("batch result: matched", res.matched, wr.matched);
+        CHECK_EQ("batch result: queued", res.queued, wr.queued);
+        CHECK_EQ("batch result: dropped", res.dropped, wr.dropped);
+        CHECK_EQ("batch result: evicted", res.evicted, wr.evicted);
+        CHECK_EQ("batch result: duplicate", res.duplicate, false);
+    }
+    if (longest_wait > 0)
+        CHECK("a full block subscription made the batch wait its timeout", took >= longest_wait);
 }
 
 static void op_subscribe(struct reader *r)
@@ -1121,8 +1238,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         S.step++;
         S.slot = -1;
         uint8_t op = rd(&r) % 32;
-        if (op <= 8 || (op >= 28 && op <= 30))
+        if (op <= 8 || op == 28 || op == 29)
             op_publish(&r);
+        else if (op == 30)
+            op_publish_batch(&r);
         else if (op == 31)
             op_burst(&r);
         else if (op <= 12)
