@@ -14,7 +14,8 @@
  *    for a writer that has reserved a slot and not committed it only for
  *    RBUS__SKIP_POLLS polls, then skips the slot; the writer learns it when
  *    its commit fails, and offers its message again (RBUS__PUT_SKIPPED).
- *  - A thread stalled inside a call costs the ring at most one slot.
+ *  - A thread stalled inside a call costs the ring at most one slot, or
+ *    a batch writer the run it reserved (rbus__ring_put_run).
  *  - FIFO by position: a writer's successive puts are taken in order.
  *
  * Positions count up forever (64-bit); position p lives in slot p & mask.

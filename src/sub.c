@@ -702,17 +702,27 @@ static int recv_common(rbus_sub *s, rbus_msg **out, size_t max, int64_t timeout_
          * only on a word no signal has changed since (wait.c). */
         atomic_fetch_add_explicit(&s->msg_sleepers, 1, memory_order_seq_cst);
         rbus__event_wait(&s->msg_ev, seen, until);
-        atomic_fetch_sub_explicit(&s->msg_sleepers, 1, memory_order_relaxed);
+        /* A signal that woke us alone cleared the flag for everybody: with
+         * others still asleep, announce again for them, so that the next
+         * publish wakes one. A publish racing this meets the baton below:
+         * its tail CAS comes before its look at the flag, our flag CAS
+         * before the baton's look at tail. */
+        if (atomic_fetch_sub_explicit(&s->msg_sleepers, 1, memory_order_seq_cst) > 1)
+            (void)rbus__event_prepare(&s->msg_ev);
         RBUS__PAUSE(RECV_WOKE);
         reserved_rounds = 0;
     }
     /* The baton: a publish wakes one sleeping receiver (wake_receivers),
-     * so one that took messages and leaves some queued wakes the next
-     * sleeper, if any, before it returns. Otherwise a receiver that stops
-     * receiving after this call could leave them queued while others
-     * sleep. seq_cst load: after our claim's seq_cst CAS, the other half
-     * of the sleepers' count. */
-    if (rc > 0 && RBUS__UNLIKELY(atomic_load_explicit(&s->msg_sleepers, memory_order_seq_cst)) &&
+     * so one that leaves anything queued or being queued wakes the next
+     * sleeper, if any, before it returns, whatever it returns: it may
+     * have been the one woken, and be leaving with a message (or timing
+     * out behind a stalled writer's slot, which a receiver that sleeps on
+     * skips). Otherwise a receiver that stops receiving after this call
+     * could leave them queued while others sleep. A closed subscription
+     * has woken everybody already. seq_cst load: after our claim's
+     * seq_cst CAS, the other half of the sleepers' count. */
+    if (rc != -ESHUTDOWN &&
+        RBUS__UNLIKELY(atomic_load_explicit(&s->msg_sleepers, memory_order_seq_cst)) &&
         ring_reserved(s))
         rbus__event_wake_one(&s->msg_ev);
     if (held && rc > 0)

@@ -200,6 +200,109 @@ static void a_burst_reaches_every_sleeping_receiver(void **state)
     rbus_destroy(bus);
 }
 
+/* Two receivers asleep; the first message wakes one, which takes it and
+ * leaves with nothing queued (no baton to pass). A second message must
+ * still wake the other: the woken one announced itself again for it. */
+static void a_later_message_wakes_a_receiver_still_asleep(void **state)
+{
+    (void)state;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    rbus_topic *t;
+    struct receiver rx[RECEIVERS];
+    pthread_t th[RECEIVERS];
+    atomic_int got;
+    rbus_sub *s = competing(bus, &t, rx, th, &got);
+    for (int k = 1; k <= 2; k++) {
+        assert_rbus_ok(rbus_publish(t, "m", 1));
+        uint64_t t0 = rbus_test_now_ns();
+        while (atomic_load(&got) < k && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
+            rbus_test_sleep_us(1000);
+        assert_int_equal(atomic_load(&got), k);
+        rbus_test_sleep_us(50000); /* the receiver that got it has left */
+    }
+    assert_rbus_ok(rbus_sub_close(s));
+    for (int i = 0; i < RECEIVERS; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    rbus_destroy(bus);
+}
+
+struct timed_receiver {
+    rbus_sub *sub;
+    int64_t timeout_ns;
+    atomic_int *got;
+    pthread_t thr;
+    int rc;
+};
+
+static void *timed_receive_main(void *arg)
+{
+    struct timed_receiver *r = arg;
+    rbus_msg *m;
+    r->rc = rbus_recv(r->sub, &m, r->timeout_ns);
+    if (r->rc == 0) {
+        rbus_msg_release(m);
+        atomic_fetch_add(r->got, 1);
+    }
+    return NULL;
+}
+
+static void *publish_one_main(void *arg)
+{
+    rbus_topic *t = arg;
+    assert_rbus_ok(rbus_publish(t, "w", 1));
+    return NULL;
+}
+
+/* R1 (short timeout) and R2 (long) asleep. A writer reserves the head
+ * slot and stalls; a message behind it wakes R1 alone, which reaches its
+ * deadline before it looks and times out at the unwritten slot. R2 must
+ * still be woken, to skip the stalled writer's slot and take the message
+ * behind it: a receiver leaving with anything queued passes the baton,
+ * whatever it returns. */
+static void a_woken_receiver_that_times_out_hands_on(void **state)
+{
+    (void)state;
+    rbus *bus;
+    assert_rbus_ok(rbus_create(&bus, NULL));
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.spin_ns = 1000;
+    rbus_sub *s;
+    rbus_topic *t;
+    assert_rbus_ok(rbus_subscribe(bus, "wake.rx2", &o, &s));
+    assert_rbus_ok(rbus_topic_open(bus, "wake.rx2", &t));
+    atomic_int got;
+    atomic_init(&got, 0);
+    struct timed_receiver r1 = {.sub = s, .timeout_ns = 300000000, .got = &got};
+    struct timed_receiver r2 = {.sub = s, .timeout_ns = WAIT_NS, .got = &got};
+    assert_int_equal(pthread_create(&r1.thr, NULL, timed_receive_main, &r1), 0);
+    rbus_test_sleep_us(50000);
+    assert_int_equal(pthread_create(&r2.thr, NULL, timed_receive_main, &r2), 0);
+    rbus_test_sleep_us(50000); /* both asleep, R1 first in the futex's queue */
+    int woke = rbus__trap_set(RBUS_PP_RECV_WOKE, &r1.thr);
+    int stalled = rbus__trap_set(RBUS_PP_RING_PUT_RESERVED, NULL);
+    assert_true(woke >= 0 && stalled >= 0);
+    pthread_t writer;
+    assert_int_equal(pthread_create(&writer, NULL, publish_one_main, t), 0);
+    assert_true(rbus__trap_wait(stalled, WAIT_NS));
+    assert_rbus_ok(rbus_publish(t, "m", 1));
+    assert_true(rbus__trap_wait(woke, WAIT_NS)); /* R1 had the one wake */
+    rbus_test_sleep_us(400000);                  /* past R1's deadline */
+    rbus__trap_release(woke);
+    assert_int_equal(pthread_join(r1.thr, NULL), 0);
+    assert_rbus_rc(r1.rc, -ETIMEDOUT);
+    uint64_t t0 = rbus_test_now_ns();
+    while (atomic_load(&got) < 1 && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
+        rbus_test_sleep_us(1000);
+    assert_int_equal(atomic_load(&got), 1); /* with the writer still stalled */
+    rbus__trap_release(stalled);
+    assert_int_equal(pthread_join(writer, NULL), 0);
+    assert_int_equal(pthread_join(r2.thr, NULL), 0);
+    assert_rbus_ok(r2.rc);
+    rbus_destroy(bus);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -207,6 +310,8 @@ int main(void)
         cmocka_unit_test(close_wakes_publishers_asleep_on_their_subscription),
         cmocka_unit_test(a_message_wakes_one_receiver),
         cmocka_unit_test(a_burst_reaches_every_sleeping_receiver),
+        cmocka_unit_test(a_later_message_wakes_a_receiver_still_asleep),
+        cmocka_unit_test(a_woken_receiver_that_times_out_hands_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
