@@ -156,65 +156,86 @@ static double rb_throughput_coarse(const struct scenario *sc)
     return rb_throughput(&c);
 }
 
-struct rb_lat_rx {
+struct rb_lat {
+    rbus_topic *topic;
     rbus_sub *sub;
+    const struct latency_run *lr;
     uint64_t *lat;
-    uint64_t rounds;
-    int rc;
+    pthread_barrier_t start;
+    int rx_rc, pub_rc;
 };
 
 static void *rb_lat_receive(void *arg)
 {
-    struct rb_lat_rx *r = arg;
-    for (uint64_t i = 0; i < r->rounds; i++) {
+    struct rb_lat *l = arg;
+    pthread_barrier_wait(&l->start);
+    for (uint64_t i = 0; i < l->lr->rounds; i++) {
         rbus_msg *m;
-        int rc = rbus_recv(r->sub, &m, -1);
+        int rc = rbus_recv(l->sub, &m, -1);
         if (rc != 0) {
-            r->rc = rc;
+            l->rx_rc = rc;
             return NULL;
         }
         uint64_t now = bench_now_ns(), stamp, counter;
         bench_unstamp(rbus_msg_data(m), &stamp, &counter);
         if (counter != i)
-            r->rc = -1;
-        r->lat[i] = now - stamp;
+            l->rx_rc = -1;
+        l->lat[i] = now - stamp;
         rbus_msg_release(m);
     }
     return NULL;
 }
 
-static int rb_latency(const struct latency_run *lr, uint64_t *lat)
+static void *rb_lat_publish(void *arg)
 {
-    rbus *bus;
-    rbus_topic *topic;
-    rbus_sub *sub;
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = lr->capacity;
-    o.spin_ns = lr->sleeping_receiver ? -1 : 0;
-    if (rbus_create(&bus, NULL) || rbus_subscribe(bus, "bench.lat", &o, &sub) ||
-        rbus_topic_open(bus, "bench.lat", &topic))
-        return -1;
-    struct rb_lat_rx r = {.sub = sub, .lat = lat, .rounds = lr->rounds};
-    pthread_t th;
-    pthread_create(&th, NULL, rb_lat_receive, &r);
+    struct rb_lat *l = arg;
     unsigned char buf[64] = {0};
     uint64_t last = 0;
-    int rc = 0;
-    for (uint64_t i = 0; i < lr->rounds && !rc; i++) {
+    pthread_barrier_wait(&l->start);
+    for (uint64_t i = 0; i < l->lr->rounds && !l->pub_rc; i++) {
         /* Relative pacing, as the peers do: after a preemption the next
          * message waits a full pace instead of a burst catching up. */
         uint64_t now;
         do
             now = bench_now_ns();
-        while (now - last < lr->pace_ns);
+        while (now - last < l->lr->pace_ns);
         last = now;
         bench_stamp(buf, now, i);
-        rc = rbus_publish(topic, buf, sizeof buf);
+        l->pub_rc = rbus_publish(l->topic, buf, sizeof buf);
     }
-    pthread_join(th, NULL);
+    return NULL;
+}
+
+/* Publisher and receiver each on a thread of its own, released together
+ * while the main thread waits, as the peers' harness runs them: a
+ * publisher that is the main thread, publishing as soon as it has created
+ * its receiver, shares its CPU with it for milliseconds at the start
+ * (docs/benchmarks.md). */
+static int rb_latency(const struct latency_run *lr, uint64_t *lat)
+{
+    rbus *bus;
+    rbus_sub_opts o;
+    rbus_sub_opts_init(&o);
+    o.capacity = lr->capacity;
+    o.spin_ns = lr->sleeping_receiver ? -1 : 0;
+    struct rb_lat l = {.lr = lr, .lat = lat};
+    if (rbus_create(&bus, NULL))
+        return -1;
+    if (rbus_subscribe(bus, "bench.lat", &o, &l.sub) ||
+        rbus_topic_open(bus, "bench.lat", &l.topic)) {
+        rbus_destroy(bus);
+        return -1;
+    }
+    pthread_barrier_init(&l.start, NULL, 3);
+    pthread_t rx, pub;
+    pthread_create(&rx, NULL, rb_lat_receive, &l);
+    pthread_create(&pub, NULL, rb_lat_publish, &l);
+    pthread_barrier_wait(&l.start);
+    pthread_join(pub, NULL);
+    pthread_join(rx, NULL);
+    pthread_barrier_destroy(&l.start);
     rbus_destroy(bus);
-    return rc ? rc : r.rc;
+    return l.pub_rc ? l.pub_rc : l.rx_rc;
 }
 
 const struct bench_impl bench_impl_ringbus = {
