@@ -432,6 +432,17 @@ static double med_by_name(struct cell (*cells)[NPEERS], const char *cname, const
     return 0;
 }
 
+/* Median p99 of one implementation in a latency case, or 0. */
+static double p99_by_name(struct cell (*cells)[NPEERS], const char *cname, const char *iname)
+{
+    for (int c = 0; c < NCASES; c++)
+        for (int p = 0; p < NPEERS; p++)
+            if (!strcmp(cases[c].name, cname) && !strcmp(peers[p].impl->name, iname) &&
+                cells[c][p].n > 0)
+                return median_of(cells[c][p].p99, cells[c][p].n);
+    return 0;
+}
+
 /* Ratios of medians between ringbus and the peers it is usually weighed
  * against (table format only): throughput ratios above 1 and latency
  * ratios below 1 favour ringbus. */
@@ -472,6 +483,10 @@ static void print_ratios(struct cell (*cells)[NPEERS])
         }
         printf("  %-48s %7.2f\n", t[i].what, a / b);
     }
+    double a = p99_by_name(cells, "lat 10us spin", "ringbus");
+    double b = p99_by_name(cells, "lat 10us spin", "raw-ck-ring");
+    if (a > 0 && b > 0)
+        printf("  %-48s %7.2f\n", "10us p99 ringbus default / raw-ck-ring", a / b);
 }
 
 int bench_mode_peers(const struct bench_opts *o)
