@@ -421,25 +421,16 @@ static void fill_row(struct bench_row *row, const struct peer *p, const struct p
     bench_row_str(row, "wait", !c->pace_ns ? p->tp_wait : c->sleeping ? p->rx_sleep : p->rx_spin);
 }
 
-/* Median of one implementation in one case, or 0 when it has none. */
-static double med_by_name(struct cell (*cells)[NPEERS], const char *cname, const char *iname)
+/* Median of one implementation in one case (its p99s with `p99`, in a
+ * latency case), or 0 when it has none. */
+static double med_by_name(struct cell (*cells)[NPEERS], const char *cname, const char *iname,
+                          bool p99)
 {
     for (int c = 0; c < NCASES; c++)
         for (int p = 0; p < NPEERS; p++)
             if (!strcmp(cases[c].name, cname) && !strcmp(peers[p].impl->name, iname) &&
                 cells[c][p].n > 0)
-                return median_of(cells[c][p].v, cells[c][p].n);
-    return 0;
-}
-
-/* Median p99 of one implementation in a latency case, or 0. */
-static double p99_by_name(struct cell (*cells)[NPEERS], const char *cname, const char *iname)
-{
-    for (int c = 0; c < NCASES; c++)
-        for (int p = 0; p < NPEERS; p++)
-            if (!strcmp(cases[c].name, cname) && !strcmp(peers[p].impl->name, iname) &&
-                cells[c][p].n > 0)
-                return median_of(cells[c][p].p99, cells[c][p].n);
+                return median_of(p99 ? cells[c][p].p99 : cells[c][p].v, cells[c][p].n);
     return 0;
 }
 
@@ -475,16 +466,16 @@ static void print_ratios(struct cell (*cells)[NPEERS])
     };
     printf("\nratios (medians; latency rows: ringbus p50 / peer p50):\n");
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        double a = med_by_name(cells, t[i].scen, t[i].a);
-        double b = med_by_name(cells, t[i].scen_b ? t[i].scen_b : t[i].scen, t[i].b);
+        double a = med_by_name(cells, t[i].scen, t[i].a, false);
+        double b = med_by_name(cells, t[i].scen_b ? t[i].scen_b : t[i].scen, t[i].b, false);
         if (a <= 0 || b <= 0) {
             printf("  %-48s  n/a (not measured)\n", t[i].what);
             continue;
         }
         printf("  %-48s %7.2f\n", t[i].what, a / b);
     }
-    double a = p99_by_name(cells, "lat 10us spin", "ringbus");
-    double b = p99_by_name(cells, "lat 10us spin", "raw-ck-ring");
+    double a = med_by_name(cells, "lat 10us spin", "ringbus", true);
+    double b = med_by_name(cells, "lat 10us spin", "raw-ck-ring", true);
     if (a > 0 && b > 0)
         printf("  %-48s %7.2f\n", "10us p99 ringbus default / raw-ck-ring", a / b);
 }

@@ -172,6 +172,15 @@ static RBUS__NOINLINE bool watermark_after_take(rbus_sub *s)
     return true;
 }
 
+/* After room was made by a seq_cst CAS (a claim, a position given back):
+ * the receiver half of the watermark pairs reads `over` (seq_cst). True
+ * when `over` changed (readiness to refresh). */
+static inline bool watermark_room_made(rbus_sub *s)
+{
+    return RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&
+           watermark_after_take(s);
+}
+
 /* After a put that queued, at `depth` (rbus__ring_depth_after, exact above
  * hw): the wake-up, the high-water mark and the high watermark. The put's
  * seq_cst CAS on tail came first: these loads are the publisher half of
@@ -443,8 +452,7 @@ uint32_t rbus__sub_offer_run(struct rbus_thread_state *th, rbus_sub *s, rbus_msg
     }
     /* Positions given back counted in the depth until now: room made, as
      * by rbus__sub_unreserve (the forgo CAS was seq_cst). */
-    if (RBUS__UNLIKELY(cut) && atomic_load_explicit(&s->over, memory_order_seq_cst) &&
-        watermark_after_take(s))
+    if (RBUS__UNLIKELY(cut) && watermark_room_made(s))
         th->ready_dirty = true;
     if (!done)
         return 0;
@@ -509,9 +517,8 @@ bool rbus__sub_unreserve(rbus_sub *s, size_t len, struct rbus_resv *r)
     if (s->max_bytes)
         bytes_return(s, len);
     /* The position counted in the depth until now: room made, as by a
-     * take (the watermark pairs above; forgo's CAS is seq_cst). */
-    return RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&
-           watermark_after_take(s);
+     * take (forgo's CAS is seq_cst). */
+    return watermark_room_made(s);
 }
 
 enum rbus_offer rbus__sub_commit(struct rbus_thread_state *th, rbus_sub *s, rbus_msg *m,
@@ -603,10 +610,7 @@ static size_t take_batch(rbus_sub *s, rbus_msg **out, size_t max, bool skip)
         }
         after_dequeue(s);
         RBUS__PAUSE(RECV_WATERMARK);
-        /* seq_cst: the receiver half of the watermark Dekker pair, after
-         * the claim's seq_cst CAS. */
-        if (RBUS__UNLIKELY(atomic_load_explicit(&s->over, memory_order_seq_cst)) &&
-            watermark_after_take(s))
+        if (watermark_room_made(s)) /* after the claim's seq_cst CAS */
             rbus__ready_refresh_all(s->bus);
     }
     return got;

@@ -1389,8 +1389,8 @@ int rbus_publish(rbus_topic *topic, const void *data, size_t len)
 /*
  * One chunk of a batch on a topic without features: one read section, one
  * clock read and k consecutive sequence numbers for all of it, and for each
- * subscription runs of positions taken at once (rbus__sub_offer_run), with
- * single offers, under the policy, where no run fits. Adds to *res. Returns
+ * subscription runs of positions taken at once (rbus__sub_offer_run), then
+ * single offers, under the policy, from where no run fits. Adds to *res. Returns
  * 0 when accepted (waits, drops and a bus closed during a wait are in
  * *res), or a negative errno with nothing accepted.
  */
@@ -1446,13 +1446,18 @@ static int publish_chunk(rbus_topic *topic, struct rbus_thread_state *th, const 
     uint32_t waiting = 0;
     for (uint32_t i = 0; i < n; i++) {
         rbus_sub *s = list->subs[i];
+        /* Runs until one finds no free slot at tail; the rest of the chunk
+         * then goes one message at a time, so that a full ring (an
+         * overloaded drop policy) is not tried twice for each message. */
+        bool runs = true;
         for (uint32_t j = 0; j < k;) {
-            uint32_t run = rbus__sub_offer_run(th, s, ms + j, k - j);
+            uint32_t run = runs ? rbus__sub_offer_run(th, s, ms + j, k - j) : 0;
             if (run) {
                 j += run;
                 res->queued += run;
                 continue;
             }
+            runs = false;
             enum rbus_offer offer = rbus__sub_offer(th, s, ms[j], &res->evicted);
             if (offer == RBUS_OFFER_QUEUED) {
                 res->queued++;
@@ -1475,8 +1480,6 @@ static int publish_chunk(rbus_topic *topic, struct rbus_thread_state *th, const 
         }
     }
     res->matched += n * k;
-    res->at_high_watermark = 0;
-    res->high_watermark_sub = 0;
     at_high_watermark(list, res);
     if (waiting)
         atomic_fetch_add_explicit(&bus->blocked_publishers, 1, memory_order_seq_cst);
@@ -1557,7 +1560,7 @@ static int publish_batch(rbus_topic *topic, const rbus_payload *msgs, size_t cou
      * that each takes its token and its place in the history. */
     if (atomic_load_explicit(&topic->features, memory_order_relaxed) != 0) {
         for (; done < count; done++) {
-            rc = publish(topic, msgs[done].data, msgs[done].len, opts, &r, NULL);
+            rc = publish_featured(topic, msgs[done].data, msgs[done].len, opts, &r, NULL);
             if (rc < 0 && !r.matched)
                 break;
             matched += r.matched, queued += r.queued, dropped += r.dropped, evicted += r.evicted;

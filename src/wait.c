@@ -179,30 +179,32 @@ static void event_bump_and_wake(struct rbus_event *ev, uint32_t v, int waiters)
     futex(&ev->word, FUTEX_WAKE_PRIVATE, (uint32_t)waiters, NULL, 0);
 }
 
-void rbus__event_signal(struct rbus_event *ev)
+/* Wakes up to `waiters` sleepers if any announced itself. */
+static void event_signal(struct rbus_event *ev, int waiters)
 {
     /* seq_cst: the signaller's half of a Dekker pair ends with this load
      * (a plain load on x86). */
     uint32_t v = atomic_load_explicit(&ev->word, memory_order_seq_cst);
     if (v & 1u)
-        event_bump_and_wake(ev, v, INT_MAX);
+        event_bump_and_wake(ev, v, waiters);
+}
+
+void rbus__event_signal(struct rbus_event *ev)
+{
+    event_signal(ev, INT_MAX);
 }
 
 /*
  * The same, waking one sleeper: for waiters of which any one can take
  * what the signal announces (competing receivers). Clearing the flag
- * leaves the others asleep, and later signals find it clear until one of
- * them announces itself again; so the woken one, once it has taken what
- * it came for, wakes the next if more is left (rbus__event_wake_one: the
- * baton; sub.c). The woken one always looks at its condition before it
- * could sleep again, so whatever a signal announced is taken or handed on.
+ * leaves the others asleep, and later signals find it clear; the woken
+ * one announces itself again for them, and wakes the next before it
+ * returns if anything is left (rbus__event_wake_one: the baton). sub.c,
+ * recv_common, has both rules.
  */
 void rbus__event_signal_one(struct rbus_event *ev)
 {
-    /* seq_cst: as in rbus__event_signal. */
-    uint32_t v = atomic_load_explicit(&ev->word, memory_order_seq_cst);
-    if (v & 1u)
-        event_bump_and_wake(ev, v, 1);
+    event_signal(ev, 1);
 }
 
 void rbus__event_wake_one(struct rbus_event *ev)

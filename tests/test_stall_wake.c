@@ -109,18 +109,20 @@ static void close_wakes_publishers_asleep_on_their_subscription(void **state)
 
 #define RECEIVERS 4
 
+/* A thread that receives one message (or times out) and leaves. */
 struct receiver {
     rbus_sub *sub;
+    int64_t timeout_ns;
     atomic_int *got;
+    pthread_t thr;
     int rc;
 };
 
-/* One message, then out (timeout WAIT_NS). */
 static void *receive_one_main(void *arg)
 {
     struct receiver *r = arg;
     rbus_msg *m;
-    r->rc = rbus_recv(r->sub, &m, WAIT_NS);
+    r->rc = rbus_recv(r->sub, &m, r->timeout_ns);
     if (r->rc == 0) {
         rbus_msg_release(m);
         atomic_fetch_add(r->got, 1);
@@ -128,46 +130,75 @@ static void *receive_one_main(void *arg)
     return NULL;
 }
 
-static rbus_sub *competing(rbus *bus, rbus_topic **t, struct receiver *rx, pthread_t *th,
-                           atomic_int *got)
+static void receiver_start(struct receiver *r, rbus_sub *s, int64_t timeout_ns, atomic_int *got)
 {
+    *r = (struct receiver){.sub = s, .timeout_ns = timeout_ns, .got = got};
+    assert_int_equal(pthread_create(&r->thr, NULL, receive_one_main, r), 0);
+}
+
+/* Waits until `got` reaches k, for seconds at most: well before a
+ * receive times out (WAIT_NS), which would take what is queued too. */
+static void wait_for_got(atomic_int *got, int k)
+{
+    uint64_t t0 = rbus_test_now_ns();
+    while (atomic_load(got) < k && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
+        rbus_test_sleep_us(1000);
+    assert_int_equal(atomic_load(got), k);
+}
+
+/* A subscription whose receivers sleep after 1 us, and its topic. */
+struct crowd {
+    rbus *bus;
+    rbus_topic *topic;
+    rbus_sub *sub;
+    atomic_int got;
+    struct receiver rx[RECEIVERS];
+};
+
+static void crowd_open(struct crowd *c, const char *name)
+{
+    assert_rbus_ok(rbus_create(&c->bus, NULL));
     rbus_sub_opts o;
     rbus_sub_opts_init(&o);
-    o.spin_ns = 1000; /* receivers sleep after 1 us */
-    rbus_sub *s;
-    assert_rbus_ok(rbus_subscribe(bus, "wake.rx", &o, &s));
-    assert_rbus_ok(rbus_topic_open(bus, "wake.rx", t));
-    atomic_init(got, 0);
-    for (int i = 0; i < RECEIVERS; i++) {
-        rx[i] = (struct receiver){.sub = s, .got = got};
-        assert_int_equal(pthread_create(&th[i], NULL, receive_one_main, &rx[i]), 0);
-    }
-    rbus_test_sleep_us(50000); /* all asleep */
-    return s;
+    o.spin_ns = 1000;
+    assert_rbus_ok(rbus_subscribe(c->bus, name, &o, &c->sub));
+    assert_rbus_ok(rbus_topic_open(c->bus, name, &c->topic));
+    atomic_init(&c->got, 0);
+}
+
+/* RECEIVERS receivers of one message each, all asleep on return. */
+static void crowd_start(struct crowd *c)
+{
+    for (int i = 0; i < RECEIVERS; i++)
+        receiver_start(&c->rx[i], c->sub, WAIT_NS, &c->got);
+    rbus_test_sleep_us(50000);
+}
+
+/* Closes the subscription (the receivers still asleep wake and end),
+ * joins every receiver and destroys the bus. */
+static void crowd_close(struct crowd *c)
+{
+    assert_rbus_ok(rbus_sub_close(c->sub));
+    for (int i = 0; i < RECEIVERS; i++)
+        assert_int_equal(pthread_join(c->rx[i].thr, NULL), 0);
+    rbus_destroy(c->bus);
 }
 
 /* A message wakes one of the sleeping receivers, not all of them. */
 static void a_message_wakes_one_receiver(void **state)
 {
     (void)state;
-    rbus *bus;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t;
-    struct receiver rx[RECEIVERS];
-    pthread_t th[RECEIVERS];
-    atomic_int got;
-    rbus_sub *s = competing(bus, &t, rx, th, &got);
+    struct crowd c;
+    crowd_open(&c, "wake.rx");
+    crowd_start(&c);
     uint64_t woke = rbus__pause_passes(RBUS_PP_RECV_WOKE);
-    assert_rbus_ok(rbus_publish(t, "m", 1));
-    while (atomic_load(&got) == 0)
+    assert_rbus_ok(rbus_publish(c.topic, "m", 1));
+    while (atomic_load(&c.got) == 0)
         rbus_test_sleep_us(1000);
     rbus_test_sleep_us(50000);
     assert_int_equal(rbus__pause_passes(RBUS_PP_RECV_WOKE) - woke, 1);
-    assert_rbus_ok(rbus_sub_close(s)); /* the others wake and end */
-    for (int i = 0; i < RECEIVERS; i++)
-        assert_int_equal(pthread_join(th[i], NULL), 0);
-    assert_int_equal(atomic_load(&got), 1);
-    rbus_destroy(bus);
+    crowd_close(&c);
+    assert_int_equal(atomic_load(&c.got), 1);
 }
 
 /* Receivers that each take one message and leave: a burst of as many
@@ -176,75 +207,34 @@ static void a_message_wakes_one_receiver(void **state)
 static void a_burst_reaches_every_sleeping_receiver(void **state)
 {
     (void)state;
-    rbus *bus;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t;
-    struct receiver rx[RECEIVERS];
-    pthread_t th[RECEIVERS];
-    atomic_int got;
-    competing(bus, &t, rx, th, &got);
+    struct crowd c;
+    crowd_open(&c, "wake.rx");
+    crowd_start(&c);
     rbus_payload burst[RECEIVERS];
     for (int i = 0; i < RECEIVERS; i++)
         burst[i] = (rbus_payload){"m", 1};
-    assert_int_equal(rbus_publish_batch(t, burst, RECEIVERS, NULL, NULL), RECEIVERS);
-    /* Within seconds, not when their receives time out (WAIT_NS): a
-     * receive that times out still takes what is queued. */
-    uint64_t t0 = rbus_test_now_ns();
-    while (atomic_load(&got) < RECEIVERS && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
-        rbus_test_sleep_us(1000);
-    assert_int_equal(atomic_load(&got), RECEIVERS);
-    for (int i = 0; i < RECEIVERS; i++) {
-        assert_int_equal(pthread_join(th[i], NULL), 0);
-        assert_rbus_ok(rx[i].rc);
-    }
-    rbus_destroy(bus);
+    assert_int_equal(rbus_publish_batch(c.topic, burst, RECEIVERS, NULL, NULL), RECEIVERS);
+    wait_for_got(&c.got, RECEIVERS);
+    crowd_close(&c);
+    for (int i = 0; i < RECEIVERS; i++)
+        assert_rbus_ok(c.rx[i].rc);
 }
 
-/* Two receivers asleep; the first message wakes one, which takes it and
+/* Receivers asleep; the first message wakes one, which takes it and
  * leaves with nothing queued (no baton to pass). A second message must
- * still wake the other: the woken one announced itself again for it. */
+ * still wake another: the woken one announced itself again for them. */
 static void a_later_message_wakes_a_receiver_still_asleep(void **state)
 {
     (void)state;
-    rbus *bus;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_topic *t;
-    struct receiver rx[RECEIVERS];
-    pthread_t th[RECEIVERS];
-    atomic_int got;
-    rbus_sub *s = competing(bus, &t, rx, th, &got);
+    struct crowd c;
+    crowd_open(&c, "wake.rx");
+    crowd_start(&c);
     for (int k = 1; k <= 2; k++) {
-        assert_rbus_ok(rbus_publish(t, "m", 1));
-        uint64_t t0 = rbus_test_now_ns();
-        while (atomic_load(&got) < k && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
-            rbus_test_sleep_us(1000);
-        assert_int_equal(atomic_load(&got), k);
+        assert_rbus_ok(rbus_publish(c.topic, "m", 1));
+        wait_for_got(&c.got, k);
         rbus_test_sleep_us(50000); /* the receiver that got it has left */
     }
-    assert_rbus_ok(rbus_sub_close(s));
-    for (int i = 0; i < RECEIVERS; i++)
-        assert_int_equal(pthread_join(th[i], NULL), 0);
-    rbus_destroy(bus);
-}
-
-struct timed_receiver {
-    rbus_sub *sub;
-    int64_t timeout_ns;
-    atomic_int *got;
-    pthread_t thr;
-    int rc;
-};
-
-static void *timed_receive_main(void *arg)
-{
-    struct timed_receiver *r = arg;
-    rbus_msg *m;
-    r->rc = rbus_recv(r->sub, &m, r->timeout_ns);
-    if (r->rc == 0) {
-        rbus_msg_release(m);
-        atomic_fetch_add(r->got, 1);
-    }
-    return NULL;
+    crowd_close(&c);
 }
 
 static void *publish_one_main(void *arg)
@@ -263,44 +253,31 @@ static void *publish_one_main(void *arg)
 static void a_woken_receiver_that_times_out_hands_on(void **state)
 {
     (void)state;
-    rbus *bus;
-    assert_rbus_ok(rbus_create(&bus, NULL));
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.spin_ns = 1000;
-    rbus_sub *s;
-    rbus_topic *t;
-    assert_rbus_ok(rbus_subscribe(bus, "wake.rx2", &o, &s));
-    assert_rbus_ok(rbus_topic_open(bus, "wake.rx2", &t));
-    atomic_int got;
-    atomic_init(&got, 0);
-    struct timed_receiver r1 = {.sub = s, .timeout_ns = 300000000, .got = &got};
-    struct timed_receiver r2 = {.sub = s, .timeout_ns = WAIT_NS, .got = &got};
-    assert_int_equal(pthread_create(&r1.thr, NULL, timed_receive_main, &r1), 0);
+    struct crowd c;
+    crowd_open(&c, "wake.rx2");
+    struct receiver *r1 = &c.rx[0], *r2 = &c.rx[1];
+    receiver_start(r1, c.sub, 300000000, &c.got);
     rbus_test_sleep_us(50000);
-    assert_int_equal(pthread_create(&r2.thr, NULL, timed_receive_main, &r2), 0);
+    receiver_start(r2, c.sub, WAIT_NS, &c.got);
     rbus_test_sleep_us(50000); /* both asleep, R1 first in the futex's queue */
-    int woke = rbus__trap_set(RBUS_PP_RECV_WOKE, &r1.thr);
+    int woke = rbus__trap_set(RBUS_PP_RECV_WOKE, &r1->thr);
     int stalled = rbus__trap_set(RBUS_PP_RING_PUT_RESERVED, NULL);
     assert_true(woke >= 0 && stalled >= 0);
     pthread_t writer;
-    assert_int_equal(pthread_create(&writer, NULL, publish_one_main, t), 0);
+    assert_int_equal(pthread_create(&writer, NULL, publish_one_main, c.topic), 0);
     assert_true(rbus__trap_wait(stalled, WAIT_NS));
-    assert_rbus_ok(rbus_publish(t, "m", 1));
+    assert_rbus_ok(rbus_publish(c.topic, "m", 1));
     assert_true(rbus__trap_wait(woke, WAIT_NS)); /* R1 had the one wake */
     rbus_test_sleep_us(400000);                  /* past R1's deadline */
     rbus__trap_release(woke);
-    assert_int_equal(pthread_join(r1.thr, NULL), 0);
-    assert_rbus_rc(r1.rc, -ETIMEDOUT);
-    uint64_t t0 = rbus_test_now_ns();
-    while (atomic_load(&got) < 1 && rbus_test_now_ns() - t0 < UINT64_C(5000000000))
-        rbus_test_sleep_us(1000);
-    assert_int_equal(atomic_load(&got), 1); /* with the writer still stalled */
+    assert_int_equal(pthread_join(r1->thr, NULL), 0);
+    assert_rbus_rc(r1->rc, -ETIMEDOUT);
+    wait_for_got(&c.got, 1); /* with the writer still stalled */
     rbus__trap_release(stalled);
     assert_int_equal(pthread_join(writer, NULL), 0);
-    assert_int_equal(pthread_join(r2.thr, NULL), 0);
-    assert_rbus_ok(r2.rc);
-    rbus_destroy(bus);
+    assert_int_equal(pthread_join(r2->thr, NULL), 0);
+    assert_rbus_ok(r2->rc);
+    rbus_destroy(c.bus);
 }
 
 int main(void)

@@ -121,19 +121,29 @@ static inline void rbus_test_buses_destroy(int n, rbus **buses)
         rbus_destroy(buses[i]);
 }
 
-/* Subscribes with the given capacity, policy and block timeout (every other
- * option at its default). */
-static inline rbus_sub *rbus_test_subscribe(rbus *bus, const char *pattern, uint32_t cap,
-                                            rbus_overflow policy, int64_t block_timeout_ns)
+/* Subscribes with the given capacity, policy, block timeout and
+ * watermarks (0: the defaults; every other option at its default). */
+static inline rbus_sub *rbus_test_subscribe_full(rbus *bus, const char *pattern, uint32_t cap,
+                                                 rbus_overflow policy, int64_t block_timeout_ns,
+                                                 uint32_t high, uint32_t low)
 {
     rbus_sub_opts o;
     rbus_sub_opts_init(&o);
     o.capacity = cap;
     o.overflow = policy;
     o.block_timeout_ns = block_timeout_ns;
+    o.high_watermark = high;
+    o.low_watermark = low;
     rbus_sub *s = NULL;
     assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
     return s;
+}
+
+/* The same, with default watermarks. */
+static inline rbus_sub *rbus_test_subscribe(rbus *bus, const char *pattern, uint32_t cap,
+                                            rbus_overflow policy, int64_t block_timeout_ns)
+{
+    return rbus_test_subscribe_full(bus, pattern, cap, policy, block_timeout_ns, 0, 0);
 }
 
 /* An RBUS_BLOCK subscription with the given capacity and watermarks (0:
@@ -141,15 +151,7 @@ static inline rbus_sub *rbus_test_subscribe(rbus *bus, const char *pattern, uint
 static inline rbus_sub *rbus_test_subscribe_marks(rbus *bus, const char *pattern, uint32_t cap,
                                                   uint32_t high, uint32_t low)
 {
-    rbus_sub_opts o;
-    rbus_sub_opts_init(&o);
-    o.capacity = cap;
-    o.overflow = RBUS_BLOCK;
-    o.high_watermark = high;
-    o.low_watermark = low;
-    rbus_sub *s = NULL;
-    assert_rbus_ok(rbus_subscribe(bus, pattern, &o, &s));
-    return s;
+    return rbus_test_subscribe_full(bus, pattern, cap, RBUS_BLOCK, 0, high, low);
 }
 
 /* A topic that retains `retain` messages. */

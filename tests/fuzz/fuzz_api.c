@@ -505,6 +505,30 @@ struct pub_args {
     bool opts_null_ok;   /* opts NULL when every option is the default */
 };
 
+/* Topic t's handle for a publish, opening it first if needed (which may
+ * fail: the publish then gets a NULL topic); `why` names that step. */
+static rbus_topic *publish_topic(int t, const char *why)
+{
+    struct mtopic *mt = &S.topics[t];
+    if (!mt->open) {
+        const char *op = S.op;
+        S.op = why;
+        do_topic_open(t);
+        S.op = op;
+    }
+    return mt->open ? mt->h : NULL;
+}
+
+/* A publish's result (single or batch) against the model's. */
+static void check_pub_result(const rbus_pub_result *res, const rbus_pub_result *wr)
+{
+    CHECK_EQ("pub result: matched", res->matched, wr->matched);
+    CHECK_EQ("pub result: queued", res->queued, wr->queued);
+    CHECK_EQ("pub result: dropped", res->dropped, wr->dropped);
+    CHECK_EQ("pub result: evicted", res->evicted, wr->evicted);
+    CHECK_EQ("pub result: duplicate", res->duplicate, wr->duplicate);
+}
+
 /*
  * The model of one publish of buf[0..len) to topic t: what the call must
  * return, with its result added to *wr and the longest wait a full block
@@ -608,15 +632,7 @@ static void publish_one(const struct pub_args *a)
     int64_t pub_timeout = a->timeout_ns;
     uint32_t origin = a->origin;
     bool no_result = a->no_result;
-    const char *op = S.op;
-
-    struct mtopic *mt = &S.topics[t];
-    if (!mt->open) {
-        S.op = "publish: topic_open first";
-        do_topic_open(t); /* may fail: then the publish gets a NULL topic */
-        S.op = op;
-    }
-    rbus_topic *h = mt->open ? mt->h : NULL;
+    rbus_topic *h = publish_topic(t, "publish: topic_open first");
 
     uint8_t buf[MAX_LEN];
     for (size_t i = 0; i < len; i++)
@@ -701,13 +717,8 @@ static void publish_one(const struct pub_args *a)
                 topic_names[t], len, key, res.matched, res.queued, res.dropped, res.evicted,
                 res.duplicate ? " duplicate" : "");
     CHECK_EQ("publish rc", rc, want);
-    if (!no_result) {
-        CHECK_EQ("pub result: matched", res.matched, wr.matched);
-        CHECK_EQ("pub result: queued", res.queued, wr.queued);
-        CHECK_EQ("pub result: dropped", res.dropped, wr.dropped);
-        CHECK_EQ("pub result: evicted", res.evicted, wr.evicted);
-        CHECK_EQ("pub result: duplicate", res.duplicate, wr.duplicate);
-    }
+    if (!no_result)
+        check_pub_result(&res, &wr);
     if (longest_wait > 0)
         CHECK("a full block subscription made the publisher wait its timeout",
               waited >= longest_wait);
@@ -774,15 +785,8 @@ static void op_publish_batch(struct reader *r)
     bool no_result = (bo >> 5) & 1;
     int okey = (bo >> 6) & 1 ? 0 : -1;
     uint32_t origin = (bt >> 3) & 1 ? 7 : 0;
-    const char *op = "publish_batch";
-    S.op = op;
-    struct mtopic *mt = &S.topics[t];
-    if (!mt->open) {
-        S.op = "publish_batch: topic_open first";
-        do_topic_open(t);
-        S.op = op;
-    }
-    rbus_topic *h = mt->open ? mt->h : NULL;
+    S.op = "publish_batch";
+    rbus_topic *h = publish_topic(t, "publish_batch: topic_open first");
 
     static uint8_t bufs[MAX_PUB_BATCH][MAX_LEN + 1];
     rbus_payload pl[MAX_PUB_BATCH];
@@ -842,13 +846,8 @@ static void op_publish_batch(struct reader *r)
     int64_t took = now_ns() - t0;
     trace_step(rc);
     CHECK_EQ("publish_batch rc", rc, want);
-    if (!no_result) {
-        CHECK_EQ("batch result: matched", res.matched, wr.matched);
-        CHECK_EQ("batch result: queued", res.queued, wr.queued);
-        CHECK_EQ("batch result: dropped", res.dropped, wr.dropped);
-        CHECK_EQ("batch result: evicted", res.evicted, wr.evicted);
-        CHECK_EQ("batch result: duplicate", res.duplicate, false);
-    }
+    if (!no_result)
+        check_pub_result(&res, &wr);
     if (longest_wait > 0)
         CHECK("a full block subscription made the batch wait its timeout", took >= longest_wait);
 }
